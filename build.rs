@@ -1,0 +1,32 @@
+//! Generates the C header from src/ffi with cbindgen. The result goes to OUT_DIR (the tests
+//! compare it with the committed include/rewardkit.h, so drift fails CI); with
+//! REWARDKIT_WRITE_HEADER=1 it also overwrites include/rewardkit.h.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-env-changed=REWARDKIT_WRITE_HEADER");
+
+    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let v = |k: &str| std::env::var(k).unwrap();
+    let (major, minor, patch) = (v("CARGO_PKG_VERSION_MAJOR"), v("CARGO_PKG_VERSION_MINOR"), v("CARGO_PKG_VERSION_PATCH"));
+    let number = major.parse::<u32>().unwrap() * 10_000 + minor.parse::<u32>().unwrap() * 100 + patch.parse::<u32>().unwrap();
+    config.after_includes = Some(format!(
+        "\n/* The version this header belongs to; rk_version() and rk_version_number() give the library's. */\n\
+         #define RK_VERSION_MAJOR {major}\n#define RK_VERSION_MINOR {minor}\n#define RK_VERSION_PATCH {patch}\n\
+         #define RK_VERSION_STRING \"{major}.{minor}.{patch}\"\n#define RK_VERSION_NUMBER {number}\n"
+    ));
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(crate_dir.join("src/ffi/mod.rs"))
+        .generate()
+        .expect("cbindgen could not generate the C header from src/ffi");
+    bindings.write_to_file(out_dir.join("rewardkit.h"));
+    if std::env::var_os("REWARDKIT_WRITE_HEADER").is_some_and(|v| v == "1") {
+        bindings.write_to_file(crate_dir.join("include/rewardkit.h"));
+    }
+}

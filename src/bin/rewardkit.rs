@@ -1,0 +1,289 @@
+//! `rewardkit`: the command-line front end for offline jobs over the same library the C ABI
+//! exposes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use rewardkit::data::{read_jsonl, ScoreRow};
+use rewardkit::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
+use rewardkit::{BatchOptions, ComputeDType, DeviceSpec, Error, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions};
+
+#[derive(Parser)]
+#[command(name = "rewardkit", version, about = "Reward models for RLHF: score, benchmark, build the shipped tiny model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every row of a JSONL(.gz) file; prints one JSON line per row, in input order.
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Rows with `prompt` + `response`, `text`, `ids`, or `chosen` + `rejected`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Write results here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Score at most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Measure scoring throughput (pairs/s, tokens/s) on the length mix of a JSONL file.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        input: PathBuf,
+        /// Use the first N rows.
+        #[arg(long, default_value_t = 256)]
+        limit: usize,
+        /// Timed passes over the whole input (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the token ids scored, one JSON array per line, for the transformers script.
+        #[arg(long)]
+        dump_ids: Option<PathBuf>,
+        /// Print the result as one JSON object as well as the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a model's configuration summary as JSON.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Build the small reward model that ships with the project (tokenizer trained on the
+    /// corpus, seeded random weights), deterministically.
+    InitTiny {
+        /// Output directory (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Tokenizer training text: a JSONL(.gz) with chosen/rejected/text fields.
+        #[arg(long, default_value = "data/hh-rlhf/harmless-base-test.jsonl.gz")]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Worker threads (0 = all available cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Longest sequence in tokens (0 = the model's maximum); prompts are cut from the left.
+    #[arg(long, default_value_t = 0)]
+    max_length: usize,
+    /// Padded tokens per forward pass.
+    #[arg(long, default_value_t = BatchOptions::default().token_budget)]
+    batch_tokens: usize,
+    /// Sequences per forward pass (0 = limited by --batch-tokens only).
+    #[arg(long, default_value_t = 0)]
+    batch_size: usize,
+    /// Append EOS after each response (MOSS-RLHF's convention).
+    #[arg(long)]
+    append_eos: bool,
+    /// Text inserted between prompt and response.
+    #[arg(long, default_value = "")]
+    separator: String,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<SharedModel> {
+        let opts = SharedModelOptions {
+            load: LoadOptions {
+                device: DeviceSpec::parse(&self.device)?,
+                dtype: ComputeDType::parse(&self.dtype)?,
+                max_length: self.max_length,
+                head_seed: 0,
+            },
+            text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
+            batch: BatchOptions { token_budget: self.batch_tokens, max_batch_size: self.batch_size },
+            n_threads: self.threads,
+        };
+        let model = SharedModel::load(&self.model, &opts)?;
+        if model.info()?.head_is_fresh {
+            eprintln!("note: {} has no reward head; a fresh head was initialised (seed 0)", self.model.display());
+        }
+        Ok(model)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score { model, input, output, limit } => score(&model, &input, output.as_deref(), limit),
+        Command::Bench { model, input, limit, repeats, dump_ids, json } => bench(&model, &input, limit, repeats, dump_ids.as_deref(), json),
+        Command::Info { model } => info(&model),
+        Command::InitTiny { out, corpus, seed } => init_tiny(&out, &corpus, seed),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The token sequences one input row contributes (1, or 2 for a preference pair).
+fn row_sequences(model: &SharedModel, row: &ScoreRow) -> Result<Vec<Vec<u32>>> {
+    match row {
+        ScoreRow::Pair { prompt, response } => model.encode_pairs(&[(prompt, response)]),
+        ScoreRow::Text(text) => model.encode_texts(&[text]),
+        ScoreRow::Ids(ids) => {
+            model.read()?.validate_ids(ids)?;
+            Ok(vec![ids.clone()])
+        }
+        ScoreRow::Preference { chosen, rejected } => model.encode_pairs(&[(&chosen.0, &chosen.1), (&rejected.0, &rejected.1)]),
+    }
+}
+
+/// Reads and tokenizes every row; errors name the line.
+fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<Vec<(usize, Value, ScoreRow, Vec<Vec<u32>>)>> {
+    let mut rows = read_jsonl(input)?;
+    if let Some(n) = limit {
+        rows.truncate(n);
+    }
+    if rows.is_empty() {
+        return Err(Error::invalid(format!("{}: no rows", input.display())));
+    }
+    rows.into_iter()
+        .map(|(line, value)| {
+            let at = |e: Error| e.context(format!("{}: line {line}", input.display()));
+            let row = ScoreRow::parse(&value).map_err(at)?;
+            let seqs = row_sequences(model, &row).map_err(at)?;
+            Ok((line, value, row, seqs))
+        })
+        .collect()
+}
+
+fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<usize>) -> Result<()> {
+    let model = args.load()?;
+    let rows = load_rows(&model, input, limit)?;
+    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.3.iter().map(Vec::as_slice)).collect();
+    let started = Instant::now();
+    let rewards = model.score_ids(&seqs)?;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Error::io(p, e))?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut next = rewards.iter().copied();
+    let (mut pairs, mut correct) = (0usize, 0usize);
+    for (line, value, row, _) in &rows {
+        let mut obj = match row {
+            ScoreRow::Preference { .. } => {
+                let (c, r) = (next.next().unwrap(), next.next().unwrap());
+                pairs += 1;
+                correct += usize::from(c > r);
+                json!({"line": line, "chosen_reward": c, "rejected_reward": r, "margin": c - r})
+            }
+            _ => json!({"line": line, "reward": next.next().unwrap()}),
+        };
+        if let Some(id) = value.get("id") {
+            obj["id"] = id.clone();
+        }
+        writeln!(out, "{obj}")?;
+    }
+    out.flush()?;
+    let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    eprintln!(
+        "scored {} sequences ({} tokens) from {} rows in {:.2}s: {:.1} sequences/s, {:.0} tokens/s",
+        seqs.len(), tokens, rows.len(), elapsed, seqs.len() as f64 / elapsed, tokens as f64 / elapsed
+    );
+    if pairs > 0 {
+        eprintln!("preference pairs: {pairs}, chosen scored higher: {correct} ({:.1}%)", 100.0 * correct as f64 / pairs as f64);
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[usize], q: f64) -> usize {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids: Option<&Path>, as_json: bool) -> Result<()> {
+    let model = args.load()?;
+    let info = model.info()?;
+    let rows = load_rows(&model, input, Some(limit))?;
+    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.3.iter().map(Vec::as_slice)).collect();
+    if let Some(path) = dump_ids {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
+        for s in &seqs {
+            writeln!(f, "{}", serde_json::to_string(s).expect("ids serialize"))?;
+        }
+    }
+    let mut lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+    lengths.sort_unstable();
+    let tokens: usize = lengths.iter().sum();
+    // One untimed pass warms caches and the allocator.
+    model.score_ids(&seqs[..seqs.len().min(8)])?;
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        model.score_ids(&seqs)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let batch = model.batch_options();
+    println!("rewardkit scoring benchmark");
+    println!("  model     {} ({}, {} params, {}, {}, {} threads)", args.model.display(), info.architecture, info.num_parameters, info.dtype.as_str(), info.device, info.n_threads);
+    println!(
+        "  input     {}: {} sequences, {} tokens (length mean {:.0}, p50 {}, p90 {}, max {})",
+        input.display(), seqs.len(), tokens, tokens as f64 / seqs.len() as f64,
+        percentile(&lengths, 0.5), percentile(&lengths, 0.9), lengths[lengths.len() - 1]
+    );
+    println!("  batching  {} sequences max, {} padded tokens max per forward pass", if batch.max_batch_size == 0 { "no".to_string() } else { batch.max_batch_size.to_string() }, batch.token_budget);
+    println!();
+    println!("  {:<8} {:>10} {:>12} {:>12}", "run", "seconds", "pairs/s", "tokens/s");
+    for (i, t) in times.iter().enumerate() {
+        println!("  {:<8} {:>10.3} {:>12.2} {:>12.0}", i + 1, t, seqs.len() as f64 / t, tokens as f64 / t);
+    }
+    println!("  {:<8} {:>10.3} {:>12.2} {:>12.0}", "median", median, seqs.len() as f64 / median, tokens as f64 / median);
+    if as_json {
+        println!(
+            "{}",
+            json!({"engine": "rewardkit", "sequences": seqs.len(), "tokens": tokens, "threads": info.n_threads,
+                   "median_seconds": median, "pairs_per_s": seqs.len() as f64 / median, "tokens_per_s": tokens as f64 / median})
+        );
+    }
+    Ok(())
+}
+
+fn info(args: &ModelArgs) -> Result<()> {
+    let i = args.load()?.info()?;
+    let v = json!({
+        "architecture": i.architecture, "hidden_size": i.hidden_size, "num_layers": i.num_layers,
+        "num_attention_heads": i.num_attention_heads, "num_key_value_heads": i.num_key_value_heads,
+        "vocab_size": i.vocab_size, "max_length": i.max_length, "num_parameters": i.num_parameters,
+        "dtype": i.dtype.as_str(), "device": i.device, "head_is_fresh": i.head_is_fresh,
+        "has_tokenizer": i.has_tokenizer, "n_threads": i.n_threads,
+    });
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    Ok(())
+}
+
+fn init_tiny(out: &Path, corpus: &Path, seed: u64) -> Result<()> {
+    let started = Instant::now();
+    let texts = corpus_from_jsonl(corpus)?;
+    let spec = TinySpec { seed, ..TinySpec::default() };
+    create_tiny_model(out, &texts, &spec)?;
+    eprintln!("wrote {} (tokenizer trained on {} texts, seed {seed}) in {:.1}s", out.display(), texts.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}

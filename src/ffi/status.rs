@@ -1,0 +1,132 @@
+//! Status codes, the thread-local error message, and the panic boundary every export uses.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Result of every fallible call. `RK_OK` (0) is success; anything else is an error whose
+/// message `rk_last_error_message()` returns on the same thread.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum rk_status {
+    RK_OK = 0,
+    /// An argument is out of range, empty, or inconsistent with another.
+    RK_ERR_INVALID_ARGUMENT = 1,
+    /// A required pointer argument was NULL.
+    RK_ERR_NULL_POINTER = 2,
+    /// A string argument is not valid UTF-8.
+    RK_ERR_INVALID_UTF8 = 3,
+    /// A file or directory does not exist.
+    RK_ERR_NOT_FOUND = 4,
+    /// Reading or writing a file failed.
+    RK_ERR_IO = 5,
+    /// The checkpoint's architecture or a setting of it is not supported.
+    RK_ERR_UNSUPPORTED_MODEL = 6,
+    /// A weight's shape disagrees with config.json.
+    RK_ERR_SHAPE_MISMATCH = 7,
+    /// A file exists but cannot be parsed (safetensors, JSON, tokenizer).
+    RK_ERR_CORRUPT_FILE = 8,
+    /// The tokenizer failed on an input.
+    RK_ERR_TOKENIZER = 9,
+    /// A token id is outside the model's vocabulary.
+    RK_ERR_OUT_OF_VOCAB = 10,
+    /// The device is unavailable, or the library was built without its support.
+    RK_ERR_DEVICE = 11,
+    /// A caller-provided buffer is too small; the needed size was written back.
+    RK_ERR_BUFFER_TOO_SMALL = 12,
+    /// An earlier update panicked half-way through; the handle must be freed.
+    RK_ERR_POISONED = 13,
+    /// A bug inside rewardkit was caught at the boundary (a Rust panic). Please report it.
+    RK_ERR_PANIC = 14,
+    /// A tensor operation failed for a reason not covered above.
+    RK_ERR_INTERNAL = 15,
+}
+
+pub(crate) fn status_of(kind: ErrorKind) -> rk_status {
+    use rk_status::*;
+    match kind {
+        ErrorKind::InvalidArgument => RK_ERR_INVALID_ARGUMENT,
+        ErrorKind::NullPointer => RK_ERR_NULL_POINTER,
+        ErrorKind::InvalidUtf8 => RK_ERR_INVALID_UTF8,
+        ErrorKind::NotFound => RK_ERR_NOT_FOUND,
+        ErrorKind::Io => RK_ERR_IO,
+        ErrorKind::UnsupportedModel => RK_ERR_UNSUPPORTED_MODEL,
+        ErrorKind::ShapeMismatch => RK_ERR_SHAPE_MISMATCH,
+        ErrorKind::CorruptFile => RK_ERR_CORRUPT_FILE,
+        ErrorKind::Tokenizer => RK_ERR_TOKENIZER,
+        ErrorKind::OutOfVocab => RK_ERR_OUT_OF_VOCAB,
+        ErrorKind::Device => RK_ERR_DEVICE,
+        ErrorKind::BufferTooSmall => RK_ERR_BUFFER_TOO_SMALL,
+        ErrorKind::Poisoned => RK_ERR_POISONED,
+        ErrorKind::Panic => RK_ERR_PANIC,
+        ErrorKind::Internal => RK_ERR_INTERNAL,
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(e: &Error) {
+    // Interior NUL bytes cannot cross as a C string; show them instead of truncating.
+    let msg = CString::new(e.message().replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|cell| *cell.borrow_mut() = msg);
+}
+
+/// Runs the body of an export: converts its error into a status code (remembering the
+/// message for `rk_last_error_message`) and a panic into `RK_ERR_PANIC`, so that no panic
+/// ever unwinds into the caller's frames.
+pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> rk_status {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::new(ErrorKind::Panic, format!("internal error (panic): {what}")))
+    });
+    match outcome {
+        Ok(()) => rk_status::RK_OK,
+        Err(e) => {
+            set_last_error(&e);
+            status_of(e.kind())
+        }
+    }
+}
+
+/// The message of the most recent failed call on the calling thread ("" if none). The string
+/// belongs to the library and stays valid until the next failing call on this thread.
+///
+/// Thread safety: safe from any thread; each thread has its own message.
+#[no_mangle]
+pub extern "C" fn rk_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|cell| cell.borrow().as_ptr())
+}
+
+/// The name of a status code, e.g. "RK_ERR_NOT_FOUND"; "RK_UNKNOWN_STATUS" for other values.
+/// Static storage; never NULL. Thread safety: safe from any thread.
+#[no_mangle]
+pub extern "C" fn rk_status_name(status: i32) -> *const c_char {
+    let name: &'static CStr = match status {
+        0 => c"RK_OK",
+        1 => c"RK_ERR_INVALID_ARGUMENT",
+        2 => c"RK_ERR_NULL_POINTER",
+        3 => c"RK_ERR_INVALID_UTF8",
+        4 => c"RK_ERR_NOT_FOUND",
+        5 => c"RK_ERR_IO",
+        6 => c"RK_ERR_UNSUPPORTED_MODEL",
+        7 => c"RK_ERR_SHAPE_MISMATCH",
+        8 => c"RK_ERR_CORRUPT_FILE",
+        9 => c"RK_ERR_TOKENIZER",
+        10 => c"RK_ERR_OUT_OF_VOCAB",
+        11 => c"RK_ERR_DEVICE",
+        12 => c"RK_ERR_BUFFER_TOO_SMALL",
+        13 => c"RK_ERR_POISONED",
+        14 => c"RK_ERR_PANIC",
+        15 => c"RK_ERR_INTERNAL",
+        _ => c"RK_UNKNOWN_STATUS",
+    };
+    name.as_ptr()
+}

@@ -1,0 +1,196 @@
+//! Reading and writing Hugging Face checkpoint directories: `config.json` plus
+//! `model.safetensors` or a sharded `model.safetensors.index.json`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use super::config::ModelConfig;
+use super::decoder::{expected_shapes, names};
+use super::params::ParamStore;
+use crate::error::{Error, ErrorKind, Result};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Where the reward head came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadSource {
+    /// Read from the checkpoint under this name.
+    Loaded(String),
+    /// The checkpoint had no head (a causal-LM checkpoint): initialised from this seed.
+    Fresh { seed: u64 },
+}
+
+/// The safetensors files of a checkpoint directory, in shard order.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if index.is_file() {
+        let json: Value = serde_json::from_slice(&Error::read_file(&index)?).map_err(|e| Error::corrupt(&index, e))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::corrupt(&index, "no `weight_map` object"))?;
+        let shards: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
+        if shards.is_empty() {
+            return Err(Error::corrupt(&index, "`weight_map` names no files"));
+        }
+        return shards
+            .into_iter()
+            .map(|s| {
+                let p = dir.join(s);
+                if p.is_file() { Ok(p) } else { Err(Error::missing(p, "weight shard")) }
+            })
+            .collect();
+    }
+    if dir.join("pytorch_model.bin").is_file() {
+        return Err(Error::unsupported(format!(
+            "{}: only safetensors checkpoints are supported (found pytorch_model.bin)",
+            dir.display()
+        )));
+    }
+    Err(Error::missing(dir.join(WEIGHTS_FILE), "model weights (model.safetensors or model.safetensors.index.json)"))
+}
+
+/// Every tensor of the given safetensors files, on the CPU, in its stored dtype.
+///
+/// Files are read into memory rather than memory-mapped: a file truncated or rewritten while
+/// mapped would fault the host process (SIGBUS), whereas a read gives a clean error.
+pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for path in files {
+        let bytes = Error::read_file(path)?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::corrupt(path, format!("not a valid safetensors file: {e}")))?;
+        for (name, view) in st.tensors() {
+            let t = view.load(&Device::Cpu).map_err(|e| Error::corrupt(path, format!("tensor `{name}`: {e}")))?;
+            out.insert(name, t);
+        }
+    }
+    Ok(out)
+}
+
+fn check_float(name: &str, t: &Tensor) -> Result<()> {
+    match t.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => Ok(()),
+        other => Err(Error::unsupported(format!("weight `{name}` is stored as {other:?}; expected f32, f16 or bf16"))),
+    }
+}
+
+fn check_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
+    if t.dims() != expected {
+        return Err(Error::new(
+            ErrorKind::ShapeMismatch,
+            format!("weight `{name}` has shape {:?} but the config implies {:?}", t.dims(), expected),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the parameter set of a reward model from a checkpoint's tensors: the backbone, and
+/// the reward head under any of its known names, or a fresh seeded head if there is none.
+pub fn params_from_tensors(
+    cfg: &ModelConfig,
+    mut tensors: HashMap<String, Tensor>,
+    device: &Device,
+    dtype: DType,
+    head_seed: u64,
+) -> Result<(ParamStore, HeadSource)> {
+    let mut params = ParamStore::new();
+    let mut put = |name: &str, t: Tensor| -> Result<()> {
+        check_float(name, &t)?;
+        params.insert(name, &t.to_dtype(dtype)?.to_device(device)?)
+    };
+    for (name, shape) in expected_shapes(cfg) {
+        let t = tensors
+            .remove(&name)
+            .ok_or_else(|| Error::new(ErrorKind::ShapeMismatch, format!("checkpoint lacks weight `{name}`")))?;
+        check_shape(&name, &t, &shape)?;
+        put(&name, t)?;
+    }
+    let h = cfg.hidden_size;
+    let head_name = std::iter::once(names::HEAD).chain(names::HEAD_ALIASES).find(|n| tensors.contains_key(*n));
+    let source = match head_name {
+        Some(name) => {
+            let bias = name.replace(".weight", ".bias");
+            if tensors.contains_key(&bias) {
+                return Err(Error::unsupported(format!("`{bias}` present: reward heads with a bias are not supported")));
+            }
+            let t = tensors.remove(name).expect("found above");
+            let t = match t.dims() {
+                [n] if *n == h => t.reshape((1, h))?,
+                [1, n] if *n == h => t,
+                [labels, n] if *n == h => {
+                    return Err(Error::unsupported(format!(
+                        "reward head `{name}` has {labels} outputs; a reward model has exactly one"
+                    )))
+                }
+                _ => return Err(Error::new(ErrorKind::ShapeMismatch, format!("reward head `{name}` has shape {:?}, expected [1, {h}]", t.dims()))),
+            };
+            put(names::HEAD, t)?;
+            HeadSource::Loaded(name.to_string())
+        }
+        None => {
+            put(names::HEAD, fresh_head(cfg, head_seed)?)?;
+            HeadSource::Fresh { seed: head_seed }
+        }
+    };
+    Ok((params, source))
+}
+
+/// A new reward head: N(0, initializer_range^2), as `transformers` initialises `score`.
+pub fn fresh_head(cfg: &ModelConfig, seed: u64) -> Result<Tensor> {
+    let std = cfg.raw.get("initializer_range").and_then(Value::as_f64).unwrap_or(0.02);
+    let w = crate::rng::Rng::new(seed).normal_vec(cfg.hidden_size, std);
+    Ok(Tensor::from_vec(w, (1, cfg.hidden_size), &Device::Cpu)?)
+}
+
+/// Writes `config.json` and `model.safetensors` (with the `format: pt` metadata that
+/// `transformers` expects) into `dir`, atomically: everything goes to a sibling temporary
+/// directory first, which then replaces `dir`. A crash mid-save leaves the old checkpoint whole.
+pub fn save_checkpoint(dir: &Path, config_json: &Value, tensors: &[(String, Tensor)], extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let base = dir.file_name().ok_or_else(|| Error::invalid(format!("cannot save to {}", dir.display())))?.to_string_lossy().to_string();
+    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let write = || -> Result<()> {
+        let cfg_bytes = serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
+        write_synced(&tmp.join(CONFIG_FILE), &cfg_bytes)?;
+        let cpu: Vec<(String, Tensor)> =
+            tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
+        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        let bytes = safetensors::serialize(cpu, Some(metadata)).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        write_synced(&tmp.join(WEIGHTS_FILE), &bytes)?;
+        for (name, data) in extra_files {
+            write_synced(&tmp.join(name), data)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    crate::fsutil::replace_dir(&tmp, dir)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,355 @@
+//! The Llama-family decoder (Llama, Qwen2, Mistral, SmolLM): one implementation, switched by
+//! [`ModelConfig`]. Two paths through the same weights:
+//!
+//! * `Pass::Inference` uses candle's fused kernels (rms_norm, rope, softmax_last_dim), which
+//!   are fast but have no backward pass;
+//! * `Pass::Train` uses only differentiable ops, so every parameter receives a gradient.
+//!
+//! Shapes in comments: b = batch, t = sequence length, h = hidden size, nh / nkv = query /
+//! key-value heads, d = head dim. Sequences are right-padded: with a causal mask, real tokens
+//! never attend to the padding after them, so padding cannot change a score.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::{ModelConfig, RopeScaling};
+use super::params::ParamStore;
+use crate::error::Result;
+
+/// Which ops the forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pass {
+    /// Fused kernels, no autograd.
+    Inference,
+    /// Differentiable ops only; `dropout` is applied to each residual branch and to the pooled
+    /// feature when > 0. `dropout_seed` makes the masks reproducible.
+    Train { dropout: f32, dropout_seed: u64 },
+}
+
+pub struct LayerWeights {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// `y = x W^T + b` on the last dimension.
+#[derive(Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // (.., in) -> (rows, in) @ (in, out): one large GEMM instead of a batched one.
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+}
+
+/// Views of the parameters of one model, arranged for the forward pass. Cheap to build: the
+/// tensors share storage with the `ParamStore` they come from.
+pub struct DecoderWeights {
+    embed: Tensor,
+    layers: Vec<LayerWeights>,
+    final_norm: Tensor,
+    /// (1, h): the reward head.
+    head: Tensor,
+}
+
+/// Parameter names, exactly as Hugging Face writes them.
+pub mod names {
+    pub const EMBED: &str = "model.embed_tokens.weight";
+    pub const FINAL_NORM: &str = "model.norm.weight";
+    pub const LM_HEAD: &str = "lm_head.weight";
+    /// The name rewardkit stores its head under (`*ForSequenceClassification`).
+    pub const HEAD: &str = "score.weight";
+    /// Head names other trainers use: OpenRLHF, MOSS-RLHF.
+    pub const HEAD_ALIASES: [&str; 2] = ["value_head.weight", "reward_head.weight"];
+
+    pub fn layer(i: usize, rest: &str) -> String {
+        format!("model.layers.{i}.{rest}")
+    }
+}
+
+/// Every backbone parameter with its expected shape, in the order of the forward pass.
+pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, d, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+    let mut out = vec![(names::EMBED.to_string(), vec![cfg.vocab_size, h])];
+    for l in 0..cfg.num_hidden_layers {
+        let mut push = |rest: &str, shape: Vec<usize>| out.push((names::layer(l, rest), shape));
+        push("input_layernorm.weight", vec![h]);
+        push("self_attn.q_proj.weight", vec![q_out, h]);
+        push("self_attn.k_proj.weight", vec![kv_out, h]);
+        push("self_attn.v_proj.weight", vec![kv_out, h]);
+        if cfg.qkv_bias {
+            push("self_attn.q_proj.bias", vec![q_out]);
+            push("self_attn.k_proj.bias", vec![kv_out]);
+            push("self_attn.v_proj.bias", vec![kv_out]);
+        }
+        push("self_attn.o_proj.weight", vec![h, q_out]);
+        if cfg.o_bias {
+            push("self_attn.o_proj.bias", vec![h]);
+        }
+        push("post_attention_layernorm.weight", vec![h]);
+        push("mlp.gate_proj.weight", vec![i, h]);
+        push("mlp.up_proj.weight", vec![i, h]);
+        push("mlp.down_proj.weight", vec![h, i]);
+        if cfg.mlp_bias {
+            push("mlp.gate_proj.bias", vec![i]);
+            push("mlp.up_proj.bias", vec![i]);
+            push("mlp.down_proj.bias", vec![h]);
+        }
+    }
+    out.push((names::FINAL_NORM.to_string(), vec![h]));
+    out
+}
+
+impl DecoderWeights {
+    pub fn new(cfg: &ModelConfig, p: &ParamStore) -> Result<Self> {
+        let linear = |l: usize, proj: &str, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: p.get(&names::layer(l, &format!("{proj}.weight")))?.clone(),
+                bias: if bias { Some(p.get(&names::layer(l, &format!("{proj}.bias")))?.clone()) } else { None },
+            })
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                Ok(LayerWeights {
+                    input_norm: p.get(&names::layer(l, "input_layernorm.weight"))?.clone(),
+                    q: linear(l, "self_attn.q_proj", cfg.qkv_bias)?,
+                    k: linear(l, "self_attn.k_proj", cfg.qkv_bias)?,
+                    v: linear(l, "self_attn.v_proj", cfg.qkv_bias)?,
+                    o: linear(l, "self_attn.o_proj", cfg.o_bias)?,
+                    post_norm: p.get(&names::layer(l, "post_attention_layernorm.weight"))?.clone(),
+                    gate: linear(l, "mlp.gate_proj", cfg.mlp_bias)?,
+                    up: linear(l, "mlp.up_proj", cfg.mlp_bias)?,
+                    down: linear(l, "mlp.down_proj", cfg.mlp_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DecoderWeights {
+            embed: p.get(names::EMBED)?.clone(),
+            layers,
+            final_norm: p.get(names::FINAL_NORM)?.clone(),
+            head: p.get(names::HEAD)?.clone(),
+        })
+    }
+
+    pub fn embed(&self) -> &Tensor {
+        &self.embed
+    }
+}
+
+/// Rotary tables for positions `0..max_len`, in the compute dtype.
+pub struct Rope {
+    /// (max_len, d/2), for the fused kernel.
+    cos_half: Tensor,
+    sin_half: Tensor,
+    /// (max_len, d): `cat(cos, cos)` as `transformers` builds it, for the differentiable path.
+    cos_full: Tensor,
+    sin_full: Tensor,
+}
+
+/// Inverse frequencies `1 / theta^(2i/d)`, adjusted by the config's rope scaling.
+fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
+    let d = cfg.head_dim;
+    let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+    match cfg.rope_scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            let low_wavelen = original_max_position / low_freq_factor;
+            let high_wavelen = original_max_position / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig, max_len: usize, dtype: DType, device: &Device) -> Result<Self> {
+        // transformers computes the angles in float32: do the same so positions agree bit for bit
+        // as far as possible.
+        let inv: Vec<f32> = inverse_frequencies(cfg).iter().map(|&f| f as f32).collect();
+        let half = inv.len();
+        let mut angles = Vec::with_capacity(max_len * half);
+        for pos in 0..max_len {
+            angles.extend(inv.iter().map(|&f| pos as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (max_len, half), device)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        Ok(Rope {
+            cos_full: Tensor::cat(&[&cos, &cos], 1)?.to_dtype(dtype)?,
+            sin_full: Tensor::cat(&[&sin, &sin], 1)?.to_dtype(dtype)?,
+            cos_half: cos.to_dtype(dtype)?,
+            sin_half: sin.to_dtype(dtype)?,
+        })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.cos_half.dims()[0]
+    }
+
+    /// x: (b, heads, t, d) -> same shape, rotated by position.
+    fn apply(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        match pass {
+            Pass::Inference => {
+                Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?)
+            }
+            Pass::Train { .. } => {
+                let (cos, sin) = (self.cos_full.narrow(0, 0, t)?, self.sin_full.narrow(0, 0, t)?);
+                let d = x.dim(D::Minus1)?;
+                let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+            }
+        }
+    }
+}
+
+/// RMSNorm as transformers computes it: in float32, cast back, then scaled.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, pass: Pass) -> Result<Tensor> {
+    match pass {
+        Pass::Inference => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?),
+        Pass::Train { .. } => {
+            let dtype = x.dtype();
+            let x32 = x.to_dtype(DType::F32)?;
+            let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+            Ok(x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(weight)?)
+        }
+    }
+}
+
+/// Softmax over the last dimension, in float32.
+fn softmax_f32(x: &Tensor, pass: Pass) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    match pass {
+        Pass::Inference => Ok(candle_nn::ops::softmax_last_dim(&x)?),
+        Pass::Train { .. } => {
+            // The max is only there for range; softmax does not depend on it, so no gradient.
+            let max = x.max_keepdim(D::Minus1)?.detach();
+            let e = x.broadcast_sub(&max)?.exp()?;
+            Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+        }
+    }
+}
+
+/// (t, t) additive mask: 0 where query i may attend to key j, -inf elsewhere.
+fn attention_mask(t: usize, sliding_window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
+    let window = sliding_window.unwrap_or(usize::MAX);
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?)
+}
+
+/// Inverted dropout with a mask drawn from a seeded generator (candle's own dropout draws
+/// from an unseeded one, which would break "same seed, same weights").
+fn dropout(x: &Tensor, pass: Pass, stream: u64) -> Result<Tensor> {
+    let Pass::Train { dropout: p, dropout_seed } = pass else { return Ok(x.clone()) };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mut rng = crate::rng::Rng::new(dropout_seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { scale }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+struct Attention<'a> {
+    cfg: &'a ModelConfig,
+    rope: &'a Rope,
+    mask: Tensor,
+}
+
+impl Attention<'_> {
+    /// x: (b, t, h) -> (b, t, h)
+    fn forward(&self, w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let rep = nh / nkv;
+        // (b, t, heads*d) -> (b, heads, t, d)
+        let q = w.q.forward(x)?.reshape((b, t, nh, d))?.transpose(1, 2)?;
+        let k = w.k.forward(x)?.reshape((b, t, nkv, d))?.transpose(1, 2)?;
+        let v = w.v.forward(x)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let q = self.rope.apply(&q, pass)?.contiguous()?;
+        let k = self.rope.apply(&k, pass)?;
+        // Grouped-query attention without copying k/v: query head j uses kv head j / rep, so
+        // the rep query heads of one kv head stack into one (rep*t, d) matrix.
+        let q = q.reshape((b, nkv, rep * t, d))?;
+        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * (d as f64).powf(-0.5))?; // (b, nkv, rep*t, t)
+        let scores = scores.reshape((b, nh, t, t))?.broadcast_add(&self.mask)?;
+        let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?;
+        let probs = probs.reshape((b, nkv, rep * t, t))?;
+        let y = probs.matmul(&v)?; // (b, nkv, rep*t, d)
+        let y = y.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        w.o.forward(&y)
+    }
+}
+
+fn mlp(w: &LayerWeights, x: &Tensor) -> Result<Tensor> {
+    let gate = w.gate.forward(x)?.silu()?;
+    w.down.forward(&(gate * w.up.forward(x)?)?)
+}
+
+/// One right-padded batch of token ids and, per row, the position the reward is read at.
+pub struct Batch {
+    /// (b, t) u32
+    pub ids: Tensor,
+    /// Per row: the index of the pooled token (HF: the rightmost non-pad token).
+    pub pool_index: Vec<usize>,
+}
+
+/// Backbone forward: final hidden states (after the final norm) at each row's pooled token.
+/// Returns (b, h) in the compute dtype.
+pub fn pooled_features(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch: &Batch, pass: Pass) -> Result<Tensor> {
+    let (b, t) = batch.ids.dims2()?;
+    let h = cfg.hidden_size;
+    let mut x = w.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, h))?;
+    let attention = Attention { cfg, rope, mask: attention_mask(t, cfg.sliding_window, x.dtype(), x.device())? };
+    for (l, layer) in w.layers.iter().enumerate() {
+        let y = attention.forward(layer, &rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, pass)?, pass)?;
+        x = (x + dropout(&y, pass, 2 * l as u64)?)?;
+        let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?)?;
+        x = (x + dropout(&y, pass, 2 * l as u64 + 1)?)?;
+    }
+    // Only the pooled rows go through the final norm and the head: (b*t, h) -> (b, h).
+    let rows: Vec<u32> = batch.pool_index.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect();
+    let rows = Tensor::from_vec(rows, b, x.device())?;
+    let pooled = x.reshape((b * t, h))?.index_select(&rows, 0)?;
+    let features = rms_norm(&pooled, &w.final_norm, cfg.rms_norm_eps, pass)?;
+    dropout(&features, pass, u64::MAX)
+}
+
+/// Reward head: (b, h) -> (b,) in float32.
+pub fn rewards_from_features(w: &DecoderWeights, features: &Tensor) -> Result<Tensor> {
+    Ok(features.matmul(&w.head.t()?)?.squeeze(1)?.to_dtype(DType::F32)?)
+}

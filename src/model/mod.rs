@@ -1,0 +1,206 @@
+//! The reward model: a Llama-family backbone plus a linear head read at the last non-pad token.
+
+pub mod checkpoint;
+pub mod config;
+pub mod decoder;
+pub mod params;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use checkpoint::HeadSource;
+pub use config::{Architecture, ModelConfig};
+pub use decoder::{Batch, Pass};
+pub use params::ParamStore;
+
+use crate::device::DeviceSpec;
+use crate::error::{Error, Result};
+use decoder::{DecoderWeights, Rope};
+
+/// The dtype the model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeDType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl ComputeDType {
+    pub fn to_candle(self) -> DType {
+        match self {
+            ComputeDType::F32 => DType::F32,
+            ComputeDType::BF16 => DType::BF16,
+            ComputeDType::F16 => DType::F16,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeDType::F32 => "f32",
+            ComputeDType::BF16 => "bf16",
+            ComputeDType::F16 => "f16",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(ComputeDType::F32),
+            "bf16" | "bfloat16" => Ok(ComputeDType::BF16),
+            "f16" | "float16" | "fp16" | "half" => Ok(ComputeDType::F16),
+            _ => Err(Error::invalid(format!("unknown dtype `{s}` (f32, bf16, f16)"))),
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: DeviceSpec,
+    pub dtype: ComputeDType,
+    /// Longest sequence the model will be asked to process; 0 means the model's
+    /// `max_position_embeddings`.
+    pub max_length: usize,
+    /// Seed for a fresh reward head when the checkpoint has none.
+    pub head_seed: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: DeviceSpec::Cpu, dtype: ComputeDType::F32, max_length: 0, head_seed: 0 }
+    }
+}
+
+/// A reward model in memory: configuration, parameters, and what the forward pass needs.
+pub struct RewardModel {
+    config: ModelConfig,
+    params: ParamStore,
+    weights: DecoderWeights,
+    rope: Rope,
+    device: Device,
+    dtype: ComputeDType,
+    head_source: HeadSource,
+}
+
+impl RewardModel {
+    /// Loads a Hugging Face checkpoint directory (the tokenizer is loaded separately).
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::missing(dir.to_path_buf(), "model directory"));
+        }
+        let config = ModelConfig::from_file(&dir.join(checkpoint::CONFIG_FILE))?;
+        let tensors = checkpoint::read_tensors(&checkpoint::weight_files(dir)?)?;
+        let device = opts.device.open()?;
+        let (params, head_source) =
+            checkpoint::params_from_tensors(&config, tensors, &device, opts.dtype.to_candle(), opts.head_seed)
+                .map_err(|e| e.context(dir.display()))?;
+        Self::from_params(config, params, head_source, device, opts.dtype, opts.max_length)
+    }
+
+    /// Assembles a model from parameters already on `device` in `dtype`.
+    pub fn from_params(
+        config: ModelConfig,
+        params: ParamStore,
+        head_source: HeadSource,
+        device: Device,
+        dtype: ComputeDType,
+        max_length: usize,
+    ) -> Result<Self> {
+        let max_length = resolve_max_length(&config, max_length)?;
+        let weights = DecoderWeights::new(&config, &params)?;
+        let rope = Rope::new(&config, max_length, dtype.to_candle(), &device)?;
+        Ok(RewardModel { config, params, weights, rope, device, dtype, head_source })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> ComputeDType {
+        self.dtype
+    }
+    pub fn head_source(&self) -> &HeadSource {
+        &self.head_source
+    }
+    /// Longest sequence this instance accepts.
+    pub fn max_length(&self) -> usize {
+        self.rope.max_len()
+    }
+
+    /// The index the reward is read at, as transformers' `*ForSequenceClassification` picks it:
+    /// the rightmost token that is not `pad_token_id` (so with pad == eos, the token before any
+    /// trailing EOS); the last token when the config has no pad id; 0 when every token is pad.
+    pub fn pool_index(&self, ids: &[u32]) -> usize {
+        match self.config.pad_token_id {
+            None => ids.len().saturating_sub(1),
+            Some(pad) => ids.iter().rposition(|&t| t != pad).unwrap_or(0),
+        }
+    }
+
+    /// Builds one right-padded batch. Ids must already be validated (non-empty, in vocabulary,
+    /// no longer than `max_length`).
+    pub fn make_batch(&self, seqs: &[&[u32]]) -> Result<Batch> {
+        let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        // Any in-vocabulary id works as filler: the causal mask hides it from real tokens and
+        // pooling indices are computed from the unpadded sequences.
+        let fill = self.config.pad_token_id.unwrap_or(0);
+        let mut flat = Vec::with_capacity(seqs.len() * t);
+        for s in seqs {
+            flat.extend_from_slice(s);
+            flat.extend(std::iter::repeat(fill).take(t - s.len()));
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(flat, (seqs.len(), t), &self.device)?,
+            pool_index: seqs.iter().map(|s| self.pool_index(s)).collect(),
+        })
+    }
+
+    /// Pooled, final-normed hidden states: (b, h).
+    pub fn features(&self, batch: &Batch, pass: Pass) -> Result<Tensor> {
+        decoder::pooled_features(&self.config, &self.weights, &self.rope, batch, pass)
+    }
+
+    /// Rewards: (b,) float32.
+    pub fn rewards(&self, batch: &Batch, pass: Pass) -> Result<Tensor> {
+        self.rewards_from_features(&self.features(batch, pass)?)
+    }
+
+    pub fn rewards_from_features(&self, features: &Tensor) -> Result<Tensor> {
+        decoder::rewards_from_features(&self.weights, features)
+    }
+
+    /// Checks token ids against the vocabulary and the length limit.
+    pub fn validate_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::invalid("empty token sequence"));
+        }
+        if ids.len() > self.max_length() {
+            return Err(Error::invalid(format!("sequence of {} tokens exceeds max_length {}", ids.len(), self.max_length())));
+        }
+        if let Some((pos, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.config.vocab_size) {
+            return Err(Error::new(
+                crate::ErrorKind::OutOfVocab,
+                format!("token id {id} at position {pos} is outside the vocabulary (size {})", self.config.vocab_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes the model as a Hugging Face `*ForSequenceClassification` checkpoint.
+    pub fn save(&self, dir: &Path, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
+        let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();
+        checkpoint::save_checkpoint(dir, &self.config.to_reward_model_json(), &tensors, extra_files)
+    }
+}
+
+fn resolve_max_length(config: &ModelConfig, requested: usize) -> Result<usize> {
+    let limit = config.max_position_embeddings;
+    match requested {
+        0 => Ok(limit),
+        n if n > limit => Err(Error::invalid(format!("max_length {n} exceeds the model's max_position_embeddings {limit}"))),
+        n => Ok(n),
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rewardkit::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/parity").join(name)
+}
+
+pub fn hh_data() -> PathBuf {
+    repo().join("data/hh-rlhf/harmless-base-test.jsonl.gz")
+}
+
+/// A scratch directory for this test binary, emptied on first use.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The project's tiny reward model, built once per test binary.
+pub fn tiny_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("tiny").join("model");
+        let corpus = corpus_from_jsonl(&hh_data()).unwrap();
+        create_tiny_model(&dir, &corpus, &TinySpec::default()).unwrap();
+        dir
+    })
+}
+
+/// The first `n` HH-RLHF pairs as (prompt, response) of the chosen dialogue.
+pub fn hh_pairs(n: usize) -> Vec<(String, String)> {
+    rewardkit::data::read_jsonl(&hh_data())
+        .unwrap()
+        .into_iter()
+        .take(n)
+        .map(|(_, row)| {
+            let (p, r) = rewardkit::data::split_hh_dialogue(row["chosen"].as_str().unwrap()).unwrap();
+            (p.to_string(), r.to_string())
+        })
+        .collect()
+}
+
+pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (|diff| {} > {tol})", (g - w).abs());
+    }
+}
