@@ -162,7 +162,7 @@ typedef struct rk_model_params {
    */
   uint32_t max_length;
   /**
-   * Upper bound on padded tokens (rows x longest row) per forward pass. Default 8192.
+   * Upper bound on padded tokens (rows x longest row) per forward pass. Default 4096.
    */
   uint32_t batch_token_budget;
   /**
@@ -234,7 +234,7 @@ extern "C" {
 
 /**
  * The default load options: CPU, float32, all cores, the model's full length, a token budget
- * of 8192 per forward pass, plain `prompt + response` text. Thread safety: safe anywhere.
+ * of 4096 per forward pass, plain `prompt + response` text. Thread safety: safe anywhere.
  */
 struct rk_model_params rk_model_default_params(void);
 

@@ -192,3 +192,37 @@ fn build_pool(n_threads: usize) -> Result<rayon::ThreadPool> {
         .build()
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} worker threads: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::checkpoint::HeadSource;
+    use crate::tiny::{random_params, tiny_config, TinySpec};
+
+    fn small() -> SharedModel {
+        let spec = TinySpec { vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, ..Default::default() };
+        let cfg = tiny_config(&spec).unwrap();
+        let params = random_params(&cfg, 1).unwrap();
+        let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 1 }, candle_core::Device::Cpu, ComputeDType::F32, 64).unwrap();
+        SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn a_panic_during_an_update_poisons_the_handle() {
+        let shared = small();
+        assert!(shared.score_ids(&[&[1, 2, 3]]).is_ok());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = shared.write().unwrap();
+            panic!("update failed half-way");
+        }));
+        assert!(result.is_err());
+        let e = shared.score_ids(&[&[1, 2, 3]]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Poisoned);
+    }
+
+    #[test]
+    fn text_scoring_without_a_tokenizer_is_a_clear_error() {
+        let e = small().score_pairs(&[("a", "b")]).unwrap_err();
+        assert!(e.message().contains("tokenizer.json"), "{e}");
+    }
+}

@@ -152,8 +152,16 @@ fn row_sequences(model: &SharedModel, row: &ScoreRow) -> Result<Vec<Vec<u32>>> {
     }
 }
 
+/// One input row: its line number, the raw JSON, the parsed row and its token sequences.
+struct InputRow {
+    line: usize,
+    value: Value,
+    row: ScoreRow,
+    seqs: Vec<Vec<u32>>,
+}
+
 /// Reads and tokenizes every row; errors name the line.
-fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<Vec<(usize, Value, ScoreRow, Vec<Vec<u32>>)>> {
+fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<Vec<InputRow>> {
     let mut rows = read_jsonl(input)?;
     if let Some(n) = limit {
         rows.truncate(n);
@@ -166,7 +174,7 @@ fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<
             let at = |e: Error| e.context(format!("{}: line {line}", input.display()));
             let row = ScoreRow::parse(&value).map_err(at)?;
             let seqs = row_sequences(model, &row).map_err(at)?;
-            Ok((line, value, row, seqs))
+            Ok(InputRow { line, value, row, seqs })
         })
         .collect()
 }
@@ -174,7 +182,7 @@ fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<
 fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<usize>) -> Result<()> {
     let model = args.load()?;
     let rows = load_rows(&model, input, limit)?;
-    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.3.iter().map(Vec::as_slice)).collect();
+    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     let started = Instant::now();
     let rewards = model.score_ids(&seqs)?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -185,7 +193,7 @@ fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<us
     };
     let mut next = rewards.iter().copied();
     let (mut pairs, mut correct) = (0usize, 0usize);
-    for (line, value, row, _) in &rows {
+    for InputRow { line, value, row, .. } in &rows {
         let mut obj = match row {
             ScoreRow::Preference { .. } => {
                 let (c, r) = (next.next().unwrap(), next.next().unwrap());
@@ -220,7 +228,7 @@ fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids:
     let model = args.load()?;
     let info = model.info()?;
     let rows = load_rows(&model, input, Some(limit))?;
-    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.3.iter().map(Vec::as_slice)).collect();
+    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     if let Some(path) = dump_ids {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
         for s in &seqs {

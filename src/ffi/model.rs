@@ -45,7 +45,7 @@ pub struct rk_model_params {
     /// Longest sequence in tokens; longer inputs lose tokens from the left (the prompt side).
     /// 0 = the model's `max_position_embeddings`.
     pub max_length: u32,
-    /// Upper bound on padded tokens (rows x longest row) per forward pass. Default 8192.
+    /// Upper bound on padded tokens (rows x longest row) per forward pass. Default 4096.
     pub batch_token_budget: u32,
     /// Upper bound on sequences per forward pass; 0 = bounded by the token budget only.
     pub max_batch_size: u32,
@@ -87,7 +87,7 @@ pub struct rk_model_info {
 }
 
 /// The default load options: CPU, float32, all cores, the model's full length, a token budget
-/// of 8192 per forward pass, plain `prompt + response` text. Thread safety: safe anywhere.
+/// of 4096 per forward pass, plain `prompt + response` text. Thread safety: safe anywhere.
 #[no_mangle]
 pub extern "C" fn rk_model_default_params() -> rk_model_params {
     let batch = BatchOptions::default();

@@ -130,3 +130,23 @@ pub extern "C" fn rk_status_name(status: i32) -> *const c_char {
     };
     name.as_ptr()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_turns_a_panic_into_a_status_and_message() {
+        let status = guard(|| panic!("boom at the boundary"));
+        assert_eq!(status, rk_status::RK_ERR_PANIC);
+        let msg = unsafe { CStr::from_ptr(rk_last_error_message()) }.to_str().unwrap().to_string();
+        assert!(msg.contains("boom at the boundary"), "{msg}");
+    }
+
+    #[test]
+    fn guard_maps_error_kinds() {
+        let status = guard(|| Err(Error::new(ErrorKind::OutOfVocab, "id 9 too big")));
+        assert_eq!(status, rk_status::RK_ERR_OUT_OF_VOCAB);
+        assert_eq!(guard(|| Ok(())), rk_status::RK_OK);
+    }
+}

@@ -216,6 +216,12 @@ impl Rope {
         self.cos_half.dims()[0]
     }
 
+    /// Fused rotation for inference on the projection layout: x: (b, t, heads, d).
+    fn apply_thd(&self, x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?)
+    }
+
     /// x: (b, heads, t, d) -> same shape, rotated by position.
     fn apply(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let t = x.dim(2)?;
@@ -287,7 +293,8 @@ fn dropout(x: &Tensor, pass: Pass, stream: u64) -> Result<Tensor> {
 struct Attention<'a> {
     cfg: &'a ModelConfig,
     rope: &'a Rope,
-    mask: Tensor,
+    /// The additive mask for the generic path; `None` selects the fused CPU kernel.
+    mask: Option<Tensor>,
 }
 
 impl Attention<'_> {
@@ -295,29 +302,43 @@ impl Attention<'_> {
     fn forward(&self, w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
-        let rep = nh / nkv;
-        // (b, t, heads*d) -> (b, heads, t, d)
-        let q = w.q.forward(x)?.reshape((b, t, nh, d))?.transpose(1, 2)?;
-        let k = w.k.forward(x)?.reshape((b, t, nkv, d))?.transpose(1, 2)?;
-        let v = w.v.forward(x)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
-        let q = self.rope.apply(&q, pass)?.contiguous()?;
-        let k = self.rope.apply(&k, pass)?;
-        // Grouped-query attention without copying k/v: query head j uses kv head j / rep, so
-        // the rep query heads of one kv head stack into one (rep*t, d) matrix.
-        let q = q.reshape((b, nkv, rep * t, d))?;
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * (d as f64).powf(-0.5))?; // (b, nkv, rep*t, t)
-        let scores = scores.reshape((b, nh, t, t))?.broadcast_add(&self.mask)?;
-        let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?;
-        let probs = probs.reshape((b, nkv, rep * t, t))?;
-        let y = probs.matmul(&v)?; // (b, nkv, rep*t, d)
-        let y = y.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b, t, nh * d))?;
-        w.o.forward(&y)
+        let scale = (d as f64).powf(-0.5);
+        // (b, t, heads*d) -> (b, t, heads, d): a view.
+        let q = w.q.forward(x)?.reshape((b, t, nh, d))?;
+        let k = w.k.forward(x)?.reshape((b, t, nkv, d))?;
+        let v = w.v.forward(x)?.reshape((b, t, nkv, d))?;
+        let y = match &self.mask {
+            None => {
+                let (q, k) = (self.rope.apply_thd(&q)?, self.rope.apply_thd(&k)?);
+                super::fused::causal_attention_cpu(&q, &k, &v.contiguous()?, scale, self.cfg.sliding_window)?
+            }
+            Some(mask) => {
+                // (b, t, heads, d) -> (b, heads, t, d)
+                let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?.contiguous()?);
+                let q = self.rope.apply(&q, pass)?.contiguous()?;
+                let k = self.rope.apply(&k, pass)?.contiguous()?;
+                // Grouped-query attention without copying k/v: query head j uses kv head
+                // j / rep, so the rep query heads of one kv head stack into a (rep*t, d) matrix.
+                let rep = nh / nkv;
+                let q = q.reshape((b, nkv, rep * t, d))?;
+                let scores = (q.matmul(&k.transpose(2, 3)?)? * scale)?; // (b, nkv, rep*t, t)
+                let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
+                let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?.reshape((b, nkv, rep * t, t))?;
+                probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)? // (b, t, nh, d)
+            }
+        };
+        w.o.forward(&y.reshape((b, t, nh * d))?)
     }
 }
 
-fn mlp(w: &LayerWeights, x: &Tensor) -> Result<Tensor> {
-    let gate = w.gate.forward(x)?.silu()?;
-    w.down.forward(&(gate * w.up.forward(x)?)?)
+fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
+    let (gate, up) = (w.gate.forward(x)?, w.up.forward(x)?);
+    let hidden = if pass == Pass::Inference && x.device().is_cpu() {
+        super::fused::silu_mul_cpu(&gate, &up)?
+    } else {
+        (gate.silu()? * up)?
+    };
+    w.down.forward(&hidden)
 }
 
 /// One right-padded batch of token ids and, per row, the position the reward is read at.
@@ -334,11 +355,13 @@ pub fn pooled_features(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch
     let (b, t) = batch.ids.dims2()?;
     let h = cfg.hidden_size;
     let mut x = w.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, h))?;
-    let attention = Attention { cfg, rope, mask: attention_mask(t, cfg.sliding_window, x.dtype(), x.device())? };
+    let fused = pass == Pass::Inference && x.device().is_cpu();
+    let mask = if fused { None } else { Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?) };
+    let attention = Attention { cfg, rope, mask };
     for (l, layer) in w.layers.iter().enumerate() {
         let y = attention.forward(layer, &rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, pass)?, pass)?;
         x = (x + dropout(&y, pass, 2 * l as u64)?)?;
-        let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?)?;
+        let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
         x = (x + dropout(&y, pass, 2 * l as u64 + 1)?)?;
     }
     // Only the pooled rows go through the final norm and the head: (b*t, h) -> (b, h).

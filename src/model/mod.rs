@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+mod fused;
 pub mod params;
 
 use std::path::Path;

@@ -1,0 +1,317 @@
+//! Fused CPU kernels for inference: causal attention and the SwiGLU activation.
+//!
+//! Attention: the generic path materialises (b, heads, t, t) scores, adds a mask, and runs softmax over
+//! whole rows: three full passes over a t*t tensor and half of the work spent on positions
+//! the mask throws away. Here each (batch, head, block of queries) task computes its scores
+//! against only the keys it may see with two small GEMMs, applies softmax to the visible part
+//! in a cache-resident scratch buffer, and writes straight into the output.
+//!
+//! SwiGLU: `silu(gate) * up` in one vectorised pass instead of three (exp, divide, multiply),
+//! each allocating a full activation tensor.
+//!
+//! No backward pass here: training uses the differentiable path in `decoder`.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Queries per task: big enough for efficient GEMMs, small enough that a block's scores stay
+/// in cache.
+const QUERY_BLOCK: usize = 64;
+
+struct CausalAttention {
+    scale: f32,
+    /// Query heads per key/value head (grouped-query attention).
+    group: usize,
+    /// Keys further back than this are invisible (Mistral's sliding window).
+    window: Option<usize>,
+}
+
+/// The output buffer, shared by tasks that each write a disjoint set of rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row, head) regions; see `cpu_fwd`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so that closures capture the whole (Sync) wrapper, not the raw field.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer (see `cpu_fwd`).
+        unsafe { self.0.add(offset) }
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "rewardkit-causal-attention"
+    }
+
+    /// q: (b, t, nh, d), k and v: (b, t, nkv, d), all contiguous -> (b, t, nh, d). Working on
+    /// the projection layout directly saves a transpose copy of q, k, v and the output.
+    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (qs, ks, vs) else {
+            candle_core::bail!("causal attention: q, k, v must be f32");
+        };
+        let (b, t, nh, d) = ql.shape().dims4()?;
+        let (_, _, nkv, _) = kl.shape().dims4()?;
+        if [ql, kl, vl].iter().any(|l| !l.is_contiguous()) || kl.shape() != vl.shape() || nkv * self.group != nh {
+            candle_core::bail!("causal attention: bad shapes or layouts {:?} {:?} {:?}", ql.shape(), kl.shape(), vl.shape());
+        }
+        let q = &q[ql.start_offset()..][..b * t * nh * d];
+        let k = &k[kl.start_offset()..][..b * t * nkv * d];
+        let v = &v[vl.start_offset()..][..b * t * nkv * d];
+        let mut out = vec![0f32; b * t * nh * d];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let blocks = t.div_ceil(QUERY_BLOCK);
+        (0..b * nh * blocks).into_par_iter().for_each(|task| {
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (bi, h) = (bh / nh, bh % nh);
+            let heads = Heads {
+                q: &q[bi * t * nh * d + h * d..],
+                k: &k[bi * t * nkv * d + (h / self.group) * d..],
+                v: &v[bi * t * nkv * d + (h / self.group) * d..],
+                q_stride: nh * d,
+                kv_stride: nkv * d,
+                d,
+            };
+            let (i0, i1) = (blk * QUERY_BLOCK, ((blk + 1) * QUERY_BLOCK).min(t));
+            // SAFETY: this task alone writes rows i0..i1 of head h of batch row bi: elements
+            // (bi*t + i)*nh*d + h*d .. + d, all inside `out`, which outlives the loop.
+            let out = out_ptr.at((bi * t + i0) * nh * d + h * d);
+            self.block(&heads, i0, i1, out, nh * d);
+        });
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+}
+
+/// One query head and its key/value head, as strided row views.
+struct Heads<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    q_stride: usize,
+    kv_stride: usize,
+    d: usize,
+}
+
+impl CausalAttention {
+    /// Attention for query rows `i0..i1` of one head, written to `out` (row stride `out_stride`).
+    fn block(&self, x: &Heads, i0: usize, i1: usize, out: *mut f32, out_stride: usize) {
+        let (rows, d) = (i1 - i0, x.d);
+        // Keys 0..i1 can be visible to some row of the block; the window may hide a prefix.
+        let lo = match self.window {
+            Some(w) => (i0 + 1).saturating_sub(w),
+            None => 0,
+        };
+        let n = i1 - lo;
+        let mut scores = vec![0f32; rows * n];
+        // scores (rows, n) = q[i0..i1] (rows, d) . k[lo..i1]^T (d, n)
+        // SAFETY: q rows i0..i1 and k rows lo..i1 (d elements each at the given row strides)
+        // lie inside their slices, which start at this head's first element; scores is
+        // rows x n, row-major.
+        unsafe {
+            gemm::gemm(
+                rows, n, d,
+                scores.as_mut_ptr(), 1, n as isize, false,
+                x.q[i0 * x.q_stride..].as_ptr(), 1, x.q_stride as isize,
+                x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride as isize, 1,
+                0.0, self.scale, false, false, false, gemm::Parallelism::None,
+            );
+        }
+        for r in 0..rows {
+            let i = i0 + r;
+            let first = match self.window {
+                Some(w) => (i + 1).saturating_sub(w),
+                None => 0,
+            } - lo;
+            let last = i - lo; // inclusive
+            let row = &mut scores[r * n..(r + 1) * n];
+            row[..first].fill(0.0);
+            softmax_in_place(&mut row[first..=last]);
+            row[last + 1..].fill(0.0);
+        }
+        // out (rows, d) = probs (rows, n) . v[lo..i1] (n, d)
+        // SAFETY: as above; `out` addresses rows x d elements at row stride out_stride that
+        // only this call writes (see cpu_fwd).
+        unsafe {
+            gemm::gemm(
+                rows, d, n,
+                out, 1, out_stride as isize, false,
+                scores.as_ptr(), 1, n as isize,
+                x.v[lo * x.kv_stride..].as_ptr(), 1, x.kv_stride as isize,
+                0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// exp(x), to a few ulp for x in [-87, 88] (clamped outside): 2^n * p(r) with
+/// n = round(x / ln 2), |r| <= ln2 / 2 and a degree-6 Taylor polynomial. Written without calls
+/// or branches so that loops over it vectorise (libm's expf is a scalar call, and was 13% of
+/// scoring time).
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let pow2n = f32::from_bits(((shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23) as u32);
+    p * pow2n
+}
+
+#[inline(always)]
+fn softmax_generic(row: &mut [f32]) {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max);
+    for s in row.iter_mut() {
+        *s = fast_exp(*s - max);
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            sums[l] += c[l];
+        }
+    }
+    let inv = 1.0 / (chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>());
+    for s in row.iter_mut() {
+        *s *= inv;
+    }
+}
+
+/// Defines `$name(args)`, which runs the `#[inline(always)]` function `$generic` compiled for
+/// the widest vector unit the CPU has (AVX-512, AVX2+FMA, or the baseline), chosen at run time.
+macro_rules! dispatch_simd {
+    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) { $generic($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { $generic($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+// Softmax of a non-empty row, in place.
+dispatch_simd!(softmax_in_place, softmax_generic, (row: &mut [f32]));
+
+#[inline(always)]
+fn silu_mul_generic(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g * u / (1.0 + fast_exp(-g));
+    }
+}
+
+// out = silu(gate) * up, elementwise.
+dispatch_simd!(silu_mul_slices, silu_mul_generic, (gate: &[f32], up: &[f32], out: &mut [f32]));
+
+struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "rewardkit-silu-mul"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (gs, us) else {
+            candle_core::bail!("silu_mul: inputs must be f32");
+        };
+        if !gl.is_contiguous() || !ul.is_contiguous() || gl.shape() != ul.shape() {
+            candle_core::bail!("silu_mul: inputs must be contiguous and of one shape");
+        }
+        let n = gl.shape().elem_count();
+        let (g, u) = (&g[gl.start_offset()..][..n], &u[ul.start_offset()..][..n]);
+        let mut out = vec![0f32; n];
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+            let at = i * CHUNK;
+            silu_mul_slices(&g[at..at + o.len()], &u[at..at + o.len()], o);
+        });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// `silu(gate) * up` on the CPU, in float32; returns gate's dtype.
+pub fn silu_mul_cpu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let dtype = gate.dtype();
+    let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
+    Ok(f32c(gate)?.apply_op2_no_bwd(&f32c(up)?, &SiluMul)?.to_dtype(dtype)?)
+}
+
+/// Causal (optionally sliding-window) attention, `softmax(q k^T * scale + mask) v`, computed
+/// in float32 on the CPU. q: (b, t, nh, d); k, v: (b, t, nkv, d) -> (b, t, nh, d) in q's dtype.
+pub fn causal_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
+    let group = q.dim(2)? / k.dim(2)?;
+    let op = CausalAttention { scale: scale as f32, group, window };
+    Ok(f32c(q)?.apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?.to_dtype(dtype)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let (got, want) = (fast_exp(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "max relative error {worst}");
+        assert_eq!(fast_exp(0.0), 1.0);
+        assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn silu_mul_matches_the_definition() {
+        let g: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) * 0.37).collect();
+        let u: Vec<f32> = (0..100).map(|i| (i as f32) * 0.01 - 0.3).collect();
+        let mut out = vec![0f32; 100];
+        silu_mul_slices(&g, &u, &mut out);
+        for i in 0..100 {
+            let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+            assert!((out[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{i}: {} vs {want}", out[i]);
+        }
+    }
+
+    #[test]
+    fn softmax_matches_the_definition() {
+        let mut row: Vec<f32> = (0..37).map(|i| ((i * 7919) % 23) as f32 * 0.37 - 3.0).collect();
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = row.iter().map(|x| (x - max).exp()).sum();
+        let want: Vec<f32> = row.iter().map(|x| (x - max).exp() / z).collect();
+        softmax_in_place(&mut row);
+        for (g, w) in row.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The C header and examples: the committed header is what cbindgen generates, it compiles as
+//! C99 and C++17, and examples/c/score.c builds against the library and agrees with Rust.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{repo, scratch, tiny_model};
+
+/// target/<profile>: where cargo put librewardkit.so for this test run.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // .../deps/x -> ...
+    assert!(dir.join("librewardkit.so").exists() || dir.join("librewardkit.dylib").exists(), "no shared library in {}", dir.display());
+    dir
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn committed_header_matches_the_code() {
+    let generated = include_str!(concat!(env!("OUT_DIR"), "/rewardkit.h"));
+    let committed = std::fs::read_to_string(repo().join("include/rewardkit.h")).unwrap();
+    assert!(
+        generated == committed,
+        "include/rewardkit.h is stale: regenerate it with `REWARDKIT_WRITE_HEADER=1 cargo build --release` and commit it"
+    );
+    assert!(committed.contains(&format!("#define RK_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn header_compiles_as_c99_and_cpp17() {
+    let include = repo().join("include");
+    let dir = scratch("header");
+    let c = dir.join("h.c");
+    std::fs::write(&c, "#include \"rewardkit.h\"\nint main(void) { rk_model_params p = rk_model_default_params(); return (int)p.dtype; }\n").unwrap();
+    run(Command::new("cc").args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"]).arg(&include).arg(&c));
+    let cpp = dir.join("h.cpp");
+    std::fs::write(&cpp, "#include \"rewardkit.h\"\nint main() { rk_model_params p = rk_model_default_params(); rk_status s = RK_OK; return (int)p.dtype + (int)s; }\n").unwrap();
+    run(Command::new("c++").args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"]).arg("-I").arg(&include).arg(&cpp)
+        .arg("-L").arg(lib_dir()).arg("-lrewardkit").arg("-o").arg(dir.join("h_cpp")));
+}
+
+#[test]
+fn c_score_example_builds_runs_and_agrees_with_rust() {
+    let dir = scratch("c-score");
+    let exe = dir.join("score");
+    let lib = lib_dir();
+    run(Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+        .arg(repo().join("include"))
+        .arg(repo().join("examples/c/score.c"))
+        .arg("-L").arg(&lib).arg("-lrewardkit")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o").arg(&exe));
+    let tsv = repo().join("examples/data/pairs.tsv");
+    let stdout = run(Command::new(&exe).arg(tiny_model()).arg(&tsv).arg("2"));
+    let got: Vec<f32> = stdout.lines().map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect();
+    assert_eq!(got.len(), 12);
+
+    // The same pairs scored in Rust.
+    let text = std::fs::read_to_string(&tsv).unwrap();
+    let unescape = |s: &str| s.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\");
+    let pairs: Vec<(String, String)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (p, r) = l.split_once('\t').unwrap();
+            (unescape(p), unescape(r))
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+    let model = rewardkit::SharedModel::load(tiny_model(), &Default::default()).unwrap();
+    common::assert_close(&got, &model.score_pairs(&refs).unwrap(), 1e-5, "C example vs Rust");
+
+    // A bad model path: a clean error message and a non-zero exit, not a crash.
+    let out = Command::new(&exe).arg("/no/model").arg(&tsv).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RK_ERR_NOT_FOUND"));
+}

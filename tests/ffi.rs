@@ -1,0 +1,190 @@
+//! The C ABI called from Rust: statuses, messages, and no crash on bad input.
+
+mod common;
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr::{null, null_mut};
+
+use common::{fixture, tiny_model};
+use rewardkit::ffi::*;
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(rk_last_error_message()) }.to_string_lossy().into_owned()
+}
+
+fn load(dir: &std::path::Path) -> *mut rk_model {
+    let path = CString::new(dir.to_str().unwrap()).unwrap();
+    let mut model = null_mut();
+    let status = unsafe { rk_model_load(path.as_ptr(), null(), &mut model) };
+    assert_eq!(status, rk_status::RK_OK, "{}", last_error());
+    model
+}
+
+#[test]
+fn load_score_info_free() {
+    let model = load(tiny_model());
+    let prompts = [CString::new("\n\nHuman: hi\n\nAssistant:").unwrap(), CString::new("Q:").unwrap()];
+    let responses = [CString::new(" hello there").unwrap(), CString::new(" A").unwrap()];
+    let p: Vec<*const c_char> = prompts.iter().map(|s| s.as_ptr()).collect();
+    let r: Vec<*const c_char> = responses.iter().map(|s| s.as_ptr()).collect();
+    let mut out = [0f32; 2];
+    assert_eq!(unsafe { rk_model_score_texts(model, p.as_ptr(), r.as_ptr(), 2, out.as_mut_ptr()) }, rk_status::RK_OK);
+
+    // The same through tokens: tokenize, then score ids.
+    let mut ids = vec![0u32; 4096];
+    let mut flat = Vec::new();
+    let mut offsets = vec![0usize];
+    for i in 0..2 {
+        let mut n = 0;
+        assert_eq!(unsafe { rk_model_tokenize(model, p[i], r[i], ids.as_mut_ptr(), ids.len(), &mut n) }, rk_status::RK_OK);
+        flat.extend_from_slice(&ids[..n]);
+        offsets.push(flat.len());
+    }
+    let mut out2 = [0f32; 2];
+    assert_eq!(unsafe { rk_model_score_tokens(model, flat.as_ptr(), offsets.as_ptr(), 2, out2.as_mut_ptr()) }, rk_status::RK_OK);
+    assert_eq!(out, out2);
+
+    let mut info: rk_model_info = unsafe { std::mem::zeroed() };
+    info.struct_size = std::mem::size_of::<rk_model_info>();
+    assert_eq!(unsafe { rk_model_get_info(model, &mut info) }, rk_status::RK_OK);
+    assert_eq!(unsafe { CStr::from_ptr(info.architecture.as_ptr()) }.to_str().unwrap(), "llama");
+    assert_eq!(unsafe { CStr::from_ptr(info.device.as_ptr()) }.to_str().unwrap(), "cpu");
+    assert_eq!((info.num_layers, info.hidden_size, info.dtype), (4, 256, RK_DTYPE_F32));
+    assert!(info.has_tokenizer && !info.head_is_fresh && info.num_parameters > 1_000_000);
+    unsafe { rk_model_free(model) };
+    unsafe { rk_model_free(null_mut()) };
+}
+
+#[test]
+fn bad_arguments_come_back_as_statuses() {
+    use rk_status::*;
+    let model = load(&fixture("llama_gqa"));
+    let mut out = [0f32; 4];
+    let ids = [1u32, 2, 3, 4];
+    unsafe {
+        // NULL pointers, each named.
+        assert_eq!(rk_model_score_tokens(null(), ids.as_ptr(), [0usize, 4].as_ptr(), 1, out.as_mut_ptr()), RK_ERR_NULL_POINTER);
+        assert!(last_error().contains("model"));
+        assert_eq!(rk_model_score_tokens(model, null(), [0usize, 4].as_ptr(), 1, out.as_mut_ptr()), RK_ERR_NULL_POINTER);
+        assert!(last_error().contains("ids"), "{}", last_error());
+        assert_eq!(rk_model_score_tokens(model, ids.as_ptr(), [0usize, 4].as_ptr(), 1, null_mut()), RK_ERR_NULL_POINTER);
+        assert!(last_error().contains("out_rewards"));
+        // Zero counts, empty and decreasing offsets.
+        assert_eq!(rk_model_score_tokens(model, ids.as_ptr(), [0usize].as_ptr(), 0, out.as_mut_ptr()), RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(rk_model_score_tokens(model, ids.as_ptr(), [0usize, 2, 2].as_ptr(), 2, out.as_mut_ptr()), RK_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("sequence 1 is empty"), "{}", last_error());
+        assert_eq!(rk_model_score_tokens(model, ids.as_ptr(), [0usize, 3, 1].as_ptr(), 2, out.as_mut_ptr()), RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(rk_model_score_tokens(model, ids.as_ptr(), [1usize, 3].as_ptr(), 1, out.as_mut_ptr()), RK_ERR_INVALID_ARGUMENT);
+        // Out-of-vocabulary id.
+        let bad = [1u32, 99_999];
+        assert_eq!(rk_model_score_tokens(model, bad.as_ptr(), [0usize, 2].as_ptr(), 1, out.as_mut_ptr()), RK_ERR_OUT_OF_VOCAB);
+        assert!(last_error().contains("99999"), "{}", last_error());
+        // Invalid UTF-8 in a text argument.
+        let bad_utf8 = b"caf\xe9\0";
+        let ok = CString::new("x").unwrap();
+        let prompts = [bad_utf8.as_ptr() as *const c_char];
+        let responses = [ok.as_ptr()];
+        assert_eq!(rk_model_score_texts(model, prompts.as_ptr(), responses.as_ptr(), 1, out.as_mut_ptr()), RK_ERR_INVALID_UTF8);
+        assert!(last_error().contains("prompts[0]"), "{}", last_error());
+        let null_entry = [null::<c_char>()];
+        assert_eq!(rk_model_score_texts(model, responses.as_ptr(), null_entry.as_ptr(), 1, out.as_mut_ptr()), RK_ERR_NULL_POINTER);
+        assert!(last_error().contains("responses[0]"), "{}", last_error());
+        // A buffer too small reports the size needed.
+        let mut n = 0usize;
+        let mut small = [0u32; 1];
+        assert_eq!(rk_model_tokenize(model, ok.as_ptr(), ok.as_ptr(), small.as_mut_ptr(), 1, &mut n), RK_ERR_BUFFER_TOO_SMALL);
+        assert!(n > 1);
+        // info with a bad struct_size.
+        let mut info: rk_model_info = std::mem::zeroed();
+        assert_eq!(rk_model_get_info(model, &mut info), RK_ERR_INVALID_ARGUMENT);
+        rk_model_free(model);
+    }
+}
+
+#[test]
+fn load_failures_leave_null_and_a_message() {
+    use rk_status::*;
+    let mut model = 1usize as *mut rk_model;
+    let path = CString::new("/definitely/not/here").unwrap();
+    assert_eq!(unsafe { rk_model_load(path.as_ptr(), null(), &mut model) }, RK_ERR_NOT_FOUND);
+    assert!(model.is_null());
+    assert!(last_error().contains("/definitely/not/here"));
+    assert_eq!(unsafe { rk_model_load(null(), null(), &mut model) }, RK_ERR_NULL_POINTER);
+    assert_eq!(unsafe { rk_model_load(path.as_ptr(), null(), null_mut()) }, RK_ERR_NULL_POINTER);
+
+    let dir = CString::new(fixture("llama_gqa").to_str().unwrap()).unwrap();
+    let mut params = rk_model_default_params();
+    params.struct_size = 8;
+    assert_eq!(unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) }, RK_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("struct_size"));
+    params = rk_model_default_params();
+    params.dtype = 42;
+    assert_eq!(unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) }, RK_ERR_INVALID_ARGUMENT);
+    params = rk_model_default_params();
+    let cuda = CString::new("cuda:0").unwrap();
+    params.device = cuda.as_ptr();
+    let expected = if cfg!(feature = "cuda") { RK_OK } else { RK_ERR_DEVICE };
+    let status = unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) };
+    if status == RK_OK {
+        unsafe { rk_model_free(model) };
+    } else {
+        assert_eq!(status, expected, "{}", last_error());
+    }
+    params = rk_model_default_params();
+    params.max_length = 100_000;
+    assert_eq!(unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) }, RK_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("max_position_embeddings"));
+}
+
+#[test]
+fn errors_are_per_thread() {
+    let path = CString::new("/nope").unwrap();
+    let mut model = null_mut();
+    unsafe { rk_model_load(path.as_ptr(), null(), &mut model) };
+    let other = std::thread::spawn(last_error).join().unwrap();
+    assert_eq!(other, "");
+    assert!(last_error().contains("/nope"));
+}
+
+#[test]
+fn version_and_names() {
+    let v = unsafe { CStr::from_ptr(rk_version()) }.to_str().unwrap();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+    let n = rk_version_number();
+    let parts: Vec<u32> = v.split('.').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(n, parts[0] * 10_000 + parts[1] * 100 + parts[2]);
+    let name = |s| unsafe { CStr::from_ptr(rk_status_name(s)) }.to_str().unwrap();
+    assert_eq!(name(0), "RK_OK");
+    assert_eq!(name(rk_status::RK_ERR_OUT_OF_VOCAB as i32), "RK_ERR_OUT_OF_VOCAB");
+    assert_eq!(name(-7), "RK_UNKNOWN_STATUS");
+}
+
+#[test]
+fn shared_handle_from_eight_threads() {
+    struct Handle(*mut rk_model);
+    unsafe impl Send for Handle {}
+    unsafe impl Sync for Handle {}
+    let model = std::sync::Arc::new(Handle(load(tiny_model())));
+    let pairs = common::hh_pairs(8);
+    let score = move |h: &Handle, pairs: &[(String, String)]| -> Vec<f32> {
+        let cs: Vec<(CString, CString)> = pairs.iter().map(|(p, r)| (CString::new(p.as_str()).unwrap(), CString::new(r.as_str()).unwrap())).collect();
+        let p: Vec<*const c_char> = cs.iter().map(|c| c.0.as_ptr()).collect();
+        let r: Vec<*const c_char> = cs.iter().map(|c| c.1.as_ptr()).collect();
+        let mut out = vec![0f32; pairs.len()];
+        assert_eq!(unsafe { rk_model_score_texts(h.0, p.as_ptr(), r.as_ptr(), pairs.len(), out.as_mut_ptr()) }, rk_status::RK_OK);
+        out
+    };
+    let reference = score(&model, &pairs);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (model, pairs) = (model.clone(), pairs.clone());
+            std::thread::spawn(move || (0..3).map(|_| score(&model, &pairs)).collect::<Vec<_>>())
+        })
+        .collect();
+    for t in threads {
+        for got in t.join().unwrap() {
+            common::assert_close(&got, &reference, 1e-5, "C ABI from 8 threads");
+        }
+    }
+    unsafe { rk_model_free(model.0) };
+}
