@@ -8,12 +8,15 @@ use std::process::Command;
 
 use common::{repo, scratch, tiny_model};
 
-/// target/<profile>: where cargo put librewardkit.so for this test run.
+/// Where cargo put librewardkit.so for this test run: `cargo test` leaves it beside the test
+/// binaries in target/<profile>/deps; `cargo build` also copies it to target/<profile>.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // .../deps/x -> ...
-    assert!(dir.join("librewardkit.so").exists() || dir.join("librewardkit.dylib").exists(), "no shared library in {}", dir.display());
-    dir
+    let deps = exe.parent().unwrap().to_path_buf();
+    [deps.clone(), deps.parent().unwrap().to_path_buf()]
+        .into_iter()
+        .find(|d| d.join("librewardkit.so").exists() || d.join("librewardkit.dylib").exists())
+        .unwrap_or_else(|| panic!("no librewardkit shared library in {} or its parent", deps.display()))
 }
 
 fn run(cmd: &mut Command) -> String {
