@@ -121,7 +121,7 @@ pub fn random_params(cfg: &ModelConfig, seed: u64) -> Result<ParamStore> {
         };
         params.insert(name, &Tensor::from_vec(values, shape, &Device::Cpu)?)?;
     }
-    params.insert(names::HEAD, &fresh_head(cfg, seed.wrapping_add(1))?)?;
+    params.insert(names::HEAD, &fresh_head(cfg, 1, seed.wrapping_add(1))?)?;
     Ok(params)
 }
 

@@ -125,12 +125,14 @@ pub fn params_from_tensors(
                 return Err(Error::unsupported(format!("`{bias}` present: reward heads with a bias are not supported")));
             }
             let t = tensors.remove(name).expect("found above");
+            let heads = cfg.ensemble_heads();
             let t = match t.dims() {
-                [n] if *n == h => t.reshape((1, h))?,
-                [1, n] if *n == h => t,
+                [n] if *n == h && heads == 1 => t.reshape((1, h))?,
+                [rows, n] if *n == h && *rows == heads => t,
                 [labels, n] if *n == h => {
                     return Err(Error::unsupported(format!(
-                        "reward head `{name}` has {labels} outputs; a reward model has exactly one"
+                        "reward head `{name}` has {labels} outputs; a reward model has one (or `{}` = {labels} for a multi-head ensemble, which config.json says is {heads})",
+                        super::config::ENSEMBLE_HEADS_KEY
                     )))
                 }
                 _ => return Err(Error::new(ErrorKind::ShapeMismatch, format!("reward head `{name}` has shape {:?}, expected [1, {h}]", t.dims()))),
@@ -139,18 +141,19 @@ pub fn params_from_tensors(
             HeadSource::Loaded(name.to_string())
         }
         None => {
-            put(names::HEAD, fresh_head(cfg, head_seed)?)?;
+            put(names::HEAD, fresh_head(cfg, cfg.ensemble_heads(), head_seed)?)?;
             HeadSource::Fresh { seed: head_seed }
         }
     };
     Ok((params, source))
 }
 
-/// A new reward head: N(0, initializer_range^2), as `transformers` initialises `score`.
-pub fn fresh_head(cfg: &ModelConfig, seed: u64) -> Result<Tensor> {
+/// A new reward head of `rows` rows: N(0, initializer_range^2), as `transformers` initialises
+/// `score`. Row i of a multi-head ensemble draws from its own seed (`seed + i`).
+pub fn fresh_head(cfg: &ModelConfig, rows: usize, seed: u64) -> Result<Tensor> {
     let std = cfg.raw.get("initializer_range").and_then(Value::as_f64).unwrap_or(0.02);
-    let w = crate::rng::Rng::new(seed).normal_vec(cfg.hidden_size, std);
-    Ok(Tensor::from_vec(w, (1, cfg.hidden_size), &Device::Cpu)?)
+    let w: Vec<f32> = (0..rows as u64).flat_map(|i| crate::rng::Rng::new(seed.wrapping_add(i)).normal_vec(cfg.hidden_size, std)).collect();
+    Ok(Tensor::from_vec(w, (rows, cfg.hidden_size), &Device::Cpu)?)
 }
 
 /// Writes `config.json` and `model.safetensors` (with the `format: pt` metadata that

@@ -7,6 +7,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// config.json key marking a shared-backbone ensemble: the head has this many rows, one per
+/// member, and the reward is their mean. Without it, a head must have exactly one row.
+pub const ENSEMBLE_HEADS_KEY: &str = "rewardkit_ensemble_heads";
+
 /// The decoder families this crate implements. They share one implementation; the
 /// differences are switches on [`ModelConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,19 +275,31 @@ impl ModelConfig {
             .or(get_usize(&self.raw, "num_labels").ok().flatten())
     }
 
+    /// Heads of a shared-backbone ensemble checkpoint (written by rewardkit), else 1.
+    pub fn ensemble_heads(&self) -> usize {
+        get_usize(&self.raw, ENSEMBLE_HEADS_KEY).ok().flatten().unwrap_or(1).max(1)
+    }
+
     /// The config to save next to a reward-model checkpoint: the original fields, with the
-    /// architecture set to the `*ForSequenceClassification` class and one label, so that
-    /// `AutoModelForSequenceClassification` loads it.
-    pub fn to_reward_model_json(&self) -> Value {
+    /// architecture set to the `*ForSequenceClassification` class and one label per head, so
+    /// that `AutoModelForSequenceClassification` loads it.
+    pub fn to_reward_model_json(&self, heads: usize) -> Value {
         let mut raw = self.raw.clone();
         let obj = raw.as_object_mut().expect("validated as an object");
         obj.insert(
             "architectures".into(),
             Value::from(vec![format!("{}ForSequenceClassification", self.architecture.hf_class_prefix())]),
         );
-        obj.insert("num_labels".into(), Value::from(1));
-        obj.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
-        obj.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+        let labels: serde_json::Map<String, Value> = (0..heads).map(|i| (i.to_string(), Value::from(format!("LABEL_{i}")))).collect();
+        let ids: serde_json::Map<String, Value> = (0..heads).map(|i| (format!("LABEL_{i}"), Value::from(i))).collect();
+        obj.insert("num_labels".into(), Value::from(heads));
+        obj.insert("id2label".into(), Value::Object(labels));
+        obj.insert("label2id".into(), Value::Object(ids));
+        if heads > 1 {
+            obj.insert(ENSEMBLE_HEADS_KEY.into(), Value::from(heads));
+        } else {
+            obj.remove(ENSEMBLE_HEADS_KEY);
+        }
         raw
     }
 }

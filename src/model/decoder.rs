@@ -66,7 +66,7 @@ pub struct DecoderWeights {
     embed: Tensor,
     layers: Vec<LayerWeights>,
     final_norm: Tensor,
-    /// (1, h): the reward head.
+    /// (heads, h): the reward head; one row, or one per member of a multi-head ensemble.
     head: Tensor,
 }
 
@@ -222,6 +222,17 @@ impl Rope {
         Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?)
     }
 
+    /// x: (b, heads, d), one vector per row, rotated to position `pos[i]` (differentiable).
+    fn apply_at(&self, x: &Tensor, pos: &[usize]) -> Result<Tensor> {
+        let idx = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), x.device())?;
+        let cos = self.cos_full.index_select(&idx, 0)?.unsqueeze(1)?; // (b, 1, d)
+        let sin = self.sin_full.index_select(&idx, 0)?.unsqueeze(1)?;
+        let d = x.dim(D::Minus1)?;
+        let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+
     /// x: (b, heads, t, d) -> same shape, rotated by position.
     fn apply(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let t = x.dim(2)?;
@@ -349,30 +360,98 @@ pub struct Batch {
     pub pool_index: Vec<usize>,
 }
 
-/// Backbone forward: final hidden states (after the final norm) at each row's pooled token.
-/// Returns (b, h) in the compute dtype.
-pub fn pooled_features(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch: &Batch, pass: Pass) -> Result<Tensor> {
-    let (b, t) = batch.ids.dims2()?;
-    let h = cfg.hidden_size;
-    let mut x = w.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, h))?;
+/// Token embeddings: (b, t) ids -> (b, t, h).
+pub fn embed(cfg: &ModelConfig, w: &DecoderWeights, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?)
+}
+
+/// Runs the full layers `range` over hidden states x: (b, t, h) -> (b, t, h).
+pub fn run_layers(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, mut x: Tensor, range: std::ops::Range<usize>, pass: Pass) -> Result<Tensor> {
+    if range.is_empty() {
+        return Ok(x);
+    }
+    let t = x.dim(1)?;
     let fused = pass == Pass::Inference && x.device().is_cpu();
     let mask = if fused { None } else { Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?) };
     let attention = Attention { cfg, rope, mask };
-    for (l, layer) in w.layers.iter().enumerate() {
+    for l in range {
+        let layer = &w.layers[l];
         let y = attention.forward(layer, &rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, pass)?, pass)?;
         x = (x + dropout(&y, pass, 2 * l as u64)?)?;
         let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
         x = (x + dropout(&y, pass, 2 * l as u64 + 1)?)?;
     }
-    // Only the pooled rows go through the final norm and the head: (b*t, h) -> (b, h).
-    let rows: Vec<u32> = batch.pool_index.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect();
-    let rows = Tensor::from_vec(rows, b, x.device())?;
-    let pooled = x.reshape((b * t, h))?.index_select(&rows, 0)?;
+    Ok(x)
+}
+
+/// Rows `i * t + pool[i]` of a (b*t, h) matrix: the pooled position of each sequence.
+fn pooled_rows(x: &Tensor, pool: &[usize]) -> Result<Tensor> {
+    let (b, t, h) = x.dims3()?;
+    let rows: Vec<u32> = pool.iter().enumerate().map(|(i, &p)| (i * t + p) as u32).collect();
+    Ok(x.reshape((b * t, h))?.index_select(&Tensor::from_vec(rows, b, x.device())?, 0)?)
+}
+
+/// The last layer, evaluated only where the reward is read. Keys and values need every
+/// position, but queries, the attention output and the MLP are needed at one position per
+/// sequence, so this layer costs two thin projections instead of a whole layer.
+/// x: (b, t, h) entering layer `l` -> (b, h) leaving it, at the pooled positions.
+fn last_layer_pooled(cfg: &ModelConfig, layer: &LayerWeights, rope: &Rope, x: &Tensor, pool: &[usize], l: usize, pass: Pass) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let xn = rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, pass)?;
+    let k = layer.k.forward(&xn)?.reshape((b, t, nkv, d))?.transpose(1, 2)?; // (b, nkv, t, d)
+    let k = rope.apply(&k, pass)?;
+    let v = layer.v.forward(&xn)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+    let q = layer.q.forward(&pooled_rows(&xn, pool)?)?.reshape((b, nh, d))?;
+    let q = rope.apply_at(&q, pool)?.reshape((b, nkv, nh / nkv, d))?;
+    let scores = (q.matmul(&k.transpose(2, 3)?)? * (d as f64).powf(-0.5))?; // (b, nkv, rep, t)
+    let mask = pooled_query_mask(pool, t, cfg.sliding_window, x.dtype(), x.device())?;
+    let probs = softmax_f32(&scores.broadcast_add(&mask)?, pass)?.to_dtype(x.dtype())?;
+    let y = layer.o.forward(&probs.matmul(&v)?.reshape((b, nh * d))?)?; // (b, h)
+    let x = (pooled_rows(x, pool)? + dropout(&y, pass, 2 * l as u64)?)?;
+    let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
+    Ok((x + dropout(&y, pass, 2 * l as u64 + 1)?)?)
+}
+
+/// (b, 1, 1, t) additive mask for one query per row at position `pool[i]`.
+fn pooled_query_mask(pool: &[usize], t: usize, sliding_window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
+    let window = sliding_window.unwrap_or(usize::MAX);
+    let mask: Vec<f32> = pool
+        .iter()
+        .flat_map(|&i| (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (pool.len(), 1, 1, t), device)?.to_dtype(dtype)?)
+}
+
+/// Reward features from hidden states `x` (b, t, h) entering layer `first`: the remaining
+/// layers, the final norm, at each row's pooled position. `first == num_layers` means x holds
+/// the last layer's output. Returns (b, h) in the compute dtype.
+pub fn pooled_features_from(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, x: Tensor, first: usize, pool: &[usize], pass: Pass) -> Result<Tensor> {
+    let n = w.layers.len();
+    let pooled = if first < n {
+        let x = run_layers(cfg, w, rope, x, first..n - 1, pass)?;
+        last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass)?
+    } else {
+        pooled_rows(&x, pool)?
+    };
     let features = rms_norm(&pooled, &w.final_norm, cfg.rms_norm_eps, pass)?;
     dropout(&features, pass, u64::MAX)
 }
 
-/// Reward head: (b, h) -> (b,) in float32.
-pub fn rewards_from_features(w: &DecoderWeights, features: &Tensor) -> Result<Tensor> {
-    Ok(features.matmul(&w.head.t()?)?.squeeze(1)?.to_dtype(DType::F32)?)
+/// Backbone forward: final hidden states (after the final norm) at each row's pooled token.
+/// Returns (b, h) in the compute dtype.
+pub fn pooled_features(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch: &Batch, pass: Pass) -> Result<Tensor> {
+    pooled_features_from(cfg, w, rope, embed(cfg, w, &batch.ids)?, 0, &batch.pool_index, pass)
+}
+
+/// Final-normed hidden states at every position: (b, t, h). For language-model logits.
+pub fn final_hidden_states(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch: &Batch, pass: Pass) -> Result<Tensor> {
+    let x = run_layers(cfg, w, rope, embed(cfg, w, &batch.ids)?, 0..w.layers.len(), pass)?;
+    rms_norm(&x, &w.final_norm, cfg.rms_norm_eps, pass)
+}
+
+/// Per-head rewards: (b, h) features -> (b, heads) in float32.
+pub fn head_rewards(w: &DecoderWeights, features: &Tensor) -> Result<Tensor> {
+    Ok(features.matmul(&w.head.t()?)?.to_dtype(DType::F32)?)
 }

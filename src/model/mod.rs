@@ -79,6 +79,8 @@ pub struct RewardModel {
     device: Device,
     dtype: ComputeDType,
     head_source: HeadSource,
+    /// An untied language-model head, kept only for `lm_logits` (not trained, not saved).
+    lm_head: Option<Tensor>,
 }
 
 impl RewardModel {
@@ -88,12 +90,18 @@ impl RewardModel {
             return Err(Error::missing(dir.to_path_buf(), "model directory"));
         }
         let config = ModelConfig::from_file(&dir.join(checkpoint::CONFIG_FILE))?;
-        let tensors = checkpoint::read_tensors(&checkpoint::weight_files(dir)?)?;
+        let mut tensors = checkpoint::read_tensors(&checkpoint::weight_files(dir)?)?;
         let device = opts.device.open()?;
+        let lm_head = match tensors.remove(decoder::names::LM_HEAD) {
+            Some(t) if !config.tie_word_embeddings => Some(t.to_dtype(opts.dtype.to_candle())?.to_device(&device)?),
+            _ => None,
+        };
         let (params, head_source) =
             checkpoint::params_from_tensors(&config, tensors, &device, opts.dtype.to_candle(), opts.head_seed)
                 .map_err(|e| e.context(dir.display()))?;
-        Self::from_params(config, params, head_source, device, opts.dtype, opts.max_length)
+        let mut model = Self::from_params(config, params, head_source, device, opts.dtype, opts.max_length)?;
+        model.lm_head = lm_head;
+        Ok(model)
     }
 
     /// Assembles a model from parameters already on `device` in `dtype`.
@@ -108,7 +116,7 @@ impl RewardModel {
         let max_length = resolve_max_length(&config, max_length)?;
         let weights = DecoderWeights::new(&config, &params)?;
         let rope = Rope::new(&config, max_length, dtype.to_candle(), &device)?;
-        Ok(RewardModel { config, params, weights, rope, device, dtype, head_source })
+        Ok(RewardModel { config, params, weights, rope, device, dtype, head_source, lm_head: None })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -164,13 +172,46 @@ impl RewardModel {
         decoder::pooled_features(&self.config, &self.weights, &self.rope, batch, pass)
     }
 
-    /// Rewards: (b,) float32.
+    /// Hidden states entering layer `layer` (b, t, h): what a frozen bottom of the network
+    /// produces, computed once and reused while training the layers above.
+    pub fn hidden_before_layer(&self, batch: &Batch, layer: usize, pass: Pass) -> Result<Tensor> {
+        let x = decoder::embed(&self.config, &self.weights, &batch.ids)?;
+        decoder::run_layers(&self.config, &self.weights, &self.rope, x, 0..layer, pass)
+    }
+
+    /// Features from hidden states `x` (b, t, h) entering layer `first` (see
+    /// [`Self::hidden_before_layer`]): (b, h).
+    pub fn features_from(&self, x: Tensor, first: usize, pool_index: &[usize], pass: Pass) -> Result<Tensor> {
+        decoder::pooled_features_from(&self.config, &self.weights, &self.rope, x, first, pool_index, pass)
+    }
+
+    /// Rewards: (b,) float32. A multi-head ensemble gives the mean over its heads.
     pub fn rewards(&self, batch: &Batch, pass: Pass) -> Result<Tensor> {
         self.rewards_from_features(&self.features(batch, pass)?)
     }
 
     pub fn rewards_from_features(&self, features: &Tensor) -> Result<Tensor> {
-        decoder::rewards_from_features(&self.weights, features)
+        let per_head = self.head_rewards_from_features(features)?;
+        Ok(if self.num_heads() == 1 { per_head.squeeze(1)? } else { per_head.mean(1)? })
+    }
+
+    /// Every head's reward: (b, heads) float32.
+    pub fn head_rewards_from_features(&self, features: &Tensor) -> Result<Tensor> {
+        decoder::head_rewards(&self.weights, features)
+    }
+
+    /// Rows of the reward head: 1, or M for a shared-backbone ensemble of M heads.
+    pub fn num_heads(&self) -> usize {
+        self.params.get(decoder::names::HEAD).map(|h| h.dim(0).unwrap_or(1)).unwrap_or(1)
+    }
+
+    /// Next-token logits of a causal LM at every position: (b, t, vocab) float32. Uses
+    /// `lm_head.weight` when the checkpoint had one, else the (tied) embeddings.
+    pub fn lm_logits(&self, batch: &Batch) -> Result<Tensor> {
+        let hidden = decoder::final_hidden_states(&self.config, &self.weights, &self.rope, batch, Pass::Inference)?;
+        let (b, t, h) = hidden.dims3()?;
+        let lm_head = self.lm_head.as_ref().unwrap_or(self.weights.embed());
+        Ok(hidden.reshape((b * t, h))?.matmul(&lm_head.t()?)?.reshape((b, t, ()))?.to_dtype(DType::F32)?)
     }
 
     /// Checks token ids against the vocabulary and the length limit.
@@ -193,7 +234,7 @@ impl RewardModel {
     /// Writes the model as a Hugging Face `*ForSequenceClassification` checkpoint.
     pub fn save(&self, dir: &Path, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
         let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();
-        checkpoint::save_checkpoint(dir, &self.config.to_reward_model_json(), &tensors, extra_files)
+        checkpoint::save_checkpoint(dir, &self.config.to_reward_model_json(self.num_heads()), &tensors, extra_files)
     }
 }
 
