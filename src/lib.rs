@@ -11,15 +11,21 @@
 
 pub mod data;
 pub mod device;
+pub mod ensemble;
 pub mod error;
+pub mod eval;
 pub mod ffi;
 pub mod fsutil;
+pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod rng;
 pub mod score;
 pub mod shared;
 pub mod tiny;
 pub mod tokenize;
+pub mod train;
+pub mod vote;
 
 pub use device::DeviceSpec;
 pub use error::{Error, ErrorKind, Result};

@@ -7,6 +7,7 @@
 //! each fanning out over the whole machine.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -46,6 +47,9 @@ pub struct ModelInfo {
 
 pub struct SharedModel {
     model: RwLock<RewardModel>,
+    /// Set while a `Trainer` owns the right to update the weights: one writer at a time.
+    trainer_attached: AtomicBool,
+    options: SharedModelOptions,
     tokenizer: Option<RewardTokenizer>,
     text: TextOptions,
     batch: BatchOptions,
@@ -81,6 +85,8 @@ impl SharedModel {
         }
         Ok(SharedModel {
             model: RwLock::new(model),
+            trainer_attached: AtomicBool::new(false),
+            options: opts.clone(),
             tokenizer,
             text: opts.text.clone(),
             batch: opts.batch,
@@ -102,6 +108,31 @@ impl SharedModel {
     /// Runs `f` on this handle's thread pool.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
+    }
+
+    /// The options this handle was made with.
+    pub fn options(&self) -> &SharedModelOptions {
+        &self.options
+    }
+
+    /// Claims the right to update weights; fails if another trainer holds it.
+    pub(crate) fn attach_trainer(&self) -> Result<()> {
+        self.trainer_attached
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|_| Error::invalid("this model already has a trainer; free it before creating another"))
+    }
+
+    pub(crate) fn detach_trainer(&self) {
+        self.trainer_attached.store(false, Ordering::Release);
+    }
+
+    /// The tokenizer as tokenizer.json bytes, for saving next to a checkpoint.
+    pub fn tokenizer_json(&self) -> Result<Option<Vec<u8>>> {
+        self.tokenizer
+            .as_ref()
+            .map(|t| t.inner().to_string(false).map(String::into_bytes).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string())))
+            .transpose()
     }
 
     pub fn tokenizer(&self) -> Result<&RewardTokenizer> {

@@ -22,6 +22,7 @@ pub struct TextOptions {
     pub append_eos: bool,
 }
 
+#[derive(Clone)]
 pub struct RewardTokenizer {
     inner: Tokenizer,
     /// Special tokens the post-processor adds to a single sequence (e.g. 1 for a BOS).

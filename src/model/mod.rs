@@ -139,6 +139,22 @@ impl RewardModel {
         self.rope.max_len()
     }
 
+    /// A copy for training: parameters `trainable` selects get their own storage, the rest are
+    /// shared with `self`, and the reward head is re-initialised from `head_seed` with `heads`
+    /// rows. Ensemble members differ only in this seed (and their data order).
+    pub fn fork_for_training(&self, trainable: impl Fn(&str) -> bool, heads: usize, head_seed: u64) -> Result<RewardModel> {
+        let mut params = self.params.fork(|n| trainable(n) && n != decoder::names::HEAD)?;
+        let head = checkpoint::fresh_head(&self.config, heads, head_seed)?.to_dtype(self.dtype.to_candle())?.to_device(&self.device)?;
+        params.replace(decoder::names::HEAD, &head)?;
+        let mut config = self.config.clone();
+        if let Some(obj) = config.raw.as_object_mut() {
+            obj.insert(config::ENSEMBLE_HEADS_KEY.into(), serde_json::Value::from(heads));
+        }
+        let mut model = Self::from_params(config, params, HeadSource::Fresh { seed: head_seed }, self.device.clone(), self.dtype, self.max_length())?;
+        model.lm_head = self.lm_head.clone();
+        Ok(model)
+    }
+
     /// The index the reward is read at, as transformers' `*ForSequenceClassification` picks it:
     /// the rightmost token that is not `pad_token_id` (so with pad == eos, the token before any
     /// trailing EOS); the last token when the config has no pad id; 0 when every token is pad.

@@ -66,6 +66,26 @@ impl ParamStore {
         Ok(out)
     }
 
+    /// A copy in which the parameters `copy` selects get their own storage and all others are
+    /// shared with `self` (same variables). For ensemble members over one frozen backbone:
+    /// only the trained part is duplicated.
+    pub fn fork(&self, copy: impl Fn(&str) -> bool) -> Result<ParamStore> {
+        let mut out = ParamStore::new();
+        for (name, var) in &self.vars {
+            let var = if copy(name) { Var::from_tensor(&var.as_tensor().copy()?)? } else { var.clone() };
+            out.vars.insert(name.clone(), var);
+        }
+        Ok(out)
+    }
+
+    /// Replaces the value of one parameter with a new variable (not shared with any fork).
+    pub fn replace(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        if !self.vars.contains_key(name) {
+            return Err(Error::new(ErrorKind::Internal, format!("parameter `{name}` is not loaded")));
+        }
+        self.insert(name, value)
+    }
+
     /// Overwrites every parameter with the value of the same name in `src` (in place, so
     /// tensors that share the variables see the new values).
     pub fn assign_from(&self, src: &ParamStore) -> Result<()> {

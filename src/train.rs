@@ -1,0 +1,591 @@
+//! Training reward models: one step at a time (online use through the C ABI) or over a whole
+//! dataset (`fit`), with the paper's noise-aware losses.
+//!
+//! A [`Trainer`] updates the weights of a [`SharedModel`] in place. Forward and backward run
+//! under the model's read lock, so scorers on other threads keep going; the new weights are
+//! written under the write lock in one go, so a scorer sees the weights before a step or after
+//! it, never a mix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::loss::{preference_loss, NoiseConfig, PairTreatment};
+use crate::model::decoder::names;
+use crate::model::{Pass, RewardModel};
+use crate::optim::{global_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
+use crate::score::plan_batches;
+use crate::shared::SharedModel;
+
+/// Which parameters a trainer updates. Frozen layers run with the fast inference kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trainable {
+    /// Every parameter, embeddings included.
+    #[default]
+    All,
+    /// The top `layers` decoder layers, the final norm and the head.
+    TopLayers { layers: usize },
+    /// The reward head alone.
+    HeadOnly,
+}
+
+/// Everything that shapes a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub optimizer: AdamWConfig,
+    pub schedule: LrSchedule,
+    /// Clip the global gradient norm to this; `None` = no clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Dropout on residual branches and the pooled feature, in training only.
+    pub dropout: f32,
+    /// Seeds dropout masks and, in `fit`, the data order.
+    pub seed: u64,
+    pub trainable: Trainable,
+    pub noise: NoiseConfig,
+}
+
+impl Default for TrainConfig {
+    /// MOSS-RLHF's reward-model recipe: AdamW lr 5e-6, betas (0.9, 0.95), eps 1e-6, warmup then
+    /// inverse-sqrt decay, clipping at 1.0.
+    fn default() -> Self {
+        TrainConfig {
+            optimizer: AdamWConfig::default(),
+            schedule: LrSchedule { kind: ScheduleKind::InverseSqrt, warmup_steps: 0, total_steps: 0 },
+            max_grad_norm: Some(1.0),
+            grad_accum: 1,
+            dropout: 0.0,
+            seed: 0,
+            trainable: Trainable::All,
+            noise: NoiseConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self, num_layers: usize) -> Result<()> {
+        self.optimizer.validate()?;
+        self.noise.validate()?;
+        if self.grad_accum == 0 {
+            return Err(Error::invalid("grad_accum must be >= 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(format!("dropout {} must be in [0, 1)", self.dropout)));
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n.is_finite() && n > 0.0) {
+                return Err(Error::invalid(format!("max_grad_norm {n} must be > 0")));
+            }
+        }
+        if let Trainable::TopLayers { layers } = self.trainable {
+            if layers > num_layers {
+                return Err(Error::invalid(format!("cannot train the top {layers} layers of a {num_layers}-layer model")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first decoder layer that is trained; layers below it are frozen.
+pub fn first_trainable_layer(trainable: Trainable, num_layers: usize) -> usize {
+    match trainable {
+        Trainable::All => 0,
+        Trainable::TopLayers { layers } => num_layers - layers.min(num_layers),
+        Trainable::HeadOnly => num_layers,
+    }
+}
+
+/// Whether parameter `name` is trained.
+pub fn is_trainable(name: &str, trainable: Trainable, num_layers: usize) -> bool {
+    match trainable {
+        Trainable::All => true,
+        Trainable::HeadOnly => name == names::HEAD,
+        Trainable::TopLayers { .. } => {
+            let first = first_trainable_layer(trainable, num_layers);
+            if name == names::HEAD || name == names::FINAL_NORM {
+                return true;
+            }
+            name.strip_prefix("model.layers.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|layer| layer >= first)
+        }
+    }
+}
+
+/// Token ids of one preference pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairIds {
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+/// Hidden states entering layer `first` for a fixed set of sequences, computed once by the
+/// frozen bottom of a model and reused for every step, epoch and ensemble member that trains
+/// only the layers above. Sequence i is (len_i, h); for `first == num_layers` only the pooled
+/// row is kept.
+pub struct HiddenCache {
+    pub first: usize,
+    hidden: Vec<Tensor>,
+    pool: Vec<usize>,
+}
+
+impl HiddenCache {
+    /// Runs the frozen bottom over `seqs` (validated ids) in token-budget batches.
+    pub fn build(shared: &SharedModel, seqs: &[&[u32]], first: usize, mut progress: impl FnMut(usize) + Send) -> Result<HiddenCache> {
+        let model = shared.read()?;
+        let n_layers = model.config().num_hidden_layers;
+        if first > n_layers {
+            return Err(Error::invalid(format!("layer {first} > {n_layers}")));
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            model.validate_ids(s).map_err(|e| e.context(format!("sequence {i}")))?;
+        }
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let mut hidden: Vec<Option<Tensor>> = vec![None; seqs.len()];
+        let mut pool = vec![0usize; seqs.len()];
+        shared.install(|| -> Result<()> {
+            for batch in plan_batches(&lengths, shared.batch_options()) {
+                let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
+                let b = model.make_batch(&rows)?;
+                let x = model.hidden_before_layer(&b, first, Pass::Inference)?;
+                for (r, &i) in batch.iter().enumerate() {
+                    let row = x.get(r)?; // (t, h)
+                    let (h, p) = if first == n_layers {
+                        (row.narrow(0, b.pool_index[r], 1)?, 0)
+                    } else {
+                        (row.narrow(0, 0, lengths[i])?, b.pool_index[r])
+                    };
+                    hidden[i] = Some(h.contiguous()?.copy()?);
+                    pool[i] = p;
+                }
+                progress(batch.len());
+            }
+            Ok(())
+        })?;
+        Ok(HiddenCache { first, hidden: hidden.into_iter().map(|h| h.expect("every sequence batched")).collect(), pool })
+    }
+
+    pub fn len(&self) -> usize {
+        self.hidden.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hidden.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.hidden.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
+
+    /// Right-padded (b, t, h) hidden states and pool indices of sequences `ids`.
+    fn batch(&self, ids: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+        let t = ids.iter().map(|&i| self.hidden[i].dim(0)).collect::<candle_core::Result<Vec<_>>>()?.into_iter().max().unwrap_or(0);
+        let rows = ids
+            .iter()
+            .map(|&i| Ok(self.hidden[i].pad_with_zeros(0, 0, t - self.hidden[i].dim(0)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((Tensor::stack(&rows, 0)?, ids.iter().map(|&i| self.pool[i]).collect()))
+    }
+}
+
+/// A set of preference pairs in a form the trainer can run.
+pub enum PairSet {
+    /// Token ids: the whole model runs on every step.
+    Ids(Vec<PairIds>),
+    /// Hidden states from a frozen bottom: pair i is (chosen, rejected) sequence indices.
+    Cached { cache: Arc<HiddenCache>, pairs: Vec<(usize, usize)> },
+}
+
+impl PairSet {
+    pub fn len(&self) -> usize {
+        match self {
+            PairSet::Ids(p) => p.len(),
+            PairSet::Cached { pairs, .. } => pairs.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A cached set for `pairs`: sequences 2i and 2i+1 of the cache are pair i.
+    pub fn cached(shared: &SharedModel, pairs: &[PairIds], first: usize, progress: impl FnMut(usize) + Send) -> Result<PairSet> {
+        let seqs: Vec<&[u32]> = pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
+        let cache = HiddenCache::build(shared, &seqs, first, progress)?;
+        Ok(PairSet::Cached { cache: Arc::new(cache), pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect() })
+    }
+
+    /// Features of pairs `idx`: (2n, h), chosen rows first, then rejected. Layers below
+    /// `first` run with the inference kernels and no autograd (they are frozen); the rest with
+    /// `pass`. A cached set must start at `first`.
+    pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
+        match self {
+            PairSet::Ids(pairs) => {
+                let seqs: Vec<&[u32]> = idx.iter().map(|&i| pairs[i].chosen.as_slice()).chain(idx.iter().map(|&i| pairs[i].rejected.as_slice())).collect();
+                let batch = model.make_batch(&seqs)?;
+                if first == 0 {
+                    return model.features(&batch, pass);
+                }
+                let x = model.hidden_before_layer(&batch, first, Pass::Inference)?.detach();
+                model.features_from(x, first, &batch.pool_index, pass)
+            }
+            PairSet::Cached { cache, pairs } => {
+                if cache.first != first {
+                    return Err(Error::invalid(format!("cached hidden states enter layer {}, not layer {first}", cache.first)));
+                }
+                let seqs: Vec<usize> = idx.iter().map(|&i| pairs[i].0).chain(idx.iter().map(|&i| pairs[i].1)).collect();
+                let (x, pool) = cache.batch(&seqs)?;
+                model.features_from(x, first, &pool, pass)
+            }
+        }
+    }
+
+    /// The layer inference on this set starts at: 0 for token ids, the cache's layer otherwise.
+    pub fn first_layer(&self) -> usize {
+        match self {
+            PairSet::Ids(_) => 0,
+            PairSet::Cached { cache, .. } => cache.first,
+        }
+    }
+
+    /// Rewards (chosen, rejected) of pairs `idx`, each (n,) float32, inference.
+    pub fn rewards(&self, model: &RewardModel, idx: &[usize]) -> Result<(Tensor, Tensor)> {
+        let n = idx.len();
+        let all = model.rewards_from_features(&self.features(model, idx, self.first_layer(), Pass::Inference)?)?;
+        Ok((all.narrow(0, 0, n)?, all.narrow(0, n, n)?))
+    }
+
+    /// Per-head rewards (chosen, rejected), each (n, heads), inference.
+    pub fn head_rewards(&self, model: &RewardModel, idx: &[usize]) -> Result<(Tensor, Tensor)> {
+        let n = idx.len();
+        let all = model.head_rewards_from_features(&self.features(model, idx, self.first_layer(), Pass::Inference)?)?;
+        Ok((all.narrow(0, 0, n)?, all.narrow(0, n, n)?))
+    }
+
+    /// (chosen, rejected) rewards of every pair, inference, in batches of `batch_pairs`.
+    pub fn score_all(&self, shared: &SharedModel, batch_pairs: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let model = shared.read()?;
+        let (mut c, mut r) = (Vec::with_capacity(self.len()), Vec::with_capacity(self.len()));
+        shared.install(|| -> Result<()> {
+            for chunk in (0..self.len()).collect::<Vec<_>>().chunks(batch_pairs.max(1)) {
+                let (rc, rr) = self.rewards(&model, chunk)?;
+                c.extend(rc.to_vec1::<f32>()?);
+                r.extend(rr.to_vec1::<f32>()?);
+            }
+            Ok(())
+        })?;
+        Ok((c, r))
+    }
+}
+
+/// What one call of [`Trainer::step`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepStats {
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Micro-batches seen so far.
+    pub micro_step: u64,
+    pub loss: f64,
+    /// Fraction of pairs with r_chosen > r_rejected (data labels, before any flip).
+    pub accuracy: f64,
+    pub mean_margin: f64,
+    /// Gradient norm before clipping, when this call applied an optimizer step.
+    pub grad_norm: Option<f64>,
+    pub lr: f64,
+    /// Whether the optimizer stepped (the end of a gradient-accumulation cycle).
+    pub applied: bool,
+    pub seconds: f64,
+}
+
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const TRAINER_STATE_FILE: &str = "trainer_state.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    micro_step: u64,
+    config: TrainConfig,
+}
+
+pub struct Trainer {
+    model: Arc<SharedModel>,
+    cfg: TrainConfig,
+    optimizer: AdamW,
+    num_layers: usize,
+    /// Summed gradients of the current accumulation cycle, aligned with the optimizer's params.
+    accum: Vec<Option<Tensor>>,
+    accum_count: usize,
+    micro_step: u64,
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        self.model.detach_trainer();
+    }
+}
+
+impl Trainer {
+    /// A trainer updating `model` in place. One trainer per model at a time.
+    pub fn new(model: Arc<SharedModel>, cfg: TrainConfig) -> Result<Trainer> {
+        let (params, num_layers) = {
+            let m = model.read()?;
+            let n = m.config().num_hidden_layers;
+            cfg.validate(n)?;
+            let params: Vec<_> = m.params().iter().filter(|(name, _)| is_trainable(name, cfg.trainable, n)).map(|(name, v)| (name.to_string(), v.clone())).collect();
+            (params, n)
+        };
+        let optimizer = model.install(|| AdamW::new(params, cfg.optimizer))?;
+        model.attach_trainer()?;
+        let accum = vec![None; optimizer.names().count()];
+        Ok(Trainer { model, cfg, optimizer, num_layers, accum, accum_count: 0, micro_step: 0 })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn model(&self) -> &Arc<SharedModel> {
+        &self.model
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.optimizer.steps_taken()
+    }
+
+    pub fn micro_steps(&self) -> u64 {
+        self.micro_step
+    }
+
+    /// The first layer that trains; a `PairSet::Cached` must start there.
+    pub fn first_trainable_layer(&self) -> usize {
+        first_trainable_layer(self.cfg.trainable, self.num_layers)
+    }
+
+    /// Learning rate of the next optimizer step.
+    pub fn current_lr(&self) -> f64 {
+        self.cfg.optimizer.lr * self.cfg.schedule.factor(self.optimizer.steps_taken() as usize)
+    }
+
+    /// Forward and backward on pairs `idx` of `set`; the optimizer steps when a
+    /// gradient-accumulation cycle completes. `treatments` are aligned with `idx`.
+    pub fn step(&mut self, set: &PairSet, idx: &[usize], treatments: &[PairTreatment]) -> Result<StepStats> {
+        let started = Instant::now();
+        if idx.is_empty() {
+            return Err(Error::invalid("a training step needs at least one pair"));
+        }
+        if treatments.len() != idx.len() {
+            return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), idx.len())));
+        }
+        let pass = Pass::Train { dropout: self.cfg.dropout, dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D) };
+        let (loss, accuracy, mean_margin) = {
+            let model = self.model.read()?;
+            let first = self.first_trainable_layer();
+            let (accum, optimizer, cfg) = (&mut self.accum, &self.optimizer, &self.cfg);
+            self.model.install(|| -> Result<(f64, f64, f64)> {
+                let n = idx.len();
+                let heads = model.head_rewards_from_features(&set.features(&model, idx, first, pass)?)?; // (2n, heads)
+                // A shared-backbone ensemble trains every head on its own loss.
+                let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
+                let loss = (0..heads.dim(1)?)
+                    .map(|h| preference_loss(&rc.get_on_dim(1, h)?, &rr.get_on_dim(1, h)?, treatments, cfg.noise.centering))
+                    .collect::<Result<Vec<_>>>()?;
+                let loss = Tensor::stack(&loss, 0)?.mean_all()?;
+                let (rc, rr) = (rc.mean(1)?, rr.mean(1)?);
+                let grads = (&loss / cfg.grad_accum as f64)?.backward()?;
+                for (slot, var) in accum.iter_mut().zip(optimizer.vars()) {
+                    let g = match grads.get(var.as_tensor()) {
+                        Some(g) => g.to_dtype(DType::F32)?,
+                        None => Tensor::zeros(var.shape(), DType::F32, var.device())?,
+                    };
+                    *slot = Some(match slot.take() {
+                        Some(prev) => (prev + g)?,
+                        None => g,
+                    });
+                }
+                let margins: Vec<f32> = (&rc - &rr)?.to_vec1()?;
+                let acc = margins.iter().filter(|&&m| m > 0.0).count() as f64 / margins.len() as f64;
+                let mean = margins.iter().map(|&m| m as f64).sum::<f64>() / margins.len() as f64;
+                Ok((loss.to_scalar::<f32>()? as f64, acc, mean))
+            })?
+        };
+        if !loss.is_finite() {
+            return Err(Error::new(ErrorKind::Internal, format!("loss is {loss}; weights left unchanged")));
+        }
+        self.micro_step += 1;
+        self.accum_count += 1;
+        let lr = self.current_lr();
+        let mut grad_norm = None;
+        if self.accum_count == self.cfg.grad_accum {
+            grad_norm = Some(self.apply(lr)?);
+        }
+        Ok(StepStats {
+            step: self.optimizer.steps_taken(),
+            micro_step: self.micro_step,
+            loss,
+            accuracy,
+            mean_margin,
+            grad_norm,
+            lr,
+            applied: grad_norm.is_some(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Clips and applies the accumulated gradients; returns the norm before clipping.
+    fn apply(&mut self, lr: f64) -> Result<f64> {
+        let grads: Vec<Tensor> = self.accum.iter_mut().map(|g| g.take().expect("accumulated")).collect();
+        self.accum_count = 0;
+        let (optimizer, max_norm) = (&mut self.optimizer, self.cfg.max_grad_norm);
+        let (norm, new_values) = self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
+            let norm = global_norm(&grads)?;
+            if !norm.is_finite() {
+                return Err(Error::new(ErrorKind::Internal, format!("gradient norm is {norm}; weights left unchanged")));
+            }
+            let scale = match max_norm {
+                Some(max) if norm > max => max / (norm + 1e-6),
+                _ => 1.0,
+            };
+            let grads = if scale < 1.0 { grads.iter().map(|g| Ok((g * scale)?)).collect::<Result<Vec<_>>>()? } else { grads };
+            Ok((norm, optimizer.prepare(&grads, lr)?))
+        })?;
+        let _exclusive = self.model.write()?;
+        self.optimizer.commit(&new_values)?;
+        Ok(norm)
+    }
+
+    /// Writes a resumable checkpoint: the model in Hugging Face format (with tokenizer.json),
+    /// the optimizer state and the trainer state, atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let opt_bytes = {
+            let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+            let tensors: Vec<(String, Tensor)> = self.optimizer.state_tensors().into_iter().map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?))).collect::<Result<_>>()?;
+            safetensors::serialize(tensors, Some(metadata)).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?
+        };
+        let state = TrainerState { step: self.optimizer.steps_taken(), micro_step: self.micro_step, config: self.cfg.clone() };
+        let mut extra = vec![(OPTIMIZER_FILE, opt_bytes), (TRAINER_STATE_FILE, serde_json::to_vec_pretty(&state).expect("serializable"))];
+        if let Some(tok) = self.model.tokenizer_json()? {
+            extra.push((crate::model::checkpoint::TOKENIZER_FILE, tok));
+        }
+        self.model.read()?.save(dir, &extra)
+    }
+
+    /// Restores optimizer and step counters from a checkpoint written by [`Self::save`]; the
+    /// model must have been loaded from the same directory. Returns the micro-steps done.
+    pub fn resume(&mut self, dir: &Path) -> Result<u64> {
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        let state: TrainerState = serde_json::from_slice(&Error::read_file(&state_path)?).map_err(|e| Error::corrupt(&state_path, e))?;
+        let tensors = crate::model::checkpoint::read_tensors(&[dir.join(OPTIMIZER_FILE)])?;
+        let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+        self.model.install(|| self.optimizer.load_state(&tensors, state.step))?;
+        self.micro_step = state.micro_step;
+        self.accum_count = 0;
+        self.accum.iter_mut().for_each(|g| *g = None);
+        Ok(state.micro_step)
+    }
+}
+
+/// Options of an offline training run over a dataset.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub epochs: usize,
+    /// Pairs per micro-batch.
+    pub batch_pairs: usize,
+    /// Evaluate every this many optimizer steps (0: only at the end).
+    pub eval_every: u64,
+    /// Save a checkpoint every this many optimizer steps (0: only at the end).
+    pub save_every: u64,
+    /// Checkpoints kept (the oldest beyond this are deleted).
+    pub keep_checkpoints: usize,
+    /// Where checkpoints go (`checkpoint-<step>`, and `final`); `None`: nothing is saved.
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions { epochs: 1, batch_pairs: 8, eval_every: 0, save_every: 0, keep_checkpoints: 2, out_dir: None }
+    }
+}
+
+/// Progress of a run, reported to the caller's callback.
+pub enum FitEvent<'a> {
+    Step(&'a StepStats),
+    Eval { step: u64, accuracy: f64, mean_margin: f64, loss: f64 },
+    Saved(&'a Path),
+}
+
+/// The micro-batches of a run, in order: epoch e shuffles the pairs with seed `seed + e`.
+pub fn micro_batches(n: usize, epochs: usize, batch_pairs: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    for e in 0..epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        crate::rng::Rng::new(seed.wrapping_add(e as u64)).shuffle(&mut order);
+        out.extend(order.chunks(batch_pairs.max(1)).map(<[usize]>::to_vec));
+    }
+    out
+}
+
+/// Accuracy, mean margin and plain Bradley-Terry loss of a set.
+pub fn quick_eval(shared: &SharedModel, set: &PairSet) -> Result<(f64, f64, f64)> {
+    let (c, r) = set.score_all(shared, 16)?;
+    let n = c.len() as f64;
+    let plain = PairTreatment::default();
+    let margins: Vec<f64> = c.iter().zip(&r).map(|(a, b)| (*a - *b) as f64).collect();
+    Ok((
+        margins.iter().filter(|&&m| m > 0.0).count() as f64 / n,
+        margins.iter().sum::<f64>() / n,
+        margins.iter().map(|&m| crate::loss::pair_loss(m, &plain)).sum::<f64>() / n,
+    ))
+}
+
+/// Trains over `train` for `opts.epochs`, resuming after the trainer's recorded micro-steps.
+/// `treatments` are aligned with `train`.
+pub fn fit(trainer: &mut Trainer, train: &PairSet, treatments: &[PairTreatment], eval: Option<&PairSet>, opts: &FitOptions, mut on_event: impl FnMut(FitEvent)) -> Result<()> {
+    if treatments.len() != train.len() {
+        return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), train.len())));
+    }
+    let batches = micro_batches(train.len(), opts.epochs, opts.batch_pairs, trainer.config().seed);
+    let done = trainer.micro_steps() as usize;
+    let mut saved: Vec<PathBuf> = Vec::new();
+    for batch in batches.iter().skip(done) {
+        let t: Vec<PairTreatment> = batch.iter().map(|&i| treatments[i]).collect();
+        let stats = trainer.step(train, batch, &t)?;
+        on_event(FitEvent::Step(&stats));
+        if !stats.applied {
+            continue;
+        }
+        if let (Some(eval), true) = (eval, opts.eval_every > 0 && stats.step % opts.eval_every == 0) {
+            let (accuracy, mean_margin, loss) = quick_eval(trainer.model(), eval)?;
+            on_event(FitEvent::Eval { step: stats.step, accuracy, mean_margin, loss });
+        }
+        if let (Some(out), true) = (&opts.out_dir, opts.save_every > 0 && stats.step % opts.save_every == 0) {
+            let dir = out.join(format!("checkpoint-{}", stats.step));
+            trainer.save(&dir)?;
+            on_event(FitEvent::Saved(&dir));
+            saved.push(dir);
+            while saved.len() > opts.keep_checkpoints.max(1) {
+                let old = saved.remove(0);
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
+        }
+    }
+    if let Some(eval) = eval {
+        let (accuracy, mean_margin, loss) = quick_eval(trainer.model(), eval)?;
+        on_event(FitEvent::Eval { step: trainer.steps(), accuracy, mean_margin, loss });
+    }
+    if let Some(out) = &opts.out_dir {
+        let dir = out.join("final");
+        trainer.save(&dir)?;
+        on_event(FitEvent::Saved(&dir));
+    }
+    Ok(())
+}

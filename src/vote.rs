@@ -1,0 +1,239 @@
+//! Preference strength by ensemble vote (the paper's section 2.2): M reward models score every
+//! pair; per pair the M reward differences, their mean and population standard deviation.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::shared::SharedModel;
+use crate::train::PairSet;
+
+/// Scores of M members on n pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vote {
+    /// chosen[m][i]: member m's reward for the chosen response of pair i.
+    pub chosen: Vec<Vec<f32>>,
+    pub rejected: Vec<Vec<f32>>,
+}
+
+/// How the paper reads a pair's mean preference difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// mean < 0: the ensemble prefers the rejected response; the label is probably wrong.
+    LikelyWrong,
+    /// |mean| within the ambiguity band.
+    Ambiguous,
+    /// A clear preference for the chosen response.
+    Clear,
+}
+
+/// One of `k` equal-count groups of pairs sorted by mean strength.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    pub index: usize,
+    pub count: usize,
+    /// Range of mean strengths in the group.
+    pub min_mean: f32,
+    pub max_mean: f32,
+    /// Average of the per-pair means and of the per-pair stds in the group.
+    pub mean_of_mean: f64,
+    pub mean_of_std: f64,
+}
+
+/// How ensemble members' rewards combine into one reward for policy training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EnsembleReward {
+    Mean,
+    /// Worst case over members.
+    Min,
+    /// mean - λ·std (uncertainty penalty).
+    MeanMinusStd(f32),
+}
+
+fn mean_std(xs: impl Iterator<Item = f32> + Clone) -> (f32, f32) {
+    let n = xs.clone().count() as f64;
+    let mean = xs.clone().map(|x| x as f64).sum::<f64>() / n;
+    let var = xs.map(|x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, var.sqrt() as f32)
+}
+
+impl Vote {
+    pub fn new(chosen: Vec<Vec<f32>>, rejected: Vec<Vec<f32>>) -> Result<Vote> {
+        if chosen.is_empty() || chosen.len() != rejected.len() {
+            return Err(Error::invalid(format!("{} chosen and {} rejected score lists", chosen.len(), rejected.len())));
+        }
+        let n = chosen[0].len();
+        if n == 0 || chosen.iter().chain(&rejected).any(|s| s.len() != n) {
+            return Err(Error::invalid("every member must score the same, non-empty set of pairs"));
+        }
+        Ok(Vote { chosen, rejected })
+    }
+
+    pub fn members(&self) -> usize {
+        self.chosen.len()
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.chosen[0].len()
+    }
+
+    /// The M reward differences of pair i.
+    pub fn differences(&self, i: usize) -> Vec<f32> {
+        self.chosen.iter().zip(&self.rejected).map(|(c, r)| c[i] - r[i]).collect()
+    }
+
+    /// Per pair: mean and population std (divide by M) of the reward differences.
+    pub fn strength(&self) -> (Vec<f32>, Vec<f32>) {
+        (0..self.pairs()).map(|i| mean_std(self.differences(i).into_iter())).unzip()
+    }
+
+    /// Categories with ambiguity band `band`: |mean| < band is ambiguous.
+    pub fn categories(&self, band: f32) -> Vec<Category> {
+        self.strength()
+            .0
+            .iter()
+            .map(|&m| if m.abs() < band { Category::Ambiguous } else if m < 0.0 { Category::LikelyWrong } else { Category::Clear })
+            .collect()
+    }
+
+    /// `k` equal-count groups by mean strength, lowest first.
+    pub fn buckets(&self, k: usize) -> Vec<Bucket> {
+        let (mean, std) = self.strength();
+        buckets(&mean, &std, k)
+    }
+
+    /// One JSON object per pair in the shape of the authors' released data
+    /// (`hh-rlhf-strength-cleaned`).
+    pub fn export_rows(&self) -> Vec<Value> {
+        let (mean, std) = self.strength();
+        (0..self.pairs())
+            .map(|i| {
+                json!({
+                    "mean preference difference": mean[i],
+                    "std preference difference": std[i],
+                    "chosen score list": self.chosen.iter().map(|c| c[i]).collect::<Vec<_>>(),
+                    "rejected score list": self.rejected.iter().map(|r| r[i]).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Groups pairs into `k` equal-count buckets by `mean` (ties broken by index).
+pub fn buckets(mean: &[f32], std: &[f32], k: usize) -> Vec<Bucket> {
+    let n = mean.len();
+    let k = k.clamp(1, n.max(1));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| mean[a].total_cmp(&mean[b]).then(a.cmp(&b)));
+    (0..k)
+        .filter_map(|b| {
+            let group = &order[b * n / k..(b + 1) * n / k];
+            if group.is_empty() {
+                return None;
+            }
+            let c = group.len() as f64;
+            Some(Bucket {
+                index: b,
+                count: group.len(),
+                min_mean: mean[group[0]],
+                max_mean: mean[*group.last().unwrap()],
+                mean_of_mean: group.iter().map(|&i| mean[i] as f64).sum::<f64>() / c,
+                mean_of_std: group.iter().map(|&i| std[i] as f64).sum::<f64>() / c,
+            })
+        })
+        .collect()
+}
+
+/// Combines per-member rewards (scores[m][i]) into one reward per item.
+pub fn ensemble_rewards(scores: &[Vec<f32>], mode: EnsembleReward) -> Result<Vec<f32>> {
+    let n = scores.first().map(Vec::len).ok_or_else(|| Error::invalid("no ensemble members"))?;
+    if scores.iter().any(|s| s.len() != n) {
+        return Err(Error::invalid("members scored different numbers of items"));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let xs = scores.iter().map(|s| s[i]);
+            match mode {
+                EnsembleReward::Mean => mean_std(xs).0,
+                EnsembleReward::Min => xs.fold(f32::INFINITY, f32::min),
+                EnsembleReward::MeanMinusStd(lambda) => {
+                    let (m, s) = mean_std(xs);
+                    m - lambda * s
+                }
+            }
+        })
+        .collect())
+}
+
+/// Every member scores every pair of `set` (token ids, or hidden states from a frozen bottom
+/// that all members share).
+pub fn vote(members: &[&SharedModel], set: &PairSet, batch_pairs: usize) -> Result<Vote> {
+    if members.is_empty() {
+        return Err(Error::invalid("a vote needs at least one model"));
+    }
+    let (chosen, rejected) = members.iter().map(|m| set.score_all(m, batch_pairs)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    Vote::new(chosen, rejected)
+}
+
+/// The cheap ensemble: one model whose head has M rows; each head is a member.
+pub fn vote_heads(model: &SharedModel, set: &PairSet, batch_pairs: usize) -> Result<Vote> {
+    let m = model.read()?;
+    let heads = m.num_heads();
+    let (mut chosen, mut rejected) = (vec![Vec::new(); heads], vec![Vec::new(); heads]);
+    model.install(|| -> Result<()> {
+        for chunk in (0..set.len()).collect::<Vec<_>>().chunks(batch_pairs.max(1)) {
+            let (c, r) = set.head_rewards(&m, chunk)?;
+            let (c, r) = (c.to_vec2::<f32>()?, r.to_vec2::<f32>()?);
+            for (row_c, row_r) in c.iter().zip(&r) {
+                for h in 0..heads {
+                    chosen[h].push(row_c[h]);
+                    rejected[h].push(row_r[h]);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Vote::new(chosen, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_match_a_direct_computation() {
+        let chosen = vec![vec![1.0, 0.0, 2.0], vec![3.0, 0.5, 2.0], vec![2.0, -1.0, 2.5]];
+        let rejected = vec![vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0], vec![1.0, 0.0, 0.5]];
+        let v = Vote::new(chosen, rejected).unwrap();
+        // pair 0 diffs: 1, 3, 1 -> mean 5/3, pop. var = ((2/3)^2 + (4/3)^2 + (2/3)^2)/3 = 8/9
+        let (mean, std) = v.strength();
+        assert!((mean[0] - 5.0 / 3.0).abs() < 1e-6);
+        assert!((std[0] - (8.0f32 / 9.0).sqrt()).abs() < 1e-6);
+        // pair 1 diffs: -1, 0.5, -1 -> mean -0.5
+        assert!((mean[1] + 0.5).abs() < 1e-6);
+        assert_eq!(v.categories(0.1), vec![Category::Clear, Category::LikelyWrong, Category::Clear]);
+        assert_eq!(v.categories(1.0)[1], Category::Ambiguous);
+        let row = &v.export_rows()[1];
+        assert_eq!(row["chosen score list"], json!([0.0, 0.5, -1.0]));
+        assert!((row["mean preference difference"].as_f64().unwrap() + 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn buckets_are_equal_count_and_sorted() {
+        let mean: Vec<f32> = (0..10).map(|i| (9 - i) as f32).collect();
+        let std: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let b = buckets(&mean, &std, 5);
+        assert_eq!(b.iter().map(|b| b.count).collect::<Vec<_>>(), vec![2; 5]);
+        assert_eq!((b[0].min_mean, b[0].max_mean), (0.0, 1.0));
+        assert!((b[0].mean_of_std - 8.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ensemble_reward_modes() {
+        let s = vec![vec![1.0, 0.0], vec![3.0, 0.0]];
+        assert_eq!(ensemble_rewards(&s, EnsembleReward::Mean).unwrap(), vec![2.0, 0.0]);
+        assert_eq!(ensemble_rewards(&s, EnsembleReward::Min).unwrap(), vec![1.0, 0.0]);
+        assert_eq!(ensemble_rewards(&s, EnsembleReward::MeanMinusStd(0.5)).unwrap(), vec![1.5, 0.0]);
+    }
+}

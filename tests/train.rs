@@ -1,0 +1,229 @@
+//! Training: loss goes down, determinism, gradients, checkpoints and resume, ensembles.
+
+mod common;
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use common::scratch;
+use rewardkit::loss::{FlipRule, NoiseConfig, PairTreatment};
+use rewardkit::model::checkpoint::HeadSource;
+use rewardkit::model::Pass;
+use rewardkit::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::rng::Rng;
+use rewardkit::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::train::{fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer};
+use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
+
+fn small_spec() -> TinySpec {
+    TinySpec { vocab_size: 64, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 3, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, seed: 3 }
+}
+
+fn small_model() -> Arc<SharedModel> {
+    let cfg = tiny_config(&small_spec()).unwrap();
+    let params = random_params(&cfg, 3).unwrap();
+    let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 4 }, Device::Cpu, ComputeDType::F32, 0).unwrap();
+    Arc::new(SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap())
+}
+
+/// A learnable task: after a random shared prompt, the chosen response ends in one of the
+/// tokens 2..6, the rejected one in one of 6..10.
+fn task(n: usize, seed: u64) -> Vec<PairIds> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut prompt: Vec<u32> = vec![1];
+            prompt.extend((0..3 + rng.below(6)).map(|_| 10 + rng.below(50) as u32));
+            let mut c = prompt.clone();
+            let mut r = prompt;
+            c.extend([60, 2 + rng.below(4) as u32]);
+            r.extend([60, 6 + rng.below(4) as u32]);
+            PairIds { chosen: c, rejected: r }
+        })
+        .collect()
+}
+
+fn config(seed: u64) -> TrainConfig {
+    TrainConfig {
+        optimizer: AdamWConfig { lr: 3e-3, ..Default::default() },
+        schedule: LrSchedule { kind: ScheduleKind::Constant, warmup_steps: 2, total_steps: 0 },
+        seed,
+        ..Default::default()
+    }
+}
+
+fn weights(model: &SharedModel) -> Vec<(String, Vec<f32>)> {
+    let m = model.read().unwrap();
+    m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
+}
+
+#[test]
+fn training_drives_the_loss_down() {
+    let model = small_model();
+    let train = PairSet::Ids(task(64, 1));
+    let held_out = PairSet::Ids(task(32, 2));
+    let (acc0, _, loss0) = quick_eval(&model, &held_out).unwrap();
+    let mut trainer = Trainer::new(model.clone(), config(0)).unwrap();
+    let t = vec![PairTreatment::default(); 64];
+    fit(&mut trainer, &train, &t, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
+    let (acc1, _, loss1) = quick_eval(&model, &held_out).unwrap();
+    assert!(loss1 < 0.5 * loss0, "held-out loss {loss0} -> {loss1}");
+    assert!(acc0 < 0.8, "the task must not be solved before training (accuracy {acc0})");
+    assert!(acc1 > 0.95, "held-out accuracy {acc0} -> {acc1}");
+}
+
+#[test]
+fn same_seed_same_weights_other_seed_other_weights() {
+    let run = |seed: u64| {
+        let model = small_model();
+        let mut trainer = Trainer::new(model.clone(), TrainConfig { dropout: 0.1, grad_accum: 2, ..config(seed) }).unwrap();
+        let train = PairSet::Ids(task(24, 5));
+        fit(&mut trainer, &train, &vec![PairTreatment::default(); 24], None, &FitOptions { epochs: 1, batch_pairs: 4, ..Default::default() }, |_| {}).unwrap();
+        drop(trainer);
+        weights(&model)
+    };
+    assert_eq!(run(11), run(11));
+    assert_ne!(run(11), run(12));
+}
+
+#[test]
+fn every_trainable_parameter_moves_and_frozen_ones_do_not() {
+    for (trainable, frozen_prefixes) in [
+        (Trainable::All, vec![]),
+        (Trainable::TopLayers { layers: 1 }, vec!["model.embed_tokens", "model.layers.0.", "model.layers.1."]),
+        (Trainable::HeadOnly, vec!["model."]),
+    ] {
+        let model = small_model();
+        let before = weights(&model);
+        let mut trainer = Trainer::new(model.clone(), TrainConfig { trainable, ..config(0) }).unwrap();
+        let set = PairSet::Ids(task(8, 9));
+        let idx: Vec<usize> = (0..8).collect();
+        let stats = trainer.step(&set, &idx, &[PairTreatment::default(); 8]).unwrap();
+        assert!(stats.applied && stats.grad_norm.unwrap() > 0.0);
+        drop(trainer);
+        for ((name, a), (_, b)) in before.iter().zip(weights(&model)) {
+            let frozen = frozen_prefixes.iter().any(|p| name.starts_with(p));
+            // The embedding rows of unused tokens get no gradient; every other weight moves.
+            let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            if frozen {
+                assert_eq!(moved, 0, "{trainable:?}: frozen {name} changed");
+            } else {
+                assert!(moved > 0, "{trainable:?}: trainable {name} did not move");
+            }
+        }
+    }
+}
+
+#[test]
+fn cached_frozen_bottom_matches_running_it() {
+    let model = small_model();
+    let pairs = task(6, 4);
+    let idx: Vec<usize> = (0..6).collect();
+    let cached = PairSet::cached(&model, &pairs, 2, |_| {}).unwrap();
+    let ids = PairSet::Ids(pairs);
+    let m = model.read().unwrap();
+    let a = ids.features(&m, &idx, 2, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
+    let b = cached.features(&m, &idx, 2, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
+    let full = ids.features(&m, &idx, 0, Pass::Inference).unwrap();
+    let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff(&a, &b) < 1e-5 && diff(&a, &full) < 1e-4, "{} {}", diff(&a, &b), diff(&a, &full));
+}
+
+#[test]
+fn checkpoint_roundtrip_and_resume_equal_an_uninterrupted_run() {
+    let dir = scratch("resume");
+    let train = PairSet::Ids(task(32, 6));
+    let t = vec![PairTreatment::default(); 32];
+    let opts = |epochs| FitOptions { epochs, batch_pairs: 4, save_every: 4, keep_checkpoints: 1, out_dir: Some(dir.join("run")), ..Default::default() };
+    // Straight: 2 epochs = 16 steps.
+    let straight = small_model();
+    let mut trainer = Trainer::new(straight.clone(), config(1)).unwrap();
+    fit(&mut trainer, &train, &t, None, &opts(2), |_| {}).unwrap();
+    drop(trainer);
+    // Saved final checkpoint scores like the model in memory.
+    let seqs: Vec<&[u32]> = vec![&[1, 20, 9, 7], &[1, 30, 31, 9, 8]];
+    let reloaded = SharedModel::load(&dir.join("run/final"), &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap();
+    assert_eq!(straight.score_ids(&seqs).unwrap(), reloaded.score_ids(&seqs).unwrap());
+    // Only the newest periodic checkpoint is kept.
+    assert!(dir.join("run/checkpoint-16").exists() && !dir.join("run/checkpoint-12").exists());
+
+    // Interrupted: 1 epoch, then resume from its checkpoint for the second.
+    let first = small_model();
+    let mut trainer = Trainer::new(first.clone(), config(1)).unwrap();
+    let half = FitOptions { out_dir: Some(dir.join("half")), ..opts(1) };
+    fit(&mut trainer, &train, &t, None, &half, |_| {}).unwrap();
+    drop(trainer);
+    let ckpt = dir.join("half/checkpoint-8");
+    let resumed = Arc::new(SharedModel::load(&ckpt, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap());
+    let mut trainer = Trainer::new(resumed.clone(), config(1)).unwrap();
+    assert_eq!(trainer.resume(&ckpt).unwrap(), 8);
+    fit(&mut trainer, &train, &t, None, &FitOptions { out_dir: None, ..opts(2) }, |_| {}).unwrap();
+    drop(trainer);
+    let (a, b) = (weights(&straight), weights(&resumed));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-6, "{n}: resumed run differs by {d}");
+    }
+}
+
+#[test]
+fn label_flipping_recovers_from_flipped_labels() {
+    // Half the pairs have their labels swapped; strengths mark them (as a vote would).
+    let pairs = task(48, 8);
+    let mut noisy = pairs.clone();
+    let mut strengths = vec![1.0f32; 48];
+    for i in (0..48).step_by(3) {
+        let p = &mut noisy[i];
+        std::mem::swap(&mut p.chosen, &mut p.rejected);
+        strengths[i] = -1.0;
+    }
+    let held_out = PairSet::Ids(task(24, 10));
+    let run = |noise: NoiseConfig| {
+        let model = small_model();
+        let treat = noise.treatments(48, Some(&strengths), None).unwrap();
+        let mut trainer = Trainer::new(model.clone(), TrainConfig { noise, ..config(0) }).unwrap();
+        fit(&mut trainer, &PairSet::Ids(noisy.clone()), &treat, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
+        quick_eval(&model, &held_out).unwrap().0
+    };
+    let flipped = run(NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() });
+    assert!(flipped > 0.95, "accuracy with flipping {flipped}");
+}
+
+#[test]
+fn one_trainer_per_model() {
+    let model = small_model();
+    let t = Trainer::new(model.clone(), config(0)).unwrap();
+    assert!(Trainer::new(model.clone(), config(0)).is_err());
+    drop(t);
+    assert!(Trainer::new(model, config(0)).is_ok());
+}
+
+#[test]
+fn ensemble_members_differ_and_vote() {
+    let base = small_model();
+    let train = PairSet::Ids(task(32, 12));
+    let t = vec![PairTreatment::default(); 32];
+    let cfg = TrainConfig { trainable: Trainable::TopLayers { layers: 1 }, ..config(20) };
+    let members = rewardkit::ensemble::train_ensemble(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_, _| {}).unwrap();
+    let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
+    let test = PairSet::Ids(task(16, 13));
+    let vote = rewardkit::vote::vote(&refs, &test, 8).unwrap();
+    let (mean, std) = vote.strength();
+    assert_eq!((vote.members(), vote.pairs()), (3, 16));
+    assert!(mean.iter().all(|&m| m > 0.0), "trained members agree the chosen side is better: {mean:?}");
+    assert!(std.iter().any(|&s| s > 0.0), "members differ");
+    // The frozen bottom is shared, not copied.
+    let a = members[0].read().unwrap();
+    let b = members[1].read().unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    assert_eq!(a.params().get(name).unwrap().id(), b.params().get(name).unwrap().id());
+    let top = "model.layers.2.mlp.up_proj.weight";
+    assert_ne!(a.params().get(top).unwrap().id(), b.params().get(top).unwrap().id());
+    drop((a, b));
+
+    // The cheap variant: one backbone, three heads.
+    let multi = rewardkit::ensemble::train_multi_head(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_| {}).unwrap();
+    let heads = rewardkit::vote::vote_heads(&multi, &test, 8).unwrap();
+    assert_eq!(heads.members(), 3);
+    assert!(heads.strength().0.iter().all(|&m| m > 0.0));
+}
