@@ -589,3 +589,17 @@ pub fn fit(trainer: &mut Trainer, train: &PairSet, treatments: &[PairTreatment],
     }
     Ok(())
 }
+
+/// Token ids of preference pairs, as the model scores them; errors name the source line.
+pub fn tokenize_pairs(shared: &SharedModel, pairs: &[crate::data::PreferencePair]) -> Result<Vec<PairIds>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let mut ids = shared
+                .encode_pairs(&[(&p.prompt, &p.chosen), (&p.prompt, &p.rejected)])
+                .map_err(|e| e.context(format!("line {}", p.line)))?;
+            let rejected = ids.pop().expect("two sequences");
+            Ok(PairIds { chosen: ids.pop().expect("two sequences"), rejected })
+        })
+        .collect()
+}

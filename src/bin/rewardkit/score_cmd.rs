@@ -1,143 +1,16 @@
-//! `rewardkit`: the command-line front end for offline jobs over the same library the C ABI
-//! exposes.
+//! `score`, `bench`, `info`, `init-tiny`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use rewardkit::data::{read_jsonl, ScoreRow};
 use rewardkit::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
-use rewardkit::{BatchOptions, ComputeDType, DeviceSpec, Error, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions};
+use rewardkit::{Error, Result, SharedModel};
 
-#[derive(Parser)]
-#[command(name = "rewardkit", version, about = "Reward models for RLHF: score, benchmark, build the shipped tiny model")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Score every row of a JSONL(.gz) file; prints one JSON line per row, in input order.
-    Score {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Rows with `prompt` + `response`, `text`, `ids`, or `chosen` + `rejected`.
-        #[arg(long)]
-        input: PathBuf,
-        /// Write results here instead of standard output.
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Score at most this many rows.
-        #[arg(long)]
-        limit: Option<usize>,
-    },
-    /// Measure scoring throughput (pairs/s, tokens/s) on the length mix of a JSONL file.
-    Bench {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long)]
-        input: PathBuf,
-        /// Use the first N rows.
-        #[arg(long, default_value_t = 256)]
-        limit: usize,
-        /// Timed passes over the whole input (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// Write the token ids scored, one JSON array per line, for the transformers script.
-        #[arg(long)]
-        dump_ids: Option<PathBuf>,
-        /// Print the result as one JSON object as well as the table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a model's configuration summary as JSON.
-    Info {
-        #[command(flatten)]
-        model: ModelArgs,
-    },
-    /// Build the small reward model that ships with the project (tokenizer trained on the
-    /// corpus, seeded random weights), deterministically.
-    InitTiny {
-        /// Output directory (replaced atomically if it exists).
-        #[arg(long)]
-        out: PathBuf,
-        /// Tokenizer training text: a JSONL(.gz) with chosen/rejected/text fields.
-        #[arg(long, default_value = "data/hh-rlhf/harmless-base-test.jsonl.gz")]
-        corpus: PathBuf,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
-}
-
-#[derive(Args, Clone)]
-struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, bf16, f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Worker threads (0 = all available cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Longest sequence in tokens (0 = the model's maximum); prompts are cut from the left.
-    #[arg(long, default_value_t = 0)]
-    max_length: usize,
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = BatchOptions::default().token_budget)]
-    batch_tokens: usize,
-    /// Sequences per forward pass (0 = limited by --batch-tokens only).
-    #[arg(long, default_value_t = 0)]
-    batch_size: usize,
-    /// Append EOS after each response (MOSS-RLHF's convention).
-    #[arg(long)]
-    append_eos: bool,
-    /// Text inserted between prompt and response.
-    #[arg(long, default_value = "")]
-    separator: String,
-}
-
-impl ModelArgs {
-    fn load(&self) -> Result<SharedModel> {
-        let opts = SharedModelOptions {
-            load: LoadOptions {
-                device: DeviceSpec::parse(&self.device)?,
-                dtype: ComputeDType::parse(&self.dtype)?,
-                max_length: self.max_length,
-                head_seed: 0,
-            },
-            text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
-            batch: BatchOptions { token_budget: self.batch_tokens, max_batch_size: self.batch_size },
-            n_threads: self.threads,
-        };
-        let model = SharedModel::load(&self.model, &opts)?;
-        if model.info()?.head_is_fresh {
-            eprintln!("note: {} has no reward head; a fresh head was initialised (seed 0)", self.model.display());
-        }
-        Ok(model)
-    }
-}
-
-fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Score { model, input, output, limit } => score(&model, &input, output.as_deref(), limit),
-        Command::Bench { model, input, limit, repeats, dump_ids, json } => bench(&model, &input, limit, repeats, dump_ids.as_deref(), json),
-        Command::Info { model } => info(&model),
-        Command::InitTiny { out, corpus, seed } => init_tiny(&out, &corpus, seed),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
+use crate::ModelArgs;
 
 /// The token sequences one input row contributes (1, or 2 for a preference pair).
 fn row_sequences(model: &SharedModel, row: &ScoreRow) -> Result<Vec<Vec<u32>>> {
@@ -179,7 +52,7 @@ fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<
         .collect()
 }
 
-fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<usize>) -> Result<()> {
+pub fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<usize>) -> Result<()> {
     let model = args.load()?;
     let rows = load_rows(&model, input, limit)?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
@@ -224,7 +97,7 @@ fn percentile(sorted: &[usize], q: f64) -> usize {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids: Option<&Path>, as_json: bool) -> Result<()> {
+pub fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids: Option<&Path>, as_json: bool) -> Result<()> {
     let model = args.load()?;
     let info = model.info()?;
     let rows = load_rows(&model, input, Some(limit))?;
@@ -274,7 +147,7 @@ fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids:
     Ok(())
 }
 
-fn info(args: &ModelArgs) -> Result<()> {
+pub fn info(args: &ModelArgs) -> Result<()> {
     let i = args.load()?.info()?;
     let v = json!({
         "architecture": i.architecture, "hidden_size": i.hidden_size, "num_layers": i.num_layers,
@@ -287,7 +160,7 @@ fn info(args: &ModelArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_tiny(out: &Path, corpus: &Path, seed: u64) -> Result<()> {
+pub fn init_tiny(out: &Path, corpus: &Path, seed: u64) -> Result<()> {
     let started = Instant::now();
     let texts = corpus_from_jsonl(corpus)?;
     let spec = TinySpec { seed, ..TinySpec::default() };

@@ -1,0 +1,231 @@
+//! `rewardkit`: the command-line front end for offline jobs over the same library the C ABI
+//! exposes.
+
+mod score_cmd;
+mod train_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use rewardkit::{BatchOptions, ComputeDType, DeviceSpec, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions};
+use train_cmd::{DataArgs, TrainArgs};
+
+#[derive(Parser)]
+#[command(name = "rewardkit", version, about = "Reward models for RLHF: score, train, vote, evaluate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every row of a JSONL(.gz) file; prints one JSON line per row, in input order.
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Rows with `prompt` + `response`, `text`, `ids`, or `chosen` + `rejected`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Write results here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Score at most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Measure scoring throughput (pairs/s, tokens/s) on the length mix of a JSONL file.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        input: PathBuf,
+        /// Use the first N rows.
+        #[arg(long, default_value_t = 256)]
+        limit: usize,
+        /// Timed passes over the whole input (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the token ids scored, one JSON array per line, for the transformers script.
+        #[arg(long)]
+        dump_ids: Option<PathBuf>,
+        /// Print the result as one JSON object as well as the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a model's configuration summary as JSON.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Train a reward model on preference pairs (Bradley-Terry with the noise-aware options).
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Train M models that differ only in seed, then vote on the training pairs: per-pair
+    /// preference strength, exported in the authors' format, with plots.
+    Ensemble {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Ensemble members.
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// The cheap variant: one backbone with M heads.
+        #[arg(long)]
+        shared_backbone: bool,
+        /// Equal-count strength groups in the report.
+        #[arg(long, default_value_t = 10)]
+        buckets: usize,
+    },
+    /// Score pairs with M trained models (or one multi-head model) and report preference strength.
+    Vote {
+        /// Member checkpoint directories (repeat the flag), or one multi-head checkpoint.
+        #[arg(long = "member", required = true)]
+        members: Vec<PathBuf>,
+        #[command(flatten)]
+        rt: RuntimeArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Per-pair results in the authors' format (JSONL).
+        #[arg(long)]
+        output: PathBuf,
+        /// Write strength_histogram.svg and bucket_std.svg here.
+        #[arg(long)]
+        plot_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        buckets: usize,
+        /// |mean| below this is "ambiguous" (default: 0.1 x the std of the means).
+        #[arg(long)]
+        ambiguous_band: Option<f32>,
+    },
+    /// Evaluate a reward model on preference pairs: accuracy, margins, reward statistics,
+    /// accuracy by strength bucket, agreement with an external label.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 10)]
+        buckets: usize,
+        /// Write the report as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face checkpoint directory.
+    ImportGguf {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build the small reward model that ships with the project (tokenizer trained on the
+    /// corpus, seeded random weights), deterministically.
+    InitTiny {
+        /// Output directory (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Tokenizer training text: a JSONL(.gz) with chosen/rejected/text fields.
+        #[arg(long, default_value = "data/hh-rlhf/harmless-base-test.jsonl.gz")]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    rt: RuntimeArgs,
+}
+
+/// How models run: device, precision, threads, lengths, batching, text joining.
+#[derive(Args, Clone)]
+struct RuntimeArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Worker threads (0 = all available cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Longest sequence in tokens (0 = the model's maximum); prompts are cut from the left.
+    #[arg(long, default_value_t = 0)]
+    max_length: usize,
+    /// Padded tokens per forward pass.
+    #[arg(long, default_value_t = BatchOptions::default().token_budget)]
+    batch_tokens: usize,
+    /// Sequences per forward pass (0 = limited by --batch-tokens only).
+    #[arg(long, default_value_t = 0)]
+    batch_size: usize,
+    /// Append EOS after each response (MOSS-RLHF's convention).
+    #[arg(long)]
+    append_eos: bool,
+    /// Text inserted between prompt and response.
+    #[arg(long, default_value = "")]
+    separator: String,
+}
+
+impl RuntimeArgs {
+    fn options(&self) -> Result<SharedModelOptions> {
+        Ok(SharedModelOptions {
+            load: LoadOptions {
+                device: DeviceSpec::parse(&self.device)?,
+                dtype: ComputeDType::parse(&self.dtype)?,
+                max_length: self.max_length,
+                head_seed: 0,
+            },
+            text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
+            batch: BatchOptions { token_budget: self.batch_tokens, max_batch_size: self.batch_size },
+            n_threads: self.threads,
+        })
+    }
+
+    /// Loads a model directory, saying so when its reward head is fresh.
+    fn load(&self, dir: &std::path::Path) -> Result<SharedModel> {
+        let model = SharedModel::load(dir, &self.options()?)?;
+        if model.info()?.head_is_fresh {
+            eprintln!("note: {} has no reward head; a fresh head was initialised (seed 0)", dir.display());
+        }
+        Ok(model)
+    }
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<SharedModel> {
+        self.rt.load(&self.model)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score { model, input, output, limit } => score_cmd::score(&model, &input, output.as_deref(), limit),
+        Command::Bench { model, input, limit, repeats, dump_ids, json } => score_cmd::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json),
+        Command::Info { model } => score_cmd::info(&model),
+        Command::InitTiny { out, corpus, seed } => score_cmd::init_tiny(&out, &corpus, seed),
+        Command::Train { model, data, train } => train_cmd::train(&model, &data, &train),
+        Command::Ensemble { model, data, train, members, shared_backbone, buckets } => train_cmd::ensemble(&model, &data, &train, members, shared_backbone, buckets),
+        Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => train_cmd::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band),
+        Command::Eval { model, data, buckets, json } => train_cmd::eval(&model, &data, buckets, json.as_deref()),
+        Command::ImportGguf { gguf, out } => train_cmd::import_gguf(&gguf, &out),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
