@@ -47,6 +47,71 @@
 #define RK_DTYPE_F16 2
 
 /**
+ * Learning-rate schedules after warmup.
+ */
+#define RK_SCHEDULE_CONSTANT 0
+
+/**
+ * lr * sqrt(warmup / step), MOSS-RLHF's choice (the default).
+ */
+#define RK_SCHEDULE_INVERSE_SQRT 1
+
+/**
+ * Cosine decay to 0 at `total_steps`.
+ */
+#define RK_SCHEDULE_COSINE 2
+
+/**
+ * Linear decay to 0 at `total_steps`.
+ */
+#define RK_SCHEDULE_LINEAR 3
+
+/**
+ * Train every parameter.
+ */
+#define RK_TRAIN_ALL 0
+
+/**
+ * Train the top `top_layers` layers, the final norm and the head; lower layers are frozen.
+ */
+#define RK_TRAIN_TOP_LAYERS 1
+
+/**
+ * Train the reward head only.
+ */
+#define RK_TRAIN_HEAD 2
+
+/**
+ * No label smoothing.
+ */
+#define RK_SMOOTH_NONE 0
+
+/**
+ * Smoothing `smooth_alpha` on every pair.
+ */
+#define RK_SMOOTH_CONSTANT 1
+
+/**
+ * Smoothing only on pairs whose strength is < 0 (the paper's "soft label"); needs strengths.
+ */
+#define RK_SMOOTH_NEGATIVE_ONLY 2
+
+/**
+ * Margin = margin_scale * strength.
+ */
+#define RK_MARGIN_RAW 0
+
+/**
+ * Margin = max(margin_scale * strength, 0).
+ */
+#define RK_MARGIN_CLAMP_ZERO 1
+
+/**
+ * Margin = margin_scale * |strength|.
+ */
+#define RK_MARGIN_ABS 2
+
+/**
  * Result of every fallible call. `RK_OK` (0) is success; anything else is an error whose
  * message `rk_last_error_message()` returns on the same thread.
  */
@@ -133,6 +198,16 @@ typedef int32_t rk_status;
  * the same handle.
  */
 typedef struct rk_model rk_model;
+
+/**
+ * A trainer updating one model's weights in place. Opaque; create with `rk_trainer_create`,
+ * release with `rk_trainer_free`.
+ *
+ * Thread safety: calls on one trainer are serialised internally (one step at a time). Scoring
+ * on the trainer's model from other threads may run during a step: it sees the weights before
+ * the step or after it, never a mix. One trainer per model at a time.
+ */
+typedef struct rk_trainer rk_trainer;
 
 /**
  * Options for `rk_model_load`. Always start from `rk_model_default_params()`, then change
@@ -228,6 +303,135 @@ typedef struct rk_model_info {
   bool has_tokenizer;
 } rk_model_info;
 
+/**
+ * Options for `rk_trainer_create`. Start from `rk_trainer_default_params()`.
+ */
+typedef struct rk_trainer_params {
+  size_t struct_size;
+  /**
+   * AdamW (float32 state and master weights). Defaults: MOSS-RLHF's 5e-6, 0.9, 0.95, 1e-6, 0.
+   */
+  double lr;
+  double beta1;
+  double beta2;
+  double eps;
+  double weight_decay;
+  /**
+   * Linear warmup over this many optimizer steps.
+   */
+  uint32_t warmup_steps;
+  /**
+   * One of `RK_SCHEDULE_*`.
+   */
+  int32_t schedule;
+  /**
+   * Run length in optimizer steps, for cosine and linear decay.
+   */
+  uint32_t total_steps;
+  /**
+   * Clip the global gradient norm to this; 0 = no clipping. Default 1.0.
+   */
+  double max_grad_norm;
+  /**
+   * Steps (calls) per optimizer update. Default 1.
+   */
+  uint32_t grad_accum;
+  /**
+   * Dropout during training steps (scoring never uses dropout). Default 0.
+   */
+  float dropout;
+  /**
+   * Seeds dropout masks.
+   */
+  uint64_t seed;
+  /**
+   * One of `RK_TRAIN_*`.
+   */
+  int32_t trainable;
+  /**
+   * With `RK_TRAIN_TOP_LAYERS`: how many.
+   */
+  uint32_t top_layers;
+  /**
+   * Swap chosen and rejected of pairs whose strength < `flip_threshold` (needs strengths).
+   */
+  bool flip;
+  float flip_threshold;
+  /**
+   * One of `RK_SMOOTH_*`, with `smooth_alpha` in [0, 1].
+   */
+  int32_t smooth_mode;
+  float smooth_alpha;
+  /**
+   * Adaptive margin from each pair's strength (needs strengths).
+   */
+  bool margin;
+  float margin_scale;
+  /**
+   * One of `RK_MARGIN_*`.
+   */
+  int32_t margin_mode;
+  /**
+   * Reward-centering coefficient (TRL: 0.01); 0 = off.
+   */
+  double centering;
+} rk_trainer_params;
+
+/**
+ * What one training step did.
+ */
+typedef struct rk_step_stats {
+  /**
+   * Set to `sizeof(rk_step_stats)` before the call.
+   */
+  size_t struct_size;
+  /**
+   * Optimizer updates so far.
+   */
+  uint64_t step;
+  /**
+   * Calls (micro-batches) so far.
+   */
+  uint64_t micro_step;
+  double loss;
+  /**
+   * Fraction of pairs with r_chosen > r_rejected (data labels, before any flip).
+   */
+  double accuracy;
+  double mean_margin;
+  /**
+   * Gradient norm before clipping if this call updated the weights, else NaN.
+   */
+  double grad_norm;
+  double lr;
+  /**
+   * Whether this call updated the weights (the end of a gradient-accumulation cycle).
+   */
+  bool applied;
+  double seconds;
+} rk_step_stats;
+
+/**
+ * Evaluation on a set of pairs.
+ */
+typedef struct rk_eval_stats {
+  /**
+   * Set to `sizeof(rk_eval_stats)` before the call.
+   */
+  size_t struct_size;
+  uint64_t pairs;
+  double accuracy;
+  double mean_margin;
+  /**
+   * Plain Bradley-Terry loss.
+   */
+  double loss;
+  double reward_min;
+  double reward_mean;
+  double reward_max;
+  double reward_std;
+} rk_eval_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -251,7 +455,8 @@ struct rk_model_params rk_model_default_params(void);
 rk_status rk_model_load(const char *path, const struct rk_model_params *params, struct rk_model **out_model);
 
 /**
- * Releases a model. NULL is a no-op. The handle must not be in use by another thread.
+ * Releases a model. NULL is a no-op. The handle must not be in use by another thread. A
+ * trainer created on the model keeps the weights alive until it is freed too.
  *
  * # Safety
  * `model` must be NULL or a handle from `rk_model_load` not yet freed.
@@ -305,6 +510,84 @@ rk_status rk_model_tokenize(const struct rk_model *model, const char *prompt, co
  * `out_info` must point to a writable `rk_model_info` of at least `out_info->struct_size` bytes.
  */
 rk_status rk_model_get_info(const struct rk_model *model, struct rk_model_info *out_info);
+
+/**
+ * MOSS-RLHF defaults; every parameter trained; no noise-aware option. Thread safety: safe.
+ */
+struct rk_trainer_params rk_trainer_default_params(void);
+
+/**
+ * Creates a trainer for `model` (one per model at a time). `params` may be NULL for the
+ * defaults. The trainer keeps the model's weights alive until it is freed.
+ *
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `model` a live handle; `params` NULL or valid; `out_trainer` writable.
+ */
+rk_status rk_trainer_create(const struct rk_model *model, const struct rk_trainer_params *params, struct rk_trainer **out_trainer);
+
+/**
+ * Releases a trainer. NULL is a no-op. Must not race with other calls on the trainer.
+ *
+ * # Safety
+ * `trainer` NULL or a handle from `rk_trainer_create` not yet freed.
+ */
+void rk_trainer_free(struct rk_trainer *trainer);
+
+/**
+ * One training step on `n` text pairs: `prompts[i] + chosen[i]` is preferred over
+ * `prompts[i] + rejected[i]`. `strengths` (NULL or `n` floats, the mean preference difference
+ * from a vote) drive the flip, negative-only smoothing and margin options. The weights update
+ * every `grad_accum` calls. `out_stats` may be NULL.
+ *
+ * Thread safety: serialised per trainer; scoring the model concurrently is safe.
+ *
+ * # Safety
+ * String arrays hold `n` NUL-terminated strings; `strengths` NULL or `n` floats.
+ */
+rk_status rk_trainer_step_texts(struct rk_trainer *trainer, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, const float *strengths, struct rk_step_stats *out_stats);
+
+/**
+ * One training step on `n` pre-tokenized pairs, laid out like `rk_model_score_tokens`:
+ * chosen sequence i is `chosen_ids[chosen_offsets[i] .. chosen_offsets[i+1]]`, likewise for
+ * rejected. Otherwise as `rk_trainer_step_texts`.
+ *
+ * # Safety
+ * Offsets hold `n + 1` entries; ids arrays at least their last offset; `strengths` NULL or `n`.
+ */
+rk_status rk_trainer_step_tokens(struct rk_trainer *trainer, const uint32_t *chosen_ids, const size_t *chosen_offsets, const uint32_t *rejected_ids, const size_t *rejected_offsets, size_t n, const float *strengths, struct rk_step_stats *out_stats);
+
+/**
+ * Evaluates the trainer's model on `n` text pairs (no dropout, no update).
+ *
+ * Thread safety: as scoring.
+ *
+ * # Safety
+ * String arrays hold `n` strings; `out_stats` points to an `rk_eval_stats` with `struct_size` set.
+ */
+rk_status rk_trainer_evaluate_texts(struct rk_trainer *trainer, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, struct rk_eval_stats *out_stats);
+
+/**
+ * Saves a resumable checkpoint (Hugging Face model files, tokenizer, optimizer and trainer
+ * state) to `dir`, atomically: a crash mid-save leaves any previous checkpoint at `dir` whole.
+ *
+ * # Safety
+ * `dir` NUL-terminated.
+ */
+rk_status rk_trainer_save(struct rk_trainer *trainer, const char *dir);
+
+/**
+ * Preference strength by ensemble vote: each of the `n_models` models scores the `n` pairs;
+ * `out_mean[i]` and `out_std[i]` receive the mean and population std over models of
+ * `r(prompt + chosen) - r(prompt + rejected)`.
+ *
+ * Thread safety: as scoring, on each model.
+ *
+ * # Safety
+ * `models` holds `n_models` live handles; string arrays `n` strings; outputs `n` floats each.
+ */
+rk_status rk_vote_texts(const struct rk_model *const *models, size_t n_models, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, float *out_mean, float *out_std);
 
 /**
  * The message of the most recent failed call on the calling thread ("" if none). The string

@@ -86,3 +86,25 @@ fn c_score_example_builds_runs_and_agrees_with_rust() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("RK_ERR_NOT_FOUND"));
 }
+
+#[test]
+fn c_train_vote_example_builds_and_runs() {
+    let dir = scratch("c-train");
+    let exe = dir.join("train_vote");
+    let lib = lib_dir();
+    run(Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+        .arg(repo().join("include"))
+        .arg(repo().join("examples/c/train_vote.c"))
+        .arg("-L").arg(&lib).arg("-lrewardkit").arg("-lm")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o").arg(&exe));
+    let stdout = run(Command::new(&exe).arg(tiny_model()).arg(dir.join("saved")));
+    let value = |key: &str| -> f64 {
+        stdout.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no `{key}` in:\n{stdout}")).trim().parse().unwrap()
+    };
+    assert!(value("loss_last ") < value("loss_first "), "{stdout}");
+    assert!(stdout.contains("second trainer on one model: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("vote pair")).count(), 4);
+    assert!(dir.join("saved/optimizer.safetensors").exists() && dir.join("saved/tokenizer.json").exists());
+}

@@ -188,3 +188,139 @@ fn shared_handle_from_eight_threads() {
     }
     unsafe { rk_model_free(model.0) };
 }
+
+#[test]
+fn trainer_errors_are_statuses() {
+    use rk_status::*;
+    let model = load(&fixture("llama_gqa"));
+    unsafe {
+        let mut trainer = null_mut();
+        let mut params = rk_trainer_default_params();
+        params.flip = true;
+        assert_eq!(rk_trainer_create(model, &params, &mut trainer), RK_OK, "{}", last_error());
+        let ids = [1u32, 5, 6, 1, 7, 8];
+        let offsets = [0usize, 3];
+        let roffsets = [0usize, 3];
+        let rids = &ids[3..];
+        // Flipping needs strengths.
+        let s = rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut());
+        assert_eq!(s, RK_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("strengths"), "{}", last_error());
+        // With a strength it trains; stats come back.
+        let strength = [-0.5f32];
+        let mut stats: rk_step_stats = std::mem::zeroed();
+        stats.struct_size = std::mem::size_of::<rk_step_stats>();
+        let s = rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), &mut stats);
+        assert_eq!(s, RK_OK, "{}", last_error());
+        assert!(stats.applied && stats.step == 1 && stats.loss.is_finite());
+        // A small stats struct, NULL trainer, zero pairs, OOV ids.
+        stats.struct_size = 8;
+        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), &mut stats), RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(rk_trainer_step_tokens(null_mut(), ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut()), RK_ERR_NULL_POINTER);
+        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 0, null(), null_mut()), RK_ERR_INVALID_ARGUMENT);
+        let bad = [1u32, 9999, 3];
+        assert_eq!(rk_trainer_step_tokens(trainer, bad.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), null_mut()), RK_ERR_OUT_OF_VOCAB);
+        // Bad enum codes in params.
+        let mut p = rk_trainer_default_params();
+        p.schedule = 99;
+        let mut other = null_mut();
+        rk_trainer_free(trainer);
+        assert_eq!(rk_trainer_create(model, &p, &mut other), RK_ERR_INVALID_ARGUMENT);
+        assert!(other.is_null());
+        // A model without tokenizer.json trains on token ids; text steps say what is missing.
+        rk_model_free(model);
+        let model = load(&fixture("llama_tied_bias"));
+        let mut t2 = null_mut();
+        assert_eq!(rk_trainer_create(model, null(), &mut t2), RK_OK);
+        let c = CString::new("x").unwrap();
+        let arr = [c.as_ptr()];
+        assert_eq!(rk_trainer_step_texts(t2, arr.as_ptr(), arr.as_ptr(), arr.as_ptr(), 1, null(), null_mut()), RK_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("tokenizer"), "{}", last_error());
+        // Freeing the model first is safe: the trainer holds the weights.
+        rk_model_free(model);
+        assert_eq!(rk_trainer_step_tokens(t2, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut()), RK_OK);
+        rk_trainer_free(t2);
+        rk_trainer_free(null_mut());
+    }
+}
+
+#[test]
+fn vote_matches_scoring() {
+    let (a, b) = (load(tiny_model()), load(tiny_model()));
+    let p = [CString::new("Q:").unwrap(), CString::new("Hi").unwrap()];
+    let c = [CString::new(" yes").unwrap(), CString::new(" hello").unwrap()];
+    let r = [CString::new(" no").unwrap(), CString::new(" go away").unwrap()];
+    let ptrs = |v: &[CString; 2]| [v[0].as_ptr(), v[1].as_ptr()];
+    let (pp, cp, rp) = (ptrs(&p), ptrs(&c), ptrs(&r));
+    let (mut mean, mut std) = ([0f32; 2], [0f32; 2]);
+    let models = [a as *const rk_model, b as *const rk_model];
+    unsafe {
+        assert_eq!(rk_vote_texts(models.as_ptr(), 2, pp.as_ptr(), cp.as_ptr(), rp.as_ptr(), 2, mean.as_mut_ptr(), std.as_mut_ptr()), rk_status::RK_OK, "{}", last_error());
+        let (mut rc, mut rr) = ([0f32; 2], [0f32; 2]);
+        rk_model_score_texts(a, pp.as_ptr(), cp.as_ptr(), 2, rc.as_mut_ptr());
+        rk_model_score_texts(a, pp.as_ptr(), rp.as_ptr(), 2, rr.as_mut_ptr());
+        // Two identical models: mean = the single model's difference, std = 0.
+        for i in 0..2 {
+            assert!((mean[i] - (rc[i] - rr[i])).abs() < 1e-5 && std[i].abs() < 1e-6);
+        }
+        let bad = [a as *const rk_model, std::ptr::null()];
+        assert_eq!(rk_vote_texts(bad.as_ptr(), 2, pp.as_ptr(), cp.as_ptr(), rp.as_ptr(), 2, mean.as_mut_ptr(), std.as_mut_ptr()), rk_status::RK_ERR_NULL_POINTER);
+        assert!(last_error().contains("models[1]"));
+        rk_model_free(a);
+        rk_model_free(b);
+    }
+}
+
+#[test]
+fn scoring_during_training_sees_whole_updates() {
+    // Scorers on 4 threads while 20 steps run: every score equals the score under some
+    // complete set of weights (before or after a step), never a mix.
+    struct Handle(*mut rk_model);
+    unsafe impl Send for Handle {}
+    unsafe impl Sync for Handle {}
+    let model = std::sync::Arc::new(Handle(load(tiny_model())));
+    let ids: Vec<u32> = vec![1, 300, 301, 302, 303];
+    let offsets = [0usize, ids.len()];
+    let score = |h: &Handle| {
+        let mut out = [0f32];
+        assert_eq!(unsafe { rk_model_score_tokens(h.0, ids.as_ptr(), offsets.as_ptr(), 1, out.as_mut_ptr()) }, rk_status::RK_OK);
+        out[0]
+    };
+    let mut trainer = null_mut();
+    let mut params = rk_trainer_default_params();
+    params.lr = 1e-3;
+    assert_eq!(unsafe { rk_trainer_create(model.0, &params, &mut trainer) }, rk_status::RK_OK);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: Vec<_> = (0..4)
+        .map(|_| {
+            let (model, stop, ids) = (model.clone(), stop.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut out = [0f32];
+                    let off = [0usize, ids.len()];
+                    assert_eq!(unsafe { rk_model_score_tokens(model.0, ids.as_ptr(), off.as_ptr(), 1, out.as_mut_ptr()) }, rk_status::RK_OK);
+                    v.push(out[0]);
+                }
+                v
+            })
+        })
+        .collect();
+    let (c, r) = ([1u32, 40, 41, 42], [1u32, 50, 51, 52]);
+    let (co, ro) = ([0usize, 4], [0usize, 4]);
+    let mut valid = vec![score(&model)];
+    for _ in 0..20 {
+        assert_eq!(unsafe { rk_trainer_step_tokens(trainer, c.as_ptr(), co.as_ptr(), r.as_ptr(), ro.as_ptr(), 1, null(), null_mut()) }, rk_status::RK_OK);
+        valid.push(score(&model));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in seen {
+        for s in t.join().unwrap() {
+            assert!(valid.iter().any(|v| (v - s).abs() < 1e-5), "score {s} matches no whole set of weights {valid:?}");
+        }
+    }
+    unsafe {
+        rk_trainer_free(trainer);
+        rk_model_free(model.0);
+    }
+}

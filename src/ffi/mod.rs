@@ -6,9 +6,11 @@
 
 pub mod model;
 mod ptr;
+pub mod trainer;
 pub mod status;
 mod version;
 
 pub use model::*;
 pub use status::*;
+pub use trainer::*;
 pub use version::*;

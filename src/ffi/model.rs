@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 use std::path::Path;
 
-use super::ptr::{fill_c_chars, nonzero, null, opt_str_arg, out_slice_arg, read_versioned, slice_arg, str_arg};
+use super::ptr::{fill_c_chars, nonzero, null, opt_str_arg, out_slice_arg, read_versioned, slice_arg, str_arg, str_array_arg};
 use super::status::{guard, rk_status};
 use crate::device::DeviceSpec;
 use crate::error::{Error, ErrorKind};
@@ -18,7 +18,8 @@ use crate::tokenize::TextOptions;
 /// tokenizing and `rk_model_get_info`. `rk_model_free` must not race with any other call on
 /// the same handle.
 pub struct rk_model {
-    pub(crate) inner: SharedModel,
+    /// Shared with any trainer created on this model, so freeing either first is safe.
+    pub(crate) inner: std::sync::Arc<SharedModel>,
 }
 
 /// Compute in float32 (the default).
@@ -163,12 +164,13 @@ pub unsafe extern "C" fn rk_model_load(path: *const c_char, params: *const rk_mo
         let path = str_arg(path, "path")?;
         let opts = options_from_c(params)?;
         let inner = SharedModel::load(Path::new(path), &opts)?;
-        *out_model = Box::into_raw(Box::new(rk_model { inner }));
+        *out_model = Box::into_raw(Box::new(rk_model { inner: std::sync::Arc::new(inner) }));
         Ok(())
     })
 }
 
-/// Releases a model. NULL is a no-op. The handle must not be in use by another thread.
+/// Releases a model. NULL is a no-op. The handle must not be in use by another thread. A
+/// trainer created on the model keeps the weights alive until it is freed too.
 ///
 /// # Safety
 /// `model` must be NULL or a handle from `rk_model_load` not yet freed.
@@ -182,7 +184,7 @@ pub unsafe extern "C" fn rk_model_free(model: *mut rk_model) {
 
 /// # Safety
 /// `model` must be NULL or a live handle.
-pub(crate) unsafe fn model_arg<'a>(model: *const rk_model) -> Result<&'a SharedModel, Error> {
+pub(crate) unsafe fn model_arg<'a>(model: *const rk_model) -> Result<&'a std::sync::Arc<SharedModel>, Error> {
     model.as_ref().map(|m| &m.inner).ok_or_else(|| null("model"))
 }
 
@@ -208,12 +210,9 @@ pub unsafe extern "C" fn rk_model_score_texts(
         let prompts = slice_arg(prompts, n, "prompts")?;
         let responses = slice_arg(responses, n, "responses")?;
         let out = out_slice_arg(out_rewards, n, "out_rewards")?;
-        let pairs = prompts
-            .iter()
-            .zip(responses)
-            .enumerate()
-            .map(|(i, (&p, &r))| Ok((str_arg(p, &format!("prompts[{i}]"))?, str_arg(r, &format!("responses[{i}]"))?)))
-            .collect::<Result<Vec<(&str, &str)>, Error>>()?;
+        let prompts = str_array_arg(prompts, "prompts")?;
+        let responses = str_array_arg(responses, "responses")?;
+        let pairs: Vec<(&str, &str)> = prompts.into_iter().zip(responses).collect();
         out.copy_from_slice(&model.score_pairs(&pairs)?);
         Ok(())
     })
@@ -221,7 +220,7 @@ pub unsafe extern "C" fn rk_model_score_texts(
 
 /// # Safety
 /// `offsets` must hold `n + 1` entries and `ids` at least `offsets[n]`.
-unsafe fn sequences_arg<'a>(ids: *const u32, offsets: *const usize, n: usize) -> Result<Vec<&'a [u32]>, Error> {
+pub(crate) unsafe fn sequences_arg<'a>(ids: *const u32, offsets: *const usize, n: usize) -> Result<Vec<&'a [u32]>, Error> {
     nonzero(n, "n")?;
     let offsets = slice_arg(offsets, n + 1, "offsets")?;
     if offsets[0] != 0 {

@@ -30,6 +30,14 @@ pub(crate) unsafe fn opt_str_arg<'a>(ptr: *const c_char, what: &str) -> Result<O
     if ptr.is_null() { Ok(None) } else { str_arg(ptr, what).map(Some) }
 }
 
+/// Every string of a C array of strings, each checked and named (`what[i]`).
+///
+/// # Safety
+/// Each pointer must be NULL or a NUL-terminated string that outlives the borrow.
+pub(crate) unsafe fn str_array_arg<'a>(ptrs: &[*const c_char], what: &str) -> Result<Vec<&'a str>> {
+    ptrs.iter().enumerate().map(|(i, &p)| str_arg(p, &format!("{what}[{i}]"))).collect()
+}
+
 /// A borrowed slice of `n` elements. `n` must be > 0.
 ///
 /// # Safety

@@ -25,6 +25,7 @@ pub enum Pass {
     Train { dropout: f32, dropout_seed: u64 },
 }
 
+#[derive(Clone)]
 pub struct LayerWeights {
     input_norm: Tensor,
     q: Linear,
@@ -152,6 +153,32 @@ impl DecoderWeights {
 
     pub fn embed(&self) -> &Tensor {
         &self.embed
+    }
+
+    /// The same tensors without autograd tracking (they share storage).
+    pub fn detached(&self) -> DecoderWeights {
+        let d = |t: &Tensor| t.detach();
+        let lin = |l: &Linear| Linear { weight: d(&l.weight), bias: l.bias.as_ref().map(d) };
+        DecoderWeights {
+            embed: d(&self.embed),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    input_norm: d(&l.input_norm),
+                    q: lin(&l.q),
+                    k: lin(&l.k),
+                    v: lin(&l.v),
+                    o: lin(&l.o),
+                    post_norm: d(&l.post_norm),
+                    gate: lin(&l.gate),
+                    up: lin(&l.up),
+                    down: lin(&l.down),
+                })
+                .collect(),
+            final_norm: d(&self.final_norm),
+            head: d(&self.head),
+        }
     }
 }
 

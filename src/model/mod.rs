@@ -74,7 +74,11 @@ impl Default for LoadOptions {
 pub struct RewardModel {
     config: ModelConfig,
     params: ParamStore,
+    /// Views of the parameters that record autograd graphs (training).
     weights: DecoderWeights,
+    /// The same storage, detached: inference builds no graph, so activations are freed as soon
+    /// as the next layer has used them (and the optimizer's in-place updates are still seen).
+    inference_weights: DecoderWeights,
     rope: Rope,
     device: Device,
     dtype: ComputeDType,
@@ -115,8 +119,9 @@ impl RewardModel {
     ) -> Result<Self> {
         let max_length = resolve_max_length(&config, max_length)?;
         let weights = DecoderWeights::new(&config, &params)?;
+        let inference_weights = weights.detached();
         let rope = Rope::new(&config, max_length, dtype.to_candle(), &device)?;
-        Ok(RewardModel { config, params, weights, rope, device, dtype, head_source, lm_head: None })
+        Ok(RewardModel { config, params, weights, inference_weights, rope, device, dtype, head_source, lm_head: None })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -185,20 +190,28 @@ impl RewardModel {
 
     /// Pooled, final-normed hidden states: (b, h).
     pub fn features(&self, batch: &Batch, pass: Pass) -> Result<Tensor> {
-        decoder::pooled_features(&self.config, &self.weights, &self.rope, batch, pass)
+        decoder::pooled_features(&self.config, self.weights_for(pass), &self.rope, batch, pass)
     }
 
     /// Hidden states entering layer `layer` (b, t, h): what a frozen bottom of the network
     /// produces, computed once and reused while training the layers above.
     pub fn hidden_before_layer(&self, batch: &Batch, layer: usize, pass: Pass) -> Result<Tensor> {
-        let x = decoder::embed(&self.config, &self.weights, &batch.ids)?;
-        decoder::run_layers(&self.config, &self.weights, &self.rope, x, 0..layer, pass)
+        let w = self.weights_for(pass);
+        let x = decoder::embed(&self.config, w, &batch.ids)?;
+        decoder::run_layers(&self.config, w, &self.rope, x, 0..layer, pass)
+    }
+
+    fn weights_for(&self, pass: Pass) -> &DecoderWeights {
+        match pass {
+            Pass::Inference => &self.inference_weights,
+            Pass::Train { .. } => &self.weights,
+        }
     }
 
     /// Features from hidden states `x` (b, t, h) entering layer `first` (see
     /// [`Self::hidden_before_layer`]): (b, h).
     pub fn features_from(&self, x: Tensor, first: usize, pool_index: &[usize], pass: Pass) -> Result<Tensor> {
-        decoder::pooled_features_from(&self.config, &self.weights, &self.rope, x, first, pool_index, pass)
+        decoder::pooled_features_from(&self.config, self.weights_for(pass), &self.rope, x, first, pool_index, pass)
     }
 
     /// Rewards: (b,) float32. A multi-head ensemble gives the mean over its heads.
@@ -224,9 +237,9 @@ impl RewardModel {
     /// Next-token logits of a causal LM at every position: (b, t, vocab) float32. Uses
     /// `lm_head.weight` when the checkpoint had one, else the (tied) embeddings.
     pub fn lm_logits(&self, batch: &Batch) -> Result<Tensor> {
-        let hidden = decoder::final_hidden_states(&self.config, &self.weights, &self.rope, batch, Pass::Inference)?;
+        let hidden = decoder::final_hidden_states(&self.config, &self.inference_weights, &self.rope, batch, Pass::Inference)?;
         let (b, t, h) = hidden.dims3()?;
-        let lm_head = self.lm_head.as_ref().unwrap_or(self.weights.embed());
+        let lm_head = self.lm_head.as_ref().unwrap_or(self.inference_weights.embed());
         Ok(hidden.reshape((b * t, h))?.matmul(&lm_head.t()?)?.reshape((b, t, ()))?.to_dtype(DType::F32)?)
     }
 
