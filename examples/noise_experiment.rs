@@ -20,7 +20,7 @@ use rewardkit::eval::auroc;
 use rewardkit::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
 use rewardkit::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::rng::Rng;
-use rewardkit::train::{fit, first_trainable_layer, quick_eval, tokenize_pairs, FitOptions, HiddenCache, PairSet, TrainConfig, Trainable, Trainer};
+use rewardkit::train::{fit, first_trainable_layer, quick_eval, tokenize_pairs, FitOptions, HiddenCache, PairSet, SeqSource, TrainConfig, Trainable, Trainer};
 use rewardkit::vote::vote;
 use rewardkit::{BatchOptions, LoadOptions, Result, SharedModel, SharedModelOptions};
 use serde_json::json;
@@ -132,7 +132,7 @@ fn main() -> Result<()> {
     let cache_secs = t.elapsed().as_secs_f64();
     eprintln!("cached layers 0..{first} for {} sequences ({tokens} tokens) in {cache_secs:.0}s: {:.0} tokens/s; {:.0} MB", seqs.len(), tokens as f64 / cache_secs, cache.bytes() as f64 / 1e6);
     let n_train = train.len();
-    let eval_set = PairSet::Cached { cache: cache.clone(), pairs: (0..eval_ids.len()).map(|i| (2 * (n_train + i), 2 * (n_train + i) + 1)).collect() };
+    let eval_set = PairSet { seqs: SeqSource::Cached(cache.clone()), pairs: (0..eval_ids.len()).map(|i| (2 * (n_train + i), 2 * (n_train + i) + 1)).collect() };
     let train_tokens: usize = train_ids.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
 
     let config = |seed: u64, noise: NoiseConfig| TrainConfig {
@@ -163,8 +163,8 @@ fn main() -> Result<()> {
         for &i in &order[..(n_train as f64 * a.flip_rate).round() as usize] {
             injected[i] = true;
         }
-        let noisy = PairSet::Cached {
-            cache: cache.clone(),
+        let noisy = PairSet {
+            seqs: SeqSource::Cached(cache.clone()),
             pairs: (0..n_train).map(|i| if injected[i] { (2 * i + 1, 2 * i) } else { (2 * i, 2 * i + 1) }).collect(),
         };
         let plain = vec![Default::default(); n_train];

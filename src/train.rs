@@ -197,19 +197,20 @@ impl HiddenCache {
     }
 }
 
-/// A set of preference pairs in a form the trainer can run.
-pub enum PairSet {
-    /// Token ids: the whole model runs on every step.
-    Ids(Vec<PairIds>),
-    /// Hidden states from a frozen bottom: pair i is (chosen, rejected) sequence indices.
-    Cached { cache: Arc<HiddenCache>, pairs: Vec<(usize, usize)> },
+/// Sequences in a form the model can run: token ids, or hidden states from a frozen bottom.
+#[derive(Clone)]
+pub enum SeqSource {
+    /// Token ids: the whole model runs.
+    Ids(Arc<Vec<Vec<u32>>>),
+    /// Hidden states entering layer `cache.first`, computed once.
+    Cached(Arc<HiddenCache>),
 }
 
-impl PairSet {
+impl SeqSource {
     pub fn len(&self) -> usize {
         match self {
-            PairSet::Ids(p) => p.len(),
-            PairSet::Cached { pairs, .. } => pairs.len(),
+            SeqSource::Ids(s) => s.len(),
+            SeqSource::Cached(c) => c.len(),
         }
     }
 
@@ -217,20 +218,29 @@ impl PairSet {
         self.len() == 0
     }
 
-    /// A cached set for `pairs`: sequences 2i and 2i+1 of the cache are pair i.
-    pub fn cached(shared: &SharedModel, pairs: &[PairIds], first: usize, progress: impl FnMut(usize) + Send) -> Result<PairSet> {
-        let seqs: Vec<&[u32]> = pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
-        let cache = HiddenCache::build(shared, &seqs, first, progress)?;
-        Ok(PairSet::Cached { cache: Arc::new(cache), pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect() })
+    /// The layer inference starts at: 0 for token ids, the cache's layer otherwise.
+    pub fn first_layer(&self) -> usize {
+        match self {
+            SeqSource::Ids(_) => 0,
+            SeqSource::Cached(c) => c.first,
+        }
     }
 
-    /// Features of pairs `idx`: (2n, h), chosen rows first, then rejected. Layers below
-    /// `first` run with the inference kernels and no autograd (they are frozen); the rest with
-    /// `pass`. A cached set must start at `first`.
+    /// Total tokens, when known (token ids).
+    pub fn tokens(&self) -> Option<usize> {
+        match self {
+            SeqSource::Ids(s) => Some(s.iter().map(Vec::len).sum()),
+            SeqSource::Cached(_) => None,
+        }
+    }
+
+    /// Features (n, h) of sequences `idx`. Layers below `first` run with the inference
+    /// kernels and no autograd (they are frozen); the rest with `pass`. A cache must start at
+    /// `first`.
     pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
         match self {
-            PairSet::Ids(pairs) => {
-                let seqs: Vec<&[u32]> = idx.iter().map(|&i| pairs[i].chosen.as_slice()).chain(idx.iter().map(|&i| pairs[i].rejected.as_slice())).collect();
+            SeqSource::Ids(all) => {
+                let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
                 let batch = model.make_batch(&seqs)?;
                 if first == 0 {
                     return model.features(&batch, pass);
@@ -238,23 +248,69 @@ impl PairSet {
                 let x = model.hidden_before_layer(&batch, first, Pass::Inference)?.detach();
                 model.features_from(x, first, &batch.pool_index, pass)
             }
-            PairSet::Cached { cache, pairs } => {
+            SeqSource::Cached(cache) => {
                 if cache.first != first {
                     return Err(Error::invalid(format!("cached hidden states enter layer {}, not layer {first}", cache.first)));
                 }
-                let seqs: Vec<usize> = idx.iter().map(|&i| pairs[i].0).chain(idx.iter().map(|&i| pairs[i].1)).collect();
-                let (x, pool) = cache.batch(&seqs)?;
+                let (x, pool) = cache.batch(idx)?;
                 model.features_from(x, first, &pool, pass)
             }
         }
     }
 
-    /// The layer inference on this set starts at: 0 for token ids, the cache's layer otherwise.
+    /// Rewards (n,) of sequences `idx`, inference, in chunks of `chunk`.
+    pub fn rewards(&self, shared: &SharedModel, idx: &[usize], chunk: usize) -> Result<Vec<f32>> {
+        let model = shared.read()?;
+        shared.install(|| -> Result<Vec<f32>> {
+            let mut out = Vec::with_capacity(idx.len());
+            for c in idx.chunks(chunk.max(1)) {
+                out.extend(model.rewards_from_features(&self.features(&model, c, self.first_layer(), Pass::Inference)?)?.to_vec1::<f32>()?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Preference pairs over a set of sequences: pair i is (chosen, rejected) sequence indices.
+#[derive(Clone)]
+pub struct PairSet {
+    pub seqs: SeqSource,
+    pub pairs: Vec<(usize, usize)>,
+}
+
+impl PairSet {
+    /// Pairs of token ids; sequences 2i and 2i+1 are pair i.
+    pub fn from_ids(pairs: Vec<PairIds>) -> PairSet {
+        let n = pairs.len();
+        let seqs: Vec<Vec<u32>> = pairs.into_iter().flat_map(|p| [p.chosen, p.rejected]).collect();
+        PairSet { seqs: SeqSource::Ids(Arc::new(seqs)), pairs: (0..n).map(|i| (2 * i, 2 * i + 1)).collect() }
+    }
+
+    /// Pairs whose frozen bottom (layers below `first`) has run once; sequences 2i and 2i+1
+    /// of the cache are pair i.
+    pub fn cached(shared: &SharedModel, pairs: &[PairIds], first: usize, progress: impl FnMut(usize) + Send) -> Result<PairSet> {
+        let seqs: Vec<&[u32]> = pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
+        let cache = HiddenCache::build(shared, &seqs, first, progress)?;
+        Ok(PairSet { seqs: SeqSource::Cached(Arc::new(cache)), pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Features of pairs `idx`: (2n, h), chosen rows first, then rejected.
+    pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
+        let seqs: Vec<usize> = idx.iter().map(|&i| self.pairs[i].0).chain(idx.iter().map(|&i| self.pairs[i].1)).collect();
+        self.seqs.features(model, &seqs, first, pass)
+    }
+
+    /// The layer inference on this set starts at.
     pub fn first_layer(&self) -> usize {
-        match self {
-            PairSet::Ids(_) => 0,
-            PairSet::Cached { cache, .. } => cache.first,
-        }
+        self.seqs.first_layer()
     }
 
     /// Rewards (chosen, rejected) of pairs `idx`, each (n,) float32, inference.

@@ -60,8 +60,8 @@ fn weights(model: &SharedModel) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn training_drives_the_loss_down() {
     let model = small_model();
-    let train = PairSet::Ids(task(64, 1));
-    let held_out = PairSet::Ids(task(32, 2));
+    let train = PairSet::from_ids(task(64, 1));
+    let held_out = PairSet::from_ids(task(32, 2));
     let (acc0, _, loss0) = quick_eval(&model, &held_out).unwrap();
     let mut trainer = Trainer::new(model.clone(), config(0)).unwrap();
     let t = vec![PairTreatment::default(); 64];
@@ -77,7 +77,7 @@ fn same_seed_same_weights_other_seed_other_weights() {
     let run = |seed: u64| {
         let model = small_model();
         let mut trainer = Trainer::new(model.clone(), TrainConfig { dropout: 0.1, grad_accum: 2, ..config(seed) }).unwrap();
-        let train = PairSet::Ids(task(24, 5));
+        let train = PairSet::from_ids(task(24, 5));
         fit(&mut trainer, &train, &vec![PairTreatment::default(); 24], None, &FitOptions { epochs: 1, batch_pairs: 4, ..Default::default() }, |_| {}).unwrap();
         drop(trainer);
         weights(&model)
@@ -96,7 +96,7 @@ fn every_trainable_parameter_moves_and_frozen_ones_do_not() {
         let model = small_model();
         let before = weights(&model);
         let mut trainer = Trainer::new(model.clone(), TrainConfig { trainable, ..config(0) }).unwrap();
-        let set = PairSet::Ids(task(8, 9));
+        let set = PairSet::from_ids(task(8, 9));
         let idx: Vec<usize> = (0..8).collect();
         let stats = trainer.step(&set, &idx, &[PairTreatment::default(); 8]).unwrap();
         assert!(stats.applied && stats.grad_norm.unwrap() > 0.0);
@@ -120,7 +120,7 @@ fn cached_frozen_bottom_matches_running_it() {
     let pairs = task(6, 4);
     let idx: Vec<usize> = (0..6).collect();
     let cached = PairSet::cached(&model, &pairs, 2, |_| {}).unwrap();
-    let ids = PairSet::Ids(pairs);
+    let ids = PairSet::from_ids(pairs);
     let m = model.read().unwrap();
     let a = ids.features(&m, &idx, 2, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
     let b = cached.features(&m, &idx, 2, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
@@ -132,7 +132,7 @@ fn cached_frozen_bottom_matches_running_it() {
 #[test]
 fn checkpoint_roundtrip_and_resume_equal_an_uninterrupted_run() {
     let dir = scratch("resume");
-    let train = PairSet::Ids(task(32, 6));
+    let train = PairSet::from_ids(task(32, 6));
     let t = vec![PairTreatment::default(); 32];
     let opts = |epochs| FitOptions { epochs, batch_pairs: 4, save_every: 4, keep_checkpoints: 1, out_dir: Some(dir.join("run")), ..Default::default() };
     // Straight: 2 epochs = 16 steps.
@@ -177,12 +177,12 @@ fn label_flipping_recovers_from_flipped_labels() {
         std::mem::swap(&mut p.chosen, &mut p.rejected);
         strengths[i] = -1.0;
     }
-    let held_out = PairSet::Ids(task(24, 10));
+    let held_out = PairSet::from_ids(task(24, 10));
     let run = |noise: NoiseConfig| {
         let model = small_model();
         let treat = noise.treatments(48, Some(&strengths), None).unwrap();
         let mut trainer = Trainer::new(model.clone(), TrainConfig { noise, ..config(0) }).unwrap();
-        fit(&mut trainer, &PairSet::Ids(noisy.clone()), &treat, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
+        fit(&mut trainer, &PairSet::from_ids(noisy.clone()), &treat, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
         quick_eval(&model, &held_out).unwrap().0
     };
     let flipped = run(NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() });
@@ -201,12 +201,12 @@ fn one_trainer_per_model() {
 #[test]
 fn ensemble_members_differ_and_vote() {
     let base = small_model();
-    let train = PairSet::Ids(task(32, 12));
+    let train = PairSet::from_ids(task(32, 12));
     let t = vec![PairTreatment::default(); 32];
     let cfg = TrainConfig { trainable: Trainable::TopLayers { layers: 1 }, ..config(20) };
     let members = rewardkit::ensemble::train_ensemble(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_, _| {}).unwrap();
     let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
-    let test = PairSet::Ids(task(16, 13));
+    let test = PairSet::from_ids(task(16, 13));
     let vote = rewardkit::vote::vote(&refs, &test, 8).unwrap();
     let (mean, std) = vote.strength();
     assert_eq!((vote.members(), vote.pairs()), (3, 16));

@@ -314,7 +314,7 @@ unsafe fn step_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel
     let strengths = if strengths.is_null() { None } else { Some(slice_arg(strengths, n, "strengths")?) };
     let treatments = trainer.config().noise.treatments(n, strengths, None)?;
     let idx: Vec<usize> = (0..n).collect();
-    let stats = trainer.step(&PairSet::Ids(pairs), &idx, &treatments)?;
+    let stats = trainer.step(&PairSet::from_ids(pairs), &idx, &treatments)?;
     if let Some(out) = out {
         *out = stats_to_c(&stats);
     }
@@ -392,7 +392,7 @@ pub unsafe extern "C" fn rk_trainer_evaluate_texts(
     guard(|| {
         let out = out_struct(out_stats, "out_stats")?.ok_or_else(|| null("out_stats"))?;
         let model = trainer_arg(trainer)?.model().clone();
-        let set = PairSet::Ids(text_pairs(&model, prompts, chosen, rejected, n)?);
+        let set = PairSet::from_ids(text_pairs(&model, prompts, chosen, rejected, n)?);
         let (c, r) = set.score_all(&model, 16)?;
         let e = crate::eval::evaluate_rewards(&c, &r, None, None, 1);
         *out = rk_eval_stats {
@@ -455,7 +455,7 @@ pub unsafe extern "C" fn rk_vote_texts(
         // Every member tokenizes for itself: members may differ in tokenizer settings.
         let (mut chosen_scores, mut rejected_scores) = (Vec::new(), Vec::new());
         for m in &refs {
-            let set = PairSet::Ids(text_pairs(m, prompts, chosen, rejected, n)?);
+            let set = PairSet::from_ids(text_pairs(m, prompts, chosen, rejected, n)?);
             let (c, r) = set.score_all(m, 16)?;
             chosen_scores.push(c);
             rejected_scores.push(r);

@@ -254,13 +254,13 @@ fn log(pb: &ProgressBar, msg: String) {
 fn prepare(model: &SharedModel, pairs: &[PreferencePair], first: usize, cache: bool, what: &str) -> Result<PairSet> {
     let ids: Vec<PairIds> = tokenize_pairs(model, pairs)?;
     if first == 0 || !cache {
-        return Ok(PairSet::Ids(ids));
+        return Ok(PairSet::from_ids(ids));
     }
     let pb = bar(2 * ids.len() as u64, what);
     let t = Instant::now();
     let set = PairSet::cached(model, &ids, first, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
-    if let PairSet::Cached { cache, .. } = &set {
+    if let rewardkit::train::SeqSource::Cached(cache) = &set.seqs {
         eprintln!("{what}: frozen layers 0..{first} run once over {} sequences in {:.1}s ({:.0} MB cached)", cache.len(), t.elapsed().as_secs_f64(), cache.bytes() as f64 / 1e6);
     }
     Ok(set)
@@ -302,10 +302,7 @@ fn run_fit(trainer: &mut Trainer, train: &PairSet, pairs: &[PreferencePair], eva
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let done = pb.position() as f64;
-    let tokens: usize = match train {
-        PairSet::Ids(p) => p.iter().map(|x| x.chosen.len() + x.rejected.len()).sum(),
-        PairSet::Cached { .. } => 0,
-    };
+    let tokens: usize = train.seqs.tokens().unwrap_or(0);
     eprintln!(
         "{label}: {} optimizer steps in {secs:.1}s: {:.1} pairs/s{}",
         trainer.steps(),
@@ -428,7 +425,7 @@ pub fn vote(members: &[PathBuf], rt: &RuntimeArgs, data: &DataArgs, output: &Pat
     if let Some(n) = data.limit {
         pairs.truncate(n);
     }
-    let set = PairSet::Ids(tokenize_pairs(&models[0], &pairs)?);
+    let set = PairSet::from_ids(tokenize_pairs(&models[0], &pairs)?);
     let vote = if models.len() == 1 {
         if models[0].read()?.num_heads() < 2 {
             return Err(Error::invalid("a vote needs several --member models, or one multi-head model"));
@@ -446,7 +443,7 @@ pub fn eval(margs: &ModelArgs, data: &DataArgs, buckets: usize, json_out: Option
     let (train, held_out) = data.load()?;
     // With a held-out split, evaluate on it; otherwise on every pair given.
     let pairs = if held_out.is_empty() { train } else { held_out };
-    let set = PairSet::Ids(tokenize_pairs(&model, &pairs)?);
+    let set = PairSet::from_ids(tokenize_pairs(&model, &pairs)?);
     let r = report(&model, &set, &pairs, buckets)?;
     println!("{}", r.table());
     if let Some(p) = json_out {
