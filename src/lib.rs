@@ -18,6 +18,7 @@ pub mod ffi;
 pub mod fsutil;
 pub mod gguf;
 pub mod loss;
+pub mod meta;
 pub mod model;
 pub mod optim;
 pub mod plot;

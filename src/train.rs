@@ -50,6 +50,15 @@ pub struct TrainConfig {
     pub seed: u64,
     pub trainable: Trainable,
     pub noise: NoiseConfig,
+    /// MetaRM's inner step size: the gradient-ascent step on the difference loss of policy
+    /// samples before the preference gradient is taken (the paper leaves it unset). Distinct
+    /// from `optimizer.lr`, which applies that gradient.
+    #[serde(default = "default_meta_lr")]
+    pub meta_lr: f64,
+}
+
+fn default_meta_lr() -> f64 {
+    5e-6
 }
 
 impl Default for TrainConfig {
@@ -65,6 +74,7 @@ impl Default for TrainConfig {
             seed: 0,
             trainable: Trainable::All,
             noise: NoiseConfig::default(),
+            meta_lr: default_meta_lr(),
         }
     }
 }
@@ -75,6 +85,9 @@ impl TrainConfig {
         self.noise.validate()?;
         if self.grad_accum == 0 {
             return Err(Error::invalid("grad_accum must be >= 1"));
+        }
+        if !(self.meta_lr.is_finite() && self.meta_lr >= 0.0) {
+            return Err(Error::invalid(format!("meta_lr {} must be a finite number >= 0", self.meta_lr)));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::invalid(format!("dropout {} must be in [0, 1)", self.dropout)));
@@ -436,47 +449,79 @@ impl Trainer {
     /// gradient-accumulation cycle completes. `treatments` are aligned with `idx`.
     pub fn step(&mut self, set: &PairSet, idx: &[usize], treatments: &[PairTreatment]) -> Result<StepStats> {
         let started = Instant::now();
+        let pass = self.pass();
+        let shared = self.model.clone();
+        let model = shared.read()?;
+        let (grads, loss, accuracy, mean_margin) = shared.install(|| self.preference_grads(&model, set, idx, treatments, pass))?;
+        drop(model);
+        self.accumulate(grads)?;
+        self.finish_micro_step(started, loss, accuracy, mean_margin)
+    }
+
+    /// The dropout setting of the current micro-step.
+    pub(crate) fn pass(&self) -> Pass {
+        Pass::Train { dropout: self.cfg.dropout, dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D) }
+    }
+
+    /// Gradients of the preference loss on pairs `idx` with respect to `model`'s copies of the
+    /// trained parameters (aligned with the optimizer), already divided by `grad_accum`; and
+    /// the loss, accuracy and mean margin. `model` is the trainer's model, or a copy with
+    /// moved weights (MetaRM).
+    pub(crate) fn preference_grads(&self, model: &RewardModel, set: &PairSet, idx: &[usize], treatments: &[PairTreatment], pass: Pass) -> Result<(Vec<Tensor>, f64, f64, f64)> {
         if idx.is_empty() {
             return Err(Error::invalid("a training step needs at least one pair"));
         }
         if treatments.len() != idx.len() {
             return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), idx.len())));
         }
-        let pass = Pass::Train { dropout: self.cfg.dropout, dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D) };
-        let (loss, accuracy, mean_margin) = {
-            let model = self.model.read()?;
-            let first = self.first_trainable_layer();
-            let (accum, optimizer, cfg) = (&mut self.accum, &self.optimizer, &self.cfg);
-            self.model.install(|| -> Result<(f64, f64, f64)> {
-                let n = idx.len();
-                let heads = model.head_rewards_from_features(&set.features(&model, idx, first, pass)?)?; // (2n, heads)
-                // A shared-backbone ensemble trains every head on its own loss.
-                let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
-                let loss = (0..heads.dim(1)?)
-                    .map(|h| preference_loss(&rc.get_on_dim(1, h)?, &rr.get_on_dim(1, h)?, treatments, cfg.noise.centering))
-                    .collect::<Result<Vec<_>>>()?;
-                let loss = Tensor::stack(&loss, 0)?.mean_all()?;
-                let (rc, rr) = (rc.mean(1)?, rr.mean(1)?);
-                let grads = (&loss / cfg.grad_accum as f64)?.backward()?;
-                for (slot, var) in accum.iter_mut().zip(optimizer.vars()) {
-                    let g = match grads.get(var.as_tensor()) {
-                        Some(g) => g.to_dtype(DType::F32)?,
-                        None => Tensor::zeros(var.shape(), DType::F32, var.device())?,
-                    };
-                    *slot = Some(match slot.take() {
-                        Some(prev) => (prev + g)?,
-                        None => g,
-                    });
-                }
-                let margins: Vec<f32> = (&rc - &rr)?.to_vec1()?;
-                let acc = margins.iter().filter(|&&m| m > 0.0).count() as f64 / margins.len() as f64;
-                let mean = margins.iter().map(|&m| m as f64).sum::<f64>() / margins.len() as f64;
-                Ok((loss.to_scalar::<f32>()? as f64, acc, mean))
-            })?
-        };
-        if !loss.is_finite() {
-            return Err(Error::new(ErrorKind::Internal, format!("loss is {loss}; weights left unchanged")));
+        let n = idx.len();
+        let heads = model.head_rewards_from_features(&set.features(model, idx, self.first_trainable_layer(), pass)?)?; // (2n, heads)
+        // A shared-backbone ensemble trains every head on its own loss.
+        let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
+        let loss = (0..heads.dim(1)?)
+            .map(|h| preference_loss(&rc.get_on_dim(1, h)?, &rr.get_on_dim(1, h)?, treatments, self.cfg.noise.centering))
+            .collect::<Result<Vec<_>>>()?;
+        let loss = Tensor::stack(&loss, 0)?.mean_all()?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return Err(Error::new(ErrorKind::Internal, format!("loss is {value}; weights left unchanged")));
         }
+        let grads = self.grads_of(model, &(&loss / self.cfg.grad_accum as f64)?)?;
+        let margins: Vec<f32> = (rc.mean(1)? - rr.mean(1)?)?.to_vec1()?;
+        let acc = margins.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
+        let mean = margins.iter().map(|&m| m as f64).sum::<f64>() / n as f64;
+        Ok((grads, value, acc, mean))
+    }
+
+    /// d(objective)/d(trained parameters of `model`), float32, aligned with the optimizer; a
+    /// parameter the objective does not reach gets zeros.
+    pub(crate) fn grads_of(&self, model: &RewardModel, objective: &Tensor) -> Result<Vec<Tensor>> {
+        let grads = objective.backward()?;
+        self.optimizer
+            .names()
+            .map(|name| {
+                let p = model.params().get(name)?;
+                Ok(match grads.get(p) {
+                    Some(g) => g.to_dtype(DType::F32)?,
+                    None => Tensor::zeros(p.shape(), DType::F32, p.device())?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds one micro-batch's gradients to the accumulation buffer.
+    pub(crate) fn accumulate(&mut self, grads: Vec<Tensor>) -> Result<()> {
+        for (slot, g) in self.accum.iter_mut().zip(grads) {
+            *slot = Some(match slot.take() {
+                Some(prev) => (prev + g)?,
+                None => g,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a micro-step and applies the optimizer at the end of an accumulation cycle.
+    pub(crate) fn finish_micro_step(&mut self, started: Instant, loss: f64, accuracy: f64, mean_margin: f64) -> Result<StepStats> {
         self.micro_step += 1;
         self.accum_count += 1;
         let lr = self.current_lr();
@@ -495,6 +540,11 @@ impl Trainer {
             applied: grad_norm.is_some(),
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Names of the trained parameters, in optimizer order.
+    pub fn trained_names(&self) -> impl Iterator<Item = &str> {
+        self.optimizer.names()
     }
 
     /// Clips and applies the accumulated gradients; returns the norm before clipping.

@@ -96,6 +96,9 @@ pub struct rk_trainer_params {
     pub margin_mode: i32,
     /// Reward-centering coefficient (TRL: 0.01); 0 = off.
     pub centering: f64,
+    /// MetaRM: the gradient-ascent step size on the policy samples' difference loss before
+    /// each meta step's preference gradient (distinct from `lr`). Default 5e-6.
+    pub meta_lr: f64,
 }
 
 /// What one training step did.
@@ -165,6 +168,7 @@ pub extern "C" fn rk_trainer_default_params() -> rk_trainer_params {
         margin_scale: 1.0,
         margin_mode: RK_MARGIN_RAW,
         centering: 0.0,
+        meta_lr: TrainConfig::default().meta_lr,
     }
 }
 
@@ -216,6 +220,7 @@ fn config_from_c(p: &rk_trainer_params) -> Result<TrainConfig, Error> {
             },
             centering: p.centering,
         },
+        meta_lr: p.meta_lr,
     })
 }
 

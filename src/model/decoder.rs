@@ -183,6 +183,7 @@ impl DecoderWeights {
 }
 
 /// Rotary tables for positions `0..max_len`, in the compute dtype.
+#[derive(Clone)]
 pub struct Rope {
     /// (max_len, d/2), for the fused kernel.
     cos_half: Tensor,

@@ -160,6 +160,29 @@ impl RewardModel {
         Ok(model)
     }
 
+    /// A copy whose parameters named in `overrides` take the given values (in new variables)
+    /// while every other parameter is shared with `self`. MetaRM evaluates the preference loss
+    /// at such moved weights without touching the weights scorers read.
+    pub fn with_overrides(&self, overrides: &std::collections::HashMap<String, Tensor>) -> Result<RewardModel> {
+        let mut params = self.params.fork(|_| false)?;
+        for (name, value) in overrides {
+            params.replace(name, value)?;
+        }
+        let weights = DecoderWeights::new(&self.config, &params)?;
+        let inference_weights = weights.detached();
+        Ok(RewardModel {
+            config: self.config.clone(),
+            params,
+            weights,
+            inference_weights,
+            rope: self.rope.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            head_source: self.head_source.clone(),
+            lm_head: self.lm_head.clone(),
+        })
+    }
+
     /// The index the reward is read at, as transformers' `*ForSequenceClassification` picks it:
     /// the rightmost token that is not `pad_token_id` (so with pad == eos, the token before any
     /// trailing EOS); the last token when the config has no pad id; 0 when every token is pad.

@@ -168,6 +168,9 @@ pub struct TrainArgs {
     /// Reward-centering coefficient (TRL: 0.01).
     #[arg(long, default_value_t = 0.0)]
     centering: f64,
+    /// MetaRM: ascent step on the policy samples' difference loss (meta-train only).
+    #[arg(long, default_value_t = 5e-6)]
+    meta_lr: f64,
 }
 
 impl TrainArgs {
@@ -230,6 +233,7 @@ impl TrainArgs {
             seed: self.seed,
             trainable: self.trainable()?,
             noise: self.noise()?,
+            meta_lr: self.meta_lr,
         })
     }
 

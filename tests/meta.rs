@@ -1,0 +1,201 @@
+//! MetaRM: the meta step, the difference loss's gradient, its effect, and concurrency.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::Device;
+use rewardkit::loss::PairTreatment;
+use rewardkit::meta::{difference_loss, difference_value, PolicyBatch};
+use rewardkit::model::checkpoint::HeadSource;
+use rewardkit::model::Pass;
+use rewardkit::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::rng::Rng;
+use rewardkit::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::train::{quick_eval, PairIds, PairSet, TrainConfig, Trainable, Trainer};
+use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
+
+fn model(seed: u64) -> Arc<SharedModel> {
+    let spec = TinySpec { vocab_size: 64, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, seed };
+    let cfg = tiny_config(&spec).unwrap();
+    let m = RewardModel::from_params(cfg.clone(), random_params(&cfg, seed).unwrap(), HeadSource::Fresh { seed }, Device::Cpu, ComputeDType::F32, 0).unwrap();
+    Arc::new(SharedModel::from_model(m, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap())
+}
+
+fn prefs(n: usize, seed: u64) -> Vec<PairIds> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let prompt: Vec<u32> = std::iter::once(1).chain((0..3 + rng.below(4)).map(|_| 10 + rng.below(40) as u32)).collect();
+            let (mut c, mut r) = (prompt.clone(), prompt);
+            c.extend([60, 2 + rng.below(4) as u32]);
+            r.extend([60, 6 + rng.below(4) as u32]);
+            PairIds { chosen: c, rejected: r }
+        })
+        .collect()
+}
+
+/// Policy samples from a shifted distribution: longer responses of other tokens.
+fn policy(prompts: usize, k: usize, seed: u64) -> PolicyBatch {
+    let mut rng = Rng::new(seed);
+    let groups = (0..prompts)
+        .map(|_| {
+            let prompt: Vec<u32> = std::iter::once(1).chain((0..4).map(|_| 10 + rng.below(40) as u32)).collect();
+            (0..k + rng.below(2))
+                .map(|_| {
+                    let mut s = prompt.clone();
+                    s.extend((0..3 + rng.below(5)).map(|_| 50 + rng.below(14) as u32));
+                    s
+                })
+                .collect()
+        })
+        .collect();
+    PolicyBatch::from_ids(groups).unwrap()
+}
+
+fn config(meta_lr: f64) -> TrainConfig {
+    TrainConfig {
+        optimizer: AdamWConfig { lr: 2e-3, ..Default::default() },
+        schedule: LrSchedule { kind: ScheduleKind::Constant, warmup_steps: 0, total_steps: 0 },
+        meta_lr,
+        ..Default::default()
+    }
+}
+
+fn weights(m: &SharedModel) -> Vec<Vec<f32>> {
+    m.read().unwrap().params().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+}
+
+#[test]
+fn zero_meta_lr_is_a_plain_step() {
+    let set = PairSet::from_ids(prefs(8, 1));
+    let idx: Vec<usize> = (0..8).collect();
+    let t = vec![PairTreatment::default(); 8];
+    let pol = policy(3, 3, 2);
+    let (a, b) = (model(3), model(3));
+    let mut ta = Trainer::new(a.clone(), config(0.0)).unwrap();
+    let mut tb = Trainer::new(b.clone(), config(0.0)).unwrap();
+    for _ in 0..3 {
+        let meta = ta.meta_step(&set, &idx, &t, &pol).unwrap();
+        let plain = tb.step(&set, &idx, &t).unwrap();
+        assert!((meta.step.loss - plain.loss).abs() < 1e-6);
+        assert!((meta.j_before - meta.j_after).abs() < 1e-6);
+    }
+    drop((ta, tb));
+    for (x, y) in weights(&a).iter().zip(weights(&b)) {
+        let d = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-6, "meta step with meta_lr 0 differs from a plain step by {d}");
+    }
+}
+
+#[test]
+fn gradient_of_j_matches_finite_differences() {
+    let shared = model(5);
+    let pol = policy(3, 3, 6);
+    let m = shared.read().unwrap();
+    let groups: Vec<Vec<usize>> = pol.groups.clone();
+    let all: Vec<usize> = groups.iter().flatten().copied().collect();
+    let j_of = |model: &RewardModel| -> candle_core::Tensor {
+        let r = model.rewards_from_features(&pol.seqs.features(model, &all, 0, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap()).unwrap();
+        difference_loss(&r, &groups).unwrap()
+    };
+    let j = j_of(&m);
+    let grads = j.backward().unwrap();
+    for name in ["score.weight", "model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"] {
+        let p = m.params().get(name).unwrap();
+        let g = grads.get(p).unwrap();
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        assert!(norm > 0.0, "{name}: zero gradient");
+        let dir = (g / norm as f64).unwrap();
+        let eps = 1e-2f64;
+        let at = |s: f64| {
+            let moved: HashMap<String, candle_core::Tensor> = [(name.to_string(), (p + (&dir * s).unwrap()).unwrap())].into();
+            j_of(&m.with_overrides(&moved).unwrap()).to_scalar::<f32>().unwrap() as f64
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+        let analytic = norm as f64; // directional derivative along the normalised gradient
+        assert!((numeric - analytic).abs() < 0.02 * analytic + 1e-5, "{name}: finite difference {numeric} vs gradient {analytic}");
+    }
+}
+
+#[test]
+fn meta_steps_ascend_j_and_keep_preference_accuracy() {
+    let train = PairSet::from_ids(prefs(48, 7));
+    let held_out = PairSet::from_ids(prefs(32, 8));
+    let pol = policy(6, 4, 9);
+    let t = vec![PairTreatment::default(); 8];
+    let run = |meta_lr: f64, meta: bool| {
+        let m = model(11);
+        let mut trainer = Trainer::new(m.clone(), TrainConfig { trainable: Trainable::All, ..config(meta_lr) }).unwrap();
+        for step in 0..30 {
+            let idx: Vec<usize> = (0..8).map(|i| (step * 8 + i) % 48).collect();
+            if meta {
+                let s = trainer.meta_step(&train, &idx, &t, &pol).unwrap();
+                // The inner step is a gradient ascent on J: it must raise J at every step.
+                assert!(s.j_after > s.j_before, "step {step}: J {} -> {} after the ascent", s.j_before, s.j_after);
+                assert!(s.meta_grad_norm > 0.0);
+            } else {
+                trainer.step(&train, &idx, &t).unwrap();
+            }
+        }
+        drop(trainer);
+        (difference_value(&m, &pol).unwrap(), quick_eval(&m, &held_out).unwrap().0)
+    };
+    let (j_plain, acc_plain) = run(0.0, false);
+    let (j_meta, acc_meta) = run(0.5, true);
+    // Stated tolerance: held-out preference accuracy within 0.1 of plain training.
+    assert!((acc_meta - acc_plain).abs() <= 0.1, "accuracy plain {acc_plain:.3}, MetaRM {acc_meta:.3}");
+    assert!(acc_meta > 0.8, "MetaRM still learns the preferences: {acc_meta}");
+    // The outer, first-order update does not by itself raise J on this toy (see the MetaRM
+    // notes in docs/EXPERIMENTS.md); report it so a change in behaviour is visible.
+    eprintln!("J on the policy batch after 30 steps: plain {j_plain:.4}, MetaRM {j_meta:.4}");
+}
+
+#[test]
+fn scorers_never_see_torn_weights_during_meta_steps() {
+    let shared = model(13);
+    let train = PairSet::from_ids(prefs(16, 14));
+    let pol = policy(4, 3, 15);
+    let probe: Vec<u32> = vec![1, 12, 13, 60, 3];
+    let score = |m: &SharedModel| m.score_ids(&[probe.as_slice()]).unwrap()[0];
+    let mut valid = vec![score(&shared)];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (m, stop, probe) = (shared.clone(), stop.clone(), probe.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seen.push(m.score_ids(&[probe.as_slice()]).unwrap()[0]);
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut trainer = Trainer::new(shared.clone(), config(0.5)).unwrap();
+    let t = vec![PairTreatment::default(); 4];
+    for step in 0..50 {
+        let idx: Vec<usize> = (0..4).map(|i| (step * 4 + i) % 16).collect();
+        trainer.meta_step(&train, &idx, &t, &pol).unwrap();
+        valid.push(score(&shared));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut checked = 0;
+    for t in threads {
+        for s in t.join().unwrap() {
+            assert!(valid.iter().any(|v| (v - s).abs() < 1e-6), "score {s} is not the score of any whole set of weights");
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "the scorers ran ({checked} scores)");
+}
+
+#[test]
+fn policy_batches_are_validated() {
+    assert!(PolicyBatch::from_ids(vec![vec![vec![1, 2]]]).err().unwrap().message().contains("k >= 2"));
+    assert!(PolicyBatch::from_ids(vec![]).is_err());
+    let mut bad = TrainConfig::default();
+    bad.meta_lr = f64::NAN;
+    assert!(Trainer::new(model(1), bad).is_err());
+}
