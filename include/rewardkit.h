@@ -375,6 +375,11 @@ typedef struct rk_trainer_params {
    * Reward-centering coefficient (TRL: 0.01); 0 = off.
    */
   double centering;
+  /**
+   * MetaRM: the gradient-ascent step size on the policy samples' difference loss before
+   * each meta step's preference gradient (distinct from `lr`). Default 5e-6.
+   */
+  double meta_lr;
 } rk_trainer_params;
 
 /**
@@ -431,6 +436,40 @@ typedef struct rk_eval_stats {
   double reward_max;
   double reward_std;
 } rk_eval_stats;
+
+/**
+ * What one MetaRM step did.
+ */
+typedef struct rk_meta_step_stats {
+  /**
+   * Set to `sizeof(rk_meta_step_stats)` before the call.
+   */
+  size_t struct_size;
+  uint64_t step;
+  uint64_t micro_step;
+  /**
+   * Preference loss, accuracy and mean margin at the moved weights θ'.
+   */
+  double loss;
+  double accuracy;
+  double mean_margin;
+  /**
+   * Norm of the preference gradient if this call updated the weights, else NaN.
+   */
+  double grad_norm;
+  double lr;
+  bool applied;
+  double seconds;
+  /**
+   * Difference loss J on the policy batch at θ, and at θ' after the ascent step.
+   */
+  double j_before;
+  double j_after;
+  /**
+   * Norm of ∇J.
+   */
+  double meta_grad_norm;
+} rk_meta_step_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -588,6 +627,46 @@ rk_status rk_trainer_save(struct rk_trainer *trainer, const char *dir);
  * `models` holds `n_models` live handles; string arrays `n` strings; outputs `n` floats each.
  */
 rk_status rk_vote_texts(const struct rk_model *const *models, size_t n_models, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, float *out_mean, float *out_std);
+
+/**
+ * One MetaRM step (first-order, as the paper's authors ran it): a gradient-ascent step of size
+ * `meta_lr` on the difference loss J of the policy samples, the preference gradient on the `n`
+ * pairs at those moved weights, then the optimizer applies that gradient to the current
+ * weights. Policy prompt p has the k_p >= 2 responses
+ * `policy_responses[response_offsets[p] .. response_offsets[p+1]]`; k may differ per prompt.
+ * The moved weights are private to the step: scorers see the weights before or after it.
+ *
+ * Thread safety: serialised per trainer; scoring the model concurrently is safe.
+ *
+ * # Safety
+ * Preference arrays hold `n` strings; `policy_prompts` `n_policy_prompts` strings;
+ * `response_offsets` `n_policy_prompts + 1` entries; `policy_responses` as many strings as its
+ * last offset; `strengths` NULL or `n` floats.
+ */
+rk_status rk_trainer_meta_step_texts(struct rk_trainer *trainer, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, const float *strengths, const char *const *policy_prompts, size_t n_policy_prompts, const char *const *policy_responses, const size_t *response_offsets, struct rk_meta_step_stats *out_stats);
+
+/**
+ * As `rk_trainer_meta_step_texts`, with token ids. Pairs are laid out as in
+ * `rk_trainer_step_tokens`. Policy sequence s is `policy_ids[seq_offsets[s] .. seq_offsets[s+1]]`
+ * (prompt and response together); prompt p owns sequences
+ * `group_offsets[p] .. group_offsets[p+1]`.
+ *
+ * # Safety
+ * Offsets arrays hold their count + 1 entries; id arrays at least their last offset.
+ */
+rk_status rk_trainer_meta_step_tokens(struct rk_trainer *trainer, const uint32_t *chosen_ids, const size_t *chosen_offsets, const uint32_t *rejected_ids, const size_t *rejected_offsets, size_t n, const float *strengths, const uint32_t *policy_ids, const size_t *seq_offsets, const size_t *group_offsets, size_t n_policy_prompts, struct rk_meta_step_stats *out_stats);
+
+/**
+ * The difference loss J (mean over prompts of (2/k^2) sum_{i<j} sigmoid(|r_i - r_j|)) of the
+ * model on policy samples laid out as in `rk_trainer_meta_step_texts`: how well it separates
+ * the policy's responses. Written to `*out_j`.
+ *
+ * Thread safety: as scoring.
+ *
+ * # Safety
+ * As `rk_trainer_meta_step_texts` for the policy arguments; `out_j` writable.
+ */
+rk_status rk_model_difference_loss_texts(const struct rk_model *model, const char *const *policy_prompts, size_t n_policy_prompts, const char *const *policy_responses, const size_t *response_offsets, double *out_j);
 
 /**
  * The message of the most recent failed call on the calling thread ("" if none). The string

@@ -108,3 +108,31 @@ fn c_train_vote_example_builds_and_runs() {
     assert_eq!(stdout.lines().filter(|l| l.starts_with("vote pair")).count(), 4);
     assert!(dir.join("saved/optimizer.safetensors").exists() && dir.join("saved/tokenizer.json").exists());
 }
+
+#[test]
+fn cpp_iterative_rlhf_example_builds_and_runs() {
+    let dir = scratch("cpp-rlhf");
+    let exe = dir.join("iterative_rlhf");
+    let lib = lib_dir();
+    run(Command::new("c++")
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+        .arg(repo().join("include"))
+        .arg("-I")
+        .arg(repo().join("bindings/cpp"))
+        .arg(repo().join("examples/cpp/iterative_rlhf.cpp"))
+        .arg("-L").arg(&lib).arg("-lrewardkit")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o").arg(&exe));
+    let stdout = run(Command::new(&exe).arg(tiny_model()).arg("3").arg("2"));
+    let rows: Vec<Vec<f64>> = stdout
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<u32>().is_ok()))
+        .map(|l| l.split_whitespace().map(|w| w.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for r in &rows {
+        // J of k = 4 samples lies in [0.375, 0.75]; accuracy in [0, 1]; everything finite.
+        assert!((0.375..=0.75).contains(&r[1]) && (0.0..=1.0).contains(&r[2]) && r.iter().all(|x| x.is_finite()), "{r:?}");
+    }
+    assert!(stdout.contains("caught: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
+}

@@ -60,3 +60,31 @@ fn readme_main_job_scores_real_hh_pairs() {
     assert_eq!(text.lines().count(), 5);
     assert!(text.lines().all(|l| l.contains("chosen_reward")));
 }
+
+#[test]
+fn train_vote_eval_and_meta_train_run_end_to_end() {
+    let dir = scratch("cli-train");
+    let data = hh_data();
+    let base = ["--model", tiny_model().to_str().unwrap(), "--data", data.to_str().unwrap(), "--limit", "24", "--skip-bad-rows", "--threads", "1"];
+    let ok = |args: &[&str]| {
+        let out = rewardkit().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out_dir = dir.join("run");
+    let table = ok(&[&["train"], &base[..], &["--eval-fraction", "0.25", "--trainable", "top:1", "--lr", "1e-4", "--save-every", "1", "--out", out_dir.to_str().unwrap()]].concat());
+    assert!(table.contains("accuracy") && out_dir.join("final/config.json").exists());
+    let ens = dir.join("ens");
+    let vote = ok(&[&["ensemble"], &base[..], &["--members", "2", "--trainable", "head", "--lr", "1e-3", "--out", ens.to_str().unwrap()]].concat());
+    assert!(vote.contains("likely wrong") && ens.join("vote.jsonl").exists() && ens.join("bucket_std.svg").exists());
+    let first = std::fs::read_to_string(ens.join("vote.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(row["chosen score list"].as_array().unwrap().len(), 2);
+    // Train again with the strengths, flipping pairs the vote disagrees with.
+    ok(&[&["train"], &base[..], &["--trainable", "head", "--strengths", ens.join("vote.jsonl").to_str().unwrap(), "--flip-below", "0", "--margin-scale", "0.5"]].concat());
+    let eval = ok(&["eval", "--model", out_dir.join("final").to_str().unwrap(), "--data", data.to_str().unwrap(), "--limit", "16", "--skip-bad-rows"]);
+    assert!(eval.contains("reward min/mean/max/std"));
+    let policy = common::repo().join("examples/data/policy_samples.jsonl");
+    let meta = ok(&[&["meta-train"], &base[..], &["--policy", policy.to_str().unwrap(), "--rounds", "2", "--steps-per-round", "2", "--trainable", "top:1", "--meta-lr", "0.1"]].concat());
+    assert_eq!(meta.lines().count(), 3, "{meta}");
+}

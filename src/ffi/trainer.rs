@@ -471,3 +471,205 @@ pub unsafe extern "C" fn rk_vote_texts(
         Ok(())
     })
 }
+
+/// What one MetaRM step did.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct rk_meta_step_stats {
+    /// Set to `sizeof(rk_meta_step_stats)` before the call.
+    pub struct_size: usize,
+    pub step: u64,
+    pub micro_step: u64,
+    /// Preference loss, accuracy and mean margin at the moved weights θ'.
+    pub loss: f64,
+    pub accuracy: f64,
+    pub mean_margin: f64,
+    /// Norm of the preference gradient if this call updated the weights, else NaN.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub applied: bool,
+    pub seconds: f64,
+    /// Difference loss J on the policy batch at θ, and at θ' after the ascent step.
+    pub j_before: f64,
+    pub j_after: f64,
+    /// Norm of ∇J.
+    pub meta_grad_norm: f64,
+}
+
+/// Policy samples from texts: prompt p has responses `responses[offsets[p] .. offsets[p+1]]`.
+unsafe fn policy_texts(model: &SharedModel, prompts: *const *const c_char, n_prompts: usize, responses: *const *const c_char, offsets: *const usize) -> Result<crate::meta::PolicyBatch, Error> {
+    nonzero(n_prompts, "n_policy_prompts")?;
+    let p = str_array_arg(slice_arg(prompts, n_prompts, "policy_prompts")?, "policy_prompts")?;
+    let offsets = offsets_arg(offsets, n_prompts, "response_offsets")?;
+    let r = str_array_arg(slice_arg(responses, offsets[n_prompts], "policy_responses")?, "policy_responses")?;
+    let groups: Vec<(&str, Vec<&str>)> = (0..n_prompts).map(|i| (p[i], r[offsets[i]..offsets[i + 1]].to_vec())).collect();
+    crate::meta::PolicyBatch::from_texts(model, &groups)
+}
+
+/// `n + 1` non-decreasing offsets starting at 0.
+unsafe fn offsets_arg<'a>(offsets: *const usize, n: usize, what: &str) -> Result<&'a [usize], Error> {
+    let o = slice_arg(offsets, n + 1, what)?;
+    if o[0] != 0 || o.windows(2).any(|w| w[1] < w[0]) {
+        return Err(Error::invalid(format!("`{what}` must start at 0 and never decrease")));
+    }
+    Ok(o)
+}
+
+unsafe fn meta_common(
+    trainer: *const rk_trainer,
+    make_pairs: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>, Error>,
+    make_policy: impl FnOnce(&SharedModel) -> Result<crate::meta::PolicyBatch, Error>,
+    strengths: *const f32,
+    out_stats: *mut rk_meta_step_stats,
+) -> Result<(), Error> {
+    let out = out_struct(out_stats, "out_stats")?;
+    let mut trainer = trainer_arg(trainer)?;
+    let model = trainer.model().clone();
+    let pairs = make_pairs(&model)?;
+    let policy = make_policy(&model)?;
+    {
+        let m = model.read()?;
+        for (i, p) in pairs.iter().enumerate() {
+            m.validate_ids(&p.chosen).map_err(|e| e.context(format!("chosen {i}")))?;
+            m.validate_ids(&p.rejected).map_err(|e| e.context(format!("rejected {i}")))?;
+        }
+        if let crate::train::SeqSource::Ids(seqs) = &policy.seqs {
+            for (i, s) in seqs.iter().enumerate() {
+                m.validate_ids(s).map_err(|e| e.context(format!("policy sequence {i}")))?;
+            }
+        }
+    }
+    let n = pairs.len();
+    let strengths = if strengths.is_null() { None } else { Some(slice_arg(strengths, n, "strengths")?) };
+    let treatments = trainer.config().noise.treatments(n, strengths, None)?;
+    let idx: Vec<usize> = (0..n).collect();
+    let s = trainer.meta_step(&PairSet::from_ids(pairs), &idx, &treatments, &policy)?;
+    if let Some(out) = out {
+        let st = stats_to_c(&s.step);
+        *out = rk_meta_step_stats {
+            struct_size: std::mem::size_of::<rk_meta_step_stats>(),
+            step: st.step,
+            micro_step: st.micro_step,
+            loss: st.loss,
+            accuracy: st.accuracy,
+            mean_margin: st.mean_margin,
+            grad_norm: st.grad_norm,
+            lr: st.lr,
+            applied: st.applied,
+            seconds: st.seconds,
+            j_before: s.j_before,
+            j_after: s.j_after,
+            meta_grad_norm: s.meta_grad_norm,
+        };
+    }
+    Ok(())
+}
+
+/// One MetaRM step (first-order, as the paper's authors ran it): a gradient-ascent step of size
+/// `meta_lr` on the difference loss J of the policy samples, the preference gradient on the `n`
+/// pairs at those moved weights, then the optimizer applies that gradient to the current
+/// weights. Policy prompt p has the k_p >= 2 responses
+/// `policy_responses[response_offsets[p] .. response_offsets[p+1]]`; k may differ per prompt.
+/// The moved weights are private to the step: scorers see the weights before or after it.
+///
+/// Thread safety: serialised per trainer; scoring the model concurrently is safe.
+///
+/// # Safety
+/// Preference arrays hold `n` strings; `policy_prompts` `n_policy_prompts` strings;
+/// `response_offsets` `n_policy_prompts + 1` entries; `policy_responses` as many strings as its
+/// last offset; `strengths` NULL or `n` floats.
+#[no_mangle]
+pub unsafe extern "C" fn rk_trainer_meta_step_texts(
+    trainer: *mut rk_trainer,
+    prompts: *const *const c_char,
+    chosen: *const *const c_char,
+    rejected: *const *const c_char,
+    n: usize,
+    strengths: *const f32,
+    policy_prompts: *const *const c_char,
+    n_policy_prompts: usize,
+    policy_responses: *const *const c_char,
+    response_offsets: *const usize,
+    out_stats: *mut rk_meta_step_stats,
+) -> rk_status {
+    guard(|| {
+        meta_common(
+            trainer,
+            |m| text_pairs(m, prompts, chosen, rejected, n),
+            |m| policy_texts(m, policy_prompts, n_policy_prompts, policy_responses, response_offsets),
+            strengths,
+            out_stats,
+        )
+    })
+}
+
+/// As `rk_trainer_meta_step_texts`, with token ids. Pairs are laid out as in
+/// `rk_trainer_step_tokens`. Policy sequence s is `policy_ids[seq_offsets[s] .. seq_offsets[s+1]]`
+/// (prompt and response together); prompt p owns sequences
+/// `group_offsets[p] .. group_offsets[p+1]`.
+///
+/// # Safety
+/// Offsets arrays hold their count + 1 entries; id arrays at least their last offset.
+#[no_mangle]
+pub unsafe extern "C" fn rk_trainer_meta_step_tokens(
+    trainer: *mut rk_trainer,
+    chosen_ids: *const u32,
+    chosen_offsets: *const usize,
+    rejected_ids: *const u32,
+    rejected_offsets: *const usize,
+    n: usize,
+    strengths: *const f32,
+    policy_ids: *const u32,
+    seq_offsets: *const usize,
+    group_offsets: *const usize,
+    n_policy_prompts: usize,
+    out_stats: *mut rk_meta_step_stats,
+) -> rk_status {
+    guard(|| {
+        meta_common(
+            trainer,
+            |_| {
+                let c = sequences_arg(chosen_ids, chosen_offsets, n).map_err(|e| e.context("chosen"))?;
+                let r = sequences_arg(rejected_ids, rejected_offsets, n).map_err(|e| e.context("rejected"))?;
+                Ok(c.into_iter().zip(r).map(|(c, r)| PairIds { chosen: c.to_vec(), rejected: r.to_vec() }).collect())
+            },
+            |_| {
+                nonzero(n_policy_prompts, "n_policy_prompts")?;
+                let groups = offsets_arg(group_offsets, n_policy_prompts, "group_offsets")?;
+                let seqs = sequences_arg(policy_ids, seq_offsets, groups[n_policy_prompts]).map_err(|e| e.context("policy"))?;
+                let g = (0..n_policy_prompts).map(|p| seqs[groups[p]..groups[p + 1]].iter().map(|s| s.to_vec()).collect()).collect();
+                crate::meta::PolicyBatch::from_ids(g)
+            },
+            strengths,
+            out_stats,
+        )
+    })
+}
+
+/// The difference loss J (mean over prompts of (2/k^2) sum_{i<j} sigmoid(|r_i - r_j|)) of the
+/// model on policy samples laid out as in `rk_trainer_meta_step_texts`: how well it separates
+/// the policy's responses. Written to `*out_j`.
+///
+/// Thread safety: as scoring.
+///
+/// # Safety
+/// As `rk_trainer_meta_step_texts` for the policy arguments; `out_j` writable.
+#[no_mangle]
+pub unsafe extern "C" fn rk_model_difference_loss_texts(
+    model: *const rk_model,
+    policy_prompts: *const *const c_char,
+    n_policy_prompts: usize,
+    policy_responses: *const *const c_char,
+    response_offsets: *const usize,
+    out_j: *mut f64,
+) -> rk_status {
+    guard(|| {
+        let model = model_arg(model)?;
+        if out_j.is_null() {
+            return Err(null("out_j"));
+        }
+        let policy = policy_texts(model, policy_prompts, n_policy_prompts, policy_responses, response_offsets)?;
+        *out_j = crate::meta::difference_value(model, &policy)?;
+        Ok(())
+    })
+}

@@ -120,6 +120,26 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// MetaRM: train on preference pairs while keeping the model able to separate policy
+    /// samples (JSONL rows: `prompt` and a list of `responses`). Prints a per-round table.
+    MetaTrain {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Policy samples: {"prompt": ..., "responses": [...]} per line, k >= 2 responses.
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20)]
+        steps_per_round: usize,
+        /// Policy prompts per meta step (0: all).
+        #[arg(long, default_value_t = 8)]
+        policy_prompts: usize,
+    },
     /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face checkpoint directory.
     ImportGguf {
         #[arg(long)]
@@ -222,6 +242,9 @@ fn main() {
         Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => train_cmd::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band),
         Command::Eval { model, data, buckets, json } => train_cmd::eval(&model, &data, buckets, json.as_deref()),
         Command::ImportGguf { gguf, out } => train_cmd::import_gguf(&gguf, &out),
+        Command::MetaTrain { model, data, train, policy, rounds, steps_per_round, policy_prompts } => {
+            train_cmd::meta_train(&model, &data, &train, &policy, rounds, steps_per_round, policy_prompts)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -466,3 +466,95 @@ pub fn import_gguf(gguf: &Path, out: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// Reads policy samples: one prompt with k >= 2 responses per line.
+fn read_policy(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
+    read_jsonl(path)?
+        .into_iter()
+        .map(|(line, row)| {
+            let at = |m: &str| Error::invalid(format!("{}: line {line}: {m}", path.display()));
+            let prompt = row.get("prompt").and_then(|v| v.as_str()).ok_or_else(|| at("no string `prompt`"))?;
+            let responses: Vec<String> = row
+                .get("responses")
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| at("no `responses` list"))?
+                .iter()
+                .map(|r| r.as_str().map(str::to_string).ok_or_else(|| at("`responses` must hold strings")))
+                .collect::<Result<_>>()?;
+            if responses.len() < 2 {
+                return Err(at("needs at least 2 responses"));
+            }
+            Ok((prompt.to_string(), responses))
+        })
+        .collect()
+}
+
+pub fn meta_train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs, policy_path: &Path, rounds: usize, steps_per_round: usize, policy_prompts: usize) -> Result<()> {
+    use rewardkit::meta::{difference_value, PolicyBatch};
+    use rewardkit::train::{micro_batches, SeqSource};
+    let model = Arc::new(match &targs.resume {
+        Some(dir) => margs.rt.load(dir)?,
+        None => margs.load()?,
+    });
+    let (train_pairs, eval_pairs) = data.load()?;
+    let cfg = targs.config(train_pairs.len())?;
+    let first = first_trainable_layer(cfg.trainable, model.info()?.num_layers);
+    let train_set = prepare(&model, &train_pairs, first, !targs.no_cache, "train")?;
+    let eval_set = if eval_pairs.is_empty() { None } else { Some(prepare(&model, &eval_pairs, first, !targs.no_cache, "held-out")?) };
+    let groups = read_policy(policy_path)?;
+    let refs: Vec<(&str, Vec<&str>)> = groups.iter().map(|(p, r)| (p.as_str(), r.iter().map(String::as_str).collect())).collect();
+    let mut policy = PolicyBatch::from_texts(&model, &refs)?;
+    if first > 0 && !targs.no_cache {
+        if let SeqSource::Ids(seqs) = &policy.seqs {
+            let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+            policy.seqs = SeqSource::Cached(Arc::new(rewardkit::train::HiddenCache::build(&model, &seq_refs, first, |_| {})?));
+        }
+    }
+    let treatments = cfg.noise.treatments(train_pairs.len(), strengths_of(&train_pairs).as_deref(), alphas_of(&train_pairs).as_deref())?;
+    let spread = |m: &SharedModel| -> Result<f64> {
+        let all: Vec<usize> = (0..policy.seqs.len()).collect();
+        let r = policy.seqs.rewards(m, &all, 32)?;
+        let mean = r.iter().map(|&x| x as f64).sum::<f64>() / r.len() as f64;
+        Ok((r.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / r.len() as f64).sqrt())
+    };
+    let mut trainer = Trainer::new(model.clone(), cfg.clone())?;
+    if let Some(dir) = &targs.resume {
+        trainer.resume(dir)?;
+    }
+    let batches = micro_batches(train_pairs.len(), (rounds * steps_per_round).div_ceil(train_pairs.len().div_ceil(targs.batch_pairs)).max(1), targs.batch_pairs, cfg.seed);
+    let mut rng = rewardkit::rng::Rng::new(cfg.seed ^ 0x5EED);
+    println!("{:>5} {:>10} {:>10} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8}", "round", "J before", "J after", "pref loss", "pref acc", "held-out acc", "J(policy)", "reward std", "seconds");
+    let mut next = 0;
+    for round in 0..rounds {
+        let t = Instant::now();
+        let (mut jb, mut ja, mut loss, mut acc) = (0.0, 0.0, 0.0, 0.0);
+        for _ in 0..steps_per_round {
+            let idx = &batches[next % batches.len()];
+            next += 1;
+            let mut chosen: Vec<usize> = (0..policy.groups.len()).collect();
+            rng.shuffle(&mut chosen);
+            chosen.truncate(if policy_prompts == 0 { chosen.len() } else { policy_prompts.min(chosen.len()) });
+            let sub = PolicyBatch { seqs: policy.seqs.clone(), groups: chosen.iter().map(|&g| policy.groups[g].clone()).collect() };
+            let tr: Vec<_> = idx.iter().map(|&i| treatments[i]).collect();
+            let s = trainer.meta_step(&train_set, idx, &tr, &sub)?;
+            jb += s.j_before;
+            ja += s.j_after;
+            loss += s.step.loss;
+            acc += s.step.accuracy;
+        }
+        let n = steps_per_round.max(1) as f64;
+        let held = match &eval_set {
+            Some(e) => format!("{:.4}", rewardkit::train::quick_eval(&model, e)?.0),
+            None => "-".into(),
+        };
+        println!(
+            "{:>5} {:>10.4} {:>10.4} {:>10.4} {:>9.3} {:>12} {:>10.4} {:>12.4} {:>8.1}",
+            round + 1, jb / n, ja / n, loss / n, acc / n, held, difference_value(&model, &policy)?, spread(&model)?, t.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(out) = &targs.out {
+        trainer.save(&out.join("final"))?;
+        eprintln!("saved {}", out.join("final").display());
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+// rewardkit.hpp: a header-only C++17 wrapper over the rewardkit C ABI (include/rewardkit.h).
+//
+// RAII handles (Model, Trainer), an exception type carrying the status code and the library's
+// message, std::vector/std::string overloads. It only calls the C functions, so it adds no ABI
+// coupling to how the library was built: any rewardkit shared library with a matching C
+// header works.
+//
+//   rewardkit::Model model("models/tiny-rm");
+//   std::vector<float> r = model.score({"Q: hi\nA:"}, {" hello"});
+//   rewardkit::Trainer trainer(model, params);
+//   auto stats = trainer.step(prompts, chosen, rejected);
+#pragma once
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rewardkit.h"
+
+namespace rewardkit {
+
+/// A failed call: the status code and the library's message for it.
+class Error : public std::runtime_error {
+public:
+    Error(rk_status status, const std::string &message)
+        : std::runtime_error(std::string(rk_status_name(static_cast<int32_t>(status))) + ": " + message), status_(status) {}
+    rk_status status() const noexcept { return status_; }
+
+private:
+    rk_status status_;
+};
+
+namespace detail {
+inline void check(rk_status s) {
+    if (s != RK_OK) throw Error(s, rk_last_error_message());
+}
+
+/// Borrowed C string pointers of a vector of strings (valid while the strings live).
+inline std::vector<const char *> c_strs(const std::vector<std::string> &v) {
+    std::vector<const char *> out;
+    out.reserve(v.size());
+    for (const auto &s : v) out.push_back(s.c_str());
+    return out;
+}
+
+/// Flat ids and n + 1 offsets for a list of token sequences.
+inline std::pair<std::vector<uint32_t>, std::vector<size_t>> flatten(const std::vector<std::vector<uint32_t>> &seqs) {
+    std::pair<std::vector<uint32_t>, std::vector<size_t>> out;
+    out.second.push_back(0);
+    for (const auto &s : seqs) {
+        out.first.insert(out.first.end(), s.begin(), s.end());
+        out.second.push_back(out.first.size());
+    }
+    return out;
+}
+
+template <typename T> T sized() {
+    T t{};
+    t.struct_size = sizeof(T);
+    return t;
+}
+}  // namespace detail
+
+/// Policy samples for MetaRM: per prompt, k >= 2 responses.
+struct PolicySamples {
+    std::vector<std::string> prompts;
+    std::vector<std::vector<std::string>> responses;
+};
+
+/// A loaded reward model. Movable, not copyable. Scoring is safe from many threads at once.
+class Model {
+public:
+    explicit Model(const std::string &path, const rk_model_params &params = rk_model_default_params()) {
+        detail::check(rk_model_load(path.c_str(), &params, &handle_));
+    }
+    Model(Model &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    Model &operator=(Model &&other) noexcept {
+        if (this != &other) {
+            rk_model_free(handle_);
+            handle_ = std::exchange(other.handle_, nullptr);
+        }
+        return *this;
+    }
+    Model(const Model &) = delete;
+    Model &operator=(const Model &) = delete;
+    ~Model() { rk_model_free(handle_); }
+
+    rk_model *get() const noexcept { return handle_; }
+
+    /// Rewards of prompts[i] + responses[i].
+    std::vector<float> score(const std::vector<std::string> &prompts, const std::vector<std::string> &responses) const {
+        if (prompts.size() != responses.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "prompts and responses differ in length");
+        std::vector<float> out(prompts.size());
+        auto p = detail::c_strs(prompts), r = detail::c_strs(responses);
+        detail::check(rk_model_score_texts(handle_, p.data(), r.data(), p.size(), out.data()));
+        return out;
+    }
+
+    /// Rewards of pre-tokenized sequences.
+    std::vector<float> score_tokens(const std::vector<std::vector<uint32_t>> &seqs) const {
+        auto flat = detail::flatten(seqs);
+        std::vector<float> out(seqs.size());
+        detail::check(rk_model_score_tokens(handle_, flat.first.data(), flat.second.data(), seqs.size(), out.data()));
+        return out;
+    }
+
+    /// Token ids of prompt + response as the model scores them.
+    std::vector<uint32_t> tokenize(const std::string &prompt, const std::string &response) const {
+        size_t n = 0;
+        rk_status s = rk_model_tokenize(handle_, prompt.c_str(), response.c_str(), nullptr, 0, &n);
+        if (s != RK_ERR_BUFFER_TOO_SMALL) detail::check(s);
+        std::vector<uint32_t> ids(n);
+        detail::check(rk_model_tokenize(handle_, prompt.c_str(), response.c_str(), ids.data(), ids.size(), &n));
+        return ids;
+    }
+
+    rk_model_info info() const {
+        auto i = detail::sized<rk_model_info>();
+        detail::check(rk_model_get_info(handle_, &i));
+        return i;
+    }
+
+    /// MetaRM's difference loss J of this model on policy samples.
+    double difference_loss(const PolicySamples &policy) const {
+        std::vector<std::string> flat;
+        std::vector<size_t> offsets{0};
+        for (const auto &g : policy.responses) {
+            flat.insert(flat.end(), g.begin(), g.end());
+            offsets.push_back(flat.size());
+        }
+        auto p = detail::c_strs(policy.prompts), r = detail::c_strs(flat);
+        double j = NAN;
+        detail::check(rk_model_difference_loss_texts(handle_, p.data(), p.size(), r.data(), offsets.data(), &j));
+        return j;
+    }
+
+private:
+    rk_model *handle_ = nullptr;
+};
+
+/// Preference strength by ensemble vote: (mean, population std) of the reward differences.
+inline std::pair<std::vector<float>, std::vector<float>> vote(const std::vector<const Model *> &models, const std::vector<std::string> &prompts,
+                                                              const std::vector<std::string> &chosen, const std::vector<std::string> &rejected) {
+    std::vector<const rk_model *> handles;
+    for (const auto *m : models) handles.push_back(m->get());
+    auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
+    std::pair<std::vector<float>, std::vector<float>> out{std::vector<float>(p.size()), std::vector<float>(p.size())};
+    detail::check(rk_vote_texts(handles.data(), handles.size(), p.data(), c.data(), r.data(), p.size(), out.first.data(), out.second.data()));
+    return out;
+}
+
+/// A trainer updating a model in place. One per model; calls are serialised internally.
+class Trainer {
+public:
+    Trainer(const Model &model, const rk_trainer_params &params = rk_trainer_default_params()) {
+        detail::check(rk_trainer_create(model.get(), &params, &handle_));
+    }
+    Trainer(Trainer &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    Trainer &operator=(Trainer &&other) noexcept {
+        if (this != &other) {
+            rk_trainer_free(handle_);
+            handle_ = std::exchange(other.handle_, nullptr);
+        }
+        return *this;
+    }
+    Trainer(const Trainer &) = delete;
+    Trainer &operator=(const Trainer &) = delete;
+    ~Trainer() { rk_trainer_free(handle_); }
+
+    /// One step on preference pairs; `strengths` empty or one per pair.
+    rk_step_stats step(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected,
+                       const std::vector<float> &strengths = {}) {
+        check_sizes(prompts, chosen, rejected, strengths);
+        auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
+        auto st = detail::sized<rk_step_stats>();
+        detail::check(rk_trainer_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), strengths.empty() ? nullptr : strengths.data(), &st));
+        return st;
+    }
+
+    /// One MetaRM step: preference pairs plus the policy's own samples.
+    rk_meta_step_stats meta_step(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected,
+                                 const PolicySamples &policy, const std::vector<float> &strengths = {}) {
+        check_sizes(prompts, chosen, rejected, strengths);
+        std::vector<std::string> flat;
+        std::vector<size_t> offsets{0};
+        for (const auto &g : policy.responses) {
+            flat.insert(flat.end(), g.begin(), g.end());
+            offsets.push_back(flat.size());
+        }
+        auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
+        auto pp = detail::c_strs(policy.prompts), pr = detail::c_strs(flat);
+        auto st = detail::sized<rk_meta_step_stats>();
+        detail::check(rk_trainer_meta_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), strengths.empty() ? nullptr : strengths.data(), pp.data(),
+                                                 pp.size(), pr.data(), offsets.data(), &st));
+        return st;
+    }
+
+    rk_eval_stats evaluate(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected) {
+        check_sizes(prompts, chosen, rejected, {});
+        auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
+        auto st = detail::sized<rk_eval_stats>();
+        detail::check(rk_trainer_evaluate_texts(handle_, p.data(), c.data(), r.data(), p.size(), &st));
+        return st;
+    }
+
+    void save(const std::string &dir) { detail::check(rk_trainer_save(handle_, dir.c_str())); }
+
+private:
+    static void check_sizes(const std::vector<std::string> &p, const std::vector<std::string> &c, const std::vector<std::string> &r, const std::vector<float> &s) {
+        if (p.size() != c.size() || p.size() != r.size() || (!s.empty() && s.size() != p.size()))
+            throw Error(RK_ERR_INVALID_ARGUMENT, "prompts, chosen, rejected (and strengths) must have one entry per pair");
+    }
+    rk_trainer *handle_ = nullptr;
+};
+
+/// The library's version ("MAJOR.MINOR.PATCH") and whether it matches this header.
+inline std::string version() { return rk_version(); }
+inline bool version_matches_header() { return rk_version_number() == RK_VERSION_NUMBER; }
+
+}  // namespace rewardkit
