@@ -195,7 +195,6 @@ fn scorers_never_see_torn_weights_during_meta_steps() {
 fn policy_batches_are_validated() {
     assert!(PolicyBatch::from_ids(vec![vec![vec![1, 2]]]).err().unwrap().message().contains("k >= 2"));
     assert!(PolicyBatch::from_ids(vec![]).is_err());
-    let mut bad = TrainConfig::default();
-    bad.meta_lr = f64::NAN;
+    let bad = TrainConfig { meta_lr: f64::NAN, ..Default::default() };
     assert!(Trainer::new(model(1), bad).is_err());
 }
