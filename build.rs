@@ -4,7 +4,30 @@
 
 use std::path::PathBuf;
 
+/// Programs linked against target/<profile>/librewardkit.so look for its soname at run time:
+/// provide it there (and in deps/, where `cargo test` leaves the library) as a link, so that
+/// `-Ltarget/release -lrewardkit -Wl,-rpath,...` works without an install step.
+fn soname_links(soname: &str) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    // OUT_DIR = target/<profile>/build/rewardkit-<hash>/out
+    let Some(profile) = out.ancestors().nth(3) else { return };
+    for dir in [profile.to_path_buf(), profile.join("deps")] {
+        let link = dir.join(soname);
+        if std::fs::symlink_metadata(&link).is_err() && dir.is_dir() {
+            #[cfg(unix)]
+            let _ = std::os::unix::fs::symlink("librewardkit.so", &link);
+        }
+    }
+}
+
 fn main() {
+    // The shared library's soname carries the ABI's major version, so an incompatible
+    // rewardkit cannot be picked up by a program linked against another.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librewardkit.so.{major}");
+        soname_links(&format!("librewardkit.so.{major}"));
+    }
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=REWARDKIT_WRITE_HEADER");

@@ -15,4 +15,14 @@ if [ ! -f "$GGUF" ]; then
 fi
 export REWARDKIT_SMOLLM2_GGUF="$PWD/$GGUF"
 
+# Python with pytest and numpy for the Python package's tests, and cmake (from PyPI) for the
+# C++ package test.
+PYENV=target/pyenv
+if [ ! -x "$PYENV/bin/pytest" ] || [ ! -x "$PYENV/bin/cmake" ]; then
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check pytest numpy cmake
+fi
+export REWARDKIT_PYTHON="$PWD/$PYENV/bin/python"
+export PATH="$PWD/$PYENV/bin:$PATH"
+
 cargo test --release "$@"

@@ -1,0 +1,237 @@
+"""rewardkit for Python: reward-model scoring, preference-strength voting, noise-aware and
+MetaRM training, over the library's C ABI (ctypes; no compiler needed).
+
+    import rewardkit
+    model = rewardkit.Model("models/tiny-rm", n_threads=4)
+    rewards = model.score(["\\n\\nHuman: hi\\n\\nAssistant:"], [" Hello!"])   # numpy float32
+    trainer = rewardkit.Trainer(model, lr=1e-5, trainable="top_layers", top_layers=2)
+    stats = trainer.step(prompts, chosen, rejected, strengths=None)
+
+Errors raise rewardkit.RewardkitError with the library's status and message.
+"""
+import ctypes
+from ctypes import POINTER, byref, c_char_p, c_double, c_float, c_size_t, c_uint32, c_void_p
+
+import numpy as np
+
+from . import _ffi
+
+__all__ = ["Model", "Trainer", "RewardkitError", "vote", "version"]
+
+_lib = _ffi.load_library()
+
+
+class RewardkitError(Exception):
+    """A failed library call: `status` (int), `status_name` (e.g. "RK_ERR_NOT_FOUND") and the
+    library's message."""
+
+    def __init__(self, status, message):
+        self.status = status
+        self.status_name = _lib.rk_status_name(status).decode()
+        super().__init__("%s: %s" % (self.status_name, message))
+
+
+def _check(status):
+    if status != _ffi.RK_OK:
+        raise RewardkitError(status, _lib.rk_last_error_message().decode("utf-8", "replace"))
+
+
+def _strs(items, what):
+    items = list(items)
+    if not all(isinstance(s, str) for s in items):
+        raise TypeError("%s must be a sequence of str" % what)
+    arr = (c_char_p * len(items))(*[s.encode("utf-8") for s in items])
+    return arr, len(items)
+
+
+def _flat(seqs):
+    ids, offsets = [], [0]
+    for s in seqs:
+        ids.extend(int(x) for x in s)
+        offsets.append(len(ids))
+    return (c_uint32 * max(len(ids), 1))(*ids), (c_size_t * len(offsets))(*offsets)
+
+
+def version():
+    """The library's version string."""
+    return _lib.rk_version().decode()
+
+
+def _sized(cls):
+    s = cls()
+    s.struct_size = ctypes.sizeof(cls)
+    return s
+
+
+def _as_dict(s):
+    return {name: getattr(s, name) for name, _ in s._fields_ if name != "struct_size"}
+
+
+class Model:
+    """A reward model loaded once, shared by threads (scoring releases the GIL in the library)."""
+
+    def __init__(self, path, device="cpu", dtype="f32", n_threads=0, max_length=0, batch_token_budget=None,
+                 max_batch_size=0, append_eos=False, separator="", head_seed=0):
+        self._h = c_void_p()
+        p = _lib.rk_model_default_params()
+        self._keep = [device.encode(), separator.encode()]  # alive during the call
+        p.device = self._keep[0]
+        if dtype not in _ffi.DTYPES:
+            raise ValueError("dtype must be one of %s" % list(_ffi.DTYPES))
+        p.dtype = _ffi.DTYPES[dtype]
+        p.n_threads, p.max_length, p.max_batch_size = n_threads, max_length, max_batch_size
+        if batch_token_budget is not None:
+            p.batch_token_budget = batch_token_budget
+        p.append_eos, p.separator, p.head_seed = append_eos, self._keep[1], head_seed
+        _check(_lib.rk_model_load(str(path).encode(), byref(p), byref(self._h)))
+
+    def close(self):
+        if self._h:
+            _lib.rk_model_free(self._h)
+            self._h = c_void_p()
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def score(self, prompts, responses):
+        """Rewards of prompts[i] + responses[i] (float32 array)."""
+        p, n = _strs(prompts, "prompts")
+        r, m = _strs(responses, "responses")
+        if n != m:
+            raise ValueError("%d prompts but %d responses" % (n, m))
+        out = np.zeros(n, dtype=np.float32)
+        _check(_lib.rk_model_score_texts(self._h, p, r, n, out.ctypes.data_as(POINTER(c_float))))
+        return out
+
+    def score_tokens(self, sequences):
+        """Rewards of token-id sequences (lists or arrays of ints)."""
+        seqs = list(sequences)
+        ids, offsets = _flat(seqs)
+        out = np.zeros(len(seqs), dtype=np.float32)
+        _check(_lib.rk_model_score_tokens(self._h, ids, offsets, len(seqs), out.ctypes.data_as(POINTER(c_float))))
+        return out
+
+    def tokenize(self, prompt, response):
+        """Token ids of prompt + response as scored (uint32 array)."""
+        n = c_size_t()
+        s = _lib.rk_model_tokenize(self._h, prompt.encode(), response.encode(), None, 0, byref(n))
+        if s not in (_ffi.RK_OK, _ffi.RK_ERR_BUFFER_TOO_SMALL):
+            _check(s)
+        out = np.zeros(n.value, dtype=np.uint32)
+        _check(_lib.rk_model_tokenize(self._h, prompt.encode(), response.encode(), out.ctypes.data_as(POINTER(c_uint32)), n.value, byref(n)))
+        return out
+
+    def info(self):
+        i = _sized(_ffi.ModelInfo)
+        _check(_lib.rk_model_get_info(self._h, byref(i)))
+        d = _as_dict(i)
+        d["architecture"], d["device"] = i.architecture.decode(), i.device.decode()
+        d["dtype"] = {v: k for k, v in _ffi.DTYPES.items()}[i.dtype]
+        return d
+
+    def difference_loss(self, prompts, responses):
+        """MetaRM's J on policy samples: prompts[p] with the k >= 2 strings in responses[p]."""
+        p, n = _strs(prompts, "prompts")
+        flat = [r for group in responses for r in group]
+        offsets = np.cumsum([0] + [len(g) for g in responses]).astype(np.uintp)
+        r, _ = _strs(flat, "responses")
+        j = c_double()
+        _check(_lib.rk_model_difference_loss_texts(self._h, p, n, r, offsets.ctypes.data_as(POINTER(c_size_t)), byref(j)))
+        return j.value
+
+
+def vote(models, prompts, chosen, rejected):
+    """Preference strength by ensemble vote: (mean, population std) arrays of the reward
+    differences r(prompt + chosen) - r(prompt + rejected) over `models`."""
+    handles = (c_void_p * len(models))(*[m._h.value for m in models])
+    p, n = _strs(prompts, "prompts")
+    c, _ = _strs(chosen, "chosen")
+    r, _ = _strs(rejected, "rejected")
+    mean, std = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    _check(_lib.rk_vote_texts(handles, len(models), p, c, r, n, mean.ctypes.data_as(POINTER(c_float)), std.ctypes.data_as(POINTER(c_float))))
+    return mean, std
+
+
+class Trainer:
+    """Updates a Model's weights in place: Bradley-Terry steps with the noise-aware options, and
+    MetaRM steps. Keyword arguments are the fields of rk_trainer_params; `schedule`,
+    `trainable`, `smooth_mode` and `margin_mode` take names (e.g. trainable="top_layers")."""
+
+    def __init__(self, model, **params):
+        self._h = c_void_p()
+        p = _lib.rk_trainer_default_params()
+        names = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "smooth_mode": _ffi.SMOOTH, "margin_mode": _ffi.MARGIN}
+        for key, value in params.items():
+            if key not in dict(_ffi.TrainerParams._fields_) or key == "struct_size":
+                raise TypeError("unknown trainer parameter %r" % key)
+            if key in names:
+                if value not in names[key]:
+                    raise ValueError("%s must be one of %s" % (key, list(names[key])))
+                value = names[key][value]
+            setattr(p, key, value)
+        self._model = model  # the library keeps the weights alive; this keeps Python's handle too
+        _check(_lib.rk_trainer_create(model._h, byref(p), byref(self._h)))
+
+    def close(self):
+        if self._h:
+            _lib.rk_trainer_free(self._h)
+            self._h = c_void_p()
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def _strengths(strengths, n):
+        if strengths is None:
+            return None, None
+        s = np.ascontiguousarray(strengths, dtype=np.float32)
+        if s.shape != (n,):
+            raise ValueError("strengths must have one value per pair")
+        return s, s.ctypes.data_as(POINTER(c_float))
+
+    def step(self, prompts, chosen, rejected, strengths=None):
+        """One training step; returns the step statistics as a dict."""
+        p, n = _strs(prompts, "prompts")
+        c, _ = _strs(chosen, "chosen")
+        r, _ = _strs(rejected, "rejected")
+        keep, s = self._strengths(strengths, n)
+        st = _sized(_ffi.StepStats)
+        _check(_lib.rk_trainer_step_texts(self._h, p, c, r, n, s, byref(st)))
+        return _as_dict(st)
+
+    def meta_step(self, prompts, chosen, rejected, policy_prompts, policy_responses, strengths=None):
+        """One MetaRM step: preference pairs plus policy samples (policy_responses[p] holds the
+        k >= 2 responses to policy_prompts[p])."""
+        p, n = _strs(prompts, "prompts")
+        c, _ = _strs(chosen, "chosen")
+        r, _ = _strs(rejected, "rejected")
+        pp, m = _strs(policy_prompts, "policy_prompts")
+        flat = [x for g in policy_responses for x in g]
+        pr, _ = _strs(flat, "policy_responses")
+        offsets = np.cumsum([0] + [len(g) for g in policy_responses]).astype(np.uintp)
+        keep, s = self._strengths(strengths, n)
+        st = _sized(_ffi.MetaStepStats)
+        _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, pp, m, pr, offsets.ctypes.data_as(POINTER(c_size_t)), byref(st)))
+        return _as_dict(st)
+
+    def evaluate(self, prompts, chosen, rejected):
+        p, n = _strs(prompts, "prompts")
+        c, _ = _strs(chosen, "chosen")
+        r, _ = _strs(rejected, "rejected")
+        st = _sized(_ffi.EvalStats)
+        _check(_lib.rk_trainer_evaluate_texts(self._h, p, c, r, n, byref(st)))
+        return _as_dict(st)
+
+    def save(self, directory):
+        """A resumable Hugging Face checkpoint, written atomically."""
+        _check(_lib.rk_trainer_save(self._h, str(directory).encode()))

@@ -1,0 +1,182 @@
+"""ctypes declarations of the rewardkit C ABI (include/rewardkit.h). Kept in one place;
+tests/test_abi.py checks every struct's size and field offsets against the C header."""
+import ctypes
+import ctypes.util
+import os
+from ctypes import POINTER, c_bool, c_char, c_char_p, c_double, c_float, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
+
+# Status codes (rk_status) and dtype codes.
+RK_OK = 0
+RK_ERR_BUFFER_TOO_SMALL = 12
+DTYPES = {"f32": 0, "bf16": 1, "f16": 2}
+SCHEDULES = {"constant": 0, "inverse_sqrt": 1, "cosine": 2, "linear": 3}
+TRAINABLE = {"all": 0, "top_layers": 1, "head": 2}
+SMOOTH = {"none": 0, "constant": 1, "negative_only": 2}
+MARGIN = {"raw": 0, "clamp_zero": 1, "abs": 2}
+
+
+class ModelParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("device", c_char_p),
+        ("dtype", c_int32),
+        ("n_threads", c_uint32),
+        ("max_length", c_uint32),
+        ("batch_token_budget", c_uint32),
+        ("max_batch_size", c_uint32),
+        ("append_eos", c_bool),
+        ("separator", c_char_p),
+        ("head_seed", c_uint64),
+    ]
+
+
+class ModelInfo(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("architecture", c_char * 32),
+        ("device", c_char * 32),
+        ("dtype", c_int32),
+        ("hidden_size", c_uint32),
+        ("num_layers", c_uint32),
+        ("num_attention_heads", c_uint32),
+        ("num_key_value_heads", c_uint32),
+        ("vocab_size", c_uint32),
+        ("max_length", c_uint32),
+        ("n_threads", c_uint32),
+        ("num_parameters", c_uint64),
+        ("head_is_fresh", c_bool),
+        ("has_tokenizer", c_bool),
+    ]
+
+
+class TrainerParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("lr", c_double),
+        ("beta1", c_double),
+        ("beta2", c_double),
+        ("eps", c_double),
+        ("weight_decay", c_double),
+        ("warmup_steps", c_uint32),
+        ("schedule", c_int32),
+        ("total_steps", c_uint32),
+        ("max_grad_norm", c_double),
+        ("grad_accum", c_uint32),
+        ("dropout", c_float),
+        ("seed", c_uint64),
+        ("trainable", c_int32),
+        ("top_layers", c_uint32),
+        ("flip", c_bool),
+        ("flip_threshold", c_float),
+        ("smooth_mode", c_int32),
+        ("smooth_alpha", c_float),
+        ("margin", c_bool),
+        ("margin_scale", c_float),
+        ("margin_mode", c_int32),
+        ("centering", c_double),
+        ("meta_lr", c_double),
+    ]
+
+
+class StepStats(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("step", c_uint64),
+        ("micro_step", c_uint64),
+        ("loss", c_double),
+        ("accuracy", c_double),
+        ("mean_margin", c_double),
+        ("grad_norm", c_double),
+        ("lr", c_double),
+        ("applied", c_bool),
+        ("seconds", c_double),
+    ]
+
+
+class MetaStepStats(ctypes.Structure):
+    _fields_ = StepStats._fields_ + [
+        ("j_before", c_double),
+        ("j_after", c_double),
+        ("meta_grad_norm", c_double),
+    ]
+
+
+class EvalStats(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("pairs", c_uint64),
+        ("accuracy", c_double),
+        ("mean_margin", c_double),
+        ("loss", c_double),
+        ("reward_min", c_double),
+        ("reward_mean", c_double),
+        ("reward_max", c_double),
+        ("reward_std", c_double),
+    ]
+
+
+STRUCTS = {
+    "rk_model_params": ModelParams,
+    "rk_model_info": ModelInfo,
+    "rk_trainer_params": TrainerParams,
+    "rk_step_stats": StepStats,
+    "rk_meta_step_stats": MetaStepStats,
+    "rk_eval_stats": EvalStats,
+}
+
+_STRS = POINTER(c_char_p)
+_SIGNATURES = {
+    "rk_version": (c_char_p, []),
+    "rk_version_number": (c_uint32, []),
+    "rk_last_error_message": (c_char_p, []),
+    "rk_status_name": (c_char_p, [c_int32]),
+    "rk_model_default_params": (ModelParams, []),
+    "rk_model_load": (c_int32, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)]),
+    "rk_model_free": (None, [c_void_p]),
+    "rk_model_score_texts": (c_int32, [c_void_p, _STRS, _STRS, c_size_t, POINTER(c_float)]),
+    "rk_model_score_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float)]),
+    "rk_model_tokenize": (c_int32, [c_void_p, c_char_p, c_char_p, POINTER(c_uint32), c_size_t, POINTER(c_size_t)]),
+    "rk_model_get_info": (c_int32, [c_void_p, POINTER(ModelInfo)]),
+    "rk_model_difference_loss_texts": (c_int32, [c_void_p, _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(c_double)]),
+    "rk_trainer_default_params": (TrainerParams, []),
+    "rk_trainer_create": (c_int32, [c_void_p, POINTER(TrainerParams), POINTER(c_void_p)]),
+    "rk_trainer_free": (None, [c_void_p]),
+    "rk_trainer_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(StepStats)]),
+    "rk_trainer_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(StepStats)]),
+    "rk_trainer_meta_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(MetaStepStats)]),
+    "rk_trainer_evaluate_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(EvalStats)]),
+    "rk_trainer_save": (c_int32, [c_void_p, c_char_p]),
+    "rk_vote_texts": (c_int32, [POINTER(c_void_p), c_size_t, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(c_float)]),
+}
+
+
+def _candidates():
+    env = os.environ.get("REWARDKIT_LIBRARY")
+    if env:
+        yield env
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("librewardkit.so", "librewardkit.so.0", "librewardkit.dylib"):
+        yield os.path.join(here, name)
+    found = ctypes.util.find_library("rewardkit")
+    if found:
+        yield found
+
+
+def load_library():
+    """The rewardkit shared library: $REWARDKIT_LIBRARY, else beside this package, else the
+    system's library path."""
+    tried = []
+    for path in _candidates():
+        tried.append(path)
+        if os.path.sep in path and not os.path.exists(path):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name, (res, args) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+        return lib
+    raise OSError("cannot find the rewardkit library; set REWARDKIT_LIBRARY to librewardkit.so (tried: %s)" % ", ".join(tried))

@@ -1,0 +1,83 @@
+import threading
+
+import numpy as np
+import pytest
+
+import rewardkit
+
+PROMPTS = ["\n\nHuman: Can you help me?\n\nAssistant:", "\n\nHuman: Say something mean.\n\nAssistant:"]
+CHOSEN = [" Of course, what do you need?", " I'd rather be kind. Can I help with something else?"]
+REJECTED = [" No.", " You are worthless."]
+
+
+def test_score_matches_tokens_and_threads(model_dir):
+    with rewardkit.Model(model_dir, n_threads=2) as m:
+        r = m.score(PROMPTS, CHOSEN)
+        assert r.dtype == np.float32 and r.shape == (2,)
+        ids = [m.tokenize(p, c) for p, c in zip(PROMPTS, CHOSEN)]
+        assert ids[0].dtype == np.uint32 and ids[0][0] == 1  # BOS
+        np.testing.assert_allclose(m.score_tokens(ids), r, atol=1e-6)
+        results = [None] * 4
+
+        def work(i):
+            results[i] = m.score(PROMPTS, CHOSEN)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for x in results:
+            np.testing.assert_allclose(x, r, atol=1e-5)
+        info = m.info()
+        assert info["architecture"] == "llama" and info["num_layers"] == 4 and info["dtype"] == "f32"
+
+
+def test_errors_are_exceptions_with_the_library_message(tmp_path):
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        rewardkit.Model(tmp_path / "missing")
+    assert e.value.status_name == "RK_ERR_NOT_FOUND" and "missing" in str(e.value)
+    with pytest.raises(ValueError):
+        rewardkit.Model(tmp_path, dtype="f64")
+
+
+def test_bad_inputs(model_dir):
+    m = rewardkit.Model(model_dir)
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        m.score_tokens([[1, 10**6]])
+    assert e.value.status_name == "RK_ERR_OUT_OF_VOCAB"
+    with pytest.raises(rewardkit.RewardkitError):
+        m.score([], [])
+    with pytest.raises(ValueError):
+        m.score(["a"], ["b", "c"])
+    with pytest.raises(TypeError):
+        m.score([b"bytes"], ["x"])
+
+
+def test_train_meta_vote_save(model_dir, tmp_path):
+    m = rewardkit.Model(model_dir)
+    before = m.score(PROMPTS, CHOSEN) - m.score(PROMPTS, REJECTED)
+    t = rewardkit.Trainer(m, lr=1e-3, schedule="constant", trainable="top_layers", top_layers=1, meta_lr=0.05)
+    losses = [t.step(PROMPTS, CHOSEN, REJECTED)["loss"] for _ in range(6)]
+    assert losses[-1] < losses[0]
+    after = m.score(PROMPTS, CHOSEN) - m.score(PROMPTS, REJECTED)
+    assert (after > before).all()
+    s = t.meta_step(PROMPTS, CHOSEN, REJECTED, ["\n\nHuman: Hi\n\nAssistant:"], [[" Hello!", " Go away.", " Hi there, how can I help?"]])
+    assert s["j_after"] > s["j_before"] and s["applied"]
+    ev = t.evaluate(PROMPTS, CHOSEN, REJECTED)
+    assert ev["pairs"] == 2 and ev["accuracy"] == 1.0
+    with pytest.raises(rewardkit.RewardkitError):
+        rewardkit.Trainer(m)  # one trainer per model
+    t.save(tmp_path / "ckpt")
+    saved = rewardkit.Model(tmp_path / "ckpt")
+    np.testing.assert_allclose(saved.score(PROMPTS, CHOSEN), m.score(PROMPTS, CHOSEN), atol=1e-6)
+    mean, std = rewardkit.vote([m, saved], PROMPTS, CHOSEN, REJECTED)
+    np.testing.assert_allclose(mean, m.score(PROMPTS, CHOSEN) - m.score(PROMPTS, REJECTED), atol=1e-4)
+    assert (std < 1e-3).all()
+    j = m.difference_loss(["\n\nHuman: Hi\n\nAssistant:"], [[" Hello!", " Go away."]])
+    assert 0.25 <= j <= 0.5
+    with pytest.raises(TypeError):
+        rewardkit.Trainer(saved, learning_rate=1.0)
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        rewardkit.Trainer(saved, flip=True).step(PROMPTS, CHOSEN, REJECTED)
+    assert "strengths" in str(e.value)

@@ -1,0 +1,108 @@
+//! Bindings and packaging: the exported symbols, an install under a temporary prefix that
+//! pkg-config and CMake find, the C++ examples (also under AddressSanitizer and UBSan), and
+//! the Python package's tests. scripts/test.sh provides cmake and a Python with pytest and
+//! numpy (REWARDKIT_PYTHON).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{repo, scratch, tiny_model};
+
+fn lib_dir() -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    [deps.clone(), deps.parent().unwrap().to_path_buf()].into_iter().find(|d| d.join("librewardkit.so").exists()).expect("librewardkit.so")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run the tests through scripts/test.sh, which installs cmake and pytest)"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn exported_symbols_match_the_committed_list() {
+    let nm = run(Command::new("nm").args(["-D", "--defined-only"]).arg(lib_dir().join("librewardkit.so")));
+    let mut exported: Vec<&str> = nm.lines().filter_map(|l| l.split_whitespace().nth(2)).filter(|s| s.starts_with("rk_")).collect();
+    exported.sort();
+    let committed = std::fs::read_to_string(repo().join("include/rewardkit.symbols")).unwrap();
+    let committed: Vec<&str> = committed.lines().collect();
+    let missing: Vec<_> = committed.iter().filter(|s| !exported.contains(s)).collect();
+    let added: Vec<_> = exported.iter().filter(|s| !committed.contains(s)).collect();
+    assert!(missing.is_empty(), "symbols removed or renamed (an ABI break): {missing:?}");
+    assert!(added.is_empty(), "new exports {added:?}: add them to include/rewardkit.symbols");
+    // Every exported function is declared in the header.
+    let header = std::fs::read_to_string(repo().join("include/rewardkit.h")).unwrap();
+    for s in &exported {
+        assert!(header.contains(&format!(" {s}(")) || header.contains(&format!("*{s}(")), "{s} is exported but not in rewardkit.h");
+    }
+}
+
+fn install(prefix: &Path) {
+    run(Command::new("bash")
+        .arg(repo().join("scripts/install.sh"))
+        .arg(prefix)
+        .env("REWARDKIT_PREBUILT", lib_dir())
+        .env("REWARDKIT_CLI", env!("CARGO_BIN_EXE_rewardkit")));
+}
+
+#[test]
+fn installed_package_works_with_pkg_config_and_cmake() {
+    let dir = scratch("install");
+    let prefix = dir.join("prefix");
+    install(&prefix);
+    for f in ["include/rewardkit.h", "include/rewardkit.hpp", "lib/librewardkit.so.0", "lib/librewardkit.a", "lib/pkgconfig/rewardkit.pc", "lib/cmake/rewardkit/rewardkitConfig.cmake", "bin/rewardkit"] {
+        assert!(prefix.join(f).exists(), "{f} not installed");
+    }
+    let pc = |arg: &str| run(Command::new("pkg-config").args([arg, "rewardkit"]).env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")));
+    assert_eq!(pc("--modversion").trim(), env!("CARGO_PKG_VERSION"));
+    assert!(pc("--libs").contains("-lrewardkit") && pc("--cflags").contains("/include"));
+
+    let build = dir.join("build");
+    run(Command::new("cmake").arg("-S").arg(repo().join("examples/cpp")).arg("-B").arg(&build).arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
+    run(Command::new("cmake").arg("--build").arg(&build));
+    let out = run(Command::new(build.join("score")).arg(tiny_model()).arg(repo().join("examples/data/pairs.tsv")));
+    assert!(out.contains("threads agree: yes") && out.lines().count() == 13, "{out}");
+    let out = run(Command::new(build.join("iterative_rlhf")).arg(tiny_model()).arg("2").arg("2"));
+    assert!(out.contains("caught: RK_ERR_INVALID_ARGUMENT"), "{out}");
+    // The installed CLI runs.
+    run(Command::new(prefix.join("bin/rewardkit")).arg("--version"));
+}
+
+#[test]
+fn cpp_examples_are_clean_under_address_and_ub_sanitizers() {
+    let dir = scratch("asan");
+    let lib = lib_dir();
+    for (name, args) in [("score", vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")]), ("iterative_rlhf", vec![tiny_model().to_path_buf(), "2".into(), "2".into()])] {
+        let exe = dir.join(name);
+        run(Command::new("c++")
+            .args(["-std=c++17", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(repo().join("include"))
+            .arg("-I")
+            .arg(repo().join("bindings/cpp"))
+            .arg(repo().join(format!("examples/cpp/{name}.cpp")))
+            .arg("-L").arg(&lib).arg("-lrewardkit").arg("-pthread")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-o").arg(&exe));
+        run(Command::new(&exe).args(&args).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1").env("UBSAN_OPTIONS", "print_stacktrace=1"));
+    }
+}
+
+#[test]
+fn python_package_tests_and_example() {
+    let python = std::env::var("REWARDKIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let lib = lib_dir().join("librewardkit.so");
+    let py = |args: &[&str]| {
+        run(Command::new(&python)
+            .args(args)
+            .current_dir(repo())
+            .env("REWARDKIT_LIBRARY", &lib)
+            .env("REWARDKIT_TEST_MODEL", tiny_model())
+            .env("PYTHONPATH", repo().join("bindings/python")))
+    };
+    let out = py(&["-m", "pytest", "-q", "-p", "no:cacheprovider", "bindings/python/tests"]);
+    assert!(out.contains("passed") && !out.contains("failed"), "{out}");
+    let out = py(&["examples/python/score.py", tiny_model().to_str().unwrap()]);
+    assert!(out.contains("vote mean"), "{out}");
+}
