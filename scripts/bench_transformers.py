@@ -72,6 +72,9 @@ def main():
 
     with torch.inference_mode():
         model(input_ids=tensors[-1][0], attention_mask=tensors[-1][1])  # warm-up
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(max(1, args.repeats)):
         t0 = time.perf_counter()
@@ -89,8 +92,9 @@ def main():
     for i, t in enumerate(times):
         print(f"  {i + 1:<8} {t:>10.3f} {n / t:>12.2f} {tokens / t:>12.0f}")
     print(f"  {'median':<8} {median:>10.3f} {n / median:>12.2f} {tokens / median:>12.0f}")
+    peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else 0
     print(json.dumps(dict(engine="transformers", sequences=n, tokens=tokens, threads=torch.get_num_threads(),
-                          median_seconds=median, pairs_per_s=n / median, tokens_per_s=tokens / median)))
+                          median_seconds=median, pairs_per_s=n / median, tokens_per_s=tokens / median, peak_bytes=peak)))
 
 
 if __name__ == "__main__":

@@ -32,11 +32,13 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="initialise on this device (cuda is much faster for 1B)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cfg = transformers.LlamaConfig(**SHAPES[args.shape], rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1,
                                    eos_token_id=2, num_labels=1, initializer_range=0.02)
-    model = transformers.AutoModelForSequenceClassification.from_config(cfg).to(getattr(torch, args.dtype)).eval()
+    with torch.device(args.device):
+        model = transformers.AutoModelForSequenceClassification.from_config(cfg).to(getattr(torch, args.dtype)).eval()
     model.save_pretrained(args.out)
     shutil.copy(args.tokenizer, os.path.join(args.out, "tokenizer.json"))
     print(f"wrote {args.out}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")

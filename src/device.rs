@@ -40,7 +40,13 @@ impl DeviceSpec {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(n: usize) -> Result<Device> {
-    Device::new_cuda(n).map_err(|e| Error::new(ErrorKind::Device, format!("cannot open cuda:{n}: {e}")))
+    Device::new_cuda(n).map_err(|e| {
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        Error::new(ErrorKind::Device, format!("cannot open cuda:{n}: {e}"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

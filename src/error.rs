@@ -99,6 +99,12 @@ impl std::error::Error for Error {}
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
+        // The message, without the backtrace candle attaches when RUST_BACKTRACE is set: a C
+        // caller gets one readable line.
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
         Error::new(ErrorKind::Internal, format!("tensor error: {e}"))
     }
 }

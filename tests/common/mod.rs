@@ -6,8 +6,10 @@ use std::sync::OnceLock;
 
 use rewardkit::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
 
+/// The repository root: where the tests were built, unless REWARDKIT_REPO says otherwise (test
+/// binaries carried to another machine, e.g. the GPU host).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("REWARDKIT_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -20,7 +22,8 @@ pub fn hh_data() -> PathBuf {
 
 /// A scratch directory for this test binary, emptied on first use.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let base = std::env::var_os("REWARDKIT_TEST_TMP").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let dir = base.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

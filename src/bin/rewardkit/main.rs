@@ -53,6 +53,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure training throughput (pairs/s, tokens/s) of full training steps (forward,
+    /// backward, AdamW) on preference pairs from a JSONL file.
+    BenchTrain {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        input: PathBuf,
+        /// Use the first N pairs.
+        #[arg(long, default_value_t = 64)]
+        limit: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_pairs: usize,
+        /// Timed steps (after one untimed warm-up step).
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// all, head, or top:N.
+        #[arg(long, default_value = "all")]
+        trainable: String,
+        /// Write the token ids of each pair ({"chosen": [...], "rejected": [...]}) for the
+        /// transformers script.
+        #[arg(long)]
+        dump_ids: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a model's configuration summary as JSON.
     Info {
         #[command(flatten)]
@@ -236,6 +261,9 @@ fn main() {
         Command::Score { model, input, output, limit } => score_cmd::score(&model, &input, output.as_deref(), limit),
         Command::Bench { model, input, limit, repeats, dump_ids, json } => score_cmd::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json),
         Command::Info { model } => score_cmd::info(&model),
+        Command::BenchTrain { model, input, limit, batch_pairs, steps, trainable, dump_ids, json } => {
+            train_cmd::bench_train(&model, &input, limit, batch_pairs, steps, &trainable, dump_ids.as_deref(), json)
+        }
         Command::InitTiny { out, corpus, seed } => score_cmd::init_tiny(&out, &corpus, seed),
         Command::Train { model, data, train } => train_cmd::train(&model, &data, &train),
         Command::Ensemble { model, data, train, members, shared_backbone, buckets } => train_cmd::ensemble(&model, &data, &train, members, shared_backbone, buckets),

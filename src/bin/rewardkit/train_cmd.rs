@@ -558,3 +558,67 @@ pub fn meta_train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs, policy_
     }
     Ok(())
 }
+
+#[allow(clippy::too_many_arguments)]
+pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: usize, steps: usize, trainable: &str, dump_ids: Option<&Path>, as_json: bool) -> Result<()> {
+    let model = Arc::new(margs.load()?);
+    let info = model.info()?;
+    let mut pairs = read_pairs(input, &DataArgs { data: input.to_path_buf(), eval_data: None, eval_fraction: 0.0, split_seed: 0, limit: None, skip_bad_rows: true, label_field: None, strengths: None })?;
+    pairs.truncate(limit.max(batch_pairs));
+    let ids = tokenize_pairs(&model, &pairs)?;
+    if let Some(path) = dump_ids {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
+        for p in &ids {
+            writeln!(f, "{}", json!({"chosen": p.chosen, "rejected": p.rejected}))?;
+        }
+    }
+    let set = PairSet::from_ids(ids);
+    let targs = TrainArgs::defaults_for_bench(trainable);
+    let cfg = TrainConfig { optimizer: AdamWConfig { lr: 1e-7, ..Default::default() }, ..targs.config(pairs.len())? };
+    let mut trainer = Trainer::new(model.clone(), cfg)?;
+    let batches: Vec<Vec<usize>> = (0..=steps).map(|s| (0..batch_pairs).map(|i| (s * batch_pairs + i) % pairs.len()).collect()).collect();
+    let sync = || -> Result<()> { Ok(model.read()?.device().synchronize()?) };
+    let t = vec![Default::default(); batch_pairs];
+    trainer.step(&set, &batches[0], &t)?; // warm-up
+    sync()?;
+    let mut times = Vec::new();
+    let mut tokens = 0usize;
+    for b in &batches[1..] {
+        let started = Instant::now();
+        trainer.step(&set, b, &t)?;
+        sync()?;
+        times.push(started.elapsed().as_secs_f64());
+        tokens += b.iter().map(|&i| set.pairs[i]).map(|(c, r)| match &set.seqs {
+            rewardkit::train::SeqSource::Ids(s) => s[c].len() + s[r].len(),
+            _ => 0,
+        }).sum::<usize>();
+    }
+    let total: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!("rewardkit training benchmark");
+    println!("  model     {} ({}, {} params, {}, {}, {} threads), trainable {trainable}", margs.model.display(), info.architecture, info.num_parameters, info.dtype.as_str(), info.device, info.n_threads);
+    println!("  steps     {steps} x {batch_pairs} pairs (forward + backward + AdamW), {tokens} tokens");
+    println!("  median step {:.4}s   pairs/s {:.2}   tokens/s {:.0}", sorted[sorted.len() / 2], (steps * batch_pairs) as f64 / total, tokens as f64 / total);
+    if as_json {
+        println!("{}", json!({"engine": "rewardkit", "steps": steps, "batch_pairs": batch_pairs, "tokens": tokens, "seconds": total,
+            "pairs_per_s": (steps * batch_pairs) as f64 / total, "tokens_per_s": tokens as f64 / total}));
+    }
+    Ok(())
+}
+
+impl TrainArgs {
+    /// Settings for `bench-train`: defaults, with the given trainable part.
+    fn defaults_for_bench(trainable: &str) -> TrainArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            t: TrainArgs,
+        }
+        let mut t = Wrap::parse_from(["bench"]).t;
+        t.trainable = trainable.to_string();
+        t
+    }
+}
