@@ -112,6 +112,31 @@
 #define RK_MARGIN_ABS 2
 
 /**
+ * No contrastive term.
+ */
+#define RK_CONTRASTIVE_NONE 0
+
+/**
+ * SimCSE InfoNCE on two dropout views.
+ */
+#define RK_CONTRASTIVE_SIMCSE 1
+
+/**
+ * SwAV swapped prediction with trainable prototypes (saved with the checkpoint).
+ */
+#define RK_CONTRASTIVE_SWAV 2
+
+/**
+ * Contrastive items: the chosen and rejected representations.
+ */
+#define RK_ITEMS_PAIRS 0
+
+/**
+ * Contrastive items: the differences f_c - f_r and f_r - f_c.
+ */
+#define RK_ITEMS_DIFFERENCES 1
+
+/**
  * Result of every fallible call. `RK_OK` (0) is success; anything else is an error whose
  * message `rk_last_error_message()` returns on the same thread.
  */
@@ -380,6 +405,35 @@ typedef struct rk_trainer_params {
    * each meta step's preference gradient (distinct from `lr`). Default 5e-6.
    */
   double meta_lr;
+  /**
+   * `L_rm + beta * L_cl`: one of `RK_CONTRASTIVE_*` (default none).
+   */
+  int32_t contrastive;
+  /**
+   * One of `RK_ITEMS_*`.
+   */
+  int32_t contrastive_items;
+  /**
+   * 0 = the paper's default: SimCSE 1; SwAV 0.1 on pairs, 0.5 on differences.
+   */
+  double contrastive_beta;
+  /**
+   * 0 = the default: SimCSE 0.05, SwAV 0.1.
+   */
+  float contrastive_temperature;
+  /**
+   * Dropout of the two views. Default 0.05.
+   */
+  float contrastive_dropout;
+  /**
+   * SwAV prototypes; 0 = 50 on pairs, 20 on differences.
+   */
+  uint32_t swav_prototypes;
+  /**
+   * Sinkhorn-Knopp iterations (0 = 3) and epsilon (0 = 0.05).
+   */
+  uint32_t sinkhorn_iterations;
+  float sinkhorn_epsilon;
 } rk_trainer_params;
 
 /**

@@ -9,6 +9,7 @@
 //! - [`tiny`]: the small model the project builds for itself (tests, examples, README).
 //! - [`ffi`]: the C ABI (`include/rewardkit.h`).
 
+pub mod contrastive;
 pub mod data;
 pub mod device;
 pub mod ensemble;

@@ -55,6 +55,9 @@ pub struct TrainConfig {
     /// from `optimizer.lr`, which applies that gradient.
     #[serde(default = "default_meta_lr")]
     pub meta_lr: f64,
+    /// `L_rm + beta * L_cl` with a SimCSE or SwAV term on two dropout views.
+    #[serde(default)]
+    pub contrastive: Option<crate::contrastive::ContrastiveConfig>,
 }
 
 fn default_meta_lr() -> f64 {
@@ -75,6 +78,7 @@ impl Default for TrainConfig {
             trainable: Trainable::All,
             noise: NoiseConfig::default(),
             meta_lr: default_meta_lr(),
+            contrastive: None,
         }
     }
 }
@@ -97,6 +101,9 @@ impl TrainConfig {
                 return Err(Error::invalid(format!("max_grad_norm {n} must be > 0")));
             }
         }
+        if let Some(c) = &self.contrastive {
+            c.validate()?;
+        }
         if let Trainable::TopLayers { layers } = self.trainable {
             if layers > num_layers {
                 return Err(Error::invalid(format!("cannot train the top {layers} layers of a {num_layers}-layer model")));
@@ -117,6 +124,9 @@ pub fn first_trainable_layer(trainable: Trainable, num_layers: usize) -> usize {
 
 /// Whether parameter `name` is trained.
 pub fn is_trainable(name: &str, trainable: Trainable, num_layers: usize) -> bool {
+    if name == crate::contrastive::PROTOTYPES {
+        return true;
+    }
     match trainable {
         Trainable::All => true,
         Trainable::HeadOnly => name == names::HEAD,
@@ -176,7 +186,9 @@ impl HiddenCache {
                     } else {
                         (row.narrow(0, 0, lengths[i])?, b.pool_index[r])
                     };
-                    hidden[i] = Some(h.contiguous()?.copy()?);
+                    // A compacting copy: `copy()` would clone the whole batch's storage behind
+                    // this row view, multiplying the cache's memory by the batch size.
+                    hidden[i] = Some(h.force_contiguous()?.detach());
                     pool[i] = p;
                 }
                 progress(batch.len());
@@ -405,6 +417,20 @@ impl Drop for Trainer {
 impl Trainer {
     /// A trainer updating `model` in place. One trainer per model at a time.
     pub fn new(model: Arc<SharedModel>, cfg: TrainConfig) -> Result<Trainer> {
+        // SwAV's prototypes live with the model (saved in its checkpoint); add them if new.
+        if let Some(k) = cfg.contrastive.as_ref().and_then(|c| c.prototypes()) {
+            let mut m = model.write()?;
+            let h = m.config().hidden_size;
+            let existing = m.params().get(crate::contrastive::PROTOTYPES).ok().map(|t| t.dims().to_vec());
+            match existing {
+                Some(dims) if dims == [k, h] => {}
+                Some(dims) => return Err(Error::invalid(format!("the checkpoint's SwAV prototypes are {dims:?}, the config asks for [{k}, {h}]"))),
+                None => {
+                    let c = crate::contrastive::init_prototypes(k, h, cfg.seed ^ 0xC1A5, m.device())?;
+                    m.add_param(crate::contrastive::PROTOTYPES, &c)?;
+                }
+            }
+        }
         let (params, num_layers) = {
             let m = model.read()?;
             let n = m.config().num_hidden_layers;
@@ -475,13 +501,32 @@ impl Trainer {
             return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), idx.len())));
         }
         let n = idx.len();
-        let heads = model.head_rewards_from_features(&set.features(model, idx, self.first_trainable_layer(), pass)?)?; // (2n, heads)
+        let first = self.first_trainable_layer();
+        let contrastive = self.cfg.contrastive.as_ref();
+        // Two dropout views when a contrastive term is on; the reward loss reads the first.
+        let view_pass = |stream: u64| match (pass, contrastive) {
+            (Pass::Train { dropout, dropout_seed }, Some(c)) => Pass::Train { dropout: dropout.max(c.dropout), dropout_seed: dropout_seed ^ stream },
+            _ => pass,
+        };
+        let features = set.features(model, idx, first, view_pass(0))?;
+        let cl_loss = match contrastive {
+            Some(c) => {
+                let second = set.features(model, idx, first, view_pass(0xA5A5_5A5A))?;
+                let prototypes = model.params().get(crate::contrastive::PROTOTYPES).ok();
+                Some((crate::contrastive::contrastive_loss(c, &features, &second, prototypes)? * c.beta)?)
+            }
+            None => None,
+        };
+        let heads = model.head_rewards_from_features(&features)?; // (2n, heads)
         // A shared-backbone ensemble trains every head on its own loss.
         let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
         let loss = (0..heads.dim(1)?)
             .map(|h| preference_loss(&rc.get_on_dim(1, h)?, &rr.get_on_dim(1, h)?, treatments, self.cfg.noise.centering))
             .collect::<Result<Vec<_>>>()?;
-        let loss = Tensor::stack(&loss, 0)?.mean_all()?;
+        let mut loss = Tensor::stack(&loss, 0)?.mean_all()?;
+        if let Some(cl) = cl_loss {
+            loss = (loss + cl)?;
+        }
         let value = loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
             return Err(Error::new(ErrorKind::Internal, format!("loss is {value}; weights left unchanged")));

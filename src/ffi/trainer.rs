@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use super::model::{model_arg, rk_model, sequences_arg};
 use super::ptr::{nonzero, null, out_slice_arg, read_versioned, slice_arg, str_arg, str_array_arg};
 use super::status::{guard, rk_status};
+use crate::contrastive::{ContrastiveConfig, ContrastiveItems, ContrastiveKind};
 use crate::error::{Error, ErrorKind};
 use crate::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind};
@@ -54,6 +55,17 @@ pub const RK_MARGIN_CLAMP_ZERO: i32 = 1;
 /// Margin = margin_scale * |strength|.
 pub const RK_MARGIN_ABS: i32 = 2;
 
+/// No contrastive term.
+pub const RK_CONTRASTIVE_NONE: i32 = 0;
+/// SimCSE InfoNCE on two dropout views.
+pub const RK_CONTRASTIVE_SIMCSE: i32 = 1;
+/// SwAV swapped prediction with trainable prototypes (saved with the checkpoint).
+pub const RK_CONTRASTIVE_SWAV: i32 = 2;
+/// Contrastive items: the chosen and rejected representations.
+pub const RK_ITEMS_PAIRS: i32 = 0;
+/// Contrastive items: the differences f_c - f_r and f_r - f_c.
+pub const RK_ITEMS_DIFFERENCES: i32 = 1;
+
 /// Options for `rk_trainer_create`. Start from `rk_trainer_default_params()`.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -99,6 +111,21 @@ pub struct rk_trainer_params {
     /// MetaRM: the gradient-ascent step size on the policy samples' difference loss before
     /// each meta step's preference gradient (distinct from `lr`). Default 5e-6.
     pub meta_lr: f64,
+    /// `L_rm + beta * L_cl`: one of `RK_CONTRASTIVE_*` (default none).
+    pub contrastive: i32,
+    /// One of `RK_ITEMS_*`.
+    pub contrastive_items: i32,
+    /// 0 = the paper's default: SimCSE 1; SwAV 0.1 on pairs, 0.5 on differences.
+    pub contrastive_beta: f64,
+    /// 0 = the default: SimCSE 0.05, SwAV 0.1.
+    pub contrastive_temperature: f32,
+    /// Dropout of the two views. Default 0.05.
+    pub contrastive_dropout: f32,
+    /// SwAV prototypes; 0 = 50 on pairs, 20 on differences.
+    pub swav_prototypes: u32,
+    /// Sinkhorn-Knopp iterations (0 = 3) and epsilon (0 = 0.05).
+    pub sinkhorn_iterations: u32,
+    pub sinkhorn_epsilon: f32,
 }
 
 /// What one training step did.
@@ -169,6 +196,14 @@ pub extern "C" fn rk_trainer_default_params() -> rk_trainer_params {
         margin_mode: RK_MARGIN_RAW,
         centering: 0.0,
         meta_lr: TrainConfig::default().meta_lr,
+        contrastive: RK_CONTRASTIVE_NONE,
+        contrastive_items: RK_ITEMS_PAIRS,
+        contrastive_beta: 0.0,
+        contrastive_temperature: 0.0,
+        contrastive_dropout: 0.05,
+        swav_prototypes: 0,
+        sinkhorn_iterations: 0,
+        sinkhorn_epsilon: 0.0,
     }
 }
 
@@ -221,7 +256,33 @@ fn config_from_c(p: &rk_trainer_params) -> Result<TrainConfig, Error> {
             centering: p.centering,
         },
         meta_lr: p.meta_lr,
+        contrastive: contrastive_from_c(p)?,
     })
+}
+
+fn contrastive_from_c(p: &rk_trainer_params) -> Result<Option<ContrastiveConfig>, Error> {
+    let or = |v: f32, d: f32| if v == 0.0 { d } else { v };
+    let items = match p.contrastive_items {
+        RK_ITEMS_PAIRS => ContrastiveItems::Pairs,
+        RK_ITEMS_DIFFERENCES => ContrastiveItems::Differences,
+        v => return Err(Error::invalid(format!("unknown contrastive_items code {v}"))),
+    };
+    let diff = items == ContrastiveItems::Differences;
+    let (kind, default_beta) = match p.contrastive {
+        RK_CONTRASTIVE_NONE => return Ok(None),
+        RK_CONTRASTIVE_SIMCSE => (ContrastiveKind::SimCse { temperature: or(p.contrastive_temperature, 0.05) }, 1.0),
+        RK_CONTRASTIVE_SWAV => (
+            ContrastiveKind::Swav {
+                prototypes: if p.swav_prototypes == 0 { if diff { 20 } else { 50 } } else { p.swav_prototypes as usize },
+                temperature: or(p.contrastive_temperature, 0.1),
+                sinkhorn_iterations: if p.sinkhorn_iterations == 0 { 3 } else { p.sinkhorn_iterations as usize },
+                epsilon: or(p.sinkhorn_epsilon, 0.05),
+            },
+            if diff { 0.5 } else { 0.1 },
+        ),
+        v => return Err(Error::invalid(format!("unknown contrastive code {v}"))),
+    };
+    Ok(Some(ContrastiveConfig { kind, items, beta: if p.contrastive_beta == 0.0 { default_beta } else { p.contrastive_beta }, dropout: p.contrastive_dropout }))
 }
 
 /// Creates a trainer for `model` (one per model at a time). `params` may be NULL for the

@@ -145,6 +145,11 @@ pub fn params_from_tensors(
             HeadSource::Fresh { seed: head_seed }
         }
     };
+    // Parameters of training add-ons that travel with the checkpoint (SwAV prototypes).
+    if let Some(t) = tensors.remove(crate::contrastive::PROTOTYPES) {
+        check_float(crate::contrastive::PROTOTYPES, &t)?;
+        params.insert(crate::contrastive::PROTOTYPES, &t.to_dtype(DType::F32)?.to_device(device)?)?;
+    }
     Ok((params, source))
 }
 

@@ -216,6 +216,14 @@ impl RewardModel {
         decoder::pooled_features(&self.config, self.weights_for(pass), &self.rope, batch, pass)
     }
 
+    /// Adds a parameter the decoder does not read (e.g. SwAV prototypes), saved with the model.
+    pub fn add_param(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        if self.params.contains(name) {
+            return Err(Error::invalid(format!("parameter `{name}` exists already")));
+        }
+        self.params.insert(name, &value.to_device(&self.device)?)
+    }
+
     /// Hidden states entering layer `layer` (b, t, h): what a frozen bottom of the network
     /// produces, computed once and reused while training the layers above.
     pub fn hidden_before_layer(&self, batch: &Batch, layer: usize, pass: Pass) -> Result<Tensor> {

@@ -160,12 +160,14 @@ def vote(models, prompts, chosen, rejected):
 class Trainer:
     """Updates a Model's weights in place: Bradley-Terry steps with the noise-aware options, and
     MetaRM steps. Keyword arguments are the fields of rk_trainer_params; `schedule`,
-    `trainable`, `smooth_mode` and `margin_mode` take names (e.g. trainable="top_layers")."""
+    `trainable`, `smooth_mode`, `margin_mode`, `contrastive` and `contrastive_items` take names
+    (e.g. trainable="top_layers", contrastive="swav")."""
 
     def __init__(self, model, **params):
         self._h = c_void_p()
         p = _lib.rk_trainer_default_params()
-        names = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "smooth_mode": _ffi.SMOOTH, "margin_mode": _ffi.MARGIN}
+        names = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "smooth_mode": _ffi.SMOOTH, "margin_mode": _ffi.MARGIN,
+                 "contrastive": _ffi.CONTRASTIVE, "contrastive_items": _ffi.ITEMS}
         for key, value in params.items():
             if key not in dict(_ffi.TrainerParams._fields_) or key == "struct_size":
                 raise TypeError("unknown trainer parameter %r" % key)

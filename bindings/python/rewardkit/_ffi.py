@@ -13,6 +13,8 @@ SCHEDULES = {"constant": 0, "inverse_sqrt": 1, "cosine": 2, "linear": 3}
 TRAINABLE = {"all": 0, "top_layers": 1, "head": 2}
 SMOOTH = {"none": 0, "constant": 1, "negative_only": 2}
 MARGIN = {"raw": 0, "clamp_zero": 1, "abs": 2}
+CONTRASTIVE = {"none": 0, "simcse": 1, "swav": 2}
+ITEMS = {"pairs": 0, "differences": 1}
 
 
 class ModelParams(ctypes.Structure):
@@ -75,6 +77,14 @@ class TrainerParams(ctypes.Structure):
         ("margin_mode", c_int32),
         ("centering", c_double),
         ("meta_lr", c_double),
+        ("contrastive", c_int32),
+        ("contrastive_items", c_int32),
+        ("contrastive_beta", c_double),
+        ("contrastive_temperature", c_float),
+        ("contrastive_dropout", c_float),
+        ("swav_prototypes", c_uint32),
+        ("sinkhorn_iterations", c_uint32),
+        ("sinkhorn_epsilon", c_float),
     ]
 
 

@@ -171,6 +171,21 @@ pub struct TrainArgs {
     /// MetaRM: ascent step on the policy samples' difference loss (meta-train only).
     #[arg(long, default_value_t = 5e-6)]
     meta_lr: f64,
+    /// Contrastive term: simcse, swav or swav-diff (the paper's settings), or none.
+    #[arg(long, default_value = "none")]
+    contrastive: String,
+    /// Override the contrastive beta (L_rm + beta * L_cl).
+    #[arg(long)]
+    contrastive_beta: Option<f64>,
+    /// Override the contrastive temperature.
+    #[arg(long)]
+    contrastive_temperature: Option<f32>,
+    /// Dropout of the two contrastive views.
+    #[arg(long, default_value_t = 0.05)]
+    contrastive_dropout: f32,
+    /// Override the number of SwAV prototypes.
+    #[arg(long)]
+    swav_prototypes: Option<usize>,
 }
 
 impl TrainArgs {
@@ -201,6 +216,29 @@ impl TrainArgs {
             },
             centering: self.centering,
         })
+    }
+
+    fn contrastive(&self) -> Result<Option<rewardkit::contrastive::ContrastiveConfig>> {
+        use rewardkit::contrastive::{ContrastiveConfig, ContrastiveKind};
+        let mut c = match self.contrastive.as_str() {
+            "none" => return Ok(None),
+            "simcse" => ContrastiveConfig::simcse(),
+            "swav" => ContrastiveConfig::swav(),
+            "swav-diff" => ContrastiveConfig::swav_diff(),
+            other => return Err(Error::invalid(format!("unknown --contrastive `{other}` (none, simcse, swav, swav-diff)"))),
+        };
+        c.dropout = self.contrastive_dropout;
+        if let Some(b) = self.contrastive_beta {
+            c.beta = b;
+        }
+        match &mut c.kind {
+            ContrastiveKind::SimCse { temperature } => *temperature = self.contrastive_temperature.unwrap_or(*temperature),
+            ContrastiveKind::Swav { prototypes, temperature, .. } => {
+                *temperature = self.contrastive_temperature.unwrap_or(*temperature);
+                *prototypes = self.swav_prototypes.unwrap_or(*prototypes);
+            }
+        }
+        Ok(Some(c))
     }
 
     fn trainable(&self) -> Result<Trainable> {
@@ -234,6 +272,7 @@ impl TrainArgs {
             trainable: self.trainable()?,
             noise: self.noise()?,
             meta_lr: self.meta_lr,
+            contrastive: self.contrastive()?,
         })
     }
 
