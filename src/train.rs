@@ -206,6 +206,31 @@ impl HiddenCache {
         self.hidden.is_empty()
     }
 
+    /// Writes the cache to a safetensors file (`h.<i>` per sequence, `pool`, `first` in the
+    /// metadata), so that later runs over the same sequences skip the frozen layers.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = self.hidden.iter().enumerate().map(|(i, t)| Ok((format!("h.{i}"), t.to_device(&candle_core::Device::Cpu)?))).collect::<Result<_>>()?;
+        tensors.push(("pool".into(), Tensor::from_vec(self.pool.iter().map(|&p| p as u32).collect::<Vec<_>>(), self.pool.len(), &candle_core::Device::Cpu)?));
+        let metadata: HashMap<String, String> = [("first".to_string(), self.first.to_string())].into();
+        safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))
+    }
+
+    /// Reads a cache written by [`Self::save`] (onto the CPU).
+    pub fn load(path: &Path) -> Result<HiddenCache> {
+        let bytes = Error::read_file(path)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::corrupt(path, e))?;
+        let first = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("first"))
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| Error::corrupt(path, "no `first` in the metadata"))?;
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| Error::corrupt(path, e))?;
+        let pool: Vec<usize> = tensors.remove("pool").ok_or_else(|| Error::corrupt(path, "no `pool`"))?.to_vec1::<u32>()?.into_iter().map(|p| p as usize).collect();
+        let hidden = (0..pool.len()).map(|i| tensors.remove(&format!("h.{i}")).ok_or_else(|| Error::corrupt(path, format!("no `h.{i}`")))).collect::<Result<_>>()?;
+        Ok(HiddenCache { first, hidden, pool })
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.hidden.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
