@@ -244,10 +244,21 @@ impl Rope {
         self.cos_half.dims()[0]
     }
 
-    /// Fused rotation for inference on the projection layout: x: (b, t, heads, d).
-    fn apply_thd(&self, x: &Tensor) -> Result<Tensor> {
+    /// Rotation on the projection layout x: (b, t, heads, d): candle's fused kernel for
+    /// inference, differentiable ops for training.
+    fn apply_thd(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let t = x.dim(1)?;
-        Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?)
+        match pass {
+            Pass::Inference => Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?),
+            Pass::Train { .. } => {
+                let d = x.dim(D::Minus1)?;
+                let cos = self.cos_full.narrow(0, 0, t)?.unsqueeze(1)?; // (t, 1, d)
+                let sin = self.sin_full.narrow(0, 0, t)?.unsqueeze(1)?;
+                let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+            }
+        }
     }
 
     /// x: (b, heads, d), one vector per row, rotated to position `pos[i]` (differentiable).
@@ -348,8 +359,10 @@ impl Attention<'_> {
         let v = w.v.forward(x)?.reshape((b, t, nkv, d))?;
         let y = match &self.mask {
             None => {
-                let (q, k) = (self.rope.apply_thd(&q)?, self.rope.apply_thd(&k)?);
-                super::fused::causal_attention_cpu(&q, &k, &v.contiguous()?, scale, self.cfg.sliding_window)?
+                // CPU: the fused kernel; in training its backward pass gives q, k, v gradients.
+                let (q, k) = (self.rope.apply_thd(&q, pass)?, self.rope.apply_thd(&k, pass)?);
+                let train = matches!(pass, Pass::Train { .. });
+                super::fused::causal_attention_cpu(&q, &k, &v.contiguous()?, scale, self.cfg.sliding_window, train)?
             }
             Some(mask) => {
                 // (b, t, heads, d) -> (b, heads, t, d)
@@ -400,7 +413,8 @@ pub fn run_layers(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, mut x: Ten
         return Ok(x);
     }
     let t = x.dim(1)?;
-    let fused = pass == Pass::Inference && x.device().is_cpu();
+    // On the CPU the fused attention kernel serves both passes; elsewhere the generic ops.
+    let fused = x.device().is_cpu();
     let mask = if fused { None } else { Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?) };
     let attention = Attention { cfg, rope, mask };
     for l in range {

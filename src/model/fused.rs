@@ -20,6 +20,7 @@ use crate::error::Result;
 /// in cache.
 const QUERY_BLOCK: usize = 64;
 
+#[derive(Clone, Copy)]
 struct CausalAttention {
     scale: f32,
     /// Query heads per key/value head (grouped-query attention).
@@ -84,6 +85,15 @@ impl CustomOp3 for CausalAttention {
         });
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, t, nh, d) = q.dims4()?;
+        let nkv = k.dim(2)?;
+        let flat = |x: &Tensor| x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let (dq, dk, dv) = self.backward(&flat(q)?, &flat(k)?, &flat(v)?, &flat(res)?, &flat(grad_res)?, (b, t, nh, nkv, d));
+        let dev = q.device();
+        Ok((Some(Tensor::from_vec(dq, q.shape(), dev)?), Some(Tensor::from_vec(dk, k.shape(), dev)?), Some(Tensor::from_vec(dv, v.shape(), dev)?)))
+    }
 }
 
 /// One query head and its key/value head, as strided row views.
@@ -96,54 +106,143 @@ struct Heads<'a> {
     d: usize,
 }
 
+/// A raw f32 matrix view for the GEMM calls below: base pointer, row and column strides.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl Mat {
+    fn rows(ptr: *const f32, row_stride: usize) -> Mat {
+        Mat { ptr, rs: row_stride as isize, cs: 1 }
+    }
+    /// The transpose of this view (no copy).
+    fn t(self) -> Mat {
+        Mat { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// dst (m, n) = alpha * dst + beta * lhs (m, k) . rhs (k, n), single-threaded.
+///
+/// # Safety
+/// Every view must address valid memory for its shape; `dst` must not alias `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) {
+    gemm::gemm(
+        m, n, k,
+        dst, 1, dst_rs as isize, accumulate,
+        lhs.ptr, lhs.cs, lhs.rs,
+        rhs.ptr, rhs.cs, rhs.rs,
+        if accumulate { 1.0 } else { 0.0 }, beta, false, false, false, gemm::Parallelism::None,
+    );
+}
+
 impl CausalAttention {
-    /// Attention for query rows `i0..i1` of one head, written to `out` (row stride `out_stride`).
-    fn block(&self, x: &Heads, i0: usize, i1: usize, out: *mut f32, out_stride: usize) {
-        let (rows, d) = (i1 - i0, x.d);
-        // Keys 0..i1 can be visible to some row of the block; the window may hide a prefix.
-        let lo = match self.window {
-            Some(w) => (i0 + 1).saturating_sub(w),
+    /// The first key visible to query `i`.
+    fn first_key(&self, i: usize) -> usize {
+        match self.window {
+            Some(w) => (i + 1).saturating_sub(w),
             None => 0,
-        };
+        }
+    }
+
+    /// Attention probabilities of query rows `i0..i1` of one head against keys `lo..i1`
+    /// (`lo` = the first key any row sees), row-major (rows, i1 - lo), masked entries 0.
+    fn probabilities(&self, x: &Heads, i0: usize, i1: usize) -> (usize, Vec<f32>) {
+        let (rows, d) = (i1 - i0, x.d);
+        let lo = self.first_key(i0);
         let n = i1 - lo;
-        let mut scores = vec![0f32; rows * n];
-        // scores (rows, n) = q[i0..i1] (rows, d) . k[lo..i1]^T (d, n)
+        let mut p = vec![0f32; rows * n];
+        // scores (rows, n) = q[i0..i1] (rows, d) . k[lo..i1]^T (d, n) * scale
         // SAFETY: q rows i0..i1 and k rows lo..i1 (d elements each at the given row strides)
-        // lie inside their slices, which start at this head's first element; scores is
-        // rows x n, row-major.
+        // lie inside their slices; p is rows x n, row-major.
         unsafe {
-            gemm::gemm(
-                rows, n, d,
-                scores.as_mut_ptr(), 1, n as isize, false,
-                x.q[i0 * x.q_stride..].as_ptr(), 1, x.q_stride as isize,
-                x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride as isize, 1,
-                0.0, self.scale, false, false, false, gemm::Parallelism::None,
-            );
+            gemm_into(rows, n, d, p.as_mut_ptr(), n, false, Mat::rows(x.q[i0 * x.q_stride..].as_ptr(), x.q_stride), Mat::rows(x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride).t(), self.scale);
         }
         for r in 0..rows {
             let i = i0 + r;
-            let first = match self.window {
-                Some(w) => (i + 1).saturating_sub(w),
-                None => 0,
-            } - lo;
-            let last = i - lo; // inclusive
-            let row = &mut scores[r * n..(r + 1) * n];
+            let (first, last) = (self.first_key(i) - lo, i - lo); // visible keys, inclusive
+            let row = &mut p[r * n..(r + 1) * n];
             row[..first].fill(0.0);
             softmax_in_place(&mut row[first..=last]);
             row[last + 1..].fill(0.0);
         }
-        // out (rows, d) = probs (rows, n) . v[lo..i1] (n, d)
+        (lo, p)
+    }
+
+    /// Attention for query rows `i0..i1` of one head, written to `out` (row stride `out_stride`).
+    fn block(&self, x: &Heads, i0: usize, i1: usize, out: *mut f32, out_stride: usize) {
+        let (lo, p) = self.probabilities(x, i0, i1);
+        let (rows, n) = (i1 - i0, i1 - lo);
+        // out (rows, d) = p (rows, n) . v[lo..i1] (n, d)
         // SAFETY: as above; `out` addresses rows x d elements at row stride out_stride that
         // only this call writes (see cpu_fwd).
+        unsafe { gemm_into(rows, x.d, n, out, out_stride, false, Mat::rows(p.as_ptr(), n), Mat::rows(x.v[lo * x.kv_stride..].as_ptr(), x.kv_stride), 1.0) };
+    }
+
+    /// Gradients for query rows `i0..i1` of one head: writes dQ rows (row stride
+    /// `q_stride`) and adds into this kv head's dK and dV (rows 0..t, row stride d).
+    /// Recomputes the probabilities instead of storing them (as FlashAttention does):
+    /// dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK += scale dS^T Q,
+    /// dV += P^T dO.
+    #[allow(clippy::too_many_arguments)]
+    fn block_backward(&self, x: &Heads, o: &[f32], dout: &[f32], i0: usize, i1: usize, dq: *mut f32, dk: &mut [f32], dv: &mut [f32]) {
+        let (rows, d) = (i1 - i0, x.d);
+        let (lo, p) = self.probabilities(x, i0, i1);
+        let n = i1 - lo;
+        let (o_blk, do_blk) = (&o[i0 * x.q_stride..], &dout[i0 * x.q_stride..]);
+        let mut ds = vec![0f32; rows * n];
+        // SAFETY: all views lie inside their slices (same strides as the forward pass); dq
+        // addresses this block's rows only; dk/dv are this task's private (t, d) buffers.
         unsafe {
-            gemm::gemm(
-                rows, d, n,
-                out, 1, out_stride as isize, false,
-                scores.as_ptr(), 1, n as isize,
-                x.v[lo * x.kv_stride..].as_ptr(), 1, x.kv_stride as isize,
-                0.0, 1.0, false, false, false, gemm::Parallelism::None,
-            );
+            gemm_into(rows, n, d, ds.as_mut_ptr(), n, false, Mat::rows(do_blk.as_ptr(), x.q_stride), Mat::rows(x.v[lo * x.kv_stride..].as_ptr(), x.kv_stride).t(), 1.0);
         }
+        for r in 0..rows {
+            let (orow, drow) = (&o_blk[r * x.q_stride..r * x.q_stride + d], &do_blk[r * x.q_stride..r * x.q_stride + d]);
+            let delta: f32 = orow.iter().zip(drow).map(|(a, b)| a * b).sum();
+            for (s, &pv) in ds[r * n..(r + 1) * n].iter_mut().zip(&p[r * n..(r + 1) * n]) {
+                *s = pv * (*s - delta);
+            }
+        }
+        unsafe {
+            gemm_into(rows, d, n, dq, x.q_stride, false, Mat::rows(ds.as_ptr(), n), Mat::rows(x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride), self.scale);
+            gemm_into(n, d, rows, dk[lo * d..].as_mut_ptr(), d, true, Mat::rows(ds.as_ptr(), n).t(), Mat::rows(x.q[i0 * x.q_stride..].as_ptr(), x.q_stride), self.scale);
+            gemm_into(n, d, rows, dv[lo * d..].as_mut_ptr(), d, true, Mat::rows(p.as_ptr(), n).t(), Mat::rows(do_blk.as_ptr(), x.q_stride), 1.0);
+        }
+    }
+
+    /// dQ, dK, dV for q (b, t, nh, d), k/v (b, t, nkv, d), output o and its gradient dout.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(&self, q: &[f32], k: &[f32], v: &[f32], o: &[f32], dout: &[f32], (b, t, nh, nkv, d): (usize, usize, usize, usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut dq = vec![0f32; q.len()];
+        let mut dk = vec![0f32; k.len()];
+        let mut dv = vec![0f32; v.len()];
+        let (dq_ptr, dk_ptr, dv_ptr) = (OutPtr(dq.as_mut_ptr()), OutPtr(dk.as_mut_ptr()), OutPtr(dv.as_mut_ptr()));
+        // One task per (batch row, kv head): it owns that kv head's dK/dV and the dQ rows of
+        // the query heads that read it, so no two tasks write the same element.
+        (0..b * nkv).into_par_iter().for_each(|task| {
+            let (bi, kh) = (task / nkv, task % nkv);
+            let (mut dk_loc, mut dv_loc) = (vec![0f32; t * d], vec![0f32; t * d]);
+            let kv_at = bi * t * nkv * d + kh * d;
+            for h in kh * self.group..(kh + 1) * self.group {
+                let q_at = bi * t * nh * d + h * d;
+                let heads = Heads { q: &q[q_at..], k: &k[kv_at..], v: &v[kv_at..], q_stride: nh * d, kv_stride: nkv * d, d };
+                for i0 in (0..t).step_by(QUERY_BLOCK) {
+                    let i1 = (i0 + QUERY_BLOCK).min(t);
+                    let dq_rows = dq_ptr.at(q_at + i0 * nh * d);
+                    self.block_backward(&heads, &o[q_at..], &dout[q_at..], i0, i1, dq_rows, &mut dk_loc, &mut dv_loc);
+                }
+            }
+            for j in 0..t {
+                for (dst, loc) in [(dk_ptr, &dk_loc), (dv_ptr, &dv_loc)] {
+                    // SAFETY: row j of kv head kh in batch row bi belongs to this task alone.
+                    unsafe { std::ptr::copy_nonoverlapping(loc[j * d..].as_ptr(), dst.at(kv_at + j * nkv * d), d) };
+                }
+            }
+        });
+        (dq, dk, dv)
     }
 }
 
@@ -266,12 +365,16 @@ pub fn silu_mul_cpu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// Causal (optionally sliding-window) attention, `softmax(q k^T * scale + mask) v`, computed
 /// in float32 on the CPU. q: (b, t, nh, d); k, v: (b, t, nkv, d) -> (b, t, nh, d) in q's dtype.
-pub fn causal_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
+/// With `differentiable`, gradients flow to q, k and v through a fused backward pass that
+/// recomputes the probabilities block by block (no (t, t) tensor is ever stored).
+pub fn causal_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<usize>, differentiable: bool) -> Result<Tensor> {
     let dtype = q.dtype();
     let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
     let group = q.dim(2)? / k.dim(2)?;
     let op = CausalAttention { scale: scale as f32, group, window };
-    Ok(f32c(q)?.apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?.to_dtype(dtype)?)
+    let (q, k, v) = (f32c(q)?, f32c(k)?, f32c(v)?);
+    let y = if differentiable { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
+    Ok(y.to_dtype(dtype)?)
 }
 
 #[cfg(test)]
@@ -289,6 +392,52 @@ mod tests {
         assert!(worst < 5e-7, "max relative error {worst}");
         assert_eq!(fast_exp(0.0), 1.0);
         assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    /// The generic attention (as in decoder.rs's non-CPU path), for reference.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<usize>) -> Tensor {
+        let (b, t, nh, d) = q.dims4().unwrap();
+        let nkv = k.dim(2).unwrap();
+        let rep = nh / nkv;
+        let tr = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
+        let (q, k, v) = (tr(q), tr(k), tr(v));
+        // repeat kv heads: head j uses kv head j / rep
+        let expand = |x: &Tensor| x.unsqueeze(2).unwrap().broadcast_as((b, nkv, rep, t, d)).unwrap().reshape((b, nh, t, d)).unwrap();
+        let (k, v) = (expand(&k), expand(&v));
+        let w = window.unwrap_or(usize::MAX);
+        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i && i - j < w { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(mask, (t, t), q.device()).unwrap();
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap().broadcast_add(&mask).unwrap();
+        let m = s.max_keepdim(candle_core::D::Minus1).unwrap().detach();
+        let e = s.broadcast_sub(&m).unwrap().exp().unwrap();
+        let p = e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1).unwrap()).unwrap();
+        p.matmul(&v).unwrap().transpose(1, 2).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_forward_and_backward_match_the_generic_ops() {
+        use candle_core::{Device, Var};
+        let (b, t, nh, nkv, d) = (2, 70, 4, 2, 8); // t > QUERY_BLOCK: several blocks
+        let mut rng = crate::rng::Rng::new(3);
+        let mut var = |n: usize, shape: (usize, usize, usize, usize)| Var::from_tensor(&Tensor::from_vec(rng.normal_vec(n, 1.0), shape, &Device::Cpu).unwrap()).unwrap();
+        let q = var(b * t * nh * d, (b, t, nh, d));
+        let k = var(b * t * nkv * d, (b, t, nkv, d));
+        let v = var(b * t * nkv * d, (b, t, nkv, d));
+        let w = Tensor::from_vec(crate::rng::Rng::new(4).normal_vec(b * t * nh * d, 1.0), (b, t, nh, d), &Device::Cpu).unwrap();
+        for window in [None, Some(9)] {
+            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, true).unwrap();
+            let generic = reference(&q, &k, &v, 0.3, window);
+            let fwd = (&fused - &generic).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(fwd < 1e-5, "forward differs by {fwd}");
+            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gg = (generic * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let (a, c) = (gf.get(x.as_tensor()).unwrap(), gg.get(x.as_tensor()).unwrap());
+                let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let scale = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-4 * scale.max(1.0), "d{name} (window {window:?}) differs by {diff} (scale {scale})");
+            }
+        }
     }
 
     #[test]
