@@ -365,11 +365,9 @@ unsafe fn text_pairs(model: &SharedModel, prompts: *const *const c_char, chosen:
     Ok((0..n).map(|_| PairIds { chosen: ids.next().expect("2n sequences"), rejected: ids.next().expect("2n sequences") }).collect())
 }
 
-unsafe fn step_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>, Error>, strengths: *const f32, out_stats: *mut rk_step_stats) -> Result<(), Error> {
-    let out = out_struct(out_stats, "out_stats")?;
-    let mut trainer = trainer_arg(trainer)?;
-    let pairs = make(trainer.model())?;
-    let n = pairs.len();
+/// The pairs as a set the trainer runs, after checking every sequence against the model, with
+/// the noise-aware treatment of each pair from its strength.
+unsafe fn checked_pairs(trainer: &Trainer, pairs: Vec<PairIds>, strengths: *const f32) -> Result<(PairSet, Vec<crate::loss::PairTreatment>), Error> {
     {
         let model = trainer.model().read()?;
         for (i, p) in pairs.iter().enumerate() {
@@ -377,10 +375,26 @@ unsafe fn step_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel
             model.validate_ids(&p.rejected).map_err(|e| e.context(format!("rejected {i}")))?;
         }
     }
+    let n = pairs.len();
     let strengths = if strengths.is_null() { None } else { Some(slice_arg(strengths, n, "strengths")?) };
     let treatments = trainer.config().noise.treatments(n, strengths, None)?;
-    let idx: Vec<usize> = (0..n).collect();
-    let stats = trainer.step(&PairSet::from_ids(pairs), &idx, &treatments)?;
+    Ok((PairSet::from_ids(pairs), treatments))
+}
+
+/// Chosen and rejected token sequences laid out as in `rk_model_score_tokens`.
+unsafe fn token_pairs(chosen_ids: *const u32, chosen_offsets: *const usize, rejected_ids: *const u32, rejected_offsets: *const usize, n: usize) -> Result<Vec<PairIds>, Error> {
+    let c = sequences_arg(chosen_ids, chosen_offsets, n).map_err(|e| e.context("chosen"))?;
+    let r = sequences_arg(rejected_ids, rejected_offsets, n).map_err(|e| e.context("rejected"))?;
+    Ok(c.into_iter().zip(r).map(|(c, r)| PairIds { chosen: c.to_vec(), rejected: r.to_vec() }).collect())
+}
+
+unsafe fn step_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>, Error>, strengths: *const f32, out_stats: *mut rk_step_stats) -> Result<(), Error> {
+    let out = out_struct(out_stats, "out_stats")?;
+    let mut trainer = trainer_arg(trainer)?;
+    let pairs = make(trainer.model())?;
+    let (set, treatments) = checked_pairs(&trainer, pairs, strengths)?;
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let stats = trainer.step(&set, &idx, &treatments)?;
     if let Some(out) = out {
         *out = stats_to_c(&stats);
     }
@@ -427,16 +441,7 @@ pub unsafe extern "C" fn rk_trainer_step_tokens(
     out_stats: *mut rk_step_stats,
 ) -> rk_status {
     guard(|| {
-        step_common(
-            trainer,
-            |_| {
-                let c = sequences_arg(chosen_ids, chosen_offsets, n).map_err(|e| e.context("chosen"))?;
-                let r = sequences_arg(rejected_ids, rejected_offsets, n).map_err(|e| e.context("rejected"))?;
-                Ok(c.into_iter().zip(r).map(|(c, r)| PairIds { chosen: c.to_vec(), rejected: r.to_vec() }).collect())
-            },
-            strengths,
-            out_stats,
-        )
+        step_common(trainer, |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n), strengths, out_stats)
     })
 }
 
@@ -588,23 +593,15 @@ unsafe fn meta_common(
     let model = trainer.model().clone();
     let pairs = make_pairs(&model)?;
     let policy = make_policy(&model)?;
-    {
+    if let crate::train::SeqSource::Ids(seqs) = &policy.seqs {
         let m = model.read()?;
-        for (i, p) in pairs.iter().enumerate() {
-            m.validate_ids(&p.chosen).map_err(|e| e.context(format!("chosen {i}")))?;
-            m.validate_ids(&p.rejected).map_err(|e| e.context(format!("rejected {i}")))?;
-        }
-        if let crate::train::SeqSource::Ids(seqs) = &policy.seqs {
-            for (i, s) in seqs.iter().enumerate() {
-                m.validate_ids(s).map_err(|e| e.context(format!("policy sequence {i}")))?;
-            }
+        for (i, s) in seqs.iter().enumerate() {
+            m.validate_ids(s).map_err(|e| e.context(format!("policy sequence {i}")))?;
         }
     }
-    let n = pairs.len();
-    let strengths = if strengths.is_null() { None } else { Some(slice_arg(strengths, n, "strengths")?) };
-    let treatments = trainer.config().noise.treatments(n, strengths, None)?;
-    let idx: Vec<usize> = (0..n).collect();
-    let s = trainer.meta_step(&PairSet::from_ids(pairs), &idx, &treatments, &policy)?;
+    let (set, treatments) = checked_pairs(&trainer, pairs, strengths)?;
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let s = trainer.meta_step(&set, &idx, &treatments, &policy)?;
     if let Some(out) = out {
         let st = stats_to_c(&s.step);
         *out = rk_meta_step_stats {
@@ -689,11 +686,7 @@ pub unsafe extern "C" fn rk_trainer_meta_step_tokens(
     guard(|| {
         meta_common(
             trainer,
-            |_| {
-                let c = sequences_arg(chosen_ids, chosen_offsets, n).map_err(|e| e.context("chosen"))?;
-                let r = sequences_arg(rejected_ids, rejected_offsets, n).map_err(|e| e.context("rejected"))?;
-                Ok(c.into_iter().zip(r).map(|(c, r)| PairIds { chosen: c.to_vec(), rejected: r.to_vec() }).collect())
-            },
+            |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n),
             |_| {
                 nonzero(n_policy_prompts, "n_policy_prompts")?;
                 let groups = offsets_arg(group_offsets, n_policy_prompts, "group_offsets")?;

@@ -67,8 +67,30 @@ def _as_dict(s):
     return {name: getattr(s, name) for name, _ in s._fields_ if name != "struct_size"}
 
 
-class Model:
+class _Handle:
+    """Owns a library handle; `close()` (or leaving a `with` block, or garbage collection)
+    frees it exactly once."""
+
+    _free = None
+
+    def close(self):
+        if getattr(self, "_h", None):
+            type(self)._free(self._h)
+            self._h = c_void_p()
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Model(_Handle):
     """A reward model loaded once, shared by threads (scoring releases the GIL in the library)."""
+
+    _free = staticmethod(_lib.rk_model_free)
 
     def __init__(self, path, device="cpu", dtype="f32", n_threads=0, max_length=0, batch_token_budget=None,
                  max_batch_size=0, append_eos=False, separator="", head_seed=0):
@@ -84,19 +106,6 @@ class Model:
             p.batch_token_budget = batch_token_budget
         p.append_eos, p.separator, p.head_seed = append_eos, self._keep[1], head_seed
         _check(_lib.rk_model_load(str(path).encode(), byref(p), byref(self._h)))
-
-    def close(self):
-        if self._h:
-            _lib.rk_model_free(self._h)
-            self._h = c_void_p()
-
-    __del__ = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def score(self, prompts, responses):
         """Rewards of prompts[i] + responses[i] (float32 array)."""
@@ -157,11 +166,13 @@ def vote(models, prompts, chosen, rejected):
     return mean, std
 
 
-class Trainer:
+class Trainer(_Handle):
     """Updates a Model's weights in place: Bradley-Terry steps with the noise-aware options, and
     MetaRM steps. Keyword arguments are the fields of rk_trainer_params; `schedule`,
     `trainable`, `smooth_mode`, `margin_mode`, `contrastive` and `contrastive_items` take names
     (e.g. trainable="top_layers", contrastive="swav")."""
+
+    _free = staticmethod(_lib.rk_trainer_free)
 
     def __init__(self, model, **params):
         self._h = c_void_p()
@@ -178,19 +189,6 @@ class Trainer:
             setattr(p, key, value)
         self._model = model  # the library keeps the weights alive; this keeps Python's handle too
         _check(_lib.rk_trainer_create(model._h, byref(p), byref(self._h)))
-
-    def close(self):
-        if self._h:
-            _lib.rk_trainer_free(self._h)
-            self._h = c_void_p()
-
-    __del__ = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @staticmethod
     def _strengths(strengths, n):
