@@ -671,6 +671,18 @@ rk_status rk_trainer_evaluate_texts(struct rk_trainer *trainer, const char *cons
 rk_status rk_trainer_save(struct rk_trainer *trainer, const char *dir);
 
 /**
+ * Continues a run saved by `rk_trainer_save`: restores the optimizer state and the step
+ * counters from `dir`. The trainer's model must have been loaded from that same `dir` (its
+ * weights are not reloaded here) and the trainer must train the same parameters; the
+ * hyperparameters are this trainer's own. A checkpoint that does not fit leaves the trainer
+ * unchanged. `out_steps` (may be NULL) receives the optimizer steps the saved run had taken.
+ *
+ * # Safety
+ * `dir` NUL-terminated; `out_steps` NULL or writable.
+ */
+rk_status rk_trainer_resume(struct rk_trainer *trainer, const char *dir, uint64_t *out_steps);
+
+/**
  * Preference strength by ensemble vote: each of the `n_models` models scores the `n` pairs;
  * `out_mean[i]` and `out_std[i]` receive the mean and population std over models of
  * `r(prompt + chosen) - r(prompt + rejected)`.

@@ -185,7 +185,17 @@ impl AdamW {
 
     /// Restores state saved by [`Self::state_tensors`] after `steps` optimizer steps.
     pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, steps: u64) -> Result<()> {
-        for s in &mut self.slots {
+        // Everything is read and checked before anything is replaced: a state that does not
+        // fit leaves this optimizer exactly as it was.
+        let saved = tensors.keys().filter(|k| k.starts_with("exp_avg.")).count();
+        if saved != self.slots.len() {
+            return Err(Error::invalid(format!(
+                "optimizer state is for {saved} parameters, this trainer trains {}: was it saved with other trainable layers?",
+                self.slots.len()
+            )));
+        }
+        let mut loaded = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
             let get = |prefix: &str| -> Result<Tensor> {
                 let key = format!("{prefix}.{}", s.name);
                 let t = tensors.get(&key).ok_or_else(|| Error::invalid(format!("optimizer state lacks `{key}`")))?;
@@ -194,10 +204,19 @@ impl AdamW {
                 }
                 Ok(t.to_dtype(DType::F32)?.to_device(s.var.device())?)
             };
-            s.m = get("exp_avg")?;
-            s.v = get("exp_avg_sq")?;
-            if s.master.is_some() {
-                s.master = Some(get("master")?);
+            // f32 master copies exist only for low-precision weights; a state saved without
+            // them (an f32 run) starts them from the loaded weights, as a new optimizer does.
+            let master = match (&s.master, tensors.contains_key(&format!("master.{}", s.name))) {
+                (Some(_), true) => Some(get("master")?),
+                _ => None,
+            };
+            loaded.push((get("exp_avg")?, get("exp_avg_sq")?, master));
+        }
+        for (s, (m, v, master)) in self.slots.iter_mut().zip(loaded) {
+            s.m = m;
+            s.v = v;
+            if master.is_some() {
+                s.master = master;
             }
         }
         self.t = steps;

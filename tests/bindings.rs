@@ -74,7 +74,7 @@ fn installed_package_works_with_pkg_config_and_cmake() {
 fn cpp_examples_are_clean_under_address_and_ub_sanitizers() {
     let dir = scratch("asan");
     let lib = lib_dir();
-    for (name, args) in [("score", vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")]), ("iterative_rlhf", vec![tiny_model().to_path_buf(), "2".into(), "2".into()])] {
+    for (name, args) in [("score", vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")]), ("iterative_rlhf", vec![tiny_model().to_path_buf(), "2".into(), "2".into(), dir.join("checkpoint")])] {
         let exe = dir.join(name);
         run(Command::new("c++")
             .args(["-std=c++17", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-Wall", "-Wextra", "-Werror", "-I"])

@@ -123,7 +123,7 @@ fn cpp_iterative_rlhf_example_builds_and_runs() {
         .arg("-L").arg(&lib).arg("-lrewardkit")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .arg("-o").arg(&exe));
-    let stdout = run(Command::new(&exe).arg(tiny_model()).arg("3").arg("2"));
+    let stdout = run(Command::new(&exe).arg(tiny_model()).arg("3").arg("2").arg(dir.join("checkpoint")));
     let rows: Vec<Vec<f64>> = stdout
         .lines()
         .filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<u32>().is_ok()))
@@ -135,4 +135,6 @@ fn cpp_iterative_rlhf_example_builds_and_runs() {
         assert!((0.375..=0.75).contains(&r[1]) && (0.0..=1.0).contains(&r[2]) && r.iter().all(|x| x.is_finite()), "{r:?}");
     }
     assert!(stdout.contains("caught: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
+    // 3 rounds of 2 meta steps, saved and taken back by a restarted trainer.
+    assert!(stdout.contains("checkpoint at step 6"), "{stdout}");
 }

@@ -11,6 +11,7 @@
 //   auto stats = trainer.step(prompts, chosen, rejected);
 #pragma once
 
+#include <cstdint>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -206,6 +207,14 @@ public:
     }
 
     void save(const std::string &dir) { detail::check(rk_trainer_save(handle_, dir.c_str())); }
+
+    // Continues the run saved in `dir` (load the Model from the same `dir`); returns the
+    // optimizer steps that run had taken.
+    std::uint64_t resume(const std::string &dir) {
+        std::uint64_t steps = 0;
+        detail::check(rk_trainer_resume(handle_, dir.c_str(), &steps));
+        return steps;
+    }
 
 private:
     static void check_sizes(const std::vector<std::string> &p, const std::vector<std::string> &c, const std::vector<std::string> &r, const std::vector<float> &s) {

@@ -101,7 +101,7 @@ std::vector<size_t> sample(const std::vector<double> &probs, size_t k, std::mt19
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL_DIR [ROUNDS] [META_STEPS_PER_ROUND]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL_DIR [ROUNDS] [META_STEPS_PER_ROUND] [CHECKPOINT_DIR]\n", argv[0]);
         return 2;
     }
     const int rounds = argc > 2 ? std::atoi(argv[2]) : 4;
@@ -151,6 +151,14 @@ int main(int argc, char **argv) {
             double j = rm.difference_loss(samples);
             rk_eval_stats ev = trainer.evaluate(held_out.prompt, held_out.chosen, held_out.rejected);
             std::printf("%-6d %12.4f %12.3f %14.4f %12.4f\n", round + 1, j, ev.accuracy, policy_reward, loss);
+        }
+        // A trainer restarted from a checkpoint carries on where it stopped: the model loads
+        // from the checkpoint and the trainer takes back the optimizer state.
+        if (argc > 4) {
+            trainer.save(argv[4]);
+            rewardkit::Model restarted(argv[4]);
+            rewardkit::Trainer continued(restarted, tp);
+            std::printf("resumed %s at step %llu\n", argv[4], static_cast<unsigned long long>(continued.resume(argv[4])));
         }
         // A mistake is an exception with the library's message, not a crash.
         try {

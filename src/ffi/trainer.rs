@@ -494,6 +494,27 @@ pub unsafe extern "C" fn rk_trainer_save(trainer: *mut rk_trainer, dir: *const c
     })
 }
 
+/// Continues a run saved by `rk_trainer_save`: restores the optimizer state and the step
+/// counters from `dir`. The trainer's model must have been loaded from that same `dir` (its
+/// weights are not reloaded here) and the trainer must train the same parameters; the
+/// hyperparameters are this trainer's own. A checkpoint that does not fit leaves the trainer
+/// unchanged. `out_steps` (may be NULL) receives the optimizer steps the saved run had taken.
+///
+/// # Safety
+/// `dir` NUL-terminated; `out_steps` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rk_trainer_resume(trainer: *mut rk_trainer, dir: *const c_char, out_steps: *mut u64) -> rk_status {
+    guard(|| {
+        let dir = str_arg(dir, "dir")?;
+        let mut t = trainer_arg(trainer)?;
+        t.resume(Path::new(dir))?;
+        if let Some(out) = out_steps.as_mut() {
+            *out = t.steps();
+        }
+        Ok(())
+    })
+}
+
 /// Preference strength by ensemble vote: each of the `n_models` models scores the `n` pairs;
 /// `out_mean[i]` and `out_std[i]` receive the mean and population std over models of
 /// `r(prompt + chosen) - r(prompt + rejected)`.

@@ -10,7 +10,7 @@ MetaRM training, over the library's C ABI (ctypes; no compiler needed).
 Errors raise rewardkit.RewardkitError with the library's status and message.
 """
 import ctypes
-from ctypes import POINTER, byref, c_char_p, c_double, c_float, c_size_t, c_uint32, c_void_p
+from ctypes import POINTER, byref, c_char_p, c_double, c_float, c_size_t, c_uint32, c_uint64, c_void_p
 
 import numpy as np
 
@@ -235,3 +235,10 @@ class Trainer(_Handle):
     def save(self, directory):
         """A resumable Hugging Face checkpoint, written atomically."""
         _check(_lib.rk_trainer_save(self._h, str(directory).encode()))
+
+    def resume(self, directory):
+        """Continues the run saved in `directory` (load the Model from it too); returns the
+        optimizer steps that run had taken."""
+        steps = c_uint64(0)
+        _check(_lib.rk_trainer_resume(self._h, str(directory).encode(), byref(steps)))
+        return steps.value

@@ -70,6 +70,12 @@ def test_train_meta_vote_save(model_dir, tmp_path):
         rewardkit.Trainer(m)  # one trainer per model
     t.save(tmp_path / "ckpt")
     saved = rewardkit.Model(tmp_path / "ckpt")
+    with rewardkit.Trainer(saved, trainable="head") as head_only:
+        with pytest.raises(rewardkit.RewardkitError) as e:
+            head_only.resume(tmp_path / "ckpt")
+        assert "trainable layers" in str(e.value)
+    with rewardkit.Trainer(saved, lr=1e-3, schedule="constant", trainable="top_layers", top_layers=1) as resumed:
+        assert resumed.resume(tmp_path / "ckpt") == 7  # 6 steps and a meta step
     np.testing.assert_allclose(saved.score(PROMPTS, CHOSEN), m.score(PROMPTS, CHOSEN), atol=1e-6)
     mean, std = rewardkit.vote([m, saved], PROMPTS, CHOSEN, REJECTED)
     np.testing.assert_allclose(mean, m.score(PROMPTS, CHOSEN) - m.score(PROMPTS, REJECTED), atol=1e-4)
