@@ -662,6 +662,18 @@ rk_status rk_trainer_step_tokens(struct rk_trainer *trainer, const uint32_t *cho
 rk_status rk_trainer_evaluate_texts(struct rk_trainer *trainer, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, struct rk_eval_stats *out_stats);
 
 /**
+ * Evaluates the trainer's model on `n` pre-tokenized pairs, laid out as in
+ * `rk_trainer_step_tokens` (no dropout, no update).
+ *
+ * Thread safety: as scoring.
+ *
+ * # Safety
+ * Offsets hold `n + 1` entries; ids arrays at least their last offset; `out_stats` points to
+ * an `rk_eval_stats` with `struct_size` set.
+ */
+rk_status rk_trainer_evaluate_tokens(struct rk_trainer *trainer, const uint32_t *chosen_ids, const size_t *chosen_offsets, const uint32_t *rejected_ids, const size_t *rejected_offsets, size_t n, struct rk_eval_stats *out_stats);
+
+/**
  * Saves a resumable checkpoint (Hugging Face model files, tokenizer, optimizer and trainer
  * state) to `dir`, atomically: a crash mid-save leaves any previous checkpoint at `dir` whole.
  *
@@ -693,6 +705,18 @@ rk_status rk_trainer_resume(struct rk_trainer *trainer, const char *dir, uint64_
  * `models` holds `n_models` live handles; string arrays `n` strings; outputs `n` floats each.
  */
 rk_status rk_vote_texts(const struct rk_model *const *models, size_t n_models, const char *const *prompts, const char *const *chosen, const char *const *rejected, size_t n, float *out_mean, float *out_std);
+
+/**
+ * As `rk_vote_texts` on `n` pre-tokenized pairs laid out as in `rk_trainer_step_tokens`; every
+ * model reads the same ids, so the members must share a vocabulary.
+ *
+ * Thread safety: as scoring, on each model.
+ *
+ * # Safety
+ * `models` holds `n_models` live handles; offsets `n + 1` entries; ids arrays at least their
+ * last offset; outputs `n` floats each.
+ */
+rk_status rk_vote_tokens(const struct rk_model *const *models, size_t n_models, const uint32_t *chosen_ids, const size_t *chosen_offsets, const uint32_t *rejected_ids, const size_t *rejected_offsets, size_t n, float *out_mean, float *out_std);
 
 /**
  * One MetaRM step (first-order, as the paper's authors ran it): a gradient-ascent step of size

@@ -71,21 +71,29 @@ fn installed_package_works_with_pkg_config_and_cmake() {
 }
 
 #[test]
-fn cpp_examples_are_clean_under_address_and_ub_sanitizers() {
+fn cpp_examples_and_wrapper_tests_are_clean_under_address_and_ub_sanitizers() {
     let dir = scratch("asan");
     let lib = lib_dir();
-    for (name, args) in [("score", vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")]), ("iterative_rlhf", vec![tiny_model().to_path_buf(), "2".into(), "2".into(), dir.join("checkpoint")])] {
+    let programs: [(&str, PathBuf, Vec<PathBuf>); 3] = [
+        ("score", repo().join("examples/cpp/score.cpp"), vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")]),
+        ("iterative_rlhf", repo().join("examples/cpp/iterative_rlhf.cpp"), vec![tiny_model().to_path_buf(), "2".into(), "2".into(), dir.join("checkpoint")]),
+        ("wrapper_test", repo().join("tests/cpp/wrapper_test.cpp"), vec![tiny_model().to_path_buf(), dir.clone()]),
+    ];
+    for (name, source, args) in programs {
         let exe = dir.join(name);
         run(Command::new("c++")
-            .args(["-std=c++17", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-Wall", "-Wextra", "-Werror", "-I"])
+            .args(["-std=c++17", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
             .arg(repo().join("include"))
             .arg("-I")
             .arg(repo().join("bindings/cpp"))
-            .arg(repo().join(format!("examples/cpp/{name}.cpp")))
+            .arg(source)
             .arg("-L").arg(&lib).arg("-lrewardkit").arg("-pthread")
             .arg(format!("-Wl,-rpath,{}", lib.display()))
             .arg("-o").arg(&exe));
-        run(Command::new(&exe).args(&args).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1").env("UBSAN_OPTIONS", "print_stacktrace=1"));
+        let out = run(Command::new(&exe).args(&args).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1").env("UBSAN_OPTIONS", "print_stacktrace=1"));
+        if name == "wrapper_test" {
+            assert!(out.contains("wrapper: all checks passed"), "{out}");
+        }
     }
 }
 

@@ -266,6 +266,31 @@ fn vote_matches_scoring() {
         let bad = [a as *const rk_model, std::ptr::null()];
         assert_eq!(rk_vote_texts(bad.as_ptr(), 2, pp.as_ptr(), cp.as_ptr(), rp.as_ptr(), 2, mean.as_mut_ptr(), std.as_mut_ptr()), rk_status::RK_ERR_NULL_POINTER);
         assert!(last_error().contains("models[1]"));
+
+        // The same vote on token ids.
+        let tokens = |p: &CString, r: &CString| {
+            let mut ids = vec![0u32; 256];
+            let mut len = 0usize;
+            assert_eq!(rk_model_tokenize(a, p.as_ptr(), r.as_ptr(), ids.as_mut_ptr(), ids.len(), &mut len), rk_status::RK_OK);
+            ids.truncate(len);
+            ids
+        };
+        let flat = |seqs: Vec<Vec<u32>>| {
+            let offsets: Vec<usize> = std::iter::once(0).chain(seqs.iter().scan(0, |at, s| { *at += s.len(); Some(*at) })).collect();
+            (seqs.concat(), offsets)
+        };
+        let (cids, coff) = flat((0..2).map(|i| tokens(&p[i], &c[i])).collect());
+        let (rids, roff) = flat((0..2).map(|i| tokens(&p[i], &r[i])).collect());
+        let (mut mean_ids, mut std_ids) = ([0f32; 2], [0f32; 2]);
+        let s = rk_vote_tokens(models.as_ptr(), 2, cids.as_ptr(), coff.as_ptr(), rids.as_ptr(), roff.as_ptr(), 2, mean_ids.as_mut_ptr(), std_ids.as_mut_ptr());
+        assert_eq!(s, rk_status::RK_OK, "{}", last_error());
+        assert_eq!((mean_ids, std_ids), (mean, std));
+        let oov = [1u32, 9_999_999];
+        let oov_off = [0usize, 2, 4];
+        let two_oov = [oov, oov].concat();
+        let s = rk_vote_tokens(models.as_ptr(), 2, cids.as_ptr(), coff.as_ptr(), two_oov.as_ptr(), oov_off.as_ptr(), 2, mean_ids.as_mut_ptr(), std_ids.as_mut_ptr());
+        assert_eq!(s, rk_status::RK_ERR_OUT_OF_VOCAB);
+        assert!(last_error().contains("models[0]") && last_error().contains("rejected 0"), "{}", last_error());
         rk_model_free(a);
         rk_model_free(b);
     }

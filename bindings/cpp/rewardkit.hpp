@@ -152,6 +152,19 @@ inline std::pair<std::vector<float>, std::vector<float>> vote(const std::vector<
     return out;
 }
 
+/// As vote() on token-id sequences; every model reads the same ids.
+inline std::pair<std::vector<float>, std::vector<float>> vote_tokens(const std::vector<const Model *> &models, const std::vector<std::vector<uint32_t>> &chosen,
+                                                                     const std::vector<std::vector<uint32_t>> &rejected) {
+    if (chosen.size() != rejected.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "chosen and rejected must have one sequence per pair");
+    std::vector<const rk_model *> handles;
+    for (const auto *m : models) handles.push_back(m->get());
+    auto c = detail::flatten(chosen), r = detail::flatten(rejected);
+    std::pair<std::vector<float>, std::vector<float>> out{std::vector<float>(chosen.size()), std::vector<float>(chosen.size())};
+    detail::check(rk_vote_tokens(handles.data(), handles.size(), c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
+                                 out.first.data(), out.second.data()));
+    return out;
+}
+
 /// A trainer updating a model in place. One per model; calls are serialised internally.
 class Trainer {
 public:
@@ -177,6 +190,17 @@ public:
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto st = detail::sized<rk_step_stats>();
         detail::check(rk_trainer_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), strengths.empty() ? nullptr : strengths.data(), &st));
+        return st;
+    }
+
+    /// One step on token-id sequences: chosen[i] is preferred over rejected[i].
+    rk_step_stats step_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected,
+                              const std::vector<float> &strengths = {}) {
+        check_token_sizes(chosen, rejected, strengths);
+        auto c = detail::flatten(chosen), r = detail::flatten(rejected);
+        auto st = detail::sized<rk_step_stats>();
+        detail::check(rk_trainer_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
+                                             strengths.empty() ? nullptr : strengths.data(), &st));
         return st;
     }
 
@@ -206,6 +230,14 @@ public:
         return st;
     }
 
+    rk_eval_stats evaluate_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected) {
+        check_token_sizes(chosen, rejected, {});
+        auto c = detail::flatten(chosen), r = detail::flatten(rejected);
+        auto st = detail::sized<rk_eval_stats>();
+        detail::check(rk_trainer_evaluate_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(), &st));
+        return st;
+    }
+
     void save(const std::string &dir) { detail::check(rk_trainer_save(handle_, dir.c_str())); }
 
     // Continues the run saved in `dir` (load the Model from the same `dir`); returns the
@@ -220,6 +252,10 @@ private:
     static void check_sizes(const std::vector<std::string> &p, const std::vector<std::string> &c, const std::vector<std::string> &r, const std::vector<float> &s) {
         if (p.size() != c.size() || p.size() != r.size() || (!s.empty() && s.size() != p.size()))
             throw Error(RK_ERR_INVALID_ARGUMENT, "prompts, chosen, rejected (and strengths) must have one entry per pair");
+    }
+    static void check_token_sizes(const std::vector<std::vector<uint32_t>> &c, const std::vector<std::vector<uint32_t>> &r, const std::vector<float> &s) {
+        if (c.size() != r.size() || (!s.empty() && s.size() != c.size()))
+            throw Error(RK_ERR_INVALID_ARGUMENT, "chosen, rejected (and strengths) must have one entry per pair");
     }
     rk_trainer *handle_ = nullptr;
 };

@@ -368,13 +368,7 @@ unsafe fn text_pairs(model: &SharedModel, prompts: *const *const c_char, chosen:
 /// The pairs as a set the trainer runs, after checking every sequence against the model, with
 /// the noise-aware treatment of each pair from its strength.
 unsafe fn checked_pairs(trainer: &Trainer, pairs: Vec<PairIds>, strengths: *const f32) -> Result<(PairSet, Vec<crate::loss::PairTreatment>), Error> {
-    {
-        let model = trainer.model().read()?;
-        for (i, p) in pairs.iter().enumerate() {
-            model.validate_ids(&p.chosen).map_err(|e| e.context(format!("chosen {i}")))?;
-            model.validate_ids(&p.rejected).map_err(|e| e.context(format!("rejected {i}")))?;
-        }
-    }
+    validate_pairs(trainer.model(), &pairs)?;
     let n = pairs.len();
     let strengths = if strengths.is_null() { None } else { Some(slice_arg(strengths, n, "strengths")?) };
     let treatments = trainer.config().noise.treatments(n, strengths, None)?;
@@ -445,6 +439,38 @@ pub unsafe extern "C" fn rk_trainer_step_tokens(
     })
 }
 
+/// Every sequence of `pairs` checked against `model` (vocabulary, length).
+fn validate_pairs(model: &SharedModel, pairs: &[PairIds]) -> Result<(), Error> {
+    let model = model.read()?;
+    for (i, p) in pairs.iter().enumerate() {
+        model.validate_ids(&p.chosen).map_err(|e| e.context(format!("chosen {i}")))?;
+        model.validate_ids(&p.rejected).map_err(|e| e.context(format!("rejected {i}")))?;
+    }
+    Ok(())
+}
+
+unsafe fn evaluate_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>, Error>, out_stats: *mut rk_eval_stats) -> Result<(), Error> {
+    let out = out_struct(out_stats, "out_stats")?.ok_or_else(|| null("out_stats"))?;
+    // Scoring only: the trainer's lock is not held, so steps are not blocked meanwhile.
+    let model = trainer_arg(trainer)?.model().clone();
+    let pairs = make(&model)?;
+    validate_pairs(&model, &pairs)?;
+    let (c, r) = PairSet::from_ids(pairs).score_all(&model, 16)?;
+    let e = crate::eval::evaluate_rewards(&c, &r, None, None, 1);
+    *out = rk_eval_stats {
+        struct_size: std::mem::size_of::<rk_eval_stats>(),
+        pairs: e.pairs as u64,
+        accuracy: e.accuracy,
+        mean_margin: e.mean_margin,
+        loss: e.loss,
+        reward_min: e.reward_min as f64,
+        reward_mean: e.reward_mean,
+        reward_max: e.reward_max as f64,
+        reward_std: e.reward_std,
+    };
+    Ok(())
+}
+
 /// Evaluates the trainer's model on `n` text pairs (no dropout, no update).
 ///
 /// Thread safety: as scoring.
@@ -460,25 +486,28 @@ pub unsafe extern "C" fn rk_trainer_evaluate_texts(
     n: usize,
     out_stats: *mut rk_eval_stats,
 ) -> rk_status {
-    guard(|| {
-        let out = out_struct(out_stats, "out_stats")?.ok_or_else(|| null("out_stats"))?;
-        let model = trainer_arg(trainer)?.model().clone();
-        let set = PairSet::from_ids(text_pairs(&model, prompts, chosen, rejected, n)?);
-        let (c, r) = set.score_all(&model, 16)?;
-        let e = crate::eval::evaluate_rewards(&c, &r, None, None, 1);
-        *out = rk_eval_stats {
-            struct_size: std::mem::size_of::<rk_eval_stats>(),
-            pairs: e.pairs as u64,
-            accuracy: e.accuracy,
-            mean_margin: e.mean_margin,
-            loss: e.loss,
-            reward_min: e.reward_min as f64,
-            reward_mean: e.reward_mean,
-            reward_max: e.reward_max as f64,
-            reward_std: e.reward_std,
-        };
-        Ok(())
-    })
+    guard(|| evaluate_common(trainer, |m| text_pairs(m, prompts, chosen, rejected, n), out_stats))
+}
+
+/// Evaluates the trainer's model on `n` pre-tokenized pairs, laid out as in
+/// `rk_trainer_step_tokens` (no dropout, no update).
+///
+/// Thread safety: as scoring.
+///
+/// # Safety
+/// Offsets hold `n + 1` entries; ids arrays at least their last offset; `out_stats` points to
+/// an `rk_eval_stats` with `struct_size` set.
+#[no_mangle]
+pub unsafe extern "C" fn rk_trainer_evaluate_tokens(
+    trainer: *mut rk_trainer,
+    chosen_ids: *const u32,
+    chosen_offsets: *const usize,
+    rejected_ids: *const u32,
+    rejected_offsets: *const usize,
+    n: usize,
+    out_stats: *mut rk_eval_stats,
+) -> rk_status {
+    guard(|| evaluate_common(trainer, |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n), out_stats))
 }
 
 /// Saves a resumable checkpoint (Hugging Face model files, tokenizer, optimizer and trainer
@@ -515,6 +544,38 @@ pub unsafe extern "C" fn rk_trainer_resume(trainer: *mut rk_trainer, dir: *const
     })
 }
 
+/// The vote of `n_models` models on the pairs each one builds with `make` (members may differ
+/// in tokenizer settings, so each tokenizes texts for itself).
+unsafe fn vote_common(
+    models: *const *const rk_model,
+    n_models: usize,
+    n: usize,
+    mut make: impl FnMut(&SharedModel) -> Result<Vec<PairIds>, Error>,
+    out_mean: *mut f32,
+    out_std: *mut f32,
+) -> Result<(), Error> {
+    nonzero(n_models, "n_models")?;
+    let handles = slice_arg(models, n_models, "models")?
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| model_arg(m).map_err(|_| null(&format!("models[{i}]"))))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let out_mean = out_slice_arg(out_mean, n, "out_mean")?;
+    let out_std = out_slice_arg(out_std, n, "out_std")?;
+    let (mut chosen_scores, mut rejected_scores) = (Vec::new(), Vec::new());
+    for (i, m) in handles.iter().enumerate() {
+        let pairs = make(m)?;
+        validate_pairs(m, &pairs).map_err(|e| e.context(format!("models[{i}]")))?;
+        let (c, r) = PairSet::from_ids(pairs).score_all(m, 16)?;
+        chosen_scores.push(c);
+        rejected_scores.push(r);
+    }
+    let (mean, std) = crate::vote::Vote::new(chosen_scores, rejected_scores)?.strength();
+    out_mean.copy_from_slice(&mean);
+    out_std.copy_from_slice(&std);
+    Ok(())
+}
+
 /// Preference strength by ensemble vote: each of the `n_models` models scores the `n` pairs;
 /// `out_mean[i]` and `out_std[i]` receive the mean and population std over models of
 /// `r(prompt + chosen) - r(prompt + rejected)`.
@@ -534,29 +595,30 @@ pub unsafe extern "C" fn rk_vote_texts(
     out_mean: *mut f32,
     out_std: *mut f32,
 ) -> rk_status {
-    guard(|| {
-        nonzero(n_models, "n_models")?;
-        let handles = slice_arg(models, n_models, "models")?
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| model_arg(m).map_err(|_| null(&format!("models[{i}]"))))
-            .collect::<Result<Vec<_>, Error>>()?;
-        let out_mean = out_slice_arg(out_mean, n, "out_mean")?;
-        let out_std = out_slice_arg(out_std, n, "out_std")?;
-        let refs: Vec<&SharedModel> = handles.iter().map(|m| m.as_ref()).collect();
-        // Every member tokenizes for itself: members may differ in tokenizer settings.
-        let (mut chosen_scores, mut rejected_scores) = (Vec::new(), Vec::new());
-        for m in &refs {
-            let set = PairSet::from_ids(text_pairs(m, prompts, chosen, rejected, n)?);
-            let (c, r) = set.score_all(m, 16)?;
-            chosen_scores.push(c);
-            rejected_scores.push(r);
-        }
-        let (mean, std) = crate::vote::Vote::new(chosen_scores, rejected_scores)?.strength();
-        out_mean.copy_from_slice(&mean);
-        out_std.copy_from_slice(&std);
-        Ok(())
-    })
+    guard(|| vote_common(models, n_models, n, |m| text_pairs(m, prompts, chosen, rejected, n), out_mean, out_std))
+}
+
+/// As `rk_vote_texts` on `n` pre-tokenized pairs laid out as in `rk_trainer_step_tokens`; every
+/// model reads the same ids, so the members must share a vocabulary.
+///
+/// Thread safety: as scoring, on each model.
+///
+/// # Safety
+/// `models` holds `n_models` live handles; offsets `n + 1` entries; ids arrays at least their
+/// last offset; outputs `n` floats each.
+#[no_mangle]
+pub unsafe extern "C" fn rk_vote_tokens(
+    models: *const *const rk_model,
+    n_models: usize,
+    chosen_ids: *const u32,
+    chosen_offsets: *const usize,
+    rejected_ids: *const u32,
+    rejected_offsets: *const usize,
+    n: usize,
+    out_mean: *mut f32,
+    out_std: *mut f32,
+) -> rk_status {
+    guard(|| vote_common(models, n_models, n, |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n), out_mean, out_std))
 }
 
 /// What one MetaRM step did.

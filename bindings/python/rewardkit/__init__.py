@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ffi
 
-__all__ = ["Model", "Trainer", "RewardkitError", "vote", "version"]
+__all__ = ["Model", "Trainer", "RewardkitError", "vote", "vote_tokens", "version"]
 
 _lib = _ffi.load_library()
 
@@ -166,6 +166,22 @@ def vote(models, prompts, chosen, rejected):
     return mean, std
 
 
+def _token_pairs(chosen, rejected):
+    c, r = list(chosen), list(rejected)
+    if len(c) != len(r):
+        raise ValueError("%d chosen but %d rejected sequences" % (len(c), len(r)))
+    return _flat(c) + _flat(r) + (len(c),)
+
+
+def vote_tokens(models, chosen, rejected):
+    """As vote() on token-id sequences; every model reads the same ids."""
+    handles = (c_void_p * len(models))(*[m._h.value for m in models])
+    ci, co, ri, ro, n = _token_pairs(chosen, rejected)
+    mean, std = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    _check(_lib.rk_vote_tokens(handles, len(models), ci, co, ri, ro, n, mean.ctypes.data_as(POINTER(c_float)), std.ctypes.data_as(POINTER(c_float))))
+    return mean, std
+
+
 class Trainer(_Handle):
     """Updates a Model's weights in place: Bradley-Terry steps with the noise-aware options, and
     MetaRM steps. Keyword arguments are the fields of rk_trainer_params; `schedule`,
@@ -209,6 +225,14 @@ class Trainer(_Handle):
         _check(_lib.rk_trainer_step_texts(self._h, p, c, r, n, s, byref(st)))
         return _as_dict(st)
 
+    def step_tokens(self, chosen, rejected, strengths=None):
+        """One training step on token-id sequences (chosen[i] preferred over rejected[i])."""
+        ci, co, ri, ro, n = _token_pairs(chosen, rejected)
+        keep, s = self._strengths(strengths, n)
+        st = _sized(_ffi.StepStats)
+        _check(_lib.rk_trainer_step_tokens(self._h, ci, co, ri, ro, n, s, byref(st)))
+        return _as_dict(st)
+
     def meta_step(self, prompts, chosen, rejected, policy_prompts, policy_responses, strengths=None):
         """One MetaRM step: preference pairs plus policy samples (policy_responses[p] holds the
         k >= 2 responses to policy_prompts[p])."""
@@ -230,6 +254,12 @@ class Trainer(_Handle):
         r, _ = _strs(rejected, "rejected")
         st = _sized(_ffi.EvalStats)
         _check(_lib.rk_trainer_evaluate_texts(self._h, p, c, r, n, byref(st)))
+        return _as_dict(st)
+
+    def evaluate_tokens(self, chosen, rejected):
+        ci, co, ri, ro, n = _token_pairs(chosen, rejected)
+        st = _sized(_ffi.EvalStats)
+        _check(_lib.rk_trainer_evaluate_tokens(self._h, ci, co, ri, ro, n, byref(st)))
         return _as_dict(st)
 
     def save(self, directory):

@@ -87,3 +87,24 @@ def test_train_meta_vote_save(model_dir, tmp_path):
     with pytest.raises(rewardkit.RewardkitError) as e:
         rewardkit.Trainer(saved, flip=True).step(PROMPTS, CHOSEN, REJECTED)
     assert "strengths" in str(e.value)
+
+
+def test_token_id_training_evaluation_and_vote(model_dir):
+    a, b = rewardkit.Model(model_dir), rewardkit.Model(model_dir)
+    chosen = [a.tokenize(p, c) for p, c in zip(PROMPTS, CHOSEN)]
+    rejected = [a.tokenize(p, r) for p, r in zip(PROMPTS, REJECTED)]
+    mean_t, std_t = rewardkit.vote([a, b], PROMPTS, CHOSEN, REJECTED)
+    mean_i, std_i = rewardkit.vote_tokens([a, b], chosen, rejected)
+    np.testing.assert_allclose(mean_i, mean_t, atol=1e-6)
+    np.testing.assert_allclose(std_i, std_t, atol=1e-6)
+    with rewardkit.Trainer(a, lr=1e-3, schedule="constant") as t:
+        assert t.evaluate_tokens(chosen, rejected)["mean_margin"] == pytest.approx(t.evaluate(PROMPTS, CHOSEN, REJECTED)["mean_margin"], abs=1e-6)
+        losses = [t.step_tokens(chosen, rejected)["loss"] for _ in range(4)]
+        assert losses[-1] < losses[0]
+        # b did not train: the vote now sees disagreement.
+        assert (rewardkit.vote_tokens([a, b], chosen, rejected)[1] > 0).all()
+        with pytest.raises(ValueError):
+            t.step_tokens(chosen, rejected[:1])
+        with pytest.raises(rewardkit.RewardkitError) as e:
+            t.evaluate_tokens([[1, 10**6]], [[1, 2]])
+        assert e.value.status_name == "RK_ERR_OUT_OF_VOCAB"

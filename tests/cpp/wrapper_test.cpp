@@ -1,0 +1,110 @@
+// Checks the C++ wrapper (bindings/cpp/rewardkit.hpp) against itself: the token-id calls agree
+// with the text calls, a resumed trainer continues a saved run, mistakes are exceptions.
+// Usage: wrapper_test MODEL_DIR SCRATCH_DIR; prints "wrapper: all checks passed" and exits 0.
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "rewardkit.hpp"
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char *what) {
+    if (!ok) {
+        std::fprintf(stderr, "FAILED: %s\n", what);
+        failures++;
+    }
+}
+
+bool close(float a, float b, float tol) { return std::fabs(a - b) <= tol; }
+
+const std::vector<std::string> kPrompts = {"\n\nHuman: How do I boil an egg?\n\nAssistant:", "\n\nHuman: Say something kind.\n\nAssistant:"};
+const std::vector<std::string> kChosen = {" Put it in boiling water for nine minutes.", " You are doing great today."};
+const std::vector<std::string> kRejected = {" No.", " Go away."};
+
+std::vector<std::vector<uint32_t>> tokens(const rewardkit::Model &m, const std::vector<std::string> &responses) {
+    std::vector<std::vector<uint32_t>> out;
+    for (size_t i = 0; i < responses.size(); i++) out.push_back(m.tokenize(kPrompts[i], responses[i]));
+    return out;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        std::fprintf(stderr, "usage: %s MODEL_DIR SCRATCH_DIR\n", argv[0]);
+        return 2;
+    }
+    const std::string checkpoint = std::string(argv[2]) + "/wrapper-checkpoint";
+    try {
+        rewardkit::Model a(argv[1]), b(argv[1]);
+        const auto chosen = tokens(a, kChosen), rejected = tokens(a, kRejected);
+
+        // Token ids give the text calls' results.
+        const auto by_text = a.score(kPrompts, kChosen), by_ids = a.score_tokens(chosen);
+        for (size_t i = 0; i < by_text.size(); i++) expect(close(by_text[i], by_ids[i], 1e-5f), "score_tokens == score");
+        const auto vt = rewardkit::vote({&a, &b}, kPrompts, kChosen, kRejected);
+        const auto vi = rewardkit::vote_tokens({&a, &b}, chosen, rejected);
+        for (size_t i = 0; i < vt.first.size(); i++) {
+            expect(close(vt.first[i], vi.first[i], 1e-6f) && close(vt.second[i], vi.second[i], 1e-6f), "vote_tokens == vote");
+            expect(close(vt.first[i], by_text[i] - a.score(kPrompts, kRejected)[i], 1e-5f), "vote mean == reward difference");
+        }
+
+        rk_trainer_params tp = rk_trainer_default_params();
+        tp.lr = 1e-3;
+        tp.schedule = RK_SCHEDULE_CONSTANT;
+        rewardkit::Trainer trainer(a, tp);
+        const rk_eval_stats et = trainer.evaluate(kPrompts, kChosen, kRejected), ei = trainer.evaluate_tokens(chosen, rejected);
+        expect(et.pairs == 2 && std::fabs(et.mean_margin - ei.mean_margin) < 1e-6, "evaluate_tokens == evaluate");
+        double first_loss = 0, last_loss = 0;
+        for (int s = 0; s < 4; s++) {
+            const rk_step_stats st = s % 2 ? trainer.step(kPrompts, kChosen, kRejected) : trainer.step_tokens(chosen, rejected);
+            expect(st.applied && std::isfinite(st.loss), "a step applies");
+            (s == 0 ? first_loss : last_loss) = st.loss;
+        }
+        expect(last_loss < first_loss, "loss goes down over 4 steps");
+
+        // Save, take two more steps; a restarted trainer that resumes lands on the same weights.
+        trainer.save(checkpoint);
+        trainer.step_tokens(chosen, rejected);
+        trainer.step_tokens(chosen, rejected);
+        rewardkit::Model restarted(checkpoint);
+        rewardkit::Trainer continued(restarted, tp);
+        expect(continued.resume(checkpoint) == 4, "resume reports the saved step count");
+        continued.step_tokens(chosen, rejected);
+        continued.step_tokens(chosen, rejected);
+        const auto want = a.score_tokens(chosen), got = restarted.score_tokens(chosen);
+        for (size_t i = 0; i < want.size(); i++) expect(close(want[i], got[i], 1e-6f), "resumed run == uninterrupted run");
+
+        // Mistakes are exceptions carrying the status and the library's message.
+        try {
+            trainer.step_tokens({{1u, 4000000000u}}, {{1u, 2u}});
+            expect(false, "an out-of-vocabulary id throws");
+        } catch (const rewardkit::Error &e) {
+            expect(e.status() == RK_ERR_OUT_OF_VOCAB, "out-of-vocabulary status");
+        }
+        try {
+            rewardkit::vote_tokens({&a}, chosen, {rejected[0]});
+            expect(false, "mismatched pair counts throw");
+        } catch (const rewardkit::Error &e) {
+            expect(e.status() == RK_ERR_INVALID_ARGUMENT, "invalid-argument status");
+        }
+        try {
+            continued.resume(std::string(argv[2]) + "/no-such-checkpoint");
+            expect(false, "resuming from nothing throws");
+        } catch (const rewardkit::Error &e) {
+            expect(e.status() == RK_ERR_NOT_FOUND && std::string(e.what()).find("no-such-checkpoint") != std::string::npos, "not-found status names the path");
+        }
+    } catch (const rewardkit::Error &e) {
+        std::fprintf(stderr, "unexpected rewardkit error: %s\n", e.what());
+        return 1;
+    }
+    if (failures) return 1;
+    std::printf("wrapper: all checks passed\n");
+    return 0;
+}
