@@ -72,14 +72,14 @@ impl ContrastiveConfig {
         let ok_t = |t: f32| t.is_finite() && t > 0.0;
         match self.kind {
             ContrastiveKind::SimCse { temperature } if !ok_t(temperature) => return Err(Error::invalid("SimCSE temperature must be > 0")),
-            ContrastiveKind::Swav { prototypes, temperature, sinkhorn_iterations, epsilon } => {
-                if prototypes < 2 || !ok_t(temperature) || sinkhorn_iterations == 0 || !ok_t(epsilon) {
-                    return Err(Error::invalid("SwAV needs >= 2 prototypes, temperature > 0, >= 1 Sinkhorn iteration, epsilon > 0"));
-                }
+            ContrastiveKind::Swav { prototypes, temperature, sinkhorn_iterations, epsilon }
+                if prototypes < 2 || !ok_t(temperature) || sinkhorn_iterations == 0 || !ok_t(epsilon) =>
+            {
+                return Err(Error::invalid("SwAV needs >= 2 prototypes, temperature > 0, >= 1 Sinkhorn iteration, epsilon > 0"))
             }
             _ => {}
         }
-        if !(self.beta.is_finite() && self.beta >= 0.0) || !(0.0..1.0).contains(&self.dropout) {
+        if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..1.0).contains(&self.dropout)) {
             return Err(Error::invalid("contrastive beta must be >= 0 and dropout in [0, 1)"));
         }
         Ok(())
@@ -185,7 +185,7 @@ pub fn init_prototypes(k: usize, hidden: usize, seed: u64, device: &Device) -> R
 pub fn chosen_rejected_distance(chosen: &Tensor, rejected: &Tensor) -> Result<f64> {
     let (c, r) = (l2_normalize(&chosen.to_dtype(DType::F32)?)?, l2_normalize(&rejected.to_dtype(DType::F32)?)?);
     let cos = (c * r)?.sum(D::Minus1)?;
-    Ok((1.0 - cos.mean_all()?.to_scalar::<f32>()? as f64) as f64)
+    Ok(1.0 - cos.mean_all()?.to_scalar::<f32>()? as f64)
 }
 
 #[cfg(test)]
