@@ -5,7 +5,9 @@
 //!
 //! * noise: inject random label flips into the training split, train a seed ensemble, measure
 //!   how well the vote's mean strength finds the flips (AUROC), and compare held-out accuracy
-//!   of Baseline, Flip, Margin, Flip+Margin and Soft+Margin trained on the noisy split.
+//!   of Baseline, Flip, Margin, Flip+Margin and Soft+Margin trained on the noisy split
+//!   (--train-seeds training seeds per method and noise seed; the methods of one training
+//!   seed share the initial head and the data order, so their differences are paired).
 //! * meta: plain training vs MetaRM with a policy batch from a shifted distribution
 //!   (responses rewritten in other styles and lengths): J and reward spread on the shifted
 //!   samples, held-out accuracy, and the cost of a meta step.
@@ -43,6 +45,7 @@ struct Args {
     only: Vec<String>,
     seeds: u64,
     members: usize,
+    train_seeds: u64,
     epochs: usize,
     lr: f64,
     top_layers: usize,
@@ -66,6 +69,7 @@ fn parse_args() -> Args {
         only: get("--only").unwrap_or("noise,meta,contrastive".into()).split(',').map(str::to_string).collect(),
         seeds: num("--seeds", 3.0) as u64,
         members: num("--members", 5.0) as usize,
+        train_seeds: num("--train-seeds", 1.0) as u64,
         epochs: num("--epochs", 1.0) as usize,
         lr: num("--lr", 2e-4),
         top_layers: num("--top-layers", 1.0) as usize,
@@ -228,13 +232,19 @@ fn main() -> Result<()> {
             eprintln!("noise seed {s}: AUROC {auc:.4}; mean < 0 on {below} pairs, {caught} of them injected ({} injected); members' held-out accuracy {:.4}", injected.iter().filter(|&&f| f).count(), mean_sd(&member_acc).0);
             let mut accs = Vec::new();
             for (name, noise) in &methods {
-                let model = fresh(100 * s + 50)?;
-                let mut trainer = Trainer::new(model.clone(), TrainConfig { noise: *noise, ..config(100 * s + 50) })?;
-                timed_fit(&mut clock, &mut trainer, &noisy, &noise.treatments(nt, Some(&strength), None)?)?;
-                drop(trainer);
-                let (acc, margin, loss) = quick_eval(&model, &eval_set)?;
-                eprintln!("  noise seed {s} {name:<12} held-out accuracy {acc:.4}");
-                accs.push(json!({"method": name, "accuracy": acc, "mean_margin": margin, "loss": loss}));
+                let mut runs = Vec::new();
+                for t in 0..a.train_seeds {
+                    let seed = 100 * s + 50 + t;
+                    let model = fresh(seed)?;
+                    let mut trainer = Trainer::new(model.clone(), TrainConfig { noise: *noise, ..config(seed) })?;
+                    timed_fit(&mut clock, &mut trainer, &noisy, &noise.treatments(nt, Some(&strength), None)?)?;
+                    drop(trainer);
+                    let (acc, margin, loss) = quick_eval(&model, &eval_set)?;
+                    eprintln!("  noise seed {s} train seed {t} {name:<12} held-out accuracy {acc:.4}");
+                    runs.push(json!({"train_seed": t, "accuracy": acc, "mean_margin": margin, "loss": loss}));
+                }
+                let mean = runs.iter().map(|r| r["accuracy"].as_f64().unwrap()).sum::<f64>() / runs.len() as f64;
+                accs.push(json!({"method": name, "accuracy": mean, "runs": runs}));
             }
             let buckets = v.buckets(10);
             rows.push(json!({"seed": s, "auroc": auc, "below_zero": below, "injected_below_zero": caught, "member_accuracy": member_acc, "methods": accs,
@@ -242,14 +252,16 @@ fn main() -> Result<()> {
                 "mean_std": std.iter().map(|&x| x as f64).sum::<f64>() / std.len() as f64}));
         }
         let aucs: Vec<f64> = rows.iter().map(|r| r["auroc"].as_f64().unwrap()).collect();
-        summary += &format!("\n## Noisy labels ({} train pairs, {:.0}% flipped at random; {} held-out; {} members; {} seeds)\n\nvote AUROC at finding the injected flips: {}\n\n| method | held-out accuracy, mean ± sd (per seed) |\n|---|---|\n", nt, 100.0 * a.flip_rate, eval_ids.len(), a.members, a.seeds, fmt(&aucs));
+        summary += &format!("\n## Noisy labels ({} train pairs, {:.0}% flipped at random; {} held-out; {} members; {} noise seeds x {} training seeds)\n\nvote AUROC at finding the injected flips: {}\n\n| method | held-out accuracy, mean ± sd (all runs) | gain over Baseline, paired, mean ± sd |\n|---|---|---|\n", nt, 100.0 * a.flip_rate, eval_ids.len(), a.members, a.seeds, a.train_seeds, fmt(&aucs));
+        let runs = |k: usize| -> Vec<f64> { rows.iter().flat_map(|r| r["methods"][k]["runs"].as_array().unwrap().iter().map(|x| x["accuracy"].as_f64().unwrap()).collect::<Vec<_>>()).collect() };
         for (k, (name, _)) in methods.iter().enumerate() {
-            let accs: Vec<f64> = rows.iter().map(|r| r["methods"][k]["accuracy"].as_f64().unwrap()).collect();
-            summary += &format!("| {name} | {} |\n", fmt(&accs));
+            let gains: Vec<f64> = runs(k).iter().zip(runs(0)).map(|(x, b)| x - b).collect();
+            let (g, gsd) = mean_sd(&gains);
+            summary += &format!("| {name} | {} | {g:+.4} ± {gsd:.4} |\n", fmt(&runs(k)));
         }
         let members: Vec<f64> = rows.iter().flat_map(|r| r["member_accuracy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).collect();
         summary += &format!("| (ensemble members, noisy data, no noise handling) | {} |\n", fmt(&members).split(" (").next().unwrap());
-        std::fs::write(a.out_dir.join("noise.json"), serde_json::to_vec_pretty(&json!({"seeds": rows, "flip_rate": a.flip_rate, "lr": a.lr, "epochs": a.epochs, "margin_scale": a.margin_scale, "soft_alpha": a.soft_alpha})).unwrap())?;
+        std::fs::write(a.out_dir.join("noise.json"), serde_json::to_vec_pretty(&json!({"seeds": rows, "train_seeds": a.train_seeds, "flip_rate": a.flip_rate, "lr": a.lr, "epochs": a.epochs, "margin_scale": a.margin_scale, "soft_alpha": a.soft_alpha})).unwrap())?;
     }
 
     if a.only.iter().any(|s| s == "meta") {
