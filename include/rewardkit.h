@@ -689,6 +689,9 @@ rk_status rk_trainer_save(struct rk_trainer *trainer, const char *dir);
  * hyperparameters are this trainer's own. A checkpoint that does not fit leaves the trainer
  * unchanged. `out_steps` (may be NULL) receives the optimizer steps the saved run had taken.
  *
+ * Thread safety: serialised per trainer; the model's weights are not touched, so scoring
+ * continues unaffected.
+ *
  * # Safety
  * `dir` NUL-terminated; `out_steps` NULL or writable.
  */
