@@ -8,6 +8,8 @@
 #   bash .gpu-dist/run-on-gpu.sh bash scripts/gpu_check.sh   # on the GPU machine, repo root
 #
 # Prints a summary table; logs and JSON go to $OUT (or /tmp/rk-gpu). About 5-8 minutes.
+# SKIP_BENCH=1: device tests only. SKIP_SCORE=1: skip the scoring benchmark. DEBUG_TRAIN=1:
+# after the device tests, localise the bf16 training fault instead of benchmarking (~5 min).
 set -u
 B=${GPU_DIST:?run through .gpu-dist/run-on-gpu.sh}
 OUT=${OUT:-/tmp/rk-gpu}
@@ -36,6 +38,23 @@ peak_during() {  # peak nvidia-smi memory.used (MiB) while "$@" runs
   echo "peak_mib $(sort -n "$log.mem" | tail -1)" >> "$log"
   return $rc
 }
+
+if [ "${DEBUG_TRAIN:-0}" = 1 ]; then
+  # Localises the bf16 training fault seen at 1.2B (CUBLAS_STATUS_EXECUTION_FAILED at 4 pairs x
+  # 256 tokens, CUDA_ERROR_ILLEGAL_ADDRESS at 2 pairs). Blocking launches make the failing
+  # kernel report at its own launch, and the backtrace names the op. Growing shapes and
+  # trainable sets separate a size threshold from one op's backward (the embedding gradient,
+  # 128,256 x 2048, only exists with --trainable all).
+  echo "== debug: bf16 training steps, blocking launches"
+  for spec in "head 2 128" "top:2 2 128" "all 2 128" "top:2 4 256" "all 4 256" "all 8 256"; do
+    set -- $spec
+    echo "-- trainable $1, $2 pairs, max length $3"
+    CUDA_LAUNCH_BLOCKING=1 RUST_BACKTRACE=1 timeout 90 "$B/rewardkit" bench-train --model /tmp/rm1b --input $DATA --limit 16 \
+      --batch-pairs "$2" --max-length "$3" --steps 2 --trainable "$1" --device cuda --dtype bf16 > "$OUT/debug-train-$1-$2-$3.log" 2>&1
+    echo "   exit $?; $(grep -E 'tokens/s|rror' "$OUT/debug-train-$1-$2-$3.log" | head -3 | tr '\n' ' ')"
+  done
+  exit 0
+fi
 
 if [ "${SKIP_SCORE:-0}" != 1 ]; then
 echo "== scoring: rewardkit (cuda, bf16)"
