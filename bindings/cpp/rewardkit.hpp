@@ -222,6 +222,25 @@ public:
         return st;
     }
 
+    /// One MetaRM step on token ids: policy[p] holds the k >= 2 id sequences (prompt and
+    /// response together) the policy produced for prompt p.
+    rk_meta_step_stats meta_step_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected,
+                                        const std::vector<std::vector<std::vector<uint32_t>>> &policy, const std::vector<float> &strengths = {}) {
+        check_token_sizes(chosen, rejected, strengths);
+        std::vector<std::vector<uint32_t>> seqs;
+        std::vector<size_t> groups{0};
+        for (const auto &g : policy) {
+            seqs.insert(seqs.end(), g.begin(), g.end());
+            groups.push_back(seqs.size());
+        }
+        auto c = detail::flatten(chosen), r = detail::flatten(rejected), p = detail::flatten(seqs);
+        auto st = detail::sized<rk_meta_step_stats>();
+        detail::check(rk_trainer_meta_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
+                                                  strengths.empty() ? nullptr : strengths.data(), p.first.data(), p.second.data(), groups.data(),
+                                                  policy.size(), &st));
+        return st;
+    }
+
     rk_eval_stats evaluate(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected) {
         check_sizes(prompts, chosen, rejected, {});
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);

@@ -81,6 +81,24 @@ int main(int argc, char **argv) {
         const auto want = a.score_tokens(chosen), got = restarted.score_tokens(chosen);
         for (size_t i = 0; i < want.size(); i++) expect(close(want[i], got[i], 1e-6f), "resumed run == uninterrupted run");
 
+        // A MetaRM step on token ids equals the same step on texts.
+        {
+            rewardkit::Model c(argv[1]), d(argv[1]);
+            rk_trainer_params mp = tp;
+            mp.meta_lr = 0.05;
+            rewardkit::Trainer tc(c, mp), td(d, mp);
+            const std::string hi = "\n\nHuman: Hi\n\nAssistant:";
+            const std::vector<std::string> replies = {" Hello!", " Go away.", " Hi there, how can I help?"};
+            std::vector<std::vector<uint32_t>> group;
+            for (const auto &r : replies) group.push_back(c.tokenize(hi, r));
+            const rk_meta_step_stats by_text = tc.meta_step(kPrompts, kChosen, kRejected, {{hi}, {replies}});
+            const rk_meta_step_stats by_ids = td.meta_step_tokens(chosen, rejected, {group});
+            expect(by_ids.j_after > by_ids.j_before && by_ids.applied, "meta_step_tokens ascends J and applies");
+            expect(std::fabs(by_ids.loss - by_text.loss) < 1e-6, "meta_step_tokens == meta_step");
+            const auto sc = c.score_tokens(chosen), sd = d.score_tokens(chosen);
+            for (size_t i = 0; i < sc.size(); i++) expect(close(sc[i], sd[i], 1e-6f), "same weights after either meta step");
+        }
+
         // Mistakes are exceptions carrying the status and the library's message.
         try {
             trainer.step_tokens({{1u, 4000000000u}}, {{1u, 2u}});

@@ -248,6 +248,18 @@ class Trainer(_Handle):
         _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, pp, m, pr, offsets.ctypes.data_as(POINTER(c_size_t)), byref(st)))
         return _as_dict(st)
 
+    def meta_step_tokens(self, chosen, rejected, policy, strengths=None):
+        """One MetaRM step on token ids: policy[p] holds the k >= 2 id sequences (prompt and
+        response together) the policy produced for prompt p."""
+        ci, co, ri, ro, n = _token_pairs(chosen, rejected)
+        groups = [list(g) for g in policy]
+        pi, po = _flat([seq for g in groups for seq in g])
+        go = (c_size_t * (len(groups) + 1))(*np.cumsum([0] + [len(g) for g in groups]).tolist())
+        keep, s = self._strengths(strengths, n)
+        st = _sized(_ffi.MetaStepStats)
+        _check(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, pi, po, go, len(groups), byref(st)))
+        return _as_dict(st)
+
     def evaluate(self, prompts, chosen, rejected):
         p, n = _strs(prompts, "prompts")
         c, _ = _strs(chosen, "chosen")

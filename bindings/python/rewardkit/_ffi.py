@@ -154,6 +154,7 @@ _SIGNATURES = {
     "rk_trainer_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(StepStats)]),
     "rk_trainer_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(StepStats)]),
     "rk_trainer_meta_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(MetaStepStats)]),
+    "rk_trainer_meta_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_uint32), POINTER(c_size_t), POINTER(c_size_t), c_size_t, POINTER(MetaStepStats)]),
     "rk_trainer_evaluate_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(EvalStats)]),
     "rk_trainer_evaluate_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(EvalStats)]),
     "rk_trainer_save": (c_int32, [c_void_p, c_char_p]),

@@ -108,3 +108,21 @@ def test_token_id_training_evaluation_and_vote(model_dir):
         with pytest.raises(rewardkit.RewardkitError) as e:
             t.evaluate_tokens([[1, 10**6]], [[1, 2]])
         assert e.value.status_name == "RK_ERR_OUT_OF_VOCAB"
+
+
+def test_meta_step_on_token_ids_equals_the_text_step(model_dir):
+    policy_prompts = ["\n\nHuman: Hi\n\nAssistant:"]
+    policy_responses = [[" Hello!", " Go away.", " Hi there, how can I help?"]]
+    a, b = rewardkit.Model(model_dir), rewardkit.Model(model_dir)
+    chosen = [a.tokenize(p, c) for p, c in zip(PROMPTS, CHOSEN)]
+    rejected = [a.tokenize(p, r) for p, r in zip(PROMPTS, REJECTED)]
+    policy = [[a.tokenize(policy_prompts[0], r) for r in policy_responses[0]]]
+    settings = dict(lr=1e-3, schedule="constant", meta_lr=0.05)
+    with rewardkit.Trainer(a, **settings) as ta, rewardkit.Trainer(b, **settings) as tb:
+        by_text = ta.meta_step(PROMPTS, CHOSEN, REJECTED, policy_prompts, policy_responses)
+        by_ids = tb.meta_step_tokens(chosen, rejected, policy)
+        assert by_ids["j_after"] > by_ids["j_before"] and by_ids["applied"]
+        assert by_ids["loss"] == pytest.approx(by_text["loss"], abs=1e-6)
+        np.testing.assert_allclose(b.score(PROMPTS, CHOSEN), a.score(PROMPTS, CHOSEN), atol=1e-6)
+        with pytest.raises(rewardkit.RewardkitError):
+            tb.meta_step_tokens(chosen, rejected, [[policy[0][0]]])  # k = 1 cannot spread
