@@ -184,9 +184,7 @@ impl SharedModel {
             return Err(Error::invalid("nothing to score: zero sequences"));
         }
         let model = self.read()?;
-        for (i, s) in seqs.iter().enumerate() {
-            model.validate_ids(s).map_err(|e| e.context(format!("sequence {i}")))?;
-        }
+        model.validate_sequences(seqs.iter().copied(), "sequence")?;
         self.install(|| score_sequences(&model, seqs, &self.batch))
     }
 

@@ -168,9 +168,7 @@ impl HiddenCache {
         if first > n_layers {
             return Err(Error::invalid(format!("layer {first} > {n_layers}")));
         }
-        for (i, s) in seqs.iter().enumerate() {
-            model.validate_ids(s).map_err(|e| e.context(format!("sequence {i}")))?;
-        }
+        model.validate_sequences(seqs.iter().copied(), "sequence")?;
         let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let mut hidden: Vec<Option<Tensor>> = vec![None; seqs.len()];
         let mut pool = vec![0usize; seqs.len()];

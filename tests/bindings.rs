@@ -8,18 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{repo, scratch, tiny_model};
-
-fn lib_dir() -> PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    [deps.clone(), deps.parent().unwrap().to_path_buf()].into_iter().find(|d| d.join("librewardkit.so").exists()).expect("librewardkit.so")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run the tests through scripts/test.sh, which installs cmake and pytest)"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{lib_dir, repo, run, scratch, tiny_model};
 
 #[test]
 fn exported_symbols_match_the_committed_list() {

@@ -3,27 +3,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::{repo, scratch, tiny_model};
-
-/// Where cargo put librewardkit.so for this test run: `cargo test` leaves it beside the test
-/// binaries in target/<profile>/deps; `cargo build` also copies it to target/<profile>.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap().to_path_buf();
-    [deps.clone(), deps.parent().unwrap().to_path_buf()]
-        .into_iter()
-        .find(|d| d.join("librewardkit.so").exists() || d.join("librewardkit.dylib").exists())
-        .unwrap_or_else(|| panic!("no librewardkit shared library in {} or its parent", deps.display()))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{lib_dir, repo, run, scratch, tiny_model};
 
 #[test]
 fn committed_header_matches_the_code() {

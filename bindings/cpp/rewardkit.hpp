@@ -46,12 +46,14 @@ inline std::vector<const char *> c_strs(const std::vector<std::string> &v) {
     return out;
 }
 
-/// Flat ids and n + 1 offsets for a list of token sequences.
-inline std::pair<std::vector<uint32_t>, std::vector<size_t>> flatten(const std::vector<std::vector<uint32_t>> &seqs) {
-    std::pair<std::vector<uint32_t>, std::vector<size_t>> out;
+/// The items of a list of lists laid out flat, with n + 1 offsets: list i is
+/// items[offsets[i] .. offsets[i+1]]. The C ABI's layout for token sequences and for policy
+/// response groups.
+template <typename T> std::pair<std::vector<T>, std::vector<size_t>> flatten(const std::vector<std::vector<T>> &lists) {
+    std::pair<std::vector<T>, std::vector<size_t>> out;
     out.second.push_back(0);
-    for (const auto &s : seqs) {
-        out.first.insert(out.first.end(), s.begin(), s.end());
+    for (const auto &l : lists) {
+        out.first.insert(out.first.end(), l.begin(), l.end());
         out.second.push_back(out.first.size());
     }
     return out;
@@ -125,15 +127,10 @@ public:
 
     /// MetaRM's difference loss J of this model on policy samples.
     double difference_loss(const PolicySamples &policy) const {
-        std::vector<std::string> flat;
-        std::vector<size_t> offsets{0};
-        for (const auto &g : policy.responses) {
-            flat.insert(flat.end(), g.begin(), g.end());
-            offsets.push_back(flat.size());
-        }
-        auto p = detail::c_strs(policy.prompts), r = detail::c_strs(flat);
+        auto flat = detail::flatten(policy.responses);
+        auto p = detail::c_strs(policy.prompts), r = detail::c_strs(flat.first);
         double j = NAN;
-        detail::check(rk_model_difference_loss_texts(handle_, p.data(), p.size(), r.data(), offsets.data(), &j));
+        detail::check(rk_model_difference_loss_texts(handle_, p.data(), p.size(), r.data(), flat.second.data(), &j));
         return j;
     }
 
@@ -208,17 +205,12 @@ public:
     rk_meta_step_stats meta_step(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected,
                                  const PolicySamples &policy, const std::vector<float> &strengths = {}) {
         check_sizes(prompts, chosen, rejected, strengths);
-        std::vector<std::string> flat;
-        std::vector<size_t> offsets{0};
-        for (const auto &g : policy.responses) {
-            flat.insert(flat.end(), g.begin(), g.end());
-            offsets.push_back(flat.size());
-        }
+        auto flat = detail::flatten(policy.responses);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
-        auto pp = detail::c_strs(policy.prompts), pr = detail::c_strs(flat);
+        auto pp = detail::c_strs(policy.prompts), pr = detail::c_strs(flat.first);
         auto st = detail::sized<rk_meta_step_stats>();
         detail::check(rk_trainer_meta_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), strengths.empty() ? nullptr : strengths.data(), pp.data(),
-                                                 pp.size(), pr.data(), offsets.data(), &st));
+                                                 pp.size(), pr.data(), flat.second.data(), &st));
         return st;
     }
 
@@ -227,17 +219,12 @@ public:
     rk_meta_step_stats meta_step_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected,
                                         const std::vector<std::vector<std::vector<uint32_t>>> &policy, const std::vector<float> &strengths = {}) {
         check_token_sizes(chosen, rejected, strengths);
-        std::vector<std::vector<uint32_t>> seqs;
-        std::vector<size_t> groups{0};
-        for (const auto &g : policy) {
-            seqs.insert(seqs.end(), g.begin(), g.end());
-            groups.push_back(seqs.size());
-        }
-        auto c = detail::flatten(chosen), r = detail::flatten(rejected), p = detail::flatten(seqs);
+        auto groups = detail::flatten(policy);  // sequences, and each prompt's range of them
+        auto c = detail::flatten(chosen), r = detail::flatten(rejected), p = detail::flatten(groups.first);
         auto st = detail::sized<rk_meta_step_stats>();
         detail::check(rk_trainer_meta_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
-                                                  strengths.empty() ? nullptr : strengths.data(), p.first.data(), p.second.data(), groups.data(),
-                                                  policy.size(), &st));
+                                                  strengths.empty() ? nullptr : strengths.data(), p.first.data(), p.second.data(),
+                                                  groups.second.data(), policy.size(), &st));
         return st;
     }
 

@@ -442,11 +442,8 @@ pub unsafe extern "C" fn rk_trainer_step_tokens(
 /// Every sequence of `pairs` checked against `model` (vocabulary, length).
 fn validate_pairs(model: &SharedModel, pairs: &[PairIds]) -> Result<(), Error> {
     let model = model.read()?;
-    for (i, p) in pairs.iter().enumerate() {
-        model.validate_ids(&p.chosen).map_err(|e| e.context(format!("chosen {i}")))?;
-        model.validate_ids(&p.rejected).map_err(|e| e.context(format!("rejected {i}")))?;
-    }
-    Ok(())
+    model.validate_sequences(pairs.iter().map(|p| p.chosen.as_slice()), "chosen")?;
+    model.validate_sequences(pairs.iter().map(|p| p.rejected.as_slice()), "rejected")
 }
 
 unsafe fn evaluate_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>, Error>, out_stats: *mut rk_eval_stats) -> Result<(), Error> {
@@ -680,10 +677,7 @@ unsafe fn meta_common(
     let pairs = make_pairs(&model)?;
     let policy = make_policy(&model)?;
     if let crate::train::SeqSource::Ids(seqs) = &policy.seqs {
-        let m = model.read()?;
-        for (i, s) in seqs.iter().enumerate() {
-            m.validate_ids(s).map_err(|e| e.context(format!("policy sequence {i}")))?;
-        }
+        model.read()?.validate_sequences(seqs.iter().map(Vec::as_slice), "policy sequence")?;
     }
     let (set, treatments) = checked_pairs(&trainer, pairs, strengths)?;
     let idx: Vec<usize> = (0..set.len()).collect();

@@ -291,6 +291,14 @@ impl RewardModel {
         Ok(())
     }
 
+    /// [`Self::validate_ids`] on every sequence; an error names the sequence as `{what} {i}`.
+    pub fn validate_sequences<'a>(&self, seqs: impl IntoIterator<Item = &'a [u32]>, what: &str) -> Result<()> {
+        for (i, s) in seqs.into_iter().enumerate() {
+            self.validate_ids(s).map_err(|e| e.context(format!("{what} {i}")))?;
+        }
+        Ok(())
+    }
+
     /// Writes the model as a Hugging Face `*ForSequenceClassification` checkpoint.
     pub fn save(&self, dir: &Path, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
         let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();

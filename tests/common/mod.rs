@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use rewardkit::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
@@ -58,4 +59,22 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (|diff| {} > {tol})", (g - w).abs());
     }
+}
+
+/// Where cargo put librewardkit.so for this test run: `cargo test` leaves it beside the test
+/// binaries in target/<profile>/deps; `cargo build` also copies it to target/<profile>.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().to_path_buf();
+    [deps.clone(), deps.parent().unwrap().to_path_buf()]
+        .into_iter()
+        .find(|d| d.join("librewardkit.so").exists() || d.join("librewardkit.dylib").exists())
+        .unwrap_or_else(|| panic!("no librewardkit shared library in {} or its parent", deps.display()))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run the tests through scripts/test.sh, which installs cmake and pytest)"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -44,6 +44,13 @@ def _strs(items, what):
     return arr, len(items)
 
 
+def _groups(groups):
+    """The items of a list of lists, flat, and the n + 1 offsets of each list (C layout)."""
+    groups = [list(g) for g in groups]
+    offsets = np.cumsum([0] + [len(g) for g in groups]).tolist()
+    return [x for g in groups for x in g], (c_size_t * len(offsets))(*offsets)
+
+
 def _flat(seqs):
     ids, offsets = [], [0]
     for s in seqs:
@@ -146,11 +153,10 @@ class Model(_Handle):
     def difference_loss(self, prompts, responses):
         """MetaRM's J on policy samples: prompts[p] with the k >= 2 strings in responses[p]."""
         p, n = _strs(prompts, "prompts")
-        flat = [r for group in responses for r in group]
-        offsets = np.cumsum([0] + [len(g) for g in responses]).astype(np.uintp)
+        flat, offsets = _groups(responses)
         r, _ = _strs(flat, "responses")
         j = c_double()
-        _check(_lib.rk_model_difference_loss_texts(self._h, p, n, r, offsets.ctypes.data_as(POINTER(c_size_t)), byref(j)))
+        _check(_lib.rk_model_difference_loss_texts(self._h, p, n, r, offsets, byref(j)))
         return j.value
 
 
@@ -240,24 +246,22 @@ class Trainer(_Handle):
         c, _ = _strs(chosen, "chosen")
         r, _ = _strs(rejected, "rejected")
         pp, m = _strs(policy_prompts, "policy_prompts")
-        flat = [x for g in policy_responses for x in g]
+        flat, offsets = _groups(policy_responses)
         pr, _ = _strs(flat, "policy_responses")
-        offsets = np.cumsum([0] + [len(g) for g in policy_responses]).astype(np.uintp)
         keep, s = self._strengths(strengths, n)
         st = _sized(_ffi.MetaStepStats)
-        _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, pp, m, pr, offsets.ctypes.data_as(POINTER(c_size_t)), byref(st)))
+        _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, pp, m, pr, offsets, byref(st)))
         return _as_dict(st)
 
     def meta_step_tokens(self, chosen, rejected, policy, strengths=None):
         """One MetaRM step on token ids: policy[p] holds the k >= 2 id sequences (prompt and
         response together) the policy produced for prompt p."""
         ci, co, ri, ro, n = _token_pairs(chosen, rejected)
-        groups = [list(g) for g in policy]
-        pi, po = _flat([seq for g in groups for seq in g])
-        go = (c_size_t * (len(groups) + 1))(*np.cumsum([0] + [len(g) for g in groups]).tolist())
+        seqs, group_offsets = _groups(policy)
+        pi, po = _flat(seqs)
         keep, s = self._strengths(strengths, n)
         st = _sized(_ffi.MetaStepStats)
-        _check(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, pi, po, go, len(groups), byref(st)))
+        _check(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, pi, po, group_offsets, len(group_offsets) - 1, byref(st)))
         return _as_dict(st)
 
     def evaluate(self, prompts, chosen, rejected):
