@@ -69,7 +69,11 @@ template <typename T> T sized() {
 /// Policy samples for MetaRM: per prompt, k >= 2 responses.
 struct PolicySamples {
     std::vector<std::string> prompts;
-    std::vector<std::vector<std::string>> responses;
+    std::vector<std::vector<std::string>> responses;  // one group per prompt
+
+    void check() const {
+        if (prompts.size() != responses.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "policy samples need one response group per prompt");
+    }
 };
 
 /// A loaded reward model. Movable, not copyable. Scoring is safe from many threads at once.
@@ -127,6 +131,7 @@ public:
 
     /// MetaRM's difference loss J of this model on policy samples.
     double difference_loss(const PolicySamples &policy) const {
+        policy.check();
         auto flat = detail::flatten(policy.responses);
         auto p = detail::c_strs(policy.prompts), r = detail::c_strs(flat.first);
         double j = NAN;
@@ -205,6 +210,7 @@ public:
     rk_meta_step_stats meta_step(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected,
                                  const PolicySamples &policy, const std::vector<float> &strengths = {}) {
         check_sizes(prompts, chosen, rejected, strengths);
+        policy.check();
         auto flat = detail::flatten(policy.responses);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto pp = detail::c_strs(policy.prompts), pr = detail::c_strs(flat.first);

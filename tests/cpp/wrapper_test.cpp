@@ -113,6 +113,12 @@ int main(int argc, char **argv) {
             expect(e.status() == RK_ERR_INVALID_ARGUMENT, "invalid-argument status");
         }
         try {
+            a.difference_loss({{"one prompt", "another prompt"}, {{" a", " b"}}});
+            expect(false, "more prompts than response groups throws");
+        } catch (const rewardkit::Error &e) {
+            expect(e.status() == RK_ERR_INVALID_ARGUMENT, "policy shape status");
+        }
+        try {
             continued.resume(std::string(argv[2]) + "/no-such-checkpoint");
             expect(false, "resuming from nothing throws");
         } catch (const rewardkit::Error &e) {

@@ -154,6 +154,8 @@ class Model(_Handle):
         """MetaRM's J on policy samples: prompts[p] with the k >= 2 strings in responses[p]."""
         p, n = _strs(prompts, "prompts")
         flat, offsets = _groups(responses)
+        if len(offsets) != n + 1:
+            raise ValueError("%d prompts but %d response groups" % (n, len(offsets) - 1))
         r, _ = _strs(flat, "responses")
         j = c_double()
         _check(_lib.rk_model_difference_loss_texts(self._h, p, n, r, offsets, byref(j)))
@@ -247,6 +249,8 @@ class Trainer(_Handle):
         r, _ = _strs(rejected, "rejected")
         pp, m = _strs(policy_prompts, "policy_prompts")
         flat, offsets = _groups(policy_responses)
+        if len(offsets) != m + 1:
+            raise ValueError("%d policy prompts but %d response groups" % (m, len(offsets) - 1))
         pr, _ = _strs(flat, "policy_responses")
         keep, s = self._strengths(strengths, n)
         st = _sized(_ffi.MetaStepStats)

@@ -126,3 +126,8 @@ def test_meta_step_on_token_ids_equals_the_text_step(model_dir):
         np.testing.assert_allclose(b.score(PROMPTS, CHOSEN), a.score(PROMPTS, CHOSEN), atol=1e-6)
         with pytest.raises(rewardkit.RewardkitError):
             tb.meta_step_tokens(chosen, rejected, [[policy[0][0]]])  # k = 1 cannot spread
+        # One response group per prompt, or the library would read past the offsets.
+        with pytest.raises(ValueError):
+            ta.meta_step(PROMPTS, CHOSEN, REJECTED, policy_prompts * 2, policy_responses)
+        with pytest.raises(ValueError):
+            a.difference_loss(policy_prompts * 2, policy_responses)
