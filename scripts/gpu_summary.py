@@ -38,9 +38,9 @@ for kind, mult in (("score", 1), ("train", 3)):
     flops_per_token = mult * (2 * n_nonembed + 4 * L * h * 256)  # attention at ~256 tokens context
     frac = lambda tps: 100 * tps * flops_per_token / PEAK
     rows.append(f"| {kind} | {rk['tokens_per_s']:.0f} | {pt['tokens_per_s']:.0f} | {rk['tokens_per_s'] / pt['tokens_per_s']:.2f}x | "
-                f"{peak_mib(f'{out}/rk-{kind}.log'):.0f} MiB (nvidia-smi) | {pt.get('peak_bytes', 0) / 2**20:.0f} MiB (torch allocator) | "
+                f"{peak_mib(f'{out}/rk-{kind}.log'):.0f} MiB | {peak_mib(f'{out}/pt-{kind}.log'):.0f} MiB ({pt.get('peak_bytes', 0) / 2**20:.0f} MiB in torch's allocator) | "
                 f"{frac(rk['tokens_per_s']):.1f}% / {frac(pt['tokens_per_s']):.1f}% |")
 print(f"\n{device}; model: {L} layers, hidden {h}, {n_nonembed / 1e9:.2f}B non-embedding parameters, bf16; bf16 dense peak assumed {PEAK / 1e12:.0f} TFLOP/s\n")
-print("| job | rewardkit tokens/s | transformers tokens/s | ratio | rewardkit peak memory | transformers peak memory | % of bf16 peak (rk / pt) |")
+print("| job | rewardkit tokens/s | transformers tokens/s | ratio | rewardkit peak memory (nvidia-smi) | transformers peak memory (nvidia-smi) | % of bf16 peak (rk / pt) |")
 print("|---|---|---|---|---|---|---|")
 print("\n".join(rows))

@@ -23,6 +23,7 @@ pub mod meta;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod profile;
 pub mod rng;
 pub mod score;
 pub mod shared;

@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::model::{Pass, RewardModel};
+use crate::profile;
 
 /// How sequences are grouped into forward passes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +45,10 @@ pub fn score_sequences(model: &RewardModel, seqs: &[&[u32]], opts: &BatchOptions
     let mut out = vec![0f32; seqs.len()];
     for batch in plan_batches(&lengths, opts) {
         let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
-        let rewards = model.rewards(&model.make_batch(&rows)?, Pass::Inference)?.to_vec1::<f32>()?;
+        let device = model.device();
+        let ids = profile::phase("batch upload", device, || model.make_batch(&rows))?;
+        let rewards = model.rewards(&ids, Pass::Inference)?;
+        let rewards = profile::phase("readback", device, || Ok(rewards.to_vec1::<f32>()?))?;
         for (&i, r) in batch.iter().zip(rewards) {
             out[i] = r;
         }

@@ -564,17 +564,20 @@ impl Trainer {
     /// d(objective)/d(trained parameters of `model`), float32, aligned with the optimizer; a
     /// parameter the objective does not reach gets zeros.
     pub(crate) fn grads_of(&self, model: &RewardModel, objective: &Tensor) -> Result<Vec<Tensor>> {
-        let grads = objective.backward()?;
-        self.optimizer
-            .names()
-            .map(|name| {
-                let p = model.params().get(name)?;
-                Ok(match grads.get(p) {
-                    Some(g) => g.to_dtype(DType::F32)?,
-                    None => Tensor::zeros(p.shape(), DType::F32, p.device())?,
+        let device = objective.device();
+        let grads = crate::profile::phase("backward", device, || Ok(objective.backward()?))?;
+        crate::profile::phase("gradients to f32", device, || {
+            self.optimizer
+                .names()
+                .map(|name| {
+                    let p = model.params().get(name)?;
+                    Ok(match grads.get(p) {
+                        Some(g) => g.to_dtype(DType::F32)?,
+                        None => Tensor::zeros(p.shape(), DType::F32, p.device())?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Adds one micro-batch's gradients to the accumulation buffer.
@@ -620,7 +623,8 @@ impl Trainer {
         let grads: Vec<Tensor> = self.accum.iter_mut().map(|g| g.take().expect("accumulated")).collect();
         self.accum_count = 0;
         let (optimizer, max_norm) = (&mut self.optimizer, self.cfg.max_grad_norm);
-        let (norm, new_values) = self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
+        let device = grads.first().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let (norm, new_values) = crate::profile::phase("optimizer (clip, AdamW)", &device, || self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
             let norm = global_norm(&grads)?;
             if !norm.is_finite() {
                 return Err(Error::new(ErrorKind::Internal, format!("gradient norm is {norm}; weights left unchanged")));
@@ -631,7 +635,7 @@ impl Trainer {
             };
             let grads = if scale < 1.0 { grads.iter().map(|g| Ok((g * scale)?)).collect::<Result<Vec<_>>>()? } else { grads };
             Ok((norm, optimizer.prepare(&grads, lr)?))
-        })?;
+        }))?;
         let _exclusive = self.model.write()?;
         self.optimizer.commit(&new_values)?;
         Ok(norm)

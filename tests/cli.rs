@@ -88,3 +88,22 @@ fn train_vote_eval_and_meta_train_run_end_to_end() {
     let meta = ok(&[&["meta-train"], &base[..], &["--policy", policy.to_str().unwrap(), "--rounds", "2", "--steps-per-round", "2", "--trainable", "top:1", "--meta-lr", "0.1"]].concat());
     assert_eq!(meta.lines().count(), 3, "{meta}");
 }
+
+#[test]
+fn benchmarks_print_where_the_time_went() {
+    let model = tiny_model().to_str().unwrap().to_string();
+    let data = hh_data().to_str().unwrap().to_string();
+    let score = rewardkit().args(["bench", "--threads", "1", "--limit", "8", "--repeats", "1", "--profile", "--model", &model, "--input", &data]).output().unwrap();
+    let train = rewardkit().args(["bench-train", "--threads", "1", "--limit", "8", "--batch-pairs", "2", "--steps", "2", "--max-length", "64", "--profile", "--model", &model, "--input", &data]).output().unwrap();
+    for (out, phases) in [(score, vec!["embed", "attention core", "mlp gate/up projections", "qkv projections"]), (train, vec!["backward", "optimizer (clip, AdamW)", "attention core"])] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("| phase |")).collect();
+        for phase in phases {
+            let row = table.iter().find(|l| l.starts_with(&format!("| {phase} |"))).unwrap_or_else(|| panic!("no `{phase}` row in\n{text}"));
+            let seconds: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+            assert!(seconds > 0.0, "{row}");
+        }
+        assert!(table.last().unwrap().starts_with("| total |"), "{text}");
+    }
+}

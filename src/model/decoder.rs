@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor, D};
 use super::config::{ModelConfig, RopeScaling};
 use super::params::ParamStore;
 use crate::error::Result;
+use crate::profile;
 
 /// Which ops the forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -353,44 +354,52 @@ impl Attention<'_> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         let scale = (d as f64).powf(-0.5);
+        let dev = x.device();
         // (b, t, heads*d) -> (b, t, heads, d): a view.
-        let q = w.q.forward(x)?.reshape((b, t, nh, d))?;
-        let k = w.k.forward(x)?.reshape((b, t, nkv, d))?;
-        let v = w.v.forward(x)?.reshape((b, t, nkv, d))?;
+        let (q, k, v) = profile::phase("qkv projections", dev, || {
+            Ok((w.q.forward(x)?.reshape((b, t, nh, d))?, w.k.forward(x)?.reshape((b, t, nkv, d))?, w.v.forward(x)?.reshape((b, t, nkv, d))?))
+        })?;
         let y = match &self.mask {
             None => {
                 // CPU: the fused kernel; in training its backward pass gives q, k, v gradients.
-                let (q, k) = (self.rope.apply_thd(&q, pass)?, self.rope.apply_thd(&k, pass)?);
+                let (q, k) = profile::phase("rope", dev, || Ok((self.rope.apply_thd(&q, pass)?, self.rope.apply_thd(&k, pass)?)))?;
                 let train = matches!(pass, Pass::Train { .. });
-                super::fused::causal_attention_cpu(&q, &k, &v.contiguous()?, scale, self.cfg.sliding_window, train)?
+                profile::phase("attention core", dev, || super::fused::causal_attention_cpu(&q, &k, &v.contiguous()?, scale, self.cfg.sliding_window, train))?
             }
             Some(mask) => {
                 // (b, t, heads, d) -> (b, heads, t, d)
-                let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?.contiguous()?);
-                let q = self.rope.apply(&q, pass)?.contiguous()?;
-                let k = self.rope.apply(&k, pass)?.contiguous()?;
-                // Grouped-query attention without copying k/v: query head j uses kv head
-                // j / rep, so the rep query heads of one kv head stack into a (rep*t, d) matrix.
-                let rep = nh / nkv;
-                let q = q.reshape((b, nkv, rep * t, d))?;
-                let scores = (q.matmul(&k.transpose(2, 3)?)? * scale)?; // (b, nkv, rep*t, t)
-                let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
-                let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?.reshape((b, nkv, rep * t, t))?;
-                probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)? // (b, t, nh, d)
+                let (q, k) = profile::phase("rope", dev, || {
+                    let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
+                    Ok((self.rope.apply(&q, pass)?.contiguous()?, self.rope.apply(&k, pass)?.contiguous()?))
+                })?;
+                profile::phase("attention core", dev, || {
+                    let v = v.transpose(1, 2)?.contiguous()?;
+                    // Grouped-query attention without copying k/v: query head j uses kv head
+                    // j / rep, so the rep query heads of one kv head stack into a (rep*t, d) matrix.
+                    let rep = nh / nkv;
+                    let q = q.reshape((b, nkv, rep * t, d))?;
+                    let scores = (q.matmul(&k.transpose(2, 3)?)? * scale)?; // (b, nkv, rep*t, t)
+                    let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
+                    let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?.reshape((b, nkv, rep * t, t))?;
+                    Ok(probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?) // (b, t, nh, d)
+                })?
             }
         };
-        w.o.forward(&y.reshape((b, t, nh * d))?)
+        profile::phase("o projection", dev, || w.o.forward(&y.reshape((b, t, nh * d))?))
     }
 }
 
 fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
-    let (gate, up) = (w.gate.forward(x)?, w.up.forward(x)?);
-    let hidden = if pass == Pass::Inference && x.device().is_cpu() {
-        super::fused::silu_mul_cpu(&gate, &up)?
-    } else {
-        (gate.silu()? * up)?
-    };
-    w.down.forward(&hidden)
+    let dev = x.device();
+    let (gate, up) = profile::phase("mlp gate/up projections", dev, || Ok((w.gate.forward(x)?, w.up.forward(x)?)))?;
+    let hidden = profile::phase("mlp activation", dev, || {
+        if pass == Pass::Inference && dev.is_cpu() {
+            super::fused::silu_mul_cpu(&gate, &up)
+        } else {
+            Ok((gate.silu()? * up)?)
+        }
+    })?;
+    profile::phase("mlp down projection", dev, || w.down.forward(&hidden))
 }
 
 /// One right-padded batch of token ids and, per row, the position the reward is read at.
@@ -404,7 +413,7 @@ pub struct Batch {
 /// Token embeddings: (b, t) ids -> (b, t, h).
 pub fn embed(cfg: &ModelConfig, w: &DecoderWeights, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
-    Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?)
+    profile::phase("embed", ids.device(), || Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?))
 }
 
 /// Runs the full layers `range` over hidden states x: (b, t, h) -> (b, t, h).
@@ -417,12 +426,15 @@ pub fn run_layers(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, mut x: Ten
     let fused = x.device().is_cpu();
     let mask = if fused { None } else { Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?) };
     let attention = Attention { cfg, rope, mask };
+    let dev = x.device().clone();
+    let norm = |x: &Tensor, weight: &Tensor| profile::phase("rms norms", &dev, || rms_norm(x, weight, cfg.rms_norm_eps, pass));
+    let residual = |x: Tensor, y: &Tensor, stream: u64| profile::phase("residual adds", &dev, || Ok((x + dropout(y, pass, stream)?)?));
     for l in range {
         let layer = &w.layers[l];
-        let y = attention.forward(layer, &rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, pass)?, pass)?;
-        x = (x + dropout(&y, pass, 2 * l as u64)?)?;
-        let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
-        x = (x + dropout(&y, pass, 2 * l as u64 + 1)?)?;
+        let y = attention.forward(layer, &norm(&x, &layer.input_norm)?, pass)?;
+        x = residual(x, &y, 2 * l as u64)?;
+        let y = mlp(layer, &norm(&x, &layer.post_norm)?, pass)?;
+        x = residual(x, &y, 2 * l as u64 + 1)?;
     }
     Ok(x)
 }
@@ -473,12 +485,11 @@ pub fn pooled_features_from(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, 
     let n = w.layers.len();
     let pooled = if first < n {
         let x = run_layers(cfg, w, rope, x, first..n - 1, pass)?;
-        last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass)?
+        profile::phase("last layer, pooled rows only", x.device(), || last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass))?
     } else {
         pooled_rows(&x, pool)?
     };
-    let features = rms_norm(&pooled, &w.final_norm, cfg.rms_norm_eps, pass)?;
-    dropout(&features, pass, u64::MAX)
+    profile::phase("final norm", pooled.device(), || dropout(&rms_norm(&pooled, &w.final_norm, cfg.rms_norm_eps, pass)?, pass, u64::MAX))
 }
 
 /// Backbone forward: final hidden states (after the final norm) at each row's pooled token.
@@ -495,5 +506,5 @@ pub fn final_hidden_states(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, b
 
 /// Per-head rewards: (b, h) features -> (b, heads) in float32.
 pub fn head_rewards(w: &DecoderWeights, features: &Tensor) -> Result<Tensor> {
-    Ok(features.matmul(&w.head.t()?)?.to_dtype(DType::F32)?)
+    profile::phase("reward head", features.device(), || Ok(features.matmul(&w.head.t()?)?.to_dtype(DType::F32)?))
 }

@@ -52,6 +52,11 @@ enum Command {
         /// Print the result as one JSON object as well as the table.
         #[arg(long)]
         json: bool,
+        /// After the timed passes, one more pass with the device synchronised around each
+        /// phase of the forward pass (embedding, projections, attention, MLP, ...), and a table
+        /// of where its time went.
+        #[arg(long)]
+        profile: bool,
     },
     /// Measure training throughput (pairs/s, tokens/s) of full training steps (forward,
     /// backward, AdamW) on preference pairs from a JSONL file.
@@ -77,6 +82,11 @@ enum Command {
         dump_ids: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// After the timed steps, the same steps again with the device synchronised around
+        /// each phase (forward phases, backward, gradient conversion, optimizer), and a table
+        /// of where their time went.
+        #[arg(long)]
+        profile: bool,
     },
     /// Print a model's configuration summary as JSON.
     Info {
@@ -274,10 +284,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score { model, input, output, limit } => score_cmd::score(&model, &input, output.as_deref(), limit),
-        Command::Bench { model, input, limit, repeats, dump_ids, json } => score_cmd::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json),
+        Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => score_cmd::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile),
         Command::Info { model } => score_cmd::info(&model),
-        Command::BenchTrain { model, input, limit, batch_pairs, steps, trainable, dump_ids, json } => {
-            train_cmd::bench_train(&model, &input, limit, batch_pairs, steps, &trainable, dump_ids.as_deref(), json)
+        Command::BenchTrain { model, input, limit, batch_pairs, steps, trainable, dump_ids, json, profile } => {
+            train_cmd::bench_train(&model, &input, limit, batch_pairs, steps, &trainable, dump_ids.as_deref(), json, profile)
         }
         Command::InitTiny { out, corpus, seed } => score_cmd::init_tiny(&out, &corpus, seed),
         Command::Train { model, data, train } => train_cmd::train(&model, &data, &train),

@@ -97,7 +97,7 @@ fn percentile(sorted: &[usize], q: f64) -> usize {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-pub fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids: Option<&Path>, as_json: bool) -> Result<()> {
+pub fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids: Option<&Path>, as_json: bool, profile: bool) -> Result<()> {
     let model = args.load()?;
     let info = model.info()?;
     let rows = load_rows(&model, input, Some(limit))?;
@@ -144,6 +144,26 @@ pub fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_
                    "median_seconds": median, "pairs_per_s": seqs.len() as f64 / median, "tokens_per_s": tokens as f64 / median})
         );
     }
+    if profile {
+        print_profile("pass", tokens, || model.score_ids(&seqs).map(drop))?;
+    }
+    Ok(())
+}
+
+/// Runs `job` (of `tokens` tokens) again with each phase timed, and prints where the time
+/// went. A separate run: the synchronisation around each phase would distort the timed ones.
+pub fn print_profile(what: &str, tokens: usize, job: impl FnOnce() -> Result<()>) -> Result<()> {
+    rewardkit::profile::reset();
+    rewardkit::profile::set_enabled(true);
+    let started = Instant::now();
+    let done = job();
+    let secs = started.elapsed().as_secs_f64();
+    rewardkit::profile::set_enabled(false);
+    done?;
+    println!();
+    println!("profiled {what}: {secs:.3} s ({:.0} tokens/s with a device synchronisation around each phase)", tokens as f64 / secs);
+    println!();
+    print!("{}", rewardkit::profile::report());
     Ok(())
 }
 

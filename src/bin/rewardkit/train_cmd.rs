@@ -599,7 +599,7 @@ pub fn meta_train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs, policy_
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: usize, steps: usize, trainable: &str, dump_ids: Option<&Path>, as_json: bool) -> Result<()> {
+pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: usize, steps: usize, trainable: &str, dump_ids: Option<&Path>, as_json: bool, profile: bool) -> Result<()> {
     let model = Arc::new(margs.load()?);
     let info = model.info()?;
     let mut pairs = read_pairs(input, &DataArgs { data: input.to_path_buf(), eval_data: None, eval_fraction: 0.0, split_seed: 0, limit: None, skip_bad_rows: true, label_field: None, strengths: None })?;
@@ -643,6 +643,14 @@ pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: u
     if as_json {
         println!("{}", json!({"engine": "rewardkit", "steps": steps, "batch_pairs": batch_pairs, "tokens": tokens, "seconds": total,
             "pairs_per_s": (steps * batch_pairs) as f64 / total, "tokens_per_s": tokens as f64 / total}));
+    }
+    if profile {
+        crate::score_cmd::print_profile("steps", tokens, || {
+            for b in &batches[1..] {
+                trainer.step(&set, b, &t)?;
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }
