@@ -699,8 +699,10 @@ rk_status rk_trainer_resume(struct rk_trainer *trainer, const char *dir, uint64_
 
 /**
  * Preference strength by ensemble vote: each of the `n_models` models scores the `n` pairs;
- * `out_mean[i]` and `out_std[i]` receive the mean and population std over models of
- * `r(prompt + chosen) - r(prompt + rejected)`.
+ * `out_mean[i]` and `out_std[i]` receive the mean and population std over members of
+ * `r(prompt + chosen) - r(prompt + rejected)`. Every head of every model is one member: a
+ * shared-backbone ensemble (a model whose reward head has M rows) votes with its M heads on
+ * its own (`n_models` = 1), and mixes with single-head models.
  *
  * Thread safety: as scoring, on each model.
  *

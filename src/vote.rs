@@ -1,5 +1,6 @@
-//! Preference strength by ensemble vote (the paper's section 2.2): M reward models score every
-//! pair; per pair the M reward differences, their mean and population standard deviation.
+//! Preference strength by ensemble vote (the paper's section 2.2): M reward models (or the M
+//! heads of a shared-backbone ensemble) score every pair; per pair the M reward differences,
+//! their mean and population standard deviation.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -166,21 +167,27 @@ pub fn ensemble_rewards(scores: &[Vec<f32>], mode: EnsembleReward) -> Result<Vec
         .collect())
 }
 
-/// Every member scores every pair of `set` (token ids, or hidden states from a frozen bottom
-/// that all members share).
-pub fn vote(members: &[&SharedModel], set: &PairSet, batch_pairs: usize) -> Result<Vote> {
-    if members.is_empty() {
+/// Every head of every model is one member: a single-head model is one, a shared-backbone
+/// ensemble (a head with M rows) is M, and the two mix. Each scores every pair of `set` (token
+/// ids, or hidden states from a frozen bottom that all models share).
+pub fn vote(models: &[&SharedModel], set: &PairSet, batch_pairs: usize) -> Result<Vote> {
+    if models.is_empty() {
         return Err(Error::invalid("a vote needs at least one model"));
     }
-    let (chosen, rejected) = members.iter().map(|m| set.score_all(m, batch_pairs)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+    for model in models {
+        let heads = heads_vote(model, set, batch_pairs)?;
+        chosen.extend(heads.chosen);
+        rejected.extend(heads.rejected);
+    }
     Vote::new(chosen, rejected)
 }
 
-/// The cheap ensemble: one model whose head has M rows; each head is a member.
-pub fn vote_heads(model: &SharedModel, set: &PairSet, batch_pairs: usize) -> Result<Vote> {
+/// The vote of one model's heads on every pair of `set` (one member for a single-head model).
+pub fn heads_vote(model: &SharedModel, set: &PairSet, batch_pairs: usize) -> Result<Vote> {
     let m = model.read()?;
     let heads = m.num_heads();
-    let (mut chosen, mut rejected) = (vec![Vec::new(); heads], vec![Vec::new(); heads]);
+    let (mut chosen, mut rejected) = (vec![Vec::with_capacity(set.len()); heads], vec![Vec::with_capacity(set.len()); heads]);
     model.install(|| -> Result<()> {
         for chunk in (0..set.len()).collect::<Vec<_>>().chunks(batch_pairs.max(1)) {
             let (c, r) = set.head_rewards(&m, chunk)?;

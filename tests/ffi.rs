@@ -297,6 +297,48 @@ fn vote_matches_scoring() {
 }
 
 #[test]
+fn a_multi_head_model_votes_with_each_head() {
+    // A shared-backbone ensemble: the tiny model with a fresh 3-row head, saved as a checkpoint.
+    let base = rewardkit::SharedModel::load(tiny_model(), &Default::default()).unwrap();
+    let dir = common::scratch("multi-head").join("model");
+    let tokenizer = base.tokenizer_json().unwrap().unwrap();
+    base.read().unwrap().fork_for_training(|_| false, 3, 7).unwrap().save(&dir, &[(rewardkit::model::checkpoint::TOKENIZER_FILE, tokenizer)]).unwrap();
+    let (multi, single) = (load(&dir), load(tiny_model()));
+    let p = [CString::new("Q: how are you?").unwrap(), CString::new("Hi").unwrap()];
+    let c = [CString::new(" fine, thanks").unwrap(), CString::new(" hello there").unwrap()];
+    let r = [CString::new(" no").unwrap(), CString::new(" go away").unwrap()];
+    let ptrs = |v: &[CString; 2]| [v[0].as_ptr(), v[1].as_ptr()];
+    let (pp, cp, rp) = (ptrs(&p), ptrs(&c), ptrs(&r));
+    let difference = |m: *mut rk_model| unsafe {
+        let (mut rc, mut rr) = ([0f32; 2], [0f32; 2]);
+        assert_eq!(rk_model_score_texts(m, pp.as_ptr(), cp.as_ptr(), 2, rc.as_mut_ptr()), rk_status::RK_OK);
+        assert_eq!(rk_model_score_texts(m, pp.as_ptr(), rp.as_ptr(), 2, rr.as_mut_ptr()), rk_status::RK_OK);
+        [rc[0] - rr[0], rc[1] - rr[1]]
+    };
+    let (d_multi, d_single) = (difference(multi), difference(single));
+    unsafe {
+        // Alone: three members, whose mean difference is the model's (its reward is the heads'
+        // mean), and whose fresh, differently seeded heads disagree.
+        let (mut mean, mut std) = ([0f32; 2], [0f32; 2]);
+        let one = [multi as *const rk_model];
+        assert_eq!(rk_vote_texts(one.as_ptr(), 1, pp.as_ptr(), cp.as_ptr(), rp.as_ptr(), 2, mean.as_mut_ptr(), std.as_mut_ptr()), rk_status::RK_OK, "{}", last_error());
+        for i in 0..2 {
+            assert!((mean[i] - d_multi[i]).abs() < 1e-5, "{mean:?} vs {d_multi:?}");
+            assert!(std[i] > 0.0, "three different heads: {std:?}");
+        }
+        // Mixed with a single-head model: four members.
+        let (mut mean4, mut std4) = ([0f32; 2], [0f32; 2]);
+        let both = [multi as *const rk_model, single as *const rk_model];
+        assert_eq!(rk_vote_texts(both.as_ptr(), 2, pp.as_ptr(), cp.as_ptr(), rp.as_ptr(), 2, mean4.as_mut_ptr(), std4.as_mut_ptr()), rk_status::RK_OK, "{}", last_error());
+        for i in 0..2 {
+            assert!((mean4[i] - (3.0 * d_multi[i] + d_single[i]) / 4.0).abs() < 1e-5, "{mean4:?}");
+        }
+        rk_model_free(multi);
+        rk_model_free(single);
+    }
+}
+
+#[test]
 fn scoring_during_training_sees_whole_updates() {
     // Scorers on 4 threads while 20 steps run: every score equals the score under some
     // complete set of weights (before or after a step), never a mix.

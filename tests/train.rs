@@ -223,7 +223,12 @@ fn ensemble_members_differ_and_vote() {
 
     // The cheap variant: one backbone, three heads.
     let multi = rewardkit::ensemble::train_multi_head(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_| {}).unwrap();
-    let heads = rewardkit::vote::vote_heads(&multi, &test, 8).unwrap();
+    let heads = rewardkit::vote::vote(&[&multi], &test, 8).unwrap();
     assert_eq!(heads.members(), 3);
     assert!(heads.strength().0.iter().all(|&m| m > 0.0));
+    // Heads and whole models mix: 3 heads + 2 models = 5 members, the heads' rows first.
+    let mixed = rewardkit::vote::vote(&[&multi, members[0].as_ref(), members[1].as_ref()], &test, 8).unwrap();
+    assert_eq!(mixed.members(), 5);
+    assert_eq!(mixed.chosen[..3], heads.chosen[..]);
+    assert_eq!(mixed.chosen[3..], vote.chosen[..2]);
 }

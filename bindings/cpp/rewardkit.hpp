@@ -143,7 +143,8 @@ private:
     rk_model *handle_ = nullptr;
 };
 
-/// Preference strength by ensemble vote: (mean, population std) of the reward differences.
+/// Preference strength by ensemble vote: (mean, population std) of the reward differences over
+/// the members, every head of every model (a shared-backbone ensemble votes with its heads).
 inline std::pair<std::vector<float>, std::vector<float>> vote(const std::vector<const Model *> &models, const std::vector<std::string> &prompts,
                                                               const std::vector<std::string> &chosen, const std::vector<std::string> &rejected) {
     std::vector<const rk_model *> handles;

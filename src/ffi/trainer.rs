@@ -566,9 +566,9 @@ unsafe fn vote_common(
     for (i, m) in handles.iter().enumerate() {
         let pairs = make(m)?;
         validate_pairs(m, &pairs).map_err(|e| e.context(format!("models[{i}]")))?;
-        let (c, r) = PairSet::from_ids(pairs).score_all(m, 16)?;
-        chosen_scores.push(c);
-        rejected_scores.push(r);
+        let heads = crate::vote::heads_vote(m, &PairSet::from_ids(pairs), 16)?;
+        chosen_scores.extend(heads.chosen);
+        rejected_scores.extend(heads.rejected);
     }
     let (mean, std) = crate::vote::Vote::new(chosen_scores, rejected_scores)?.strength();
     out_mean.copy_from_slice(&mean);
@@ -577,8 +577,10 @@ unsafe fn vote_common(
 }
 
 /// Preference strength by ensemble vote: each of the `n_models` models scores the `n` pairs;
-/// `out_mean[i]` and `out_std[i]` receive the mean and population std over models of
-/// `r(prompt + chosen) - r(prompt + rejected)`.
+/// `out_mean[i]` and `out_std[i]` receive the mean and population std over members of
+/// `r(prompt + chosen) - r(prompt + rejected)`. Every head of every model is one member: a
+/// shared-backbone ensemble (a model whose reward head has M rows) votes with its M heads on
+/// its own (`n_models` = 1), and mixes with single-head models.
 ///
 /// Thread safety: as scoring, on each model.
 ///

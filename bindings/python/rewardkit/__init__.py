@@ -164,7 +164,8 @@ class Model(_Handle):
 
 def vote(models, prompts, chosen, rejected):
     """Preference strength by ensemble vote: (mean, population std) arrays of the reward
-    differences r(prompt + chosen) - r(prompt + rejected) over `models`."""
+    differences r(prompt + chosen) - r(prompt + rejected) over the members: every head of every
+    model in `models` (a shared-backbone ensemble votes with its heads on its own)."""
     handles = (c_void_p * len(models))(*[m._h.value for m in models])
     p, n = _strs(prompts, "prompts")
     c, _ = _strs(chosen, "chosen")

@@ -446,7 +446,7 @@ pub fn ensemble(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs, members: 
             }
         })?;
         pb.finish_and_clear();
-        rewardkit::vote::vote_heads(&model, &set, 16)?
+        rewardkit::vote::vote(&[&model], &set, 16)?
     } else {
         let pb = bar((members * targs.epochs * train_pairs.len().div_ceil(targs.batch_pairs)) as u64, "members");
         let models = rewardkit::ensemble::train_ensemble(&base, &set, &treatments, &cfg, &targs.fit_options(Some(out.clone())), members, |_, e| {
@@ -469,15 +469,11 @@ pub fn vote(members: &[PathBuf], rt: &RuntimeArgs, data: &DataArgs, output: &Pat
         pairs.truncate(n);
     }
     let set = PairSet::from_ids(tokenize_pairs(&models[0], &pairs)?);
-    let vote = if models.len() == 1 {
-        if models[0].read()?.num_heads() < 2 {
-            return Err(Error::invalid("a vote needs several --member models, or one multi-head model"));
-        }
-        rewardkit::vote::vote_heads(&models[0], &set, 16)?
-    } else {
-        let refs: Vec<&SharedModel> = models.iter().collect();
-        rewardkit::vote::vote(&refs, &set, 16)?
-    };
+    let refs: Vec<&SharedModel> = models.iter().collect();
+    let vote = rewardkit::vote::vote(&refs, &set, 16)?;
+    if vote.members() < 2 {
+        return Err(Error::invalid("a vote needs two members or more: several --member models, or a multi-head model"));
+    }
     write_vote(&vote, &pairs, output, plot_dir, buckets, band)
 }
 
