@@ -136,11 +136,20 @@ struct AdamWStep {
     lr: f64,
     /// 1 - lr·weight_decay.
     decay: f64,
+    /// Multiplies the gradient (clipping).
+    grad_scale: f64,
 }
 
 impl AdamWStep {
     /// Any device, as tensor operations.
     fn with_tensor_ops(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let scaled;
+        let g = if self.grad_scale == 1.0 {
+            g
+        } else {
+            scaled = (g * self.grad_scale)?;
+            &scaled
+        };
         let m = ((m * self.b1)? + (g * (1.0 - self.b1))?)?;
         let v = ((v * self.b2)? + (g.sqr()? * (1.0 - self.b2))?)?;
         let update = ((&m / self.bias1)? / ((&v / self.bias2)?.sqrt()? + self.eps)?)?;
@@ -165,12 +174,12 @@ impl AdamWStep {
         let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         let (b1, b2) = (self.b1 as f32, self.b2 as f32);
         let (inv_bias1, inv_bias2) = ((1.0 / self.bias1) as f32, (1.0 / self.bias2) as f32);
-        let (eps, lr, decay) = (self.eps as f32, self.lr as f32, self.decay as f32);
+        let (eps, lr, decay, grad_scale) = (self.eps as f32, self.lr as f32, self.decay as f32, self.grad_scale as f32);
         const CHUNK: usize = 1 << 14;
         theta_out.par_chunks_mut(CHUNK).zip(m_out.par_chunks_mut(CHUNK)).zip(v_out.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((t_out, m_out), v_out))| {
             let at = c * CHUNK;
             for i in 0..t_out.len() {
-                let (gi, j) = (g[at + i], at + i);
+                let (gi, j) = (g[at + i] * grad_scale, at + i);
                 let m = b1 * m_in[j] + (1.0 - b1) * gi;
                 let v = b2 * v_in[j] + (1.0 - b2) * gi * gi;
                 t_out[i] = theta_in[j] * decay - lr * ((m * inv_bias1) / ((v * inv_bias2).sqrt() + eps));
@@ -218,11 +227,13 @@ impl AdamW {
         self.slots.iter().map(|s| &s.var)
     }
 
-    /// Computes the updated weights for `grads` (aligned with the parameters) at learning rate
-    /// `lr`, advancing the moment estimates. Returns the new weights in each variable's dtype;
-    /// [`Self::commit`] writes them. Split in two so that the caller can hold a write lock only
-    /// for the commit.
-    pub fn prepare(&mut self, grads: &[Tensor], lr: f64) -> Result<Vec<Tensor>> {
+    /// Computes the updated weights for `grads · grad_scale` (aligned with the parameters; the
+    /// scale is gradient clipping's) at learning rate `lr`, advancing the moment estimates.
+    /// Returns the new weights in each variable's dtype; [`Self::commit`] writes them. Split in
+    /// two so that the caller can hold a write lock only for the commit. Each gradient is
+    /// dropped once used, and the scale is applied inside the update, so the peak memory is one
+    /// set of gradients, not two.
+    pub fn prepare(&mut self, grads: Vec<Tensor>, lr: f64, grad_scale: f64) -> Result<Vec<Tensor>> {
         if grads.len() != self.slots.len() {
             return Err(Error::invalid(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
         }
@@ -230,7 +241,7 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bias1 = 1.0 - b1.powi(self.t as i32);
         let bias2 = 1.0 - b2.powi(self.t as i32);
-        let step = AdamWStep { b1, b2, bias1, bias2, eps: self.cfg.eps, lr, decay: 1.0 - lr * self.cfg.weight_decay };
+        let step = AdamWStep { b1, b2, bias1, bias2, eps: self.cfg.eps, lr, decay: 1.0 - lr * self.cfg.weight_decay, grad_scale };
         let mut out = Vec::with_capacity(grads.len());
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let g = g.to_dtype(DType::F32)?;
@@ -327,15 +338,29 @@ mod tests {
         let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
         let g = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
-        let new = opt.prepare(&[g], 0.1).unwrap();
+        let new = opt.prepare(vec![g], 0.1, 1.0).unwrap();
         opt.commit(&new).unwrap();
         let got = var.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((got - 0.8900002).abs() < 1e-6, "{got}");
     }
 
     #[test]
+    fn the_clipping_scale_multiplies_the_gradient() {
+        let run = |g: f32, scale: f64| {
+            let var = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
+            let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig { lr: 0.1, ..Default::default() }).unwrap();
+            let grad = Tensor::new(&[g, 3.0 * g], &Device::Cpu).unwrap();
+            let new = opt.prepare(vec![grad], 0.1, scale).unwrap();
+            opt.commit(&new).unwrap();
+            opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).chain([var.as_tensor().to_vec1::<f32>().unwrap()]).collect::<Vec<_>>()
+        };
+        assert_eq!(run(0.5, 0.25), run(0.125, 1.0));
+        assert_ne!(run(0.5, 0.25), run(0.5, 1.0));
+    }
+
+    #[test]
     fn the_cpu_pass_matches_the_tensor_ops() {
-        let step = AdamWStep { b1: 0.9, b2: 0.95, bias1: 1.0 - 0.9f64.powi(3), bias2: 1.0 - 0.95f64.powi(3), eps: 1e-6, lr: 1e-3, decay: 1.0 - 1e-3 * 0.1 };
+        let step = AdamWStep { b1: 0.9, b2: 0.95, bias1: 1.0 - 0.9f64.powi(3), bias2: 1.0 - 0.95f64.powi(3), eps: 1e-6, lr: 1e-3, decay: 1.0 - 1e-3 * 0.1, grad_scale: 0.7 };
         let mut rng = crate::rng::Rng::new(5);
         // Not a multiple of the chunk size, and narrowed views that start at an offset.
         let n = (1 << 14) * 2 + 77;

@@ -565,13 +565,14 @@ impl Trainer {
     /// parameter the objective does not reach gets zeros.
     pub(crate) fn grads_of(&self, model: &RewardModel, objective: &Tensor) -> Result<Vec<Tensor>> {
         let device = objective.device();
-        let grads = crate::profile::phase("backward", device, || Ok(objective.backward()?))?;
+        let mut grads = crate::profile::phase("backward", device, || Ok(objective.backward()?))?;
         crate::profile::phase("gradients to f32", device, || {
             self.optimizer
                 .names()
                 .map(|name| {
                     let p = model.params().get(name)?;
-                    Ok(match grads.get(p) {
+                    // Removed, not borrowed: each low-precision gradient is freed once converted.
+                    Ok(match grads.remove(p) {
                         Some(g) => g.to_dtype(DType::F32)?,
                         None => Tensor::zeros(p.shape(), DType::F32, p.device())?,
                     })
@@ -633,8 +634,7 @@ impl Trainer {
                 Some(max) if norm > max => max / (norm + 1e-6),
                 _ => 1.0,
             };
-            let grads = if scale < 1.0 { grads.iter().map(|g| Ok((g * scale)?)).collect::<Result<Vec<_>>>()? } else { grads };
-            Ok((norm, optimizer.prepare(&grads, lr)?))
+            Ok((norm, optimizer.prepare(grads, lr, scale)?))
         }))?;
         let _exclusive = self.model.write()?;
         self.optimizer.commit(&new_values)?;
