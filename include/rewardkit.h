@@ -764,6 +764,18 @@ rk_status rk_trainer_meta_step_tokens(struct rk_trainer *trainer, const uint32_t
 rk_status rk_model_difference_loss_texts(const struct rk_model *model, const char *const *policy_prompts, size_t n_policy_prompts, const char *const *policy_responses, const size_t *response_offsets, double *out_j);
 
 /**
+ * As `rk_model_difference_loss_texts` on policy samples as token ids (prompt and response
+ * together), laid out as in `rk_trainer_meta_step_tokens`: what an RLHF trainer holds after
+ * generation, with no detokenizing.
+ *
+ * Thread safety: as scoring.
+ *
+ * # Safety
+ * As `rk_trainer_meta_step_tokens` for the policy arguments; `out_j` writable.
+ */
+rk_status rk_model_difference_loss_tokens(const struct rk_model *model, const uint32_t *policy_ids, const size_t *seq_offsets, const size_t *group_offsets, size_t n_policy_prompts, double *out_j);
+
+/**
  * The message of the most recent failed call on the calling thread ("" if none). The string
  * belongs to the library and stays valid until the next failing call on this thread.
  *

@@ -464,3 +464,39 @@ fn resume_continues_a_saved_run_exactly() {
         }
     }
 }
+
+#[test]
+fn difference_loss_on_token_ids_equals_the_text_one() {
+    let m = load(tiny_model());
+    let prompts = [CString::new("Hi").unwrap(), CString::new("Q: why?").unwrap()];
+    let responses = [[" hello", " go away", " hi there"], [" because", " no", " it rains"]].map(|g| g.map(|r| CString::new(r).unwrap()));
+    unsafe {
+        let p: Vec<_> = prompts.iter().map(|s| s.as_ptr()).collect();
+        let r: Vec<_> = responses.iter().flatten().map(|s| s.as_ptr()).collect();
+        let mut j_text = f64::NAN;
+        assert_eq!(rk_model_difference_loss_texts(m, p.as_ptr(), 2, r.as_ptr(), [0usize, 3, 6].as_ptr(), &mut j_text), rk_status::RK_OK, "{}", last_error());
+        // The same samples as token ids: 6 sequences, 3 per prompt.
+        let (mut ids, mut seq_offsets) = (Vec::new(), vec![0usize]);
+        for (prompt, group) in prompts.iter().zip(&responses) {
+            for response in group {
+                let mut buf = vec![0u32; 256];
+                let mut len = 0;
+                assert_eq!(rk_model_tokenize(m, prompt.as_ptr(), response.as_ptr(), buf.as_mut_ptr(), buf.len(), &mut len), rk_status::RK_OK);
+                ids.extend_from_slice(&buf[..len]);
+                seq_offsets.push(ids.len());
+            }
+        }
+        let groups = [0usize, 3, 6];
+        let mut j_ids = f64::NAN;
+        assert_eq!(rk_model_difference_loss_tokens(m, ids.as_ptr(), seq_offsets.as_ptr(), groups.as_ptr(), 2, &mut j_ids), rk_status::RK_OK, "{}", last_error());
+        assert!((j_ids - j_text).abs() < 1e-9 && (0.25..=0.5).contains(&j_ids), "{j_ids} vs {j_text}");
+        // Bad input: a status and a message, never a crash.
+        assert_eq!(rk_model_difference_loss_tokens(m, ids.as_ptr(), seq_offsets.as_ptr(), groups.as_ptr(), 2, null_mut()), rk_status::RK_ERR_NULL_POINTER);
+        assert_eq!(rk_model_difference_loss_tokens(m, ids.as_ptr(), seq_offsets.as_ptr(), [0usize, 4, 3].as_ptr(), 2, &mut j_ids), rk_status::RK_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("group_offsets"), "{}", last_error());
+        let oov = [1u32, 9_999_999, 1, 2];
+        assert_eq!(rk_model_difference_loss_tokens(m, oov.as_ptr(), [0usize, 2, 4].as_ptr(), [0usize, 2].as_ptr(), 1, &mut j_ids), rk_status::RK_ERR_OUT_OF_VOCAB);
+        assert!(last_error().contains("policy sequence 0"), "{}", last_error());
+        rk_model_free(m);
+    }
+}

@@ -139,6 +139,16 @@ public:
         return j;
     }
 
+    /// As difference_loss() on token ids: policy[p] holds the k >= 2 id sequences (prompt and
+    /// response together) the policy produced for prompt p.
+    double difference_loss_tokens(const std::vector<std::vector<std::vector<uint32_t>>> &policy) const {
+        auto groups = detail::flatten(policy);  // sequences, and each prompt's range of them
+        auto s = detail::flatten(groups.first);
+        double j = NAN;
+        detail::check(rk_model_difference_loss_tokens(handle_, s.first.data(), s.second.data(), groups.second.data(), policy.size(), &j));
+        return j;
+    }
+
 private:
     rk_model *handle_ = nullptr;
 };

@@ -657,6 +657,16 @@ unsafe fn policy_texts(model: &SharedModel, prompts: *const *const c_char, n_pro
     crate::meta::PolicyBatch::from_texts(model, &groups)
 }
 
+/// Policy samples as token ids: prompt p's sequences are `group_offsets[p]..group_offsets[p + 1]`,
+/// each laid out by `seq_offsets` over `ids`; checked against `model`'s vocabulary and length.
+unsafe fn policy_tokens(model: &SharedModel, ids: *const u32, seq_offsets: *const usize, group_offsets: *const usize, n_prompts: usize) -> Result<crate::meta::PolicyBatch, Error> {
+    nonzero(n_prompts, "n_policy_prompts")?;
+    let groups = offsets_arg(group_offsets, n_prompts, "group_offsets")?;
+    let seqs = sequences_arg(ids, seq_offsets, groups[n_prompts]).map_err(|e| e.context("policy"))?;
+    model.read()?.validate_sequences(seqs.iter().copied(), "policy sequence")?;
+    crate::meta::PolicyBatch::from_ids((0..n_prompts).map(|p| seqs[groups[p]..groups[p + 1]].iter().map(|s| s.to_vec()).collect()).collect())
+}
+
 /// `n + 1` non-decreasing offsets starting at 0.
 unsafe fn offsets_arg<'a>(offsets: *const usize, n: usize, what: &str) -> Result<&'a [usize], Error> {
     let o = slice_arg(offsets, n + 1, what)?;
@@ -678,9 +688,6 @@ unsafe fn meta_common(
     let model = trainer.model().clone();
     let pairs = make_pairs(&model)?;
     let policy = make_policy(&model)?;
-    if let crate::train::SeqSource::Ids(seqs) = &policy.seqs {
-        model.read()?.validate_sequences(seqs.iter().map(Vec::as_slice), "policy sequence")?;
-    }
     let (set, treatments) = checked_pairs(&trainer, pairs, strengths)?;
     let idx: Vec<usize> = (0..set.len()).collect();
     let s = trainer.meta_step(&set, &idx, &treatments, &policy)?;
@@ -769,13 +776,7 @@ pub unsafe extern "C" fn rk_trainer_meta_step_tokens(
         meta_common(
             trainer,
             |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n),
-            |_| {
-                nonzero(n_policy_prompts, "n_policy_prompts")?;
-                let groups = offsets_arg(group_offsets, n_policy_prompts, "group_offsets")?;
-                let seqs = sequences_arg(policy_ids, seq_offsets, groups[n_policy_prompts]).map_err(|e| e.context("policy"))?;
-                let g = (0..n_policy_prompts).map(|p| seqs[groups[p]..groups[p + 1]].iter().map(|s| s.to_vec()).collect()).collect();
-                crate::meta::PolicyBatch::from_ids(g)
-            },
+            |m| policy_tokens(m, policy_ids, seq_offsets, group_offsets, n_policy_prompts),
             strengths,
             out_stats,
         )
@@ -799,13 +800,34 @@ pub unsafe extern "C" fn rk_model_difference_loss_texts(
     response_offsets: *const usize,
     out_j: *mut f64,
 ) -> rk_status {
-    guard(|| {
-        let model = model_arg(model)?;
-        if out_j.is_null() {
-            return Err(null("out_j"));
-        }
-        let policy = policy_texts(model, policy_prompts, n_policy_prompts, policy_responses, response_offsets)?;
-        *out_j = crate::meta::difference_value(model, &policy)?;
-        Ok(())
-    })
+    guard(|| difference_loss_common(model, |m| policy_texts(m, policy_prompts, n_policy_prompts, policy_responses, response_offsets), out_j))
+}
+
+unsafe fn difference_loss_common(model: *const rk_model, make_policy: impl FnOnce(&SharedModel) -> Result<crate::meta::PolicyBatch, Error>, out_j: *mut f64) -> Result<(), Error> {
+    let model = model_arg(model)?;
+    if out_j.is_null() {
+        return Err(null("out_j"));
+    }
+    *out_j = crate::meta::difference_value(model, &make_policy(model)?)?;
+    Ok(())
+}
+
+/// As `rk_model_difference_loss_texts` on policy samples as token ids (prompt and response
+/// together), laid out as in `rk_trainer_meta_step_tokens`: what an RLHF trainer holds after
+/// generation, with no detokenizing.
+///
+/// Thread safety: as scoring.
+///
+/// # Safety
+/// As `rk_trainer_meta_step_tokens` for the policy arguments; `out_j` writable.
+#[no_mangle]
+pub unsafe extern "C" fn rk_model_difference_loss_tokens(
+    model: *const rk_model,
+    policy_ids: *const u32,
+    seq_offsets: *const usize,
+    group_offsets: *const usize,
+    n_policy_prompts: usize,
+    out_j: *mut f64,
+) -> rk_status {
+    guard(|| difference_loss_common(model, |m| policy_tokens(m, policy_ids, seq_offsets, group_offsets, n_policy_prompts), out_j))
 }

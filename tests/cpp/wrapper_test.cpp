@@ -95,6 +95,8 @@ int main(int argc, char **argv) {
             const rk_meta_step_stats by_ids = td.meta_step_tokens(chosen, rejected, {group});
             expect(by_ids.j_after > by_ids.j_before && by_ids.applied, "meta_step_tokens ascends J and applies");
             expect(std::fabs(by_ids.loss - by_text.loss) < 1e-6, "meta_step_tokens == meta_step");
+            const double j_text = c.difference_loss({{hi}, {replies}}), j_ids = c.difference_loss_tokens({group});
+            expect(std::fabs(j_text - j_ids) < 1e-9 && j_ids > 0.25, "difference_loss_tokens == difference_loss");
             const auto sc = c.score_tokens(chosen), sd = d.score_tokens(chosen);
             for (size_t i = 0; i < sc.size(); i++) expect(close(sc[i], sd[i], 1e-6f), "same weights after either meta step");
         }

@@ -161,6 +161,15 @@ class Model(_Handle):
         _check(_lib.rk_model_difference_loss_texts(self._h, p, n, r, offsets, byref(j)))
         return j.value
 
+    def difference_loss_tokens(self, policy):
+        """As difference_loss() on token ids: policy[p] holds the k >= 2 id sequences (prompt
+        and response together) the policy produced for prompt p."""
+        seqs, group_offsets = _groups(policy)
+        ids, offsets = _flat(seqs)
+        j = c_double()
+        _check(_lib.rk_model_difference_loss_tokens(self._h, ids, offsets, group_offsets, len(group_offsets) - 1, byref(j)))
+        return j.value
+
 
 def vote(models, prompts, chosen, rejected):
     """Preference strength by ensemble vote: (mean, population std) arrays of the reward

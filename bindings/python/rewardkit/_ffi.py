@@ -148,6 +148,7 @@ _SIGNATURES = {
     "rk_model_tokenize": (c_int32, [c_void_p, c_char_p, c_char_p, POINTER(c_uint32), c_size_t, POINTER(c_size_t)]),
     "rk_model_get_info": (c_int32, [c_void_p, POINTER(ModelInfo)]),
     "rk_model_difference_loss_texts": (c_int32, [c_void_p, _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(c_double)]),
+    "rk_model_difference_loss_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_size_t), c_size_t, POINTER(c_double)]),
     "rk_trainer_default_params": (TrainerParams, []),
     "rk_trainer_create": (c_int32, [c_void_p, POINTER(TrainerParams), POINTER(c_void_p)]),
     "rk_trainer_free": (None, [c_void_p]),

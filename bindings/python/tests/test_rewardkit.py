@@ -123,6 +123,10 @@ def test_meta_step_on_token_ids_equals_the_text_step(model_dir):
         by_ids = tb.meta_step_tokens(chosen, rejected, policy)
         assert by_ids["j_after"] > by_ids["j_before"] and by_ids["applied"]
         assert by_ids["loss"] == pytest.approx(by_text["loss"], abs=1e-6)
+        assert a.difference_loss_tokens(policy) == pytest.approx(a.difference_loss(policy_prompts, policy_responses), abs=1e-9)
+        with pytest.raises(rewardkit.RewardkitError) as e:
+            a.difference_loss_tokens([[[1, 10**6], [1, 2]]])
+        assert e.value.status_name == "RK_ERR_OUT_OF_VOCAB"
         np.testing.assert_allclose(b.score(PROMPTS, CHOSEN), a.score(PROMPTS, CHOSEN), atol=1e-6)
         with pytest.raises(rewardkit.RewardkitError):
             tb.meta_step_tokens(chosen, rejected, [[policy[0][0]]])  # k = 1 cannot spread
