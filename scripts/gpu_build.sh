@@ -10,8 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIST=.gpu-dist
-../shared/gpu/build-cuda.sh . --bins --tests
-# build-cuda.sh packs every binary; gpu_check.sh needs the CLI and the device tests only.
+# Only what gpu_check.sh runs: the CLI and the device tests (packing every test binary with xz
+# takes minutes on two cores).
+../shared/gpu/build-cuda.sh . --bin rewardkit --test gpu
 find "$DIST" -maxdepth 1 -type f ! -name rewardkit.xz ! -name test-gpu.xz ! -name run-on-gpu.sh -delete
 
 WORK=$(mktemp -d)
@@ -20,7 +21,9 @@ trap 'rm -rf "$WORK"' EXIT
 python3 -m pip download -q --disable-pip-version-check --no-deps -d "$WORK" nvidia-cuda-sanitizer-api==13.0.85
 python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$WORK"/*.whl "$WORK/wheel"
 # Keep the wheel's layout (bin/ beside lib/): compute-sanitizer finds its injection libraries
-# there. run-on-gpu.sh unpacks every *.xz beside it, so this lands as compute-sanitizer.tar.
+# there. zipfile drops the executable bit. run-on-gpu.sh unpacks every *.xz beside it, so this
+# lands as compute-sanitizer.tar.
+chmod +x "$WORK/wheel/nvidia/cu13/bin/compute-sanitizer"
 tar -C "$WORK/wheel/nvidia/cu13" -cf "$DIST/compute-sanitizer.tar" bin lib
 xz -6 -T0 -f "$DIST/compute-sanitizer.tar"
 ls -la "$DIST"

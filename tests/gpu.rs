@@ -102,7 +102,8 @@ fn training_and_meta_steps_match_cpu() {
 
 /// Real HH-RLHF pairs, tokenized for the tiny model, up to 128 tokens each.
 fn hh_pair_ids(model: &SharedModel, n: usize) -> Vec<PairIds> {
-    let (mut pairs, _) = rewardkit::data::read_preferences(&common::hh_data(), &Default::default()).unwrap();
+    let opts = rewardkit::data::PreferenceReadOptions { on_bad_row: rewardkit::data::OnBadRow::Skip, ..Default::default() };
+    let (mut pairs, _) = rewardkit::data::read_preferences(&common::hh_data(), &opts).unwrap();
     pairs.truncate(n);
     let mut ids = rewardkit::train::tokenize_pairs(model, &pairs).unwrap();
     for p in &mut ids {
