@@ -100,63 +100,15 @@ fn training_and_meta_steps_match_cpu() {
     }
 }
 
-/// Real HH-RLHF pairs, tokenized for the tiny model, up to 128 tokens each.
-fn hh_pair_ids(model: &SharedModel, n: usize) -> Vec<PairIds> {
-    let opts = rewardkit::data::PreferenceReadOptions { on_bad_row: rewardkit::data::OnBadRow::Skip, ..Default::default() };
-    let (mut pairs, _) = rewardkit::data::read_preferences(&common::hh_data(), &opts).unwrap();
-    pairs.truncate(n);
-    let mut ids = rewardkit::train::tokenize_pairs(model, &pairs).unwrap();
-    for p in &mut ids {
-        for s in [&mut p.chosen, &mut p.rejected] {
-            let cut = s.len().saturating_sub(128);
-            s.drain(..cut);
-        }
-    }
-    ids
-}
-
 /// bf16 training on CUDA (bf16 forward and backward, f32 master weights and AdamW state) against
-/// f32 on the CPU, on the tiny model with real pairs: every parameter must move, the losses
-/// must track, and the scores after training must agree at bf16 precision. This is the small
-/// version of the 1.2B bf16 training benchmark, so a bf16 backward-kernel fault shows here
-/// with a name and a backtrace.
+/// f32 on the CPU, on the tiny model with real pairs. This is the small version of the 1.2B bf16
+/// training benchmark, so a bf16 backward-kernel fault shows here with a name and a backtrace.
 #[test]
 fn bf16_training_on_cuda_tracks_f32_on_cpu() {
-    let run = |device: DeviceSpec, dtype: ComputeDType| {
-        let opts = SharedModelOptions { load: LoadOptions { device, dtype, ..Default::default() }, ..Default::default() };
-        let model = std::sync::Arc::new(SharedModel::load(common::tiny_model(), &opts).unwrap());
-        let before = weights(&model);
-        let cfg = TrainConfig { optimizer: rewardkit::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
-        let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
-        let set = PairSet::from_ids(hh_pair_ids(&model, 16));
-        let mut losses = Vec::new();
-        for step in 0..4 {
-            let idx: Vec<usize> = (4 * step..4 * step + 4).collect();
-            losses.push(trainer.step(&set, &idx, &[PairTreatment::default(); 4]).unwrap().loss);
-        }
-        drop(trainer);
-        let after = weights(&model);
-        for ((name, a), (_, b)) in before.iter().zip(&after) {
-            assert!(a.iter().zip(b).any(|(x, y)| x != y), "{dtype:?} on {device:?}: {name} did not move");
-        }
-        let scores = set.score_all(&model, 4).unwrap().0;
-        (losses, scores)
-    };
-    let (lc, sc) = run(DeviceSpec::Cpu, ComputeDType::F32);
-    let (lg, sg) = run(DeviceSpec::Cuda(0), ComputeDType::BF16);
+    let (lc, sc) = common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::F32);
+    let (lg, sg) = common::train_tiny_on_hh(DeviceSpec::Cuda(0), ComputeDType::BF16);
     println!("bf16 training: losses cpu f32 {lc:?} cuda bf16 {lg:?}");
-    for (a, b) in lc.iter().zip(&lg) {
-        assert!((a - b).abs() < 2e-2 * a.abs().max(1.0), "loss cpu f32 {a} vs cuda bf16 {b}");
-    }
-    let rel = relative_error(&sg, &sc);
-    println!("bf16 training: scores after 4 steps within {:.2}% of the score scale", 100.0 * rel);
-    assert!(rel <= 5e-2, "scores after bf16 training: {:.2}% of the score scale", 100.0 * rel);
-}
-
-/// Every parameter as f32 values on the host, by name.
-fn weights(model: &SharedModel) -> Vec<(String, Vec<f32>)> {
-    let m = model.read().unwrap();
-    m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
+    common::assert_tracks(&lc, &sc, &lg, &sg, 2e-2, 5e-2);
 }
 
 #[test]

@@ -232,3 +232,14 @@ fn ensemble_members_differ_and_vote() {
     assert_eq!(mixed.chosen[..3], heads.chosen[..]);
     assert_eq!(mixed.chosen[3..], vote.chosen[..2]);
 }
+
+/// The bf16 training path (bf16 forward and backward, f32 master weights and AdamW state) on the
+/// CPU follows f32 training: the same path the GPU runs in bf16.
+#[test]
+fn bf16_training_tracks_f32() {
+    use rewardkit::DeviceSpec;
+    let (l32, s32) = common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::F32);
+    let (l16, s16) = common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::BF16);
+    println!("losses f32 {l32:?} bf16 {l16:?}");
+    common::assert_tracks(&l32, &s32, &l16, &s16, 2e-2, 5e-2);
+}

@@ -78,3 +78,52 @@ pub fn run(cmd: &mut Command) -> String {
     assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Four training steps of 4 real HH-RLHF pairs (up to 128 tokens) on the tiny model on `device`
+/// in `dtype` (f32 master weights and AdamW state below f32); checks that every parameter moved.
+/// Returns the losses, and the scores of the 16 pairs' chosen and rejected sides afterwards.
+pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::ComputeDType) -> (Vec<f64>, Vec<f32>) {
+    use rewardkit::train::{PairSet, TrainConfig, Trainer};
+    let opts = rewardkit::SharedModelOptions { load: rewardkit::LoadOptions { device, dtype, ..Default::default() }, ..Default::default() };
+    let model = std::sync::Arc::new(rewardkit::SharedModel::load(tiny_model(), &opts).unwrap());
+    let read = rewardkit::data::PreferenceReadOptions { on_bad_row: rewardkit::data::OnBadRow::Skip, ..Default::default() };
+    let (mut pairs, _) = rewardkit::data::read_preferences(&hh_data(), &read).unwrap();
+    pairs.truncate(16);
+    let mut ids = rewardkit::train::tokenize_pairs(&model, &pairs).unwrap();
+    for s in ids.iter_mut().flat_map(|p| [&mut p.chosen, &mut p.rejected]) {
+        let cut = s.len().saturating_sub(128);
+        s.drain(..cut);
+    }
+    let set = PairSet::from_ids(ids);
+    let weights = || -> Vec<(String, Vec<f32>)> {
+        let m = model.read().unwrap();
+        m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())).collect()
+    };
+    let before = weights();
+    let cfg = TrainConfig { optimizer: rewardkit::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
+    let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
+    let losses = (0..4)
+        .map(|step| {
+            let idx: Vec<usize> = (4 * step..4 * step + 4).collect();
+            trainer.step(&set, &idx, &[Default::default(); 4]).unwrap().loss
+        })
+        .collect();
+    drop(trainer);
+    for ((name, a), (_, b)) in before.iter().zip(&weights()) {
+        assert!(a.iter().zip(b).any(|(x, y)| x != y), "{dtype:?} on {device:?}: {name} did not move");
+    }
+    let (chosen, rejected) = set.score_all(&model, 4).unwrap();
+    (losses, [chosen, rejected].concat())
+}
+
+/// A low-precision run (`losses`, `scores`) follows the f32 reference: each loss within
+/// `loss_tol` relative, scores within `score_tol` of the reference's score scale.
+pub fn assert_tracks(ref_losses: &[f64], ref_scores: &[f32], losses: &[f64], scores: &[f32], loss_tol: f64, score_tol: f32) {
+    for (a, b) in ref_losses.iter().zip(losses) {
+        assert!((a - b).abs() < loss_tol * a.abs().max(1.0), "loss f32 {a} vs {b}");
+    }
+    let scale = ref_scores.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+    let worst = ref_scores.iter().zip(scores).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
+    println!("scores after training within {:.2}% of the score scale", 100.0 * worst);
+    assert!(worst <= score_tol, "scores after training: {:.2}% of the score scale", 100.0 * worst);
+}
