@@ -91,8 +91,10 @@ tail -2 "$OUT/pt-score.log"
 fi
 
 echo "== training step: rewardkit (cuda, bf16 compute, f32 master weights and AdamW state)"
-peak_during "$OUT/rk-train.log" sh -c "timeout 150 '$B/rewardkit' bench-train --model /tmp/rm1b --input $DATA --limit 64 --batch-pairs 4 --max-length 256 --steps 6 --device cuda --dtype bf16 --dump-ids /tmp/pairs1b.jsonl --json > '$OUT/rk-train.log' 2>&1"
-tail -3 "$OUT/rk-train.log"
+peak_during "$OUT/rk-train.log" sh -c "timeout 150 '$B/rewardkit' bench-train --model /tmp/rm1b --input $DATA --limit 64 --batch-pairs 4 --max-length 256 --steps 6 --device cuda --dtype bf16 --dump-ids /tmp/pairs1b.jsonl --json --profile > '$OUT/rk-train.log' 2>&1"
+grep -E "median|profiled|rror" "$OUT/rk-train.log"
+echo "-- where rewardkit's training step time goes"
+grep -E "^\|" "$OUT/rk-train.log" | head -8
 echo "== training step: transformers (cuda, bf16 autocast over f32 weights, AdamW)"
 peak_during "$OUT/pt-train.log" sh -c "timeout 150 '$PY' scripts/bench_transformers_train.py --model /tmp/rm1b --ids /tmp/pairs1b.jsonl --batch-pairs 4 --steps 6 --device cuda --dtype bfloat16 > '$OUT/pt-train.log' 2>&1"
 tail -2 "$OUT/pt-train.log"
