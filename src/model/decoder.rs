@@ -295,6 +295,7 @@ impl Rope {
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, pass: Pass) -> Result<Tensor> {
     match pass {
         Pass::Inference => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?),
+        Pass::Train { .. } if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 => super::fused::rms_norm_cpu(x, weight, eps),
         Pass::Train { .. } => {
             let dtype = x.dtype();
             let x32 = x.to_dtype(DType::F32)?;
@@ -393,8 +394,8 @@ fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
     let dev = x.device();
     let (gate, up) = profile::phase("mlp gate/up projections", dev, || Ok((w.gate.forward(x)?, w.up.forward(x)?)))?;
     let hidden = profile::phase("mlp activation", dev, || {
-        if pass == Pass::Inference && dev.is_cpu() {
-            super::fused::silu_mul_cpu(&gate, &up)
+        if dev.is_cpu() && (pass == Pass::Inference || gate.dtype() == DType::F32) {
+            super::fused::silu_mul_cpu(&gate, &up, pass != Pass::Inference)
         } else {
             Ok((gate.silu()? * up)?)
         }
