@@ -18,6 +18,7 @@ pub mod eval;
 pub mod ffi;
 pub mod fsutil;
 pub mod gguf;
+pub mod host;
 pub mod loss;
 pub mod meta;
 pub mod model;

@@ -1,10 +1,11 @@
 //! AdamW with float32 master weights and state, learning-rate schedules, gradient clipping.
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::host::borrow_f32;
 
 /// AdamW hyper-parameters. Defaults are MOSS-RLHF's reward-model settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -81,37 +82,13 @@ impl LrSchedule {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads {
-        sum += match cpu_f32(g) {
+        sum += match borrow_f32(g) {
             // One parallel pass instead of three tensor ops and a parameter-sized temporary.
             Some(data) => data.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum(),
             None => g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
         };
     }
     Ok(sum.sqrt())
-}
-
-/// The values of a contiguous float32 CPU tensor, without a copy.
-fn cpu_f32(t: &Tensor) -> Option<CpuF32<'_>> {
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(CpuF32 { storage, start, end })
-}
-
-/// A read lock on a float32 CPU storage and the range one tensor covers.
-struct CpuF32<'a> {
-    storage: candle_core::StorageRef<'a>,
-    start: usize,
-    end: usize,
-}
-
-impl std::ops::Deref for CpuF32<'_> {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(data)) => &data[self.start..self.end],
-            _ => unreachable!("checked in cpu_f32"),
-        }
-    }
 }
 
 /// One parameter under optimisation.
@@ -163,7 +140,7 @@ impl AdamWStep {
         if !theta.device().is_cpu() {
             return Ok(None);
         }
-        let (Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (cpu_f32(theta), cpu_f32(g), cpu_f32(m), cpu_f32(v)) else {
+        let (Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v)) else {
             return Ok(None);
         };
         let n = theta.elem_count();
