@@ -43,9 +43,9 @@ pub fn plan_batches(lengths: &[usize], opts: &BatchOptions) -> Vec<Vec<usize>> {
 pub fn score_sequences(model: &RewardModel, seqs: &[&[u32]], opts: &BatchOptions) -> Result<Vec<f32>> {
     let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
     let mut out = vec![0f32; seqs.len()];
+    let device = model.device();
     for batch in plan_batches(&lengths, opts) {
         let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
-        let device = model.device();
         let ids = profile::phase("batch upload", device, || model.make_batch(&rows))?;
         let rewards = model.rewards(&ids, Pass::Inference)?;
         let rewards = profile::phase("readback", device, || Ok(rewards.to_vec1::<f32>()?))?;

@@ -71,6 +71,16 @@ impl Vote {
         Ok(Vote { chosen, rejected })
     }
 
+    /// One vote whose members are those of `votes`, in order (all on the same pairs).
+    pub fn merge(votes: impl IntoIterator<Item = Vote>) -> Result<Vote> {
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        for v in votes {
+            chosen.extend(v.chosen);
+            rejected.extend(v.rejected);
+        }
+        Vote::new(chosen, rejected)
+    }
+
     pub fn members(&self) -> usize {
         self.chosen.len()
     }
@@ -174,13 +184,7 @@ pub fn vote(models: &[&SharedModel], set: &PairSet, batch_pairs: usize) -> Resul
     if models.is_empty() {
         return Err(Error::invalid("a vote needs at least one model"));
     }
-    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-    for model in models {
-        let heads = heads_vote(model, set, batch_pairs)?;
-        chosen.extend(heads.chosen);
-        rejected.extend(heads.rejected);
-    }
-    Vote::new(chosen, rejected)
+    Vote::merge(models.iter().map(|m| heads_vote(m, set, batch_pairs)).collect::<Result<Vec<_>>>()?)
 }
 
 /// The vote of one model's heads on every pair of `set` (one member for a single-head model).

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, fixture};
+use common::{assert_close, fixture, relative_error};
 use rewardkit::loss::PairTreatment;
 use rewardkit::meta::PolicyBatch;
 use rewardkit::train::{PairIds, PairSet, TrainConfig, Trainer};
@@ -40,12 +40,6 @@ fn cuda_scores_match_cpu_f32_and_bf16() {
         println!("{name}: f32 max |diff| {:.2e}; bf16 max error {:.2}% of the score scale", gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max), 100.0 * rel);
         assert!(rel <= 5e-2, "{name} bf16: {:.2}% of the score scale", 100.0 * rel);
     }
-}
-
-/// max |a - b| relative to the largest |b| (the score scale).
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
 }
 
 #[test]

@@ -63,10 +63,6 @@ fn config(meta_lr: f64) -> TrainConfig {
     }
 }
 
-fn weights(m: &SharedModel) -> Vec<Vec<f32>> {
-    m.read().unwrap().params().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
-}
-
 #[test]
 fn zero_meta_lr_is_a_plain_step() {
     let set = PairSet::from_ids(prefs(8, 1));
@@ -83,9 +79,9 @@ fn zero_meta_lr_is_a_plain_step() {
         assert!((meta.j_before - meta.j_after).abs() < 1e-6);
     }
     drop((ta, tb));
-    for (x, y) in weights(&a).iter().zip(weights(&b)) {
+    for ((name, x), (_, y)) in common::weights(&a).iter().zip(common::weights(&b)) {
         let d = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-        assert!(d < 1e-6, "meta step with meta_lr 0 differs from a plain step by {d}");
+        assert!(d < 1e-6, "{name}: meta step with meta_lr 0 differs from a plain step by {d}");
     }
 }
 

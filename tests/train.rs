@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::Device;
-use common::scratch;
+use common::{scratch, weights};
 use rewardkit::loss::{FlipRule, NoiseConfig, PairTreatment};
 use rewardkit::model::checkpoint::HeadSource;
 use rewardkit::model::Pass;
@@ -50,11 +50,6 @@ fn config(seed: u64) -> TrainConfig {
         seed,
         ..Default::default()
     }
-}
-
-fn weights(model: &SharedModel) -> Vec<(String, Vec<f32>)> {
-    let m = model.read().unwrap();
-    m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
 }
 
 #[test]

@@ -562,15 +562,13 @@ unsafe fn vote_common(
         .collect::<Result<Vec<_>, Error>>()?;
     let out_mean = out_slice_arg(out_mean, n, "out_mean")?;
     let out_std = out_slice_arg(out_std, n, "out_std")?;
-    let (mut chosen_scores, mut rejected_scores) = (Vec::new(), Vec::new());
+    let mut votes = Vec::with_capacity(n_models);
     for (i, m) in handles.iter().enumerate() {
         let pairs = make(m)?;
         validate_pairs(m, &pairs).map_err(|e| e.context(format!("models[{i}]")))?;
-        let heads = crate::vote::heads_vote(m, &PairSet::from_ids(pairs), 16)?;
-        chosen_scores.extend(heads.chosen);
-        rejected_scores.extend(heads.rejected);
+        votes.push(crate::vote::heads_vote(m, &PairSet::from_ids(pairs), 16)?);
     }
-    let (mean, std) = crate::vote::Vote::new(chosen_scores, rejected_scores)?.strength();
+    let (mean, std) = crate::vote::Vote::merge(votes)?.strength();
     out_mean.copy_from_slice(&mean);
     out_std.copy_from_slice(&std);
     Ok(())

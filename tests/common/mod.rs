@@ -95,11 +95,7 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
         s.drain(..cut);
     }
     let set = PairSet::from_ids(ids);
-    let weights = || -> Vec<(String, Vec<f32>)> {
-        let m = model.read().unwrap();
-        m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())).collect()
-    };
-    let before = weights();
+    let before = weights(&model);
     let cfg = TrainConfig { optimizer: rewardkit::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
     let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
     let losses = (0..4)
@@ -109,7 +105,7 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
         })
         .collect();
     drop(trainer);
-    for ((name, a), (_, b)) in before.iter().zip(&weights()) {
+    for ((name, a), (_, b)) in before.iter().zip(&weights(&model)) {
         assert!(a.iter().zip(b).any(|(x, y)| x != y), "{dtype:?} on {device:?}: {name} did not move");
     }
     let (chosen, rejected) = set.score_all(&model, 4).unwrap();
@@ -122,8 +118,19 @@ pub fn assert_tracks(ref_losses: &[f64], ref_scores: &[f32], losses: &[f64], sco
     for (a, b) in ref_losses.iter().zip(losses) {
         assert!((a - b).abs() < loss_tol * a.abs().max(1.0), "loss f32 {a} vs {b}");
     }
-    let scale = ref_scores.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
-    let worst = ref_scores.iter().zip(scores).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
+    let worst = relative_error(scores, ref_scores);
     println!("scores after training within {:.2}% of the score scale", 100.0 * worst);
     assert!(worst <= score_tol, "scores after training: {:.2}% of the score scale", 100.0 * worst);
+}
+
+/// Every parameter of `model` as f32 values on the host, by name, in the store's order.
+pub fn weights(model: &rewardkit::SharedModel) -> Vec<(String, Vec<f32>)> {
+    let m = model.read().unwrap();
+    m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())).collect()
+}
+
+/// max |a - b| relative to the largest |b| (the score scale).
+pub fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
 }
