@@ -20,13 +20,20 @@ fn soname_links(soname: &str) {
     }
 }
 
+/// The part of the version that names the ABI: the major version from 1.0 on; before 1.0 every
+/// minor version may break the ABI, so "0.MINOR".
+fn abi_version() -> String {
+    let (major, minor) = (std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap(), std::env::var("CARGO_PKG_VERSION_MINOR").unwrap());
+    if major == "0" { format!("0.{minor}") } else { major }
+}
+
 fn main() {
-    // The shared library's soname carries the ABI's major version, so an incompatible
-    // rewardkit cannot be picked up by a program linked against another.
+    // The shared library's soname carries the ABI version, so an incompatible rewardkit cannot
+    // be picked up by a program linked against another.
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librewardkit.so.{major}");
-        soname_links(&format!("librewardkit.so.{major}"));
+        let soname = format!("librewardkit.so.{}", abi_version());
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+        soname_links(&soname);
     }
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
@@ -41,7 +48,13 @@ fn main() {
     config.after_includes = Some(format!(
         "\n/* The version this header belongs to; rk_version() and rk_version_number() give the library's. */\n\
          #define RK_VERSION_MAJOR {major}\n#define RK_VERSION_MINOR {minor}\n#define RK_VERSION_PATCH {patch}\n\
-         #define RK_VERSION_STRING \"{major}.{minor}.{patch}\"\n#define RK_VERSION_NUMBER {number}\n"
+         #define RK_VERSION_STRING \"{major}.{minor}.{patch}\"\n#define RK_VERSION_NUMBER {number}\n\
+         /* The ABI this header describes: the shared library's soname is librewardkit.so.RK_ABI_VERSION. */\n\
+         #define RK_ABI_VERSION \"{abi}\"\n\n\
+         /* A status that is ignored is a bug: compilers that can, warn about it. */\n\
+         #if defined(__GNUC__) || defined(__clang__)\n#define RK_MUST_USE __attribute__((warn_unused_result))\n\
+         #else\n#define RK_MUST_USE\n#endif\n",
+        abi = abi_version()
     ));
     let bindings = cbindgen::Builder::new()
         .with_config(config)

@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 PREFIX=$(mkdir -p "${1:-/usr/local}" && cd "${1:-/usr/local}" && pwd)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR=${VERSION%%.*}
+MINOR=${VERSION#*.}; MINOR=${MINOR%%.*}
+# The soname's ABI version (build.rs): MAJOR from 1.0 on, 0.MINOR before.
+if [ "$MAJOR" = 0 ]; then ABI="0.$MINOR"; else ABI=$MAJOR; fi
 
 if [ -n "${REWARDKIT_PREBUILT:-}" ]; then
   TARGET=$REWARDKIT_PREBUILT
@@ -24,8 +27,8 @@ CLI=${REWARDKIT_CLI:-$TARGET/rewardkit}
 
 install -d "$PREFIX/lib/pkgconfig" "$PREFIX/lib/cmake/rewardkit" "$PREFIX/include" "$PREFIX/bin"
 install -m 755 "$TARGET/librewardkit.so" "$PREFIX/lib/librewardkit.so.$VERSION"
-ln -sf "librewardkit.so.$VERSION" "$PREFIX/lib/librewardkit.so.$MAJOR"
-ln -sf "librewardkit.so.$MAJOR" "$PREFIX/lib/librewardkit.so"
+ln -sf "librewardkit.so.$VERSION" "$PREFIX/lib/librewardkit.so.$ABI"
+ln -sf "librewardkit.so.$ABI" "$PREFIX/lib/librewardkit.so"
 install -m 644 "$TARGET/librewardkit.a" "$PREFIX/lib/librewardkit.a"
 install -m 644 include/rewardkit.h bindings/cpp/rewardkit.hpp "$PREFIX/include/"
 install -m 755 "$CLI" "$PREFIX/bin/rewardkit"

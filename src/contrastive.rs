@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_PROTOTYPES, MAX_SINKHORN_ITERATIONS};
 
 /// Name of the SwAV prototypes in a checkpoint.
 pub const PROTOTYPES: &str = "contrastive.prototypes";
@@ -52,20 +53,92 @@ pub struct ContrastiveConfig {
     pub dropout: f32,
 }
 
+/// The contrastive objective, before its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContrastiveMethod {
+    SimCse,
+    Swav,
+}
+
+/// A caller's changes to the paper's settings; `None` keeps the paper's value.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ContrastiveOverrides {
+    pub beta: Option<f64>,
+    pub temperature: Option<f32>,
+    pub dropout: Option<f32>,
+    pub prototypes: Option<usize>,
+    pub sinkhorn_iterations: Option<usize>,
+    pub epsilon: Option<f32>,
+}
+
 impl ContrastiveConfig {
+    /// Dropout of the two views (the paper: 0.05).
+    pub const DEFAULT_DROPOUT: f32 = 0.05;
+
+    /// The paper's setting of `method` on `items`: SimCSE τ 0.05, β 1; SwAV τ 0.1, 3
+    /// Sinkhorn iterations, ε 0.05, with K 50 and β 0.1 on pairs, K 20 and β 0.5 on differences
+    /// (SwAV-diff). This is the one place those numbers live.
+    pub fn paper(method: ContrastiveMethod, items: ContrastiveItems) -> Self {
+        let diff = items == ContrastiveItems::Differences;
+        let (kind, beta) = match method {
+            ContrastiveMethod::SimCse => (ContrastiveKind::SimCse { temperature: 0.05 }, 1.0),
+            ContrastiveMethod::Swav => (
+                ContrastiveKind::Swav { prototypes: if diff { 20 } else { 50 }, temperature: 0.1, sinkhorn_iterations: 3, epsilon: 0.05 },
+                if diff { 0.5 } else { 0.1 },
+            ),
+        };
+        ContrastiveConfig { kind, items, beta, dropout: Self::DEFAULT_DROPOUT }
+    }
+
     /// The paper's SimCSE setting: pair items, β = 1, τ = 0.05.
     pub fn simcse() -> Self {
-        ContrastiveConfig { kind: ContrastiveKind::SimCse { temperature: 0.05 }, items: ContrastiveItems::Pairs, beta: 1.0, dropout: 0.05 }
+        Self::paper(ContrastiveMethod::SimCse, ContrastiveItems::Pairs)
     }
 
     /// SwAV on pair items: K = 50, β = 0.1.
     pub fn swav() -> Self {
-        ContrastiveConfig { kind: ContrastiveKind::Swav { prototypes: 50, temperature: 0.1, sinkhorn_iterations: 3, epsilon: 0.05 }, items: ContrastiveItems::Pairs, beta: 0.1, dropout: 0.05 }
+        Self::paper(ContrastiveMethod::Swav, ContrastiveItems::Pairs)
     }
 
     /// SwAV-diff: difference items, K = 20, β = 0.5.
     pub fn swav_diff() -> Self {
-        ContrastiveConfig { kind: ContrastiveKind::Swav { prototypes: 20, temperature: 0.1, sinkhorn_iterations: 3, epsilon: 0.05 }, items: ContrastiveItems::Differences, beta: 0.5, dropout: 0.05 }
+        Self::paper(ContrastiveMethod::Swav, ContrastiveItems::Differences)
+    }
+
+    /// By name: `simcse`, `simcse-diff`, `swav` or `swav-diff` (`none` gives `None`).
+    pub fn from_name(name: &str) -> Result<Option<Self>> {
+        let (method, items) = match name {
+            "none" => return Ok(None),
+            "simcse" => (ContrastiveMethod::SimCse, ContrastiveItems::Pairs),
+            "simcse-diff" => (ContrastiveMethod::SimCse, ContrastiveItems::Differences),
+            "swav" => (ContrastiveMethod::Swav, ContrastiveItems::Pairs),
+            "swav-diff" => (ContrastiveMethod::Swav, ContrastiveItems::Differences),
+            other => return Err(Error::invalid(format!("unknown contrastive term `{other}` (none, simcse, simcse-diff, swav, swav-diff)"))),
+        };
+        Ok(Some(Self::paper(method, items)))
+    }
+
+    /// This setting with the caller's overrides applied (those that apply to its method).
+    pub fn with_overrides(mut self, o: &ContrastiveOverrides) -> Self {
+        self.beta = o.beta.unwrap_or(self.beta);
+        self.dropout = o.dropout.unwrap_or(self.dropout);
+        match &mut self.kind {
+            ContrastiveKind::SimCse { temperature } => *temperature = o.temperature.unwrap_or(*temperature),
+            ContrastiveKind::Swav { prototypes, temperature, sinkhorn_iterations, epsilon } => {
+                *temperature = o.temperature.unwrap_or(*temperature);
+                *prototypes = o.prototypes.unwrap_or(*prototypes);
+                *sinkhorn_iterations = o.sinkhorn_iterations.unwrap_or(*sinkhorn_iterations);
+                *epsilon = o.epsilon.unwrap_or(*epsilon);
+            }
+        }
+        self
+    }
+
+    pub fn method(&self) -> ContrastiveMethod {
+        match self.kind {
+            ContrastiveKind::SimCse { .. } => ContrastiveMethod::SimCse,
+            ContrastiveKind::Swav { .. } => ContrastiveMethod::Swav,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -73,9 +146,14 @@ impl ContrastiveConfig {
         match self.kind {
             ContrastiveKind::SimCse { temperature } if !ok_t(temperature) => return Err(Error::invalid("SimCSE temperature must be > 0")),
             ContrastiveKind::Swav { prototypes, temperature, sinkhorn_iterations, epsilon }
-                if prototypes < 2 || !ok_t(temperature) || sinkhorn_iterations == 0 || !ok_t(epsilon) =>
+                if !(2..=MAX_PROTOTYPES).contains(&prototypes)
+                    || !ok_t(temperature)
+                    || !(1..=MAX_SINKHORN_ITERATIONS).contains(&sinkhorn_iterations)
+                    || !ok_t(epsilon) =>
             {
-                return Err(Error::invalid("SwAV needs >= 2 prototypes, temperature > 0, >= 1 Sinkhorn iteration, epsilon > 0"))
+                return Err(Error::invalid(format!(
+                    "SwAV needs 2..={MAX_PROTOTYPES} prototypes (got {prototypes}), 1..={MAX_SINKHORN_ITERATIONS} Sinkhorn iterations (got {sinkhorn_iterations}), temperature > 0 and epsilon > 0"
+                )))
             }
             _ => {}
         }

@@ -37,6 +37,11 @@ pub enum ErrorKind {
     Panic,
     /// A tensor operation failed for a reason not covered above.
     Internal,
+    /// A save's destination exists and is not something rewardkit may replace (a file, a link,
+    /// or a directory holding files that are not part of a rewardkit checkpoint).
+    Exists,
+    /// A step would produce a non-finite loss, gradient or weight; nothing was changed.
+    NonFinite,
 }
 
 /// An error with its kind and a message meant for a human.
@@ -71,10 +76,6 @@ impl Error {
     pub fn context(mut self, what: impl fmt::Display) -> Self {
         self.message = format!("{what}: {}", self.message);
         self
-    }
-    /// Reads a file, turning a missing file into `NotFound` with its path in the message.
-    pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-        std::fs::read(path).map_err(|e| Error::io(path, e))
     }
     pub fn io(path: &Path, e: std::io::Error) -> Self {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {

@@ -113,6 +113,14 @@ impl EvalReport {
     }
 }
 
+/// Evaluates `model` on pairs given as token ids (checked against the model first): the
+/// report without strength buckets or external labels.
+pub fn evaluate_pairs(model: &crate::shared::SharedModel, pairs: Vec<crate::train::PairIds>) -> crate::Result<EvalReport> {
+    crate::train::check_pairs(model, &pairs)?;
+    let (c, r) = crate::train::PairSet::from_ids(pairs).score_all(model, 16)?;
+    Ok(evaluate_rewards(&c, &r, None, None, 1))
+}
+
 /// Area under the ROC curve of `scores` for detecting `positives` (Mann-Whitney U, ties
 /// counted half). `None` when either class is empty.
 pub fn auroc(scores: &[f32], positives: &[bool]) -> Option<f64> {

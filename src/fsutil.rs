@@ -1,6 +1,7 @@
 //! File-system helpers for crash-safe saving.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -10,7 +11,7 @@ use crate::error::{Error, Result};
 /// so at every instant `dst` names either the whole old or the whole new directory; the old
 /// one is then deleted. Elsewhere (or on file systems without the exchange flag) the old
 /// directory is first renamed aside, which leaves a short window where `dst` is absent but the
-/// old copy is still whole under `<dst>.old`.
+/// old copy is still whole under a fresh hidden name beside it.
 pub fn replace_dir(src: &Path, dst: &Path) -> Result<()> {
     if !dst.exists() {
         return std::fs::rename(src, dst).map_err(|e| Error::io(dst, e));
@@ -20,10 +21,7 @@ pub fn replace_dir(src: &Path, dst: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(src);
         return Ok(());
     }
-    let mut aside = dst.as_os_str().to_owned();
-    aside.push(".old");
-    let aside = std::path::PathBuf::from(aside);
-    let _ = std::fs::remove_dir_all(&aside);
+    let aside = fresh_sibling_path(dst, "old");
     std::fs::rename(dst, &aside).map_err(|e| Error::io(dst, e))?;
     if let Err(e) = std::fs::rename(src, dst) {
         let _ = std::fs::rename(&aside, dst);
@@ -31,6 +29,33 @@ pub fn replace_dir(src: &Path, dst: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&aside);
     Ok(())
+}
+
+/// A name beside `path` that nothing uses yet: `.<name>.<tag>-<pid>-<n>`.
+fn fresh_sibling_path(path: &Path, tag: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let candidate = parent.join(format!(".{base}.{tag}-{}-{n}", std::process::id()));
+        if std::fs::symlink_metadata(&candidate).is_err() {
+            return candidate;
+        }
+    }
+}
+
+/// Creates a new, empty directory beside `path` (for a save to fill before it replaces
+/// `path`). Never reuses or deletes anything already there.
+pub fn fresh_sibling_dir(path: &Path, tag: &str) -> Result<PathBuf> {
+    loop {
+        let dir = fresh_sibling_path(path, tag);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value as GValue};
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::gguf_file::Value as GValue;
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use tokenizers::models::bpe::BPE;
@@ -123,11 +125,14 @@ fn tokenizer_from_meta(m: &Meta) -> Result<Tokenizer> {
         Some(v) => v.to_vec().map_err(|e| Error::corrupt(m.path, e))?.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
         None => vec![],
     };
+    if types.len() > tokens.len() {
+        return Err(Error::corrupt(m.path, format!("{} token types for {} tokens", types.len(), tokens.len())));
+    }
     let special: Vec<AddedToken> = types
         .iter()
-        .enumerate()
-        .filter(|(_, &t)| t == 3 || t == 4)
-        .map(|(i, &t)| AddedToken::from(tokens[i].clone(), t == 3))
+        .zip(&tokens)
+        .filter(|(&t, _)| t == 3 || t == 4)
+        .map(|(&t, token)| AddedToken::from(token.clone(), t == 3))
         .collect();
     tok.add_special_tokens(special).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))?;
     let add_bos = m.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
@@ -173,40 +178,253 @@ fn hf_name(gguf: &str, n_head: usize, n_kv: usize) -> Option<(String, Option<usi
     Some((format!("model.layers.{layer}.{name}"), heads))
 }
 
+/// One tensor's entry in a GGUF header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensor {
+    /// Dimensions in row-major order (GGUF stores them innermost first).
+    pub dims: Vec<usize>,
+    pub dtype: GgmlDType,
+    /// Byte range in the file.
+    pub start: usize,
+    pub len: usize,
+}
+
+/// A parsed and checked GGUF header: metadata and the byte range of every tensor.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    pub metadata: HashMap<String, GValue>,
+    pub tensors: HashMap<String, GgufTensor>,
+}
+
+/// Nesting of array values accepted in GGUF metadata.
+const MAX_GGUF_DEPTH: usize = 4;
+/// Bytes of one GGUF string (a chat template is a few kB; merges a few bytes each).
+const MAX_GGUF_STRING_BYTES: usize = 16 << 20;
+/// Dimensions of one tensor (ggml has 4).
+const MAX_GGUF_DIMS: usize = 4;
+
+/// A bounds-checked little-endian reader over the bytes of a GGUF file.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| gguf_err(format!("truncated: {n} bytes needed at offset {}", self.at)))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+    /// A count that must fit in the rest of the file at `min_bytes` each.
+    fn count(&mut self, min_bytes: usize, what: &str) -> Result<usize> {
+        let n = self.u64()?;
+        if n > (self.remaining() / min_bytes.max(1)) as u64 {
+            return Err(gguf_err(format!("{what} count {n} cannot fit in the {} bytes left", self.remaining())));
+        }
+        Ok(n as usize)
+    }
+    fn string(&mut self) -> Result<String> {
+        let n = self.count(1, "string length")?;
+        if n > MAX_GGUF_STRING_BYTES {
+            return Err(gguf_err(format!("string of {n} bytes, above the limit of {MAX_GGUF_STRING_BYTES}")));
+        }
+        let mut v = self.take(n)?.to_vec();
+        // Some writers NUL-terminate strings.
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+    fn value(&mut self, kind: u32, depth: usize) -> Result<GValue> {
+        Ok(match kind {
+            0 => GValue::U8(self.array::<1>()?[0]),
+            1 => GValue::I8(self.array::<1>()?[0] as i8),
+            2 => GValue::U16(u16::from_le_bytes(self.array()?)),
+            3 => GValue::I16(i16::from_le_bytes(self.array()?)),
+            4 => GValue::U32(self.u32()?),
+            5 => GValue::I32(i32::from_le_bytes(self.array()?)),
+            6 => GValue::F32(f32::from_le_bytes(self.array()?)),
+            7 => match self.array::<1>()?[0] {
+                0 => GValue::Bool(false),
+                1 => GValue::Bool(true),
+                b => return Err(gguf_err(format!("bool value {b}"))),
+            },
+            8 => GValue::String(self.string()?),
+            9 => {
+                if depth >= MAX_GGUF_DEPTH {
+                    return Err(gguf_err(format!("arrays nested deeper than {MAX_GGUF_DEPTH}")));
+                }
+                let inner = self.u32()?;
+                let n = self.count(1, "array")?;
+                let mut items = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    items.push(self.value(inner, depth + 1)?);
+                }
+                GValue::Array(items)
+            }
+            10 => GValue::U64(self.u64()?),
+            11 => GValue::I64(i64::from_le_bytes(self.array()?)),
+            12 => GValue::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(gguf_err(format!("unknown value type {other}"))),
+        })
+    }
+}
+
+fn gguf_err(msg: String) -> Error {
+    Error::new(ErrorKind::CorruptFile, format!("not a valid GGUF file: {msg}"))
+}
+
+fn ggml_dtype(code: u32) -> Result<GgmlDType> {
+    Ok(match code {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        other => return Err(Error::unsupported(format!("GGUF tensor type {other} is not supported"))),
+    })
+}
+
+/// Parses the header of a GGUF file (versions 2 and 3) held in `bytes`, checking every
+/// count, string, dimension and tensor range against the file before using it.
+pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
+    let mut c = Cursor { bytes, at: 0 };
+    if c.take(4)? != b"GGUF" {
+        return Err(gguf_err("no GGUF magic".into()));
+    }
+    match c.u32()? {
+        2 | 3 => {}
+        1 => return Err(Error::unsupported("GGUF version 1 is not supported (2 and 3 are)")),
+        other => return Err(gguf_err(format!("version {other}"))),
+    }
+    // A tensor entry takes at least 8 + 4 + 4 + 8 bytes, a metadata entry 8 + 4 + 1.
+    let n_tensors = c.u64()?;
+    let n_kv = c.u64()?;
+    if n_tensors.saturating_mul(24).saturating_add(n_kv.saturating_mul(13)) > c.remaining() as u64 {
+        return Err(gguf_err(format!("{n_tensors} tensors and {n_kv} metadata entries cannot fit in the file")));
+    }
+    let mut metadata = HashMap::new();
+    for _ in 0..n_kv {
+        let key = c.string()?;
+        let kind = c.u32()?;
+        metadata.insert(key, c.value(kind, 0)?);
+    }
+    let mut infos = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        let name = c.string()?;
+        let n_dims = c.u32()? as usize;
+        if n_dims > MAX_GGUF_DIMS {
+            return Err(gguf_err(format!("tensor `{name}` has {n_dims} dimensions")));
+        }
+        let mut dims = (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
+        dims.reverse();
+        let dtype = ggml_dtype(c.u32()?)?;
+        let offset = c.u64()?;
+        infos.push((name, dims, dtype, offset));
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => 32,
+        Some(GValue::U32(a)) if a.is_power_of_two() && *a <= 1 << 16 => *a as usize,
+        Some(other) => return Err(gguf_err(format!("general.alignment {other:?} is not a power of two up to 65536"))),
+    };
+    let data_start = c.at.div_ceil(alignment) * alignment;
+    let mut tensors = HashMap::new();
+    for (name, dims, dtype, offset) in infos {
+        let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n > 0);
+        let len = elems
+            .filter(|n| n % dtype.block_size() == 0)
+            .and_then(|n| (n / dtype.block_size()).checked_mul(dtype.type_size()))
+            .ok_or_else(|| gguf_err(format!("tensor `{name}` has shape {dims:?}, which does not fit {dtype:?} blocks")))?;
+        let start = usize::try_from(offset).ok().and_then(|o| o.checked_add(data_start));
+        match start.and_then(|s| s.checked_add(len)) {
+            Some(end) if end <= bytes.len() => {}
+            _ => return Err(gguf_err(format!("tensor `{name}` ({len} bytes at data offset {offset}) lies outside the file"))),
+        }
+        if tensors.insert(name.clone(), GgufTensor { dims, dtype, start: start.expect("checked"), len }).is_some() {
+            return Err(gguf_err(format!("tensor `{name}` is listed twice")));
+        }
+    }
+    Ok(GgufHeader { metadata, tensors })
+}
+
+impl GgufHeader {
+    /// Tensor `name` of the file `bytes` this header came from, dequantized to float32.
+    pub fn dequantize(&self, bytes: &[u8], name: &str) -> Result<Tensor> {
+        let info = self.tensors.get(name).ok_or_else(|| gguf_err(format!("no tensor `{name}`")))?;
+        // Copied into an 8-byte aligned buffer: ggml blocks are read in place as structs.
+        let mut aligned = vec![0u64; info.len.div_ceil(8)];
+        // SAFETY: `aligned` holds at least `info.len` bytes; u8 has no alignment needs.
+        let raw = unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr() as *mut u8, info.len) };
+        raw.copy_from_slice(&bytes[info.start..info.start + info.len]);
+        let q = qtensor_from_ggml(info.dtype, raw, info.dims.clone(), &Device::Cpu).map_err(|e| gguf_err(format!("tensor `{name}`: {e}")))?;
+        let t = q.dequantize(&Device::Cpu)?;
+        if !crate::optim::all_finite(&t)? {
+            return Err(Error::corrupt(Path::new(name), "GGUF tensor holds non-finite values"));
+        }
+        Ok(t)
+    }
+}
+
 /// Converts `gguf_path` into a Hugging Face checkpoint directory `out_dir`.
 pub fn import_gguf(gguf_path: &Path, out_dir: &Path) -> Result<ImportReport> {
-    let mut file = std::fs::File::open(gguf_path).map_err(|e| Error::io(gguf_path, e))?;
-    let content = Content::read(&mut file).map_err(|e| Error::corrupt(gguf_path, format!("not a readable GGUF file: {e}")))?;
-    let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    crate::model::checkpoint::check_replaceable(out_dir)?;
+    let bytes = crate::limits::read_file(gguf_path, crate::limits::MAX_WEIGHT_FILE_BYTES)?;
+    let header = parse_header(&bytes).map_err(|e| e.context(gguf_path.display()))?;
+    let arch = header.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "llama" {
         return Err(Error::unsupported(format!("GGUF architecture `{arch}` is not supported (llama is)")));
     }
-    let m = Meta { md: &content.metadata, arch, path: gguf_path };
+    let m = Meta { md: &header.metadata, arch, path: gguf_path };
     let n_head = m.arch_u32("attention.head_count")?;
     let n_kv = m.arch_u32("attention.head_count_kv").unwrap_or(n_head);
     let hidden = m.arch_u32("embedding_length")?;
     let layers = m.arch_u32("block_count")?;
+    if n_head == 0 || n_kv == 0 {
+        return Err(Error::corrupt(gguf_path, "attention head counts must be > 0"));
+    }
     let tokenizer = tokenizer_from_meta(&m)?;
     let vocab = m.strings("tokenizer.ggml.tokens")?.len();
 
     let mut tensors = Vec::new();
     let mut quant: HashMap<String, usize> = HashMap::new();
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    let mut names: Vec<&String> = header.tensors.keys().collect();
     names.sort();
     for gname in names {
         let Some((name, heads)) = hf_name(gname, n_head, n_kv) else {
             return Err(Error::unsupported(format!("GGUF tensor `{gname}` has no Hugging Face counterpart here")));
         };
-        let q = content.tensor(&mut file, gname, &Device::Cpu).map_err(|e| Error::corrupt(gguf_path, format!("tensor `{gname}`: {e}")))?;
-        *quant.entry(format!("{:?}", q.dtype())).or_default() += 1;
-        let t = q.dequantize(&Device::Cpu)?;
+        *quant.entry(format!("{:?}", header.tensors[gname].dtype)).or_default() += 1;
+        let t = header.dequantize(&bytes, gname).map_err(|e| e.context(gguf_path.display()))?;
         let t = match heads {
             Some(h) => unpermute_qk(&t, h)?,
             None => t,
         };
         tensors.push((name, t));
     }
-    let tied = !content.tensor_infos.contains_key("output.weight");
+    let tied = !header.tensors.contains_key("output.weight");
     let eos = m.u32("tokenizer.ggml.eos_token_id");
     let config = json!({
         "architectures": ["LlamaForCausalLM"],

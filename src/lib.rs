@@ -19,6 +19,7 @@ pub mod ffi;
 pub mod fsutil;
 pub mod gguf;
 pub mod host;
+pub mod limits;
 pub mod loss;
 pub mod meta;
 pub mod model;

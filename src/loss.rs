@@ -66,6 +66,25 @@ pub struct MarginRule {
     pub mode: MarginMode,
 }
 
+impl Default for MarginRule {
+    /// λ = 1 on the raw strength: the paper's Eq. 6.
+    fn default() -> Self {
+        MarginRule { scale: 1.0, mode: MarginMode::Raw }
+    }
+}
+
+impl FlipRule {
+    /// The paper's reading of a probably wrong label: mean strength below 0.
+    pub const DEFAULT_THRESHOLD: f32 = 0.0;
+    /// The paper flips the lowest 10% (or 20%).
+    pub const DEFAULT_FRACTION: f32 = 0.1;
+}
+
+impl SmoothRule {
+    /// The paper gives no α; 0.1 is the usual label-smoothing value.
+    pub const DEFAULT_ALPHA: f32 = 0.1;
+}
+
 /// All noise-aware options, composable.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct NoiseConfig {
@@ -191,6 +210,9 @@ impl NoiseConfig {
                     MarginMode::ClampZero => s.max(0.0),
                     MarginMode::Abs => s.abs(),
                 };
+            }
+            if let Some(i) = out.iter().position(|t| !t.margin.is_finite()) {
+                return Err(Error::invalid(format!("the margin of pair {i} (scale {} x its strength) is not finite", rule.scale)));
             }
         }
         Ok(out)

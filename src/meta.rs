@@ -18,7 +18,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::loss::PairTreatment;
 use crate::model::Pass;
 use crate::optim::global_norm;
@@ -57,6 +57,12 @@ impl PolicyBatch {
             })
             .collect::<Result<Vec<_>>>()?;
         PolicyBatch::from_ids(ids)
+    }
+
+    /// From token ids checked against `model`'s vocabulary and length.
+    pub fn from_checked_ids(model: &SharedModel, groups: Vec<Vec<Vec<u32>>>) -> Result<PolicyBatch> {
+        model.read()?.validate_sequences(groups.iter().flatten().map(Vec::as_slice), "policy sequence")?;
+        Self::from_ids(groups)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -166,11 +172,17 @@ impl Trainer {
             let j_before = j.to_scalar::<f32>()? as f64;
             let meta_grads = self.grads_of(&model, &j)?;
             let meta_grad_norm = global_norm(&meta_grads)?;
+            if !(j_before.is_finite() && meta_grad_norm.is_finite()) {
+                return Err(Error::new(ErrorKind::NonFinite, format!("difference loss {j_before} or its gradient norm {meta_grad_norm} is not finite; weights left unchanged")));
+            }
             // 2. θ' = θ + meta_lr ∇J, in separate tensors.
             let mut moved_values = HashMap::new();
             for (name, g) in self.trained_names().zip(&meta_grads) {
                 let p = model.params().get(name)?;
                 let moved = (p.to_dtype(DType::F32)? + (g * meta_lr)?)?.to_dtype(p.dtype())?;
+                if !crate::optim::all_finite(&moved)? {
+                    return Err(Error::new(ErrorKind::NonFinite, format!("the ascent step makes `{name}` non-finite (meta_lr {meta_lr}); weights left unchanged")));
+                }
                 moved_values.insert(name.to_string(), moved);
             }
             let moved = model.with_overrides(&moved_values)?;
@@ -182,9 +194,18 @@ impl Trainer {
         })?;
         drop(model);
         // 4. Applied at θ by the trainer's optimizer.
-        self.accumulate(grads)?;
-        let step = self.finish_micro_step(started, loss, accuracy, mean_margin)?;
+        let step = self.finish_micro_step(grads, started, loss, accuracy, mean_margin)?;
         Ok(MetaStepStats { j_before, j_after, meta_grad_norm, step })
+    }
+}
+
+impl Trainer {
+    /// One MetaRM step on preference pairs given as token ids (how the C ABI and the bindings
+    /// call).
+    pub fn meta_step_pairs(&mut self, pairs: Vec<crate::train::PairIds>, labels: crate::train::PairLabels, policy: &PolicyBatch) -> Result<MetaStepStats> {
+        let (set, treatments) = self.batch(pairs, labels)?;
+        let idx: Vec<usize> = (0..set.len()).collect();
+        self.meta_step(&set, &idx, &treatments, policy)
     }
 }
 

@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::host::borrow_f32;
 
 /// AdamW hyper-parameters. Defaults are MOSS-RLHF's reward-model settings.
@@ -25,12 +25,22 @@ impl Default for AdamWConfig {
 
 impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
-        let ok = self.lr.is_finite() && self.lr >= 0.0
+        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay].iter().all(|x| x.is_finite());
+        let ok = finite
+            && self.lr >= 0.0
             && (0.0..1.0).contains(&self.beta1)
             && (0.0..1.0).contains(&self.beta2)
             && self.eps > 0.0
-            && self.weight_decay >= 0.0;
-        if ok { Ok(()) } else { Err(Error::invalid(format!("invalid optimizer settings {self:?}"))) }
+            && self.weight_decay >= 0.0
+            // Decoupled decay multiplies the weights by 1 - lr·wd: past 1 it flips their sign.
+            && self.lr * self.weight_decay < 1.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "invalid optimizer settings {self:?}: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, lr * weight_decay < 1, all finite"
+            )))
+        }
     }
 }
 
@@ -78,17 +88,29 @@ impl LrSchedule {
     }
 }
 
-/// Global L2 norm of a set of gradients (float32).
+/// Global L2 norm of a set of gradients (float32), accumulated in f64: finite exactly when
+/// every gradient value is.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads {
         sum += match borrow_f32(g) {
             // One parallel pass instead of three tensor ops and a parameter-sized temporary.
             Some(data) => data.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum(),
-            None => g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+            None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
         };
     }
     Ok(sum.sqrt())
+}
+
+/// Whether every value of `t` is finite (NaN and infinities make `x - x` NaN).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(match borrow_f32(t) {
+        Some(data) => data.par_chunks(1 << 14).all(|c| c.iter().all(|x| x.is_finite())),
+        None => {
+            let t = t.to_dtype(DType::F32)?;
+            (&t - &t)?.sum_all()?.to_scalar::<f32>()?.is_finite()
+        }
+    })
 }
 
 /// One parameter under optimisation.
@@ -134,6 +156,38 @@ impl AdamWStep {
         Ok((new, m, v))
     }
 
+    /// Whether the update of (θ, g, m, v) gives finite θ', m' and v', computed without storing
+    /// anything: one read-only pass on the CPU, the tensor ops elsewhere.
+    fn stays_finite(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<bool> {
+        if let (true, Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (theta.device().is_cpu(), borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v)) {
+            let n = theta_in.len();
+            if [g.len(), m_in.len(), v_in.len()] == [n; 3] {
+                let k = self.kernel();
+                let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) = (&theta_in, &g, &m_in, &v_in);
+                return Ok((0..n).into_par_iter().with_min_len(1 << 14).all(|j| {
+                    let (t, m, v) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
+                    t.is_finite() && m.is_finite() && v.is_finite()
+                }));
+            }
+        }
+        let (t, m, v) = self.with_tensor_ops(theta, g, m, v)?;
+        Ok(all_finite(&t)? && all_finite(&m)? && all_finite(&v)?)
+    }
+
+    /// The constants of the elementwise update, in f32.
+    fn kernel(&self) -> AdamWKernel {
+        AdamWKernel {
+            b1: self.b1 as f32,
+            b2: self.b2 as f32,
+            inv_bias1: (1.0 / self.bias1) as f32,
+            inv_bias2: (1.0 / self.bias2) as f32,
+            eps: self.eps as f32,
+            lr: self.lr as f32,
+            decay: self.decay as f32,
+            grad_scale: self.grad_scale as f32,
+        }
+    }
+
     /// Contiguous float32 CPU tensors, in one parallel pass: the tensor-op version makes about
     /// fifteen passes, each allocating a parameter-sized tensor. `None` for any other input.
     fn on_cpu(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
@@ -149,23 +203,42 @@ impl AdamWStep {
         }
         let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) = (&theta_in, &g, &m_in, &v_in);
         let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        let (b1, b2) = (self.b1 as f32, self.b2 as f32);
-        let (inv_bias1, inv_bias2) = ((1.0 / self.bias1) as f32, (1.0 / self.bias2) as f32);
-        let (eps, lr, decay, grad_scale) = (self.eps as f32, self.lr as f32, self.decay as f32, self.grad_scale as f32);
+        let k = self.kernel();
         const CHUNK: usize = 1 << 14;
         theta_out.par_chunks_mut(CHUNK).zip(m_out.par_chunks_mut(CHUNK)).zip(v_out.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((t_out, m_out), v_out))| {
             let at = c * CHUNK;
             for i in 0..t_out.len() {
-                let (gi, j) = (g[at + i] * grad_scale, at + i);
-                let m = b1 * m_in[j] + (1.0 - b1) * gi;
-                let v = b2 * v_in[j] + (1.0 - b2) * gi * gi;
-                t_out[i] = theta_in[j] * decay - lr * ((m * inv_bias1) / ((v * inv_bias2).sqrt() + eps));
-                (m_out[i], v_out[i]) = (m, v);
+                let j = at + i;
+                (t_out[i], m_out[i], v_out[i]) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
             }
         });
         let shape = theta.shape();
         let tensor = |data: Vec<f32>| Tensor::from_vec(data, shape, &Device::Cpu);
         Ok(Some((tensor(theta_out)?, tensor(m_out)?, tensor(v_out)?)))
+    }
+}
+
+/// [`AdamWStep`] in f32, for the CPU loops.
+#[derive(Clone, Copy)]
+struct AdamWKernel {
+    b1: f32,
+    b2: f32,
+    inv_bias1: f32,
+    inv_bias2: f32,
+    eps: f32,
+    lr: f32,
+    decay: f32,
+    grad_scale: f32,
+}
+
+impl AdamWKernel {
+    /// (θ, g, m, v) -> (θ', m', v') for one element.
+    #[inline(always)]
+    fn apply(&self, theta: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = g * self.grad_scale;
+        let m = self.b1 * m + (1.0 - self.b1) * g;
+        let v = self.b2 * v + (1.0 - self.b2) * g * g;
+        (theta * self.decay - self.lr * ((m * self.inv_bias1) / ((v * self.inv_bias2).sqrt() + self.eps)), m, v)
     }
 }
 
@@ -204,28 +277,63 @@ impl AdamW {
         self.slots.iter().map(|s| &s.var)
     }
 
+    /// The elementwise update of the next step at learning rate `lr`; refused when the step
+    /// counter is at its cap.
+    fn next_step(&self, lr: f64, grad_scale: f64) -> Result<AdamWStep> {
+        let t = self.t + 1;
+        if t > crate::limits::MAX_STEPS {
+            return Err(Error::invalid(format!("the optimizer has taken {} steps, rewardkit's limit", self.t)));
+        }
+        if !(lr.is_finite() && lr >= 0.0 && grad_scale.is_finite() && grad_scale >= 0.0) {
+            return Err(Error::new(ErrorKind::NonFinite, format!("learning rate {lr} or gradient scale {grad_scale} is not a finite number >= 0")));
+        }
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        // powf, not powi(t as i32): the exponent must not wrap at 2^31 steps.
+        let (bias1, bias2) = (1.0 - b1.powf(t as f64), 1.0 - b2.powf(t as f64));
+        Ok(AdamWStep { b1, b2, bias1, bias2, eps: self.cfg.eps, lr, decay: 1.0 - lr * self.cfg.weight_decay, grad_scale })
+    }
+
+    fn theta(slot: &Slot) -> Tensor {
+        match &slot.master {
+            Some(m) => m.clone(),
+            None => slot.var.as_tensor().detach(),
+        }
+    }
+
+    /// Checks that the step for `grads · grad_scale` at `lr` leaves every weight and moment
+    /// finite, without changing anything. [`Self::prepare`] calls it first, so that a step that
+    /// would turn weights into NaN (a huge learning rate, an overflowing gradient) is refused
+    /// while the optimizer and the model are still as they were.
+    pub fn check(&self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(Error::invalid(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
+        }
+        let step = self.next_step(lr, grad_scale)?;
+        for (slot, g) in self.slots.iter().zip(grads) {
+            if !step.stays_finite(&Self::theta(slot), &g.to_dtype(DType::F32)?, &slot.m, &slot.v)? {
+                return Err(Error::new(
+                    ErrorKind::NonFinite,
+                    format!("the update would make `{}` non-finite (lr {lr}); nothing was changed", slot.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Computes the updated weights for `grads · grad_scale` (aligned with the parameters; the
     /// scale is gradient clipping's) at learning rate `lr`, advancing the moment estimates.
     /// Returns the new weights in each variable's dtype; [`Self::commit`] writes them. Split in
     /// two so that the caller can hold a write lock only for the commit. Each gradient is
     /// dropped once used, and the scale is applied inside the update, so the peak memory is one
-    /// set of gradients, not two.
+    /// set of gradients, not two. A step that [`Self::check`] refuses changes nothing.
     pub fn prepare(&mut self, grads: Vec<Tensor>, lr: f64, grad_scale: f64) -> Result<Vec<Tensor>> {
-        if grads.len() != self.slots.len() {
-            return Err(Error::invalid(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
-        }
+        self.check(&grads, lr, grad_scale)?;
+        let step = self.next_step(lr, grad_scale)?;
         self.t += 1;
-        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let bias1 = 1.0 - b1.powi(self.t as i32);
-        let bias2 = 1.0 - b2.powi(self.t as i32);
-        let step = AdamWStep { b1, b2, bias1, bias2, eps: self.cfg.eps, lr, decay: 1.0 - lr * self.cfg.weight_decay, grad_scale };
         let mut out = Vec::with_capacity(grads.len());
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let g = g.to_dtype(DType::F32)?;
-            let theta = match &slot.master {
-                Some(m) => m.clone(),
-                None => slot.var.as_tensor().detach(),
-            };
+            let theta = Self::theta(slot);
             let (new, m, v) = match step.on_cpu(&theta, &g, &slot.m, &slot.v)? {
                 Some(updated) => updated,
                 None => step.with_tensor_ops(&theta, &g, &slot.m, &slot.v)?,
@@ -262,6 +370,9 @@ impl AdamW {
 
     /// Restores state saved by [`Self::state_tensors`] after `steps` optimizer steps.
     pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        if steps > crate::limits::MAX_STEPS {
+            return Err(Error::new(ErrorKind::CorruptFile, format!("optimizer step {steps} is above rewardkit's limit of {}", crate::limits::MAX_STEPS)));
+        }
         // Everything is read and checked before anything is replaced: a state that does not
         // fit leaves this optimizer exactly as it was.
         let saved = tensors.keys().filter(|k| k.starts_with("exp_avg.")).count();
@@ -279,7 +390,13 @@ impl AdamW {
                 if t.dims() != s.var.dims() {
                     return Err(Error::new(crate::ErrorKind::ShapeMismatch, format!("optimizer state `{key}` has shape {:?}, parameter has {:?}", t.dims(), s.var.dims())));
                 }
-                Ok(t.to_dtype(DType::F32)?.to_device(s.var.device())?)
+                let t = t.to_dtype(DType::F32)?;
+                // A negative second moment is a NaN at the next step's square root.
+                let in_range = if prefix == "exp_avg_sq" { t.min_all()?.to_scalar::<f32>()? >= 0.0 } else { true };
+                if !all_finite(&t)? || !in_range {
+                    return Err(Error::new(ErrorKind::CorruptFile, format!("optimizer state `{key}` holds non-finite{} values", if prefix == "exp_avg_sq" { " or negative" } else { "" })));
+                }
+                Ok(t.to_device(s.var.device())?)
             };
             // f32 master copies exist only for low-precision weights; a state saved without
             // them (an f32 run) starts them from the loaded weights, as a new optimizer does.

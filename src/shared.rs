@@ -26,6 +26,21 @@ pub struct SharedModelOptions {
     pub n_threads: usize,
 }
 
+impl SharedModelOptions {
+    /// Checks every size against `limits` before a thread is started or a byte is read.
+    pub fn validate(&self) -> Result<()> {
+        use crate::limits::{capped, MAX_BATCH_TOKEN_BUDGET, MAX_ITEMS_PER_CALL, MAX_SEQUENCE_TOKENS, MAX_THREADS};
+        capped(self.n_threads, MAX_THREADS, "n_threads")?;
+        capped(self.load.max_length, MAX_SEQUENCE_TOKENS, "max_length")?;
+        capped(self.batch.max_batch_size, MAX_ITEMS_PER_CALL, "max_batch_size")?;
+        if self.batch.token_budget == 0 {
+            return Err(Error::invalid("batch token budget must be > 0"));
+        }
+        capped(self.batch.token_budget, MAX_BATCH_TOKEN_BUDGET, "batch token budget")?;
+        Ok(())
+    }
+}
+
 /// What a caller may want to know about a loaded model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
@@ -43,6 +58,8 @@ pub struct ModelInfo {
     pub head_is_fresh: bool,
     pub has_tokenizer: bool,
     pub n_threads: usize,
+    /// Rows of the reward head (M for a shared-backbone ensemble).
+    pub num_heads: usize,
 }
 
 pub struct SharedModel {
@@ -60,6 +77,7 @@ pub struct SharedModel {
 impl SharedModel {
     /// Loads `dir` (config.json, weights, and tokenizer.json if present).
     pub fn load(dir: &Path, opts: &SharedModelOptions) -> Result<Self> {
+        opts.validate()?;
         let pool = build_pool(opts.n_threads)?;
         let model = pool.install(|| RewardModel::load(dir, &opts.load))?;
         let tokenizer_path = dir.join(TOKENIZER_FILE);
@@ -73,13 +91,11 @@ impl SharedModel {
 
     /// Wraps a model already in memory.
     pub fn from_model(model: RewardModel, tokenizer: Option<RewardTokenizer>, opts: &SharedModelOptions) -> Result<Self> {
+        opts.validate()?;
         Self::assemble(model, tokenizer, opts, build_pool(opts.n_threads)?)
     }
 
     fn assemble(model: RewardModel, tokenizer: Option<RewardTokenizer>, opts: &SharedModelOptions, pool: rayon::ThreadPool) -> Result<Self> {
-        if opts.batch.token_budget == 0 {
-            return Err(Error::invalid("batch token budget must be > 0"));
-        }
         if opts.text.append_eos && model.config().eos_token_ids.is_empty() {
             return Err(Error::invalid("append_eos is set but the model config has no eos_token_id"));
         }
@@ -205,6 +221,7 @@ impl SharedModel {
             head_is_fresh: matches!(model.head_source(), HeadSource::Fresh { .. }),
             has_tokenizer: self.tokenizer.is_some(),
             n_threads: self.pool.current_num_threads(),
+            num_heads: model.num_heads(),
         })
     }
 }

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use tokenizers::{Tokenizer, TruncationDirection};
+use tokenizers::{Encoding, Tokenizer, TruncationDirection};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -35,7 +35,13 @@ impl RewardTokenizer {
         if !path.is_file() {
             return Err(Error::missing(path.to_path_buf(), "tokenizer"));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| Error::corrupt(path, format!("cannot load tokenizer: {e}")))?;
+        let bytes = crate::limits::read_file(path, crate::limits::MAX_TOKENIZER_FILE_BYTES)?;
+        Self::from_json(&bytes, eos_id).map_err(|e| e.context(path.display()))
+    }
+
+    /// A tokenizer from the bytes of a tokenizer.json.
+    pub fn from_json(bytes: &[u8], eos_id: Option<u32>) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::new(ErrorKind::CorruptFile, format!("cannot load tokenizer: {e}")))?;
         Self::new(inner, eos_id)
     }
 
@@ -56,16 +62,27 @@ impl RewardTokenizer {
 
     /// Token ids of `prompt + separator + response`, at most `max_len` long.
     pub fn encode_pair(&self, prompt: &str, response: &str, opts: &TextOptions, max_len: usize) -> Result<Vec<u32>> {
-        let text = if opts.separator.is_empty() {
-            format!("{prompt}{response}")
-        } else {
-            format!("{prompt}{}{response}", opts.separator)
-        };
-        self.encode_text(&text, opts.append_eos, max_len)
+        let parts = [prompt, opts.separator.as_str(), response];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Left truncation keeps only the end: a very long text is joined from its tail alone,
+        // and the full join is made only if no safe cut exists within that tail.
+        let window = JOIN_WINDOW_BYTES.saturating_add(max_len.saturating_mul(64));
+        if total > window {
+            if let Some(ids) = self.encode(&joined_tail(&parts, window), opts.append_eos, max_len, true)? {
+                return Ok(ids);
+            }
+        }
+        self.encode_text(&parts.concat(), opts.append_eos, max_len)
     }
 
     /// Token ids of one whole text (already joined), at most `max_len` long.
     pub fn encode_text(&self, text: &str, append_eos: bool, max_len: usize) -> Result<Vec<u32>> {
+        Ok(self.encode(text, append_eos, max_len, false)?.expect("a whole text always encodes"))
+    }
+
+    /// Ids of the end of `text`. With `tail_only`, `text` is the tail of a longer text: `None`
+    /// when no safe cut was found inside it.
+    fn encode(&self, text: &str, append_eos: bool, max_len: usize, tail_only: bool) -> Result<Option<Vec<u32>>> {
         let eos = match (append_eos, self.eos_id) {
             (false, _) => None,
             (true, Some(id)) => Some(id),
@@ -75,11 +92,7 @@ impl RewardTokenizer {
         if max_len <= reserved {
             return Err(Error::invalid(format!("max_length {max_len} leaves no room for text after {reserved} special tokens")));
         }
-        let mut enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer failed: {e}")))?;
-        enc.truncate(max_len - reserved, 0, TruncationDirection::Left);
+        let Some(enc) = self.encode_kept(text, max_len - reserved, tail_only)? else { return Ok(None) };
         let enc = self
             .inner
             .post_process(enc, None, true)
@@ -93,6 +106,87 @@ impl RewardTokenizer {
         if ids.is_empty() {
             return Err(Error::invalid("the text encodes to no tokens"));
         }
-        Ok(ids)
+        Ok(Some(ids))
+    }
+
+    fn encode_raw(&self, text: &str) -> Result<Encoding> {
+        self.inner.encode(text, false).map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer failed: {e}")))
+    }
+
+    /// The last `keep` tokens of `text`, tokenizing only its end when that is safe: a 10 MB
+    /// prompt costs what its last few thousand tokens cost, not seconds and gigabytes.
+    ///
+    /// Tokenizers split text into pre-tokens that never span a whitespace-to-word boundary, so
+    /// cutting just after a whitespace character changes at most the first word's tokens. A
+    /// cut is accepted only when a second, later cut gives the same last `keep` ids; otherwise
+    /// the window grows, up to the whole text (`None` instead when `tail_only`).
+    fn encode_kept(&self, text: &str, keep: usize, tail_only: bool) -> Result<Option<Encoding>> {
+        let mut budget = keep.saturating_mul(8).saturating_add(4096);
+        while budget < text.len() {
+            if let (Some(a), Some(b)) = (boundary_after(text, text.len() - budget), boundary_after(text, text.len() - budget * 3 / 4)) {
+                let later = self.encode_raw(&text[b..])?;
+                if later.len() >= keep {
+                    let mut enc = self.encode_raw(&text[a..])?;
+                    if enc.len() >= keep && enc.get_ids()[enc.len() - keep..] == later.get_ids()[later.len() - keep..] {
+                        enc.truncate(keep, 0, TruncationDirection::Left);
+                        return Ok(Some(enc));
+                    }
+                }
+            }
+            budget = budget.saturating_mul(4);
+        }
+        if tail_only {
+            return Ok(None);
+        }
+        let mut enc = self.encode_raw(text)?;
+        enc.truncate(keep, 0, TruncationDirection::Left);
+        Ok(Some(enc))
+    }
+}
+
+/// Bytes of a (prompt, response) pair joined before tokenizing, beyond 64 per kept token.
+const JOIN_WINDOW_BYTES: usize = 1 << 20;
+
+/// The last (about) `window` bytes of the concatenation of `parts`, cut at a char boundary.
+fn joined_tail(parts: &[&str], window: usize) -> String {
+    let mut pieces: Vec<&str> = Vec::new();
+    let mut left = window;
+    for part in parts.iter().rev() {
+        if left == 0 {
+            break;
+        }
+        let mut start = part.len().saturating_sub(left);
+        while !part.is_char_boundary(start) {
+            start += 1;
+        }
+        pieces.push(&part[start..]);
+        left -= part.len() - start;
+    }
+    pieces.iter().rev().copied().collect()
+}
+
+/// The byte index just after the first whitespace character at or after `at`, if any.
+fn boundary_after(text: &str, at: usize) -> Option<usize> {
+    let mut start = at.min(text.len());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, c)| start + i + c.len_utf8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_tail_and_boundaries() {
+        assert_eq!(joined_tail(&["abcdef", "-", "xyz"], 5), "ef-xyz"[1..].to_string());
+        assert_eq!(joined_tail(&["ab", "", "xyz"], 100), "abxyz");
+        // Multi-byte characters are never split.
+        assert_eq!(joined_tail(&["aé", "", ""], 1), "");
+        assert_eq!(boundary_after("ab cd ef", 1), Some(3));
+        assert_eq!(boundary_after("ab cd ef", 3), Some(6));
+        assert_eq!(boundary_after("abcdef", 0), None);
+        assert_eq!(boundary_after("é é", 1), Some(3));
     }
 }

@@ -87,8 +87,8 @@ impl TrainConfig {
     pub fn validate(&self, num_layers: usize) -> Result<()> {
         self.optimizer.validate()?;
         self.noise.validate()?;
-        if self.grad_accum == 0 {
-            return Err(Error::invalid("grad_accum must be >= 1"));
+        if !(1..=crate::limits::MAX_GRAD_ACCUM).contains(&self.grad_accum) {
+            return Err(Error::invalid(format!("grad_accum {} must be in 1..={}", self.grad_accum, crate::limits::MAX_GRAD_ACCUM)));
         }
         if !(self.meta_lr.is_finite() && self.meta_lr >= 0.0) {
             return Err(Error::invalid(format!("meta_lr {} must be a finite number >= 0", self.meta_lr)));
@@ -213,19 +213,30 @@ impl HiddenCache {
         safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))
     }
 
-    /// Reads a cache written by [`Self::save`] (onto the CPU).
+    /// Reads a cache written by [`Self::save`] (onto the CPU), checking that every pooled
+    /// position lies inside its sequence.
     pub fn load(path: &Path) -> Result<HiddenCache> {
-        let bytes = Error::read_file(path)?;
+        let bytes = crate::limits::read_file(path, crate::limits::MAX_WEIGHT_FILE_BYTES)?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::corrupt(path, e))?;
         let first = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get("first"))
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| Error::corrupt(path, "no `first` in the metadata"))?;
+            .and_then(|f| f.parse::<usize>().ok())
+            .filter(|&f| f <= crate::limits::MAX_LAYERS)
+            .ok_or_else(|| Error::corrupt(path, "no valid `first` in the metadata"))?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| Error::corrupt(path, e))?;
-        let pool: Vec<usize> = tensors.remove("pool").ok_or_else(|| Error::corrupt(path, "no `pool`"))?.to_vec1::<u32>()?.into_iter().map(|p| p as usize).collect();
-        let hidden = (0..pool.len()).map(|i| tensors.remove(&format!("h.{i}")).ok_or_else(|| Error::corrupt(path, format!("no `h.{i}`")))).collect::<Result<_>>()?;
+        let pool = tensors.remove("pool").ok_or_else(|| Error::corrupt(path, "no `pool`"))?;
+        let pool: Vec<usize> = pool.to_vec1::<u32>().map_err(|e| Error::corrupt(path, format!("`pool`: {e}")))?.into_iter().map(|p| p as usize).collect();
+        let hidden: Vec<Tensor> = (0..pool.len())
+            .map(|i| {
+                let h = tensors.remove(&format!("h.{i}")).ok_or_else(|| Error::corrupt(path, format!("no `h.{i}`")))?;
+                match h.dims() {
+                    [rows, _] if pool[i] < *rows => Ok(h),
+                    dims => Err(Error::corrupt(path, format!("`h.{i}` has shape {dims:?}, pooled position {}", pool[i]))),
+                }
+            })
+            .collect::<Result<_>>()?;
         Ok(HiddenCache { first, hidden, pool })
     }
 
@@ -414,10 +425,26 @@ const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const TRAINER_STATE_FILE: &str = "trainer_state.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainerState {
-    step: u64,
-    micro_step: u64,
-    config: TrainConfig,
+pub struct TrainerState {
+    pub step: u64,
+    pub micro_step: u64,
+    pub config: TrainConfig,
+}
+
+impl TrainerState {
+    /// Parses trainer_state.json, checking the counters against `limits::MAX_STEPS`.
+    pub fn from_json(bytes: &[u8]) -> Result<TrainerState> {
+        let state: TrainerState = serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorKind::CorruptFile, e.to_string()))?;
+        if state.step > crate::limits::MAX_STEPS || state.micro_step > crate::limits::MAX_STEPS || state.step > state.micro_step {
+            return Err(Error::new(ErrorKind::CorruptFile, format!("step {} / micro-step {} out of range", state.step, state.micro_step)));
+        }
+        state.config.validate(usize::MAX)?;
+        Ok(state)
+    }
+
+    fn read(path: &Path) -> Result<TrainerState> {
+        Self::from_json(&crate::limits::read_file(path, crate::limits::MAX_JSON_FILE_BYTES)?).map_err(|e| e.context(path.display()))
+    }
 }
 
 pub struct Trainer {
@@ -438,33 +465,53 @@ impl Drop for Trainer {
 }
 
 impl Trainer {
-    /// A trainer updating `model` in place. One trainer per model at a time.
+    /// A trainer updating `model` in place. One trainer per model at a time. Everything is
+    /// checked before anything changes: a refused trainer leaves the model as it was.
     pub fn new(model: Arc<SharedModel>, cfg: TrainConfig) -> Result<Trainer> {
-        // SwAV's prototypes live with the model (saved in its checkpoint); add them if new.
-        if let Some(k) = cfg.contrastive.as_ref().and_then(|c| c.prototypes()) {
-            let mut m = model.write()?;
-            let h = m.config().hidden_size;
-            let existing = m.params().get(crate::contrastive::PROTOTYPES).ok().map(|t| t.dims().to_vec());
-            match existing {
-                Some(dims) if dims == [k, h] => {}
-                Some(dims) => return Err(Error::invalid(format!("the checkpoint's SwAV prototypes are {dims:?}, the config asks for [{k}, {h}]"))),
-                None => {
-                    let c = crate::contrastive::init_prototypes(k, h, cfg.seed ^ 0xC1A5, m.device())?;
-                    m.add_param(crate::contrastive::PROTOTYPES, &c)?;
+        let (num_layers, hidden, device) = {
+            let m = model.read()?;
+            (m.config().num_hidden_layers, m.config().hidden_size, m.device().clone())
+        };
+        cfg.validate(num_layers)?;
+        // SwAV's prototypes live with the model (saved in its checkpoint): reuse a matching
+        // set, or make a new one to add once this trainer is sure to exist.
+        let new_prototypes = match cfg.contrastive.as_ref().and_then(|c| c.prototypes()) {
+            None => None,
+            Some(k) => match model.read()?.params().get(crate::contrastive::PROTOTYPES).ok().map(|t| t.dims().to_vec()) {
+                Some(dims) if dims == [k, hidden] => None,
+                Some(dims) => return Err(Error::invalid(format!("the checkpoint's SwAV prototypes are {dims:?}, the config asks for [{k}, {hidden}]"))),
+                None => Some(crate::contrastive::init_prototypes(k, hidden, cfg.seed ^ 0xC1A5, &device)?),
+            },
+        };
+        model.attach_trainer()?;
+        let built = (|| -> Result<AdamW> {
+            if let Some(c) = &new_prototypes {
+                model.write()?.add_param(crate::contrastive::PROTOTYPES, c)?;
+            }
+            let params: Vec<_> = model
+                .read()?
+                .params()
+                .iter()
+                .filter(|(name, _)| is_trainable(name, cfg.trainable, num_layers))
+                .map(|(name, v)| (name.to_string(), v.clone()))
+                .collect();
+            model.install(|| AdamW::new(params, cfg.optimizer))
+        })();
+        match built {
+            Ok(optimizer) => {
+                let accum = vec![None; optimizer.names().count()];
+                Ok(Trainer { model, cfg, optimizer, num_layers, accum, accum_count: 0, micro_step: 0 })
+            }
+            Err(e) => {
+                if new_prototypes.is_some() {
+                    if let Ok(mut m) = model.write() {
+                        m.remove_param(crate::contrastive::PROTOTYPES);
+                    }
                 }
+                model.detach_trainer();
+                Err(e)
             }
         }
-        let (params, num_layers) = {
-            let m = model.read()?;
-            let n = m.config().num_hidden_layers;
-            cfg.validate(n)?;
-            let params: Vec<_> = m.params().iter().filter(|(name, _)| is_trainable(name, cfg.trainable, n)).map(|(name, v)| (name.to_string(), v.clone())).collect();
-            (params, n)
-        };
-        let optimizer = model.install(|| AdamW::new(params, cfg.optimizer))?;
-        model.attach_trainer()?;
-        let accum = vec![None; optimizer.names().count()];
-        Ok(Trainer { model, cfg, optimizer, num_layers, accum, accum_count: 0, micro_step: 0 })
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -503,8 +550,7 @@ impl Trainer {
         let model = shared.read()?;
         let (grads, loss, accuracy, mean_margin) = shared.install(|| self.preference_grads(&model, set, idx, treatments, pass))?;
         drop(model);
-        self.accumulate(grads)?;
-        self.finish_micro_step(started, loss, accuracy, mean_margin)
+        self.finish_micro_step(grads, started, loss, accuracy, mean_margin)
     }
 
     /// The dropout setting of the current micro-step.
@@ -552,7 +598,7 @@ impl Trainer {
         }
         let value = loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
-            return Err(Error::new(ErrorKind::Internal, format!("loss is {value}; weights left unchanged")));
+            return Err(Error::new(ErrorKind::NonFinite, format!("loss is {value}; weights left unchanged")));
         }
         let grads = self.grads_of(model, &(&loss / self.cfg.grad_accum as f64)?)?;
         let margins: Vec<f32> = (rc.mean(1)? - rr.mean(1)?)?.to_vec1()?;
@@ -581,26 +627,41 @@ impl Trainer {
         })
     }
 
-    /// Adds one micro-batch's gradients to the accumulation buffer.
-    pub(crate) fn accumulate(&mut self, grads: Vec<Tensor>) -> Result<()> {
-        for (slot, g) in self.accum.iter_mut().zip(grads) {
-            *slot = Some(match slot.take() {
-                Some(prev) => (prev + g)?,
-                None => g,
-            });
+    /// Ends a micro-step whose gradients are `grads`: they join the accumulation buffer, and at
+    /// the end of an accumulation cycle the optimizer applies the sum. A refused update (a
+    /// non-finite gradient or weight) returns an error with the buffer, the counters and the
+    /// weights exactly as they were before this micro-step.
+    pub(crate) fn finish_micro_step(&mut self, grads: Vec<Tensor>, started: Instant, loss: f64, accuracy: f64, mean_margin: f64) -> Result<StepStats> {
+        if self.micro_step >= crate::limits::MAX_STEPS {
+            return Err(Error::invalid(format!("the trainer has taken {} micro-steps, rewardkit's limit", self.micro_step)));
         }
-        Ok(())
-    }
-
-    /// Counts a micro-step and applies the optimizer at the end of an accumulation cycle.
-    pub(crate) fn finish_micro_step(&mut self, started: Instant, loss: f64, accuracy: f64, mean_margin: f64) -> Result<StepStats> {
-        self.micro_step += 1;
-        self.accum_count += 1;
         let lr = self.current_lr();
+        let completes = self.accum_count + 1 >= self.cfg.grad_accum;
         let mut grad_norm = None;
-        if self.accum_count == self.cfg.grad_accum {
-            grad_norm = Some(self.apply(lr)?);
+        if completes {
+            // The cycle's sum, built beside the buffer so that a refused update leaves it intact.
+            let total: Vec<Tensor> = self
+                .accum
+                .iter()
+                .zip(grads)
+                .map(|(prev, g)| Ok(match prev {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                }))
+                .collect::<Result<_>>()?;
+            grad_norm = Some(self.apply(total, lr)?);
+            self.accum.iter_mut().for_each(|g| *g = None);
+            self.accum_count = 0;
+        } else {
+            for (slot, g) in self.accum.iter_mut().zip(grads) {
+                *slot = Some(match slot.take() {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                });
+            }
+            self.accum_count += 1;
         }
+        self.micro_step += 1;
         Ok(StepStats {
             step: self.optimizer.steps_taken(),
             micro_step: self.micro_step,
@@ -619,16 +680,15 @@ impl Trainer {
         self.optimizer.names()
     }
 
-    /// Clips and applies the accumulated gradients; returns the norm before clipping.
-    fn apply(&mut self, lr: f64) -> Result<f64> {
-        let grads: Vec<Tensor> = self.accum.iter_mut().map(|g| g.take().expect("accumulated")).collect();
-        self.accum_count = 0;
+    /// Clips and applies one accumulation cycle's gradients; returns the norm before clipping.
+    /// Nothing changes when the update is refused.
+    fn apply(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<f64> {
         let (optimizer, max_norm) = (&mut self.optimizer, self.cfg.max_grad_norm);
         let device = grads.first().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
         let (norm, new_values) = crate::profile::phase("optimizer (clip, AdamW)", &device, || self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
             let norm = global_norm(&grads)?;
             if !norm.is_finite() {
-                return Err(Error::new(ErrorKind::Internal, format!("gradient norm is {norm}; weights left unchanged")));
+                return Err(Error::new(ErrorKind::NonFinite, format!("gradient norm is {norm}; weights left unchanged")));
             }
             let scale = match max_norm {
                 Some(max) if norm > max => max / (norm + 1e-6),
@@ -660,10 +720,8 @@ impl Trainer {
     /// Restores optimizer and step counters from a checkpoint written by [`Self::save`]; the
     /// model must have been loaded from the same directory. Returns the micro-steps done.
     pub fn resume(&mut self, dir: &Path) -> Result<u64> {
-        let state_path = dir.join(TRAINER_STATE_FILE);
-        let state: TrainerState = serde_json::from_slice(&Error::read_file(&state_path)?).map_err(|e| Error::corrupt(&state_path, e))?;
+        let state = TrainerState::read(&dir.join(TRAINER_STATE_FILE))?;
         let tensors = crate::model::checkpoint::read_tensors(&[dir.join(OPTIMIZER_FILE)])?;
-        let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
         self.model.install(|| self.optimizer.load_state(&tensors, state.step))?;
         self.micro_step = state.micro_step;
         self.accum_count = 0;
@@ -772,12 +830,50 @@ pub fn fit(trainer: &mut Trainer, train: &PairSet, treatments: &[PairTreatment],
 pub fn tokenize_pairs(shared: &SharedModel, pairs: &[crate::data::PreferencePair]) -> Result<Vec<PairIds>> {
     pairs
         .iter()
-        .map(|p| {
-            let mut ids = shared
-                .encode_pairs(&[(&p.prompt, &p.chosen), (&p.prompt, &p.rejected)])
-                .map_err(|e| e.context(format!("line {}", p.line)))?;
-            let rejected = ids.pop().expect("two sequences");
-            Ok(PairIds { chosen: ids.pop().expect("two sequences"), rejected })
-        })
+        .map(|p| encode_pair(shared, &p.prompt, &p.chosen, &p.rejected).map_err(|e| e.context(format!("line {}", p.line))))
         .collect()
+}
+
+/// Token ids of (prompt, chosen, rejected) text triples; errors name the pair.
+pub fn encode_text_pairs(shared: &SharedModel, triples: &[(&str, &str, &str)]) -> Result<Vec<PairIds>> {
+    triples.iter().enumerate().map(|(i, (p, c, r))| encode_pair(shared, p, c, r).map_err(|e| e.context(format!("pair {i}")))).collect()
+}
+
+fn encode_pair(shared: &SharedModel, prompt: &str, chosen: &str, rejected: &str) -> Result<PairIds> {
+    let mut ids = shared.encode_pairs(&[(prompt, chosen), (prompt, rejected)])?;
+    let rejected = ids.pop().expect("two sequences");
+    Ok(PairIds { chosen: ids.pop().expect("two sequences"), rejected })
+}
+
+/// Checks every sequence of `pairs` against `model` (vocabulary, length).
+pub fn check_pairs(model: &SharedModel, pairs: &[PairIds]) -> Result<()> {
+    let model = model.read()?;
+    model.validate_sequences(pairs.iter().map(|p| p.chosen.as_slice()), "chosen")?;
+    model.validate_sequences(pairs.iter().map(|p| p.rejected.as_slice()), "rejected")
+}
+
+/// Per-pair inputs of the noise-aware losses, aligned with a batch of pairs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairLabels<'a> {
+    /// Mean preference differences from a vote (flip, negative-only smoothing, margin).
+    pub strengths: Option<&'a [f32]>,
+    /// Label-smoothing α per pair (`SmoothRule::PerPair`).
+    pub alphas: Option<&'a [f32]>,
+}
+
+impl Trainer {
+    /// The pairs as a set this trainer runs, every sequence checked against the model, with the
+    /// noise-aware treatment of each pair from its labels.
+    pub fn batch(&self, pairs: Vec<PairIds>, labels: PairLabels) -> Result<(PairSet, Vec<PairTreatment>)> {
+        check_pairs(&self.model, &pairs)?;
+        let treatments = self.cfg.noise.treatments(pairs.len(), labels.strengths, labels.alphas)?;
+        Ok((PairSet::from_ids(pairs), treatments))
+    }
+
+    /// One step on a batch of pairs given as token ids (how the C ABI and the bindings call).
+    pub fn step_pairs(&mut self, pairs: Vec<PairIds>, labels: PairLabels) -> Result<StepStats> {
+        let (set, treatments) = self.batch(pairs, labels)?;
+        let idx: Vec<usize> = (0..set.len()).collect();
+        self.step(&set, &idx, &treatments)
+    }
 }

@@ -187,6 +187,22 @@ pub fn vote(models: &[&SharedModel], set: &PairSet, batch_pairs: usize) -> Resul
     Vote::merge(models.iter().map(|m| heads_vote(m, set, batch_pairs)).collect::<Result<Vec<_>>>()?)
 }
 
+/// The vote of several models on pairs each model builds for itself with `pairs_for` (members
+/// may tokenize texts differently); every sequence is checked against its model. Every head
+/// of every model is a member, as in [`vote`].
+pub fn vote_each(models: &[&SharedModel], mut pairs_for: impl FnMut(&SharedModel) -> Result<Vec<crate::train::PairIds>>) -> Result<Vote> {
+    if models.is_empty() {
+        return Err(Error::invalid("a vote needs at least one model"));
+    }
+    let mut votes = Vec::with_capacity(models.len());
+    for (i, m) in models.iter().enumerate() {
+        let pairs = pairs_for(m).map_err(|e| e.context(format!("models[{i}]")))?;
+        crate::train::check_pairs(m, &pairs).map_err(|e| e.context(format!("models[{i}]")))?;
+        votes.push(heads_vote(m, &PairSet::from_ids(pairs), 16)?);
+    }
+    Vote::merge(votes)
+}
+
 /// The vote of one model's heads on every pair of `set` (one member for a single-head model).
 pub fn heads_vote(model: &SharedModel, set: &PairSet, batch_pairs: usize) -> Result<Vote> {
     let m = model.read()?;

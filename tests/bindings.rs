@@ -41,7 +41,7 @@ fn installed_package_works_with_pkg_config_and_cmake() {
     let dir = scratch("install");
     let prefix = dir.join("prefix");
     install(&prefix);
-    for f in ["include/rewardkit.h", "include/rewardkit.hpp", "lib/librewardkit.so.0", "lib/librewardkit.a", "lib/pkgconfig/rewardkit.pc", "lib/cmake/rewardkit/rewardkitConfig.cmake", "bin/rewardkit"] {
+    for f in ["include/rewardkit.h", "include/rewardkit.hpp", "lib/librewardkit.so.0.2", "lib/librewardkit.a", "lib/pkgconfig/rewardkit.pc", "lib/cmake/rewardkit/rewardkitConfig.cmake", "bin/rewardkit"] {
         assert!(prefix.join(f).exists(), "{f} not installed");
     }
     let pc = |arg: &str| run(Command::new("pkg-config").args([arg, "rewardkit"]).env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")));

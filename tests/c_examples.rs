@@ -23,10 +23,10 @@ fn header_compiles_as_c99_and_cpp17() {
     let include = repo().join("include");
     let dir = scratch("header");
     let c = dir.join("h.c");
-    std::fs::write(&c, "#include \"rewardkit.h\"\nint main(void) { rk_model_params p = rk_model_default_params(); return (int)p.dtype; }\n").unwrap();
+    std::fs::write(&c, "#include \"rewardkit.h\"\nint main(void) { rk_model_params p; if (rk_model_params_init(&p, sizeof p) != RK_OK) return 1; return (int)p.dtype; }\n").unwrap();
     run(Command::new("cc").args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"]).arg(&include).arg(&c));
     let cpp = dir.join("h.cpp");
-    std::fs::write(&cpp, "#include \"rewardkit.h\"\nint main() { rk_model_params p = rk_model_default_params(); rk_status s = RK_OK; return (int)p.dtype + (int)s; }\n").unwrap();
+    std::fs::write(&cpp, "#include \"rewardkit.h\"\nint main() { rk_model_params p; rk_status s = rk_model_params_init(&p, sizeof p); return (int)p.dtype + (int)s; }\n").unwrap();
     run(Command::new("c++").args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"]).arg("-I").arg(&include).arg(&cpp)
         .arg("-L").arg(lib_dir()).arg("-lrewardkit").arg("-o").arg(dir.join("h_cpp")));
 }

@@ -12,6 +12,18 @@ fn last_error() -> String {
     unsafe { CStr::from_ptr(rk_last_error_message()) }.to_string_lossy().into_owned()
 }
 
+fn model_params() -> rk_model_params {
+    let mut p = std::mem::MaybeUninit::<rk_model_params>::uninit();
+    assert_eq!(unsafe { rk_model_params_init(p.as_mut_ptr(), std::mem::size_of::<rk_model_params>()) }, rk_status::RK_OK);
+    unsafe { p.assume_init() }
+}
+
+fn trainer_params() -> rk_trainer_params {
+    let mut p = std::mem::MaybeUninit::<rk_trainer_params>::uninit();
+    assert_eq!(unsafe { rk_trainer_params_init(p.as_mut_ptr(), std::mem::size_of::<rk_trainer_params>()) }, rk_status::RK_OK);
+    unsafe { p.assume_init() }
+}
+
 fn load(dir: &std::path::Path) -> *mut rk_model {
     let path = CString::new(dir.to_str().unwrap()).unwrap();
     let mut model = null_mut();
@@ -50,7 +62,7 @@ fn load_score_info_free() {
     assert_eq!(unsafe { CStr::from_ptr(info.architecture.as_ptr()) }.to_str().unwrap(), "llama");
     assert_eq!(unsafe { CStr::from_ptr(info.device.as_ptr()) }.to_str().unwrap(), "cpu");
     assert_eq!((info.num_layers, info.hidden_size, info.dtype), (4, 256, RK_DTYPE_F32));
-    assert!(info.has_tokenizer && !info.head_is_fresh && info.num_parameters > 1_000_000);
+    assert!(info.has_tokenizer == 1 && info.head_is_fresh == 0 && info.num_parameters > 1_000_000);
     unsafe { rk_model_free(model) };
     unsafe { rk_model_free(null_mut()) };
 }
@@ -113,14 +125,14 @@ fn load_failures_leave_null_and_a_message() {
     assert_eq!(unsafe { rk_model_load(path.as_ptr(), null(), null_mut()) }, RK_ERR_NULL_POINTER);
 
     let dir = CString::new(fixture("llama_gqa").to_str().unwrap()).unwrap();
-    let mut params = rk_model_default_params();
+    let mut params = model_params();
     params.struct_size = 8;
     assert_eq!(unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) }, RK_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("struct_size"));
-    params = rk_model_default_params();
+    params = model_params();
     params.dtype = 42;
     assert_eq!(unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) }, RK_ERR_INVALID_ARGUMENT);
-    params = rk_model_default_params();
+    params = model_params();
     let cuda = CString::new("cuda:0").unwrap();
     params.device = cuda.as_ptr();
     let expected = if cfg!(feature = "cuda") { RK_OK } else { RK_ERR_DEVICE };
@@ -130,7 +142,7 @@ fn load_failures_leave_null_and_a_message() {
     } else {
         assert_eq!(status, expected, "{}", last_error());
     }
-    params = rk_model_default_params();
+    params = model_params();
     params.max_length = 100_000;
     assert_eq!(unsafe { rk_model_load(dir.as_ptr(), &params, &mut model) }, RK_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("max_position_embeddings"));
@@ -195,33 +207,40 @@ fn trainer_errors_are_statuses() {
     let model = load(&fixture("llama_gqa"));
     unsafe {
         let mut trainer = null_mut();
-        let mut params = rk_trainer_default_params();
-        params.flip = true;
+        let mut params = trainer_params();
+        params.flip = RK_FLIP_BELOW;
         assert_eq!(rk_trainer_create(model, &params, &mut trainer), RK_OK, "{}", last_error());
         let ids = [1u32, 5, 6, 1, 7, 8];
         let offsets = [0usize, 3];
         let roffsets = [0usize, 3];
         let rids = &ids[3..];
         // Flipping needs strengths.
-        let s = rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut());
+        let s = rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null(), null_mut());
         assert_eq!(s, RK_ERR_INVALID_ARGUMENT);
         assert!(last_error().contains("strengths"), "{}", last_error());
         // With a strength it trains; stats come back.
         let strength = [-0.5f32];
         let mut stats: rk_step_stats = std::mem::zeroed();
         stats.struct_size = std::mem::size_of::<rk_step_stats>();
-        let s = rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), &mut stats);
+        let s = rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), null(), &mut stats);
         assert_eq!(s, RK_OK, "{}", last_error());
-        assert!(stats.applied && stats.step == 1 && stats.loss.is_finite());
-        // A small stats struct, NULL trainer, zero pairs, OOV ids.
-        stats.struct_size = 8;
-        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), &mut stats), RK_ERR_INVALID_ARGUMENT);
-        assert_eq!(rk_trainer_step_tokens(null_mut(), ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut()), RK_ERR_NULL_POINTER);
-        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 0, null(), null_mut()), RK_ERR_INVALID_ARGUMENT);
+        assert!(stats.applied == 1 && stats.step == 1 && stats.loss.is_finite());
+        // An older caller's smaller stats struct gets only the bytes it has; a struct_size that
+        // does not even cover itself is refused before the step runs.
+        stats.struct_size = std::mem::offset_of!(rk_step_stats, loss);
+        stats.loss = -7.0;
+        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), null(), &mut stats), RK_OK);
+        assert_eq!((stats.step, stats.loss, stats.struct_size), (2, -7.0, std::mem::offset_of!(rk_step_stats, loss)));
+        stats.struct_size = 4;
+        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), null(), &mut stats), RK_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("struct_size"), "{}", last_error());
+        // NULL trainer, zero pairs, OOV ids.
+        assert_eq!(rk_trainer_step_tokens(null_mut(), ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null(), null_mut()), RK_ERR_NULL_POINTER);
+        assert_eq!(rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 0, null(), null(), null_mut()), RK_ERR_INVALID_ARGUMENT);
         let bad = [1u32, 9999, 3];
-        assert_eq!(rk_trainer_step_tokens(trainer, bad.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), null_mut()), RK_ERR_OUT_OF_VOCAB);
+        assert_eq!(rk_trainer_step_tokens(trainer, bad.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, strength.as_ptr(), null(), null_mut()), RK_ERR_OUT_OF_VOCAB);
         // Bad enum codes in params.
-        let mut p = rk_trainer_default_params();
+        let mut p = trainer_params();
         p.schedule = 99;
         let mut other = null_mut();
         rk_trainer_free(trainer);
@@ -234,11 +253,11 @@ fn trainer_errors_are_statuses() {
         assert_eq!(rk_trainer_create(model, null(), &mut t2), RK_OK);
         let c = CString::new("x").unwrap();
         let arr = [c.as_ptr()];
-        assert_eq!(rk_trainer_step_texts(t2, arr.as_ptr(), arr.as_ptr(), arr.as_ptr(), 1, null(), null_mut()), RK_ERR_INVALID_ARGUMENT);
+        assert_eq!(rk_trainer_step_texts(t2, arr.as_ptr(), arr.as_ptr(), arr.as_ptr(), 1, null(), null(), null_mut()), RK_ERR_INVALID_ARGUMENT);
         assert!(last_error().contains("tokenizer"), "{}", last_error());
         // Freeing the model first is safe: the trainer holds the weights.
         rk_model_free(model);
-        assert_eq!(rk_trainer_step_tokens(t2, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut()), RK_OK);
+        assert_eq!(rk_trainer_step_tokens(t2, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null(), null_mut()), RK_OK);
         rk_trainer_free(t2);
         rk_trainer_free(null_mut());
     }
@@ -354,7 +373,7 @@ fn scoring_during_training_sees_whole_updates() {
         out[0]
     };
     let mut trainer = null_mut();
-    let mut params = rk_trainer_default_params();
+    let mut params = trainer_params();
     params.lr = 1e-3;
     assert_eq!(unsafe { rk_trainer_create(model.0, &params, &mut trainer) }, rk_status::RK_OK);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -377,7 +396,7 @@ fn scoring_during_training_sees_whole_updates() {
     let (co, ro) = ([0usize, 4], [0usize, 4]);
     let mut valid = vec![score(&model)];
     for _ in 0..20 {
-        assert_eq!(unsafe { rk_trainer_step_tokens(trainer, c.as_ptr(), co.as_ptr(), r.as_ptr(), ro.as_ptr(), 1, null(), null_mut()) }, rk_status::RK_OK);
+        assert_eq!(unsafe { rk_trainer_step_tokens(trainer, c.as_ptr(), co.as_ptr(), r.as_ptr(), ro.as_ptr(), 1, null(), null(), null_mut()) }, rk_status::RK_OK);
         valid.push(score(&model));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -403,12 +422,12 @@ fn resume_continues_a_saved_run_exactly() {
     let roffsets = [0usize, 3];
     let probe = [1u32, 300, 305, 306, 307];
     let probe_offsets = [0usize, probe.len()];
-    let mut params = rk_trainer_default_params();
+    let mut params = trainer_params();
     params.lr = 1e-3;
     params.warmup_steps = 2;
     let steps = |trainer: *mut rk_trainer, n: usize| {
         for _ in 0..n {
-            let s = unsafe { rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null_mut()) };
+            let s = unsafe { rk_trainer_step_tokens(trainer, ids.as_ptr(), offsets.as_ptr(), rids.as_ptr(), roffsets.as_ptr(), 1, null(), null(), null_mut()) };
             assert_eq!(s, RK_OK, "{}", last_error());
         }
     };

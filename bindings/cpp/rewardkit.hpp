@@ -64,7 +64,37 @@ template <typename T> T sized() {
     t.struct_size = sizeof(T);
     return t;
 }
+
+inline const float *opt(const std::vector<float> &v) { return v.empty() ? nullptr : v.data(); }
+
+/// Per-pair arrays are empty or one entry per pair.
+inline void check_per_pair(size_t n, const std::vector<float> &strengths, const std::vector<float> &alphas) {
+    if ((!strengths.empty() && strengths.size() != n) || (!alphas.empty() && alphas.size() != n))
+        throw Error(RK_ERR_INVALID_ARGUMENT, "strengths and alphas must be empty or have one entry per pair");
+}
+
+inline void check_texts(const std::vector<std::string> &p, const std::vector<std::string> &c, const std::vector<std::string> &r) {
+    if (p.size() != c.size() || p.size() != r.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "prompts, chosen and rejected must have one entry per pair");
+}
+
+inline void check_tokens(const std::vector<std::vector<uint32_t>> &c, const std::vector<std::vector<uint32_t>> &r) {
+    if (c.size() != r.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "chosen and rejected must have one sequence per pair");
+}
 }  // namespace detail
+
+/// Default load options (rk_model_params_init), to change before constructing a Model.
+inline rk_model_params model_params() {
+    rk_model_params p;
+    detail::check(rk_model_params_init(&p, sizeof p));
+    return p;
+}
+
+/// Default trainer options (rk_trainer_params_init), to change before constructing a Trainer.
+inline rk_trainer_params trainer_params() {
+    rk_trainer_params p;
+    detail::check(rk_trainer_params_init(&p, sizeof p));
+    return p;
+}
 
 /// Policy samples for MetaRM: per prompt, k >= 2 responses.
 struct PolicySamples {
@@ -79,7 +109,7 @@ struct PolicySamples {
 /// A loaded reward model. Movable, not copyable. Scoring is safe from many threads at once.
 class Model {
 public:
-    explicit Model(const std::string &path, const rk_model_params &params = rk_model_default_params()) {
+    explicit Model(const std::string &path, const rk_model_params &params = model_params()) {
         detail::check(rk_model_load(path.c_str(), &params, &handle_));
     }
     Model(Model &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
@@ -157,6 +187,7 @@ private:
 /// the members, every head of every model (a shared-backbone ensemble votes with its heads).
 inline std::pair<std::vector<float>, std::vector<float>> vote(const std::vector<const Model *> &models, const std::vector<std::string> &prompts,
                                                               const std::vector<std::string> &chosen, const std::vector<std::string> &rejected) {
+    detail::check_texts(prompts, chosen, rejected);
     std::vector<const rk_model *> handles;
     for (const auto *m : models) handles.push_back(m->get());
     auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
@@ -168,7 +199,7 @@ inline std::pair<std::vector<float>, std::vector<float>> vote(const std::vector<
 /// As vote() on token-id sequences; every model reads the same ids.
 inline std::pair<std::vector<float>, std::vector<float>> vote_tokens(const std::vector<const Model *> &models, const std::vector<std::vector<uint32_t>> &chosen,
                                                                      const std::vector<std::vector<uint32_t>> &rejected) {
-    if (chosen.size() != rejected.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "chosen and rejected must have one sequence per pair");
+    detail::check_tokens(chosen, rejected);
     std::vector<const rk_model *> handles;
     for (const auto *m : models) handles.push_back(m->get());
     auto c = detail::flatten(chosen), r = detail::flatten(rejected);
@@ -181,7 +212,7 @@ inline std::pair<std::vector<float>, std::vector<float>> vote_tokens(const std::
 /// A trainer updating a model in place. One per model; calls are serialised internally.
 class Trainer {
 public:
-    Trainer(const Model &model, const rk_trainer_params &params = rk_trainer_default_params()) {
+    Trainer(const Model &model, const rk_trainer_params &params = trainer_params()) {
         detail::check(rk_trainer_create(model.get(), &params, &handle_));
     }
     Trainer(Trainer &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
@@ -196,37 +227,41 @@ public:
     Trainer &operator=(const Trainer &) = delete;
     ~Trainer() { rk_trainer_free(handle_); }
 
-    /// One step on preference pairs; `strengths` empty or one per pair.
+    /// One step on preference pairs; `strengths` (from a vote) and `alphas` (per-pair
+    /// smoothing) each empty or one per pair.
     rk_step_stats step(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected,
-                       const std::vector<float> &strengths = {}) {
-        check_sizes(prompts, chosen, rejected, strengths);
+                       const std::vector<float> &strengths = {}, const std::vector<float> &alphas = {}) {
+        detail::check_texts(prompts, chosen, rejected);
+        detail::check_per_pair(prompts.size(), strengths, alphas);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto st = detail::sized<rk_step_stats>();
-        detail::check(rk_trainer_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), strengths.empty() ? nullptr : strengths.data(), &st));
+        detail::check(rk_trainer_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), detail::opt(strengths), detail::opt(alphas), &st));
         return st;
     }
 
     /// One step on token-id sequences: chosen[i] is preferred over rejected[i].
     rk_step_stats step_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected,
-                              const std::vector<float> &strengths = {}) {
-        check_token_sizes(chosen, rejected, strengths);
+                              const std::vector<float> &strengths = {}, const std::vector<float> &alphas = {}) {
+        detail::check_tokens(chosen, rejected);
+        detail::check_per_pair(chosen.size(), strengths, alphas);
         auto c = detail::flatten(chosen), r = detail::flatten(rejected);
         auto st = detail::sized<rk_step_stats>();
         detail::check(rk_trainer_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
-                                             strengths.empty() ? nullptr : strengths.data(), &st));
+                                             detail::opt(strengths), detail::opt(alphas), &st));
         return st;
     }
 
     /// One MetaRM step: preference pairs plus the policy's own samples.
     rk_meta_step_stats meta_step(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected,
-                                 const PolicySamples &policy, const std::vector<float> &strengths = {}) {
-        check_sizes(prompts, chosen, rejected, strengths);
+                                 const PolicySamples &policy, const std::vector<float> &strengths = {}, const std::vector<float> &alphas = {}) {
+        detail::check_texts(prompts, chosen, rejected);
+        detail::check_per_pair(prompts.size(), strengths, alphas);
         policy.check();
         auto flat = detail::flatten(policy.responses);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto pp = detail::c_strs(policy.prompts), pr = detail::c_strs(flat.first);
         auto st = detail::sized<rk_meta_step_stats>();
-        detail::check(rk_trainer_meta_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), strengths.empty() ? nullptr : strengths.data(), pp.data(),
+        detail::check(rk_trainer_meta_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), detail::opt(strengths), detail::opt(alphas), pp.data(),
                                                  pp.size(), pr.data(), flat.second.data(), &st));
         return st;
     }
@@ -234,19 +269,21 @@ public:
     /// One MetaRM step on token ids: policy[p] holds the k >= 2 id sequences (prompt and
     /// response together) the policy produced for prompt p.
     rk_meta_step_stats meta_step_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected,
-                                        const std::vector<std::vector<std::vector<uint32_t>>> &policy, const std::vector<float> &strengths = {}) {
-        check_token_sizes(chosen, rejected, strengths);
+                                        const std::vector<std::vector<std::vector<uint32_t>>> &policy, const std::vector<float> &strengths = {},
+                                        const std::vector<float> &alphas = {}) {
+        detail::check_tokens(chosen, rejected);
+        detail::check_per_pair(chosen.size(), strengths, alphas);
         auto groups = detail::flatten(policy);  // sequences, and each prompt's range of them
         auto c = detail::flatten(chosen), r = detail::flatten(rejected), p = detail::flatten(groups.first);
         auto st = detail::sized<rk_meta_step_stats>();
         detail::check(rk_trainer_meta_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
-                                                  strengths.empty() ? nullptr : strengths.data(), p.first.data(), p.second.data(),
-                                                  groups.second.data(), policy.size(), &st));
+                                                  detail::opt(strengths), detail::opt(alphas), p.first.data(), p.second.data(), groups.second.data(),
+                                                  policy.size(), &st));
         return st;
     }
 
     rk_eval_stats evaluate(const std::vector<std::string> &prompts, const std::vector<std::string> &chosen, const std::vector<std::string> &rejected) {
-        check_sizes(prompts, chosen, rejected, {});
+        detail::check_texts(prompts, chosen, rejected);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto st = detail::sized<rk_eval_stats>();
         detail::check(rk_trainer_evaluate_texts(handle_, p.data(), c.data(), r.data(), p.size(), &st));
@@ -254,7 +291,7 @@ public:
     }
 
     rk_eval_stats evaluate_tokens(const std::vector<std::vector<uint32_t>> &chosen, const std::vector<std::vector<uint32_t>> &rejected) {
-        check_token_sizes(chosen, rejected, {});
+        detail::check_tokens(chosen, rejected);
         auto c = detail::flatten(chosen), r = detail::flatten(rejected);
         auto st = detail::sized<rk_eval_stats>();
         detail::check(rk_trainer_evaluate_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(), &st));
@@ -272,14 +309,6 @@ public:
     }
 
 private:
-    static void check_sizes(const std::vector<std::string> &p, const std::vector<std::string> &c, const std::vector<std::string> &r, const std::vector<float> &s) {
-        if (p.size() != c.size() || p.size() != r.size() || (!s.empty() && s.size() != p.size()))
-            throw Error(RK_ERR_INVALID_ARGUMENT, "prompts, chosen, rejected (and strengths) must have one entry per pair");
-    }
-    static void check_token_sizes(const std::vector<std::vector<uint32_t>> &c, const std::vector<std::vector<uint32_t>> &r, const std::vector<float> &s) {
-        if (c.size() != r.size() || (!s.empty() && s.size() != c.size()))
-            throw Error(RK_ERR_INVALID_ARGUMENT, "chosen, rejected (and strengths) must have one entry per pair");
-    }
     rk_trainer *handle_ = nullptr;
 };
 

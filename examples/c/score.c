@@ -99,7 +99,8 @@ int main(int argc, char **argv) {
     fclose(f);
     if (n == 0) { fprintf(stderr, "%s: no pairs\n", argv[2]); return 1; }
 
-    params = rk_model_default_params();
+    status = rk_model_params_init(&params, sizeof params);
+    if (status != RK_OK) { rc = fail("rk_model_params_init", status); goto done; }
     if (argc > 3) params.n_threads = (uint32_t)atoi(argv[3]);
     status = rk_model_load(argv[1], &params, &model);
     if (status != RK_OK) { rc = fail("rk_model_load", status); goto done; }

@@ -61,7 +61,7 @@ int main(int argc, char **argv) {
     }
     for (k = 0; k < 2; k++) {
         if (check(rk_model_load(argv[1], NULL, &models[k]), "rk_model_load")) goto done;
-        tp = rk_trainer_default_params();
+        if (check(rk_trainer_params_init(&tp, sizeof tp), "rk_trainer_params_init")) goto done;
         tp.lr = 1e-3;
         tp.schedule = RK_SCHEDULE_CONSTANT;
         tp.trainable = RK_TRAIN_TOP_LAYERS;
@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
         for (k = 0; k < 2; k++) {
             memset(&st, 0, sizeof st);
             st.struct_size = sizeof st;
-            if (check(rk_trainer_step_texts(trainers[k], prompts, chosen, rejected, N_PAIRS, NULL, &st), "rk_trainer_step_texts")) goto done;
+            if (check(rk_trainer_step_texts(trainers[k], prompts, chosen, rejected, N_PAIRS, NULL, NULL, &st), "rk_trainer_step_texts")) goto done;
             if (k == 0) {
                 printf("step %llu loss %.4f accuracy %.2f grad_norm %.4f lr %.1e\n", (unsigned long long)st.step, st.loss, st.accuracy, st.grad_norm, st.lr);
                 if (i == 0) first_loss = st.loss;

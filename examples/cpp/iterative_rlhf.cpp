@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
     const size_t k = 4;
     try {
         rewardkit::Model rm(argv[1]);
-        rk_trainer_params tp = rk_trainer_default_params();
+        rk_trainer_params tp = rewardkit::trainer_params();
         tp.lr = 5e-4;
         tp.schedule = RK_SCHEDULE_CONSTANT;
         tp.trainable = RK_TRAIN_TOP_LAYERS;

@@ -1,16 +1,35 @@
-//! The C ABI: a thin translation layer. Every export checks its pointers, calls into the
-//! plain-Rust modules, and turns the outcome into an `rk_status` inside a panic boundary
-//! (`status::guard`). No model logic lives here. `include/rewardkit.h` is generated from
-//! this module by cbindgen (see build.rs).
+//! The C ABI: a thin translation layer. Every export reads its arguments through `args`
+//! (pointers, counts and offsets checked against `limits`), converts params structs through
+//! `params` (the one place C codes meet Rust enums), calls one library function, and turns the
+//! outcome into an `rk_status` inside the panic boundary (`status::guard`). No model, training,
+//! evaluation or vote logic lives here. `include/rewardkit.h` is generated from this module by
+//! cbindgen (see build.rs).
+//!
+//! Files follow the C prefixes: `model` (`rk_model_*`), `trainer` (`rk_trainer_*`), `meta`
+//! (MetaRM steps and the difference loss), `vote` (`rk_vote_*`).
 #![allow(non_camel_case_types)]
 
-pub mod model;
-mod ptr;
-pub mod trainer;
+// The declaration order is the header's order.
 pub mod status;
-mod version;
 
+pub mod version;
+
+mod args;
+
+pub mod params;
+
+pub mod model;
+
+pub mod trainer;
+
+pub mod meta;
+
+pub mod vote;
+
+pub use meta::*;
 pub use model::*;
+pub use params::*;
 pub use status::*;
 pub use trainer::*;
 pub use version::*;
+pub use vote::*;

@@ -7,7 +7,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Result of every fallible call. `RK_OK` (0) is success; anything else is an error whose
-/// message `rk_last_error_message()` returns on the same thread.
+/// message `rk_last_error_message()` returns on the same thread. Codes are never renumbered;
+/// new ones are appended, so treat an unknown code as a generic failure.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum rk_status {
@@ -42,6 +43,12 @@ pub enum rk_status {
     RK_ERR_PANIC = 14,
     /// A tensor operation failed for a reason not covered above.
     RK_ERR_INTERNAL = 15,
+    /// A save's destination exists and is not a rewardkit checkpoint (a file, a link, or a
+    /// directory holding other files): nothing was written. Choose a new directory.
+    RK_ERR_EXISTS = 16,
+    /// The step would produce a non-finite loss, gradient or weight (e.g. a learning rate far
+    /// too large): it was refused and nothing changed; the handle stays usable.
+    RK_ERR_NON_FINITE = 17,
 }
 
 pub(crate) fn status_of(kind: ErrorKind) -> rk_status {
@@ -62,6 +69,8 @@ pub(crate) fn status_of(kind: ErrorKind) -> rk_status {
         ErrorKind::Poisoned => RK_ERR_POISONED,
         ErrorKind::Panic => RK_ERR_PANIC,
         ErrorKind::Internal => RK_ERR_INTERNAL,
+        ErrorKind::Exists => RK_ERR_EXISTS,
+        ErrorKind::NonFinite => RK_ERR_NON_FINITE,
     }
 }
 
@@ -96,6 +105,17 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> rk_status {
     }
 }
 
+/// Drops a handle made by `Box::into_raw`; NULL is a no-op. Behind the panic boundary too:
+/// a panic in a destructor must not unwind into the caller's frames.
+///
+/// # Safety
+/// `handle` must be NULL or a pointer from `Box::into_raw` not yet freed.
+pub(crate) unsafe fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(handle))));
+    }
+}
+
 /// The message of the most recent failed call on the calling thread ("" if none). The string
 /// belongs to the library and stays valid until the next failing call on this thread.
 ///
@@ -126,6 +146,8 @@ pub extern "C" fn rk_status_name(status: i32) -> *const c_char {
         13 => c"RK_ERR_POISONED",
         14 => c"RK_ERR_PANIC",
         15 => c"RK_ERR_INTERNAL",
+        16 => c"RK_ERR_EXISTS",
+        17 => c"RK_ERR_NON_FINITE",
         _ => c"RK_UNKNOWN_STATUS",
     };
     name.as_ptr()

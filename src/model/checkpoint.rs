@@ -12,6 +12,7 @@ use super::config::ModelConfig;
 use super::decoder::{expected_shapes, names};
 use super::params::ParamStore;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -35,7 +36,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join(WEIGHTS_INDEX_FILE);
     if index.is_file() {
-        let json: Value = serde_json::from_slice(&Error::read_file(&index)?).map_err(|e| Error::corrupt(&index, e))?;
+        let bytes = limits::read_file(&index, limits::MAX_JSON_FILE_BYTES)?;
+        let json: Value = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&index, e))?;
         let map = json
             .get("weight_map")
             .and_then(Value::as_object)
@@ -44,9 +46,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         if shards.is_empty() {
             return Err(Error::corrupt(&index, "`weight_map` names no files"));
         }
+        if shards.len() > limits::MAX_WEIGHT_SHARDS {
+            return Err(Error::corrupt(&index, format!("{} shards, above rewardkit's limit of {}", shards.len(), limits::MAX_WEIGHT_SHARDS)));
+        }
         return shards
             .into_iter()
             .map(|s| {
+                // Shards sit beside the index: a name with a directory part could point anywhere.
+                if s.is_empty() || s.contains(['/', '\\']) || s == "." || s == ".." {
+                    return Err(Error::corrupt(&index, format!("shard name `{s}` is not a file name in the checkpoint directory")));
+                }
                 let p = dir.join(s);
                 if p.is_file() { Ok(p) } else { Err(Error::missing(p, "weight shard")) }
             })
@@ -68,14 +77,37 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for path in files {
-        let bytes = Error::read_file(path)?;
+        let bytes = limits::read_file(path, limits::MAX_WEIGHT_FILE_BYTES)?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::corrupt(path, format!("not a valid safetensors file: {e}")))?;
         for (name, view) in st.tensors() {
+            if let Some(i) = first_non_finite(view.dtype(), view.data()) {
+                return Err(Error::corrupt(path, format!("tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}")));
+            }
             let t = view.load(&Device::Cpu).map_err(|e| Error::corrupt(path, format!("tensor `{name}`: {e}")))?;
             out.insert(name, t);
         }
     }
     Ok(out)
+}
+
+/// The index of the first NaN or infinity in raw little-endian float data, read by bit
+/// pattern (all exponent bits set) without converting anything. Non-float data: `None`.
+pub fn first_non_finite(dtype: safetensors::Dtype, data: &[u8]) -> Option<usize> {
+    use safetensors::Dtype;
+    fn scan<const N: usize>(data: &[u8], exponent: u64) -> Option<usize> {
+        data.chunks_exact(N).position(|c| {
+            let mut word = [0u8; 8];
+            word[..N].copy_from_slice(c);
+            u64::from_le_bytes(word) & exponent == exponent
+        })
+    }
+    match dtype {
+        Dtype::F32 => scan::<4>(data, 0x7f80_0000),
+        Dtype::F16 => scan::<2>(data, 0x7c00),
+        Dtype::BF16 => scan::<2>(data, 0x7f80),
+        Dtype::F64 => scan::<8>(data, 0x7ff0_0000_0000_0000),
+        _ => None,
+    }
 }
 
 fn check_float(name: &str, t: &Tensor) -> Result<()> {
@@ -161,21 +193,52 @@ pub fn fresh_head(cfg: &ModelConfig, rows: usize, seed: u64) -> Result<Tensor> {
     Ok(Tensor::from_vec(w, (rows, cfg.hidden_size), &Device::Cpu)?)
 }
 
+/// The files a checkpoint directory written by rewardkit may hold. An existing directory with
+/// anything else in it is somebody's own, and is never replaced.
+pub const CHECKPOINT_FILES: [&str; 5] = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "optimizer.safetensors", "trainer_state.json"];
+
+/// Whether `dir` may be replaced by a save: absent, an empty directory, or a directory holding
+/// only [`CHECKPOINT_FILES`] (a checkpoint rewardkit wrote). Anything else (a file, a link, a
+/// directory with other files) is refused with `ErrorKind::Exists`, so that no save destroys
+/// what a user keeps there.
+pub fn check_replaceable(dir: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+        Ok(m) => m,
+    };
+    let refuse = |why: String| Err(Error::new(ErrorKind::Exists, format!("refusing to replace {}: {why}; save to a new directory", dir.display())));
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return refuse("it exists and is not a directory".into());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if !is_file || !CHECKPOINT_FILES.iter().any(|f| name == *f) {
+            return refuse(format!("it holds `{}`, which is not part of a rewardkit checkpoint", name.to_string_lossy()));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `config.json` and `model.safetensors` (with the `format: pt` metadata that
 /// `transformers` expects) into `dir`, atomically: everything goes to a sibling temporary
 /// directory first, which then replaces `dir`. A crash mid-save leaves the old checkpoint whole.
+/// A `dir` that is not a rewardkit checkpoint is refused before anything is written
+/// ([`check_replaceable`]).
 pub fn save_checkpoint(dir: &Path, config_json: &Value, tensors: &[(String, Tensor)], extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
+    check_replaceable(dir)?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let base = dir.file_name().ok_or_else(|| Error::invalid(format!("cannot save to {}", dir.display())))?.to_string_lossy().to_string();
-    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = crate::fsutil::fresh_sibling_dir(dir, "tmp")?;
     let write = || -> Result<()> {
         let cfg_bytes = serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
         write_synced(&tmp.join(CONFIG_FILE), &cfg_bytes)?;
@@ -187,13 +250,13 @@ pub fn save_checkpoint(dir: &Path, config_json: &Value, tensors: &[(String, Tens
         for (name, data) in extra_files {
             write_synced(&tmp.join(name), data)?;
         }
-        Ok(())
+        // The destination may have changed since the first check.
+        check_replaceable(dir)?;
+        crate::fsutil::replace_dir(&tmp, dir)
     };
-    if let Err(e) = write() {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    crate::fsutil::replace_dir(&tmp, dir)
+    })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::limits::capped;
 
 /// config.json key marking a shared-backbone ensemble: the head has this many rows, one per
 /// member, and the reward is their mean. Without it, a head must have exactly one row.
@@ -93,6 +94,7 @@ fn get_usize(raw: &Value, key: &str) -> Result<Option<usize>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
+            .filter(|&x| x <= usize::MAX as u64)
             .map(|x| Some(x as usize))
             .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a non-negative integer, got {v}"))),
     }
@@ -107,8 +109,18 @@ fn get_f64(raw: &Value, key: &str) -> Result<Option<f64>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_f64()
+            .filter(|x| x.is_finite())
             .map(Some)
-            .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a number, got {v}"))),
+            .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a finite number, got {v}"))),
+    }
+}
+
+/// A number that must be finite and inside `range` (named in the error).
+fn check_range(key: &str, value: f64, ok: bool, range: &str) -> Result<()> {
+    if value.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("config.json: `{key}` is {value}; it must be {range}")))
     }
 }
 
@@ -128,11 +140,12 @@ fn token_ids(raw: &Value, key: &str) -> Result<Vec<u32>> {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_u64().map(|x| x as u32).ok_or_else(|| Error::invalid(format!("config.json: `{key}` holds {v}"))))
+            .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| Error::invalid(format!("config.json: `{key}` holds {v}"))))
             .collect(),
         Some(v) => v
             .as_u64()
-            .map(|x| vec![x as u32])
+            .and_then(|x| u32::try_from(x).ok())
+            .map(|x| vec![x])
             .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a token id, got {v}"))),
     }
 }
@@ -166,7 +179,7 @@ fn parse_rope(raw: &Value) -> Result<(f64, RopeScaling)> {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = Error::read_file(path)?;
+        let bytes = crate::limits::read_file(path, crate::limits::MAX_JSON_FILE_BYTES)?;
         let raw: Value = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(path, e))?;
         Self::from_json(raw).map_err(|e| e.context(path.display()))
     }
@@ -252,6 +265,42 @@ impl ModelConfig {
                 return Err(Error::invalid(format!("config.json: `{name}` must be > 0")));
             }
         }
+        use crate::limits::{MAX_ATTENTION_HEADS, MAX_ENSEMBLE_HEADS, MAX_HEAD_DIM, MAX_HIDDEN_SIZE, MAX_INTERMEDIATE_SIZE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB_SIZE};
+        let caps = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE),
+            ("intermediate_size", self.intermediate_size, MAX_INTERMEDIATE_SIZE),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_ATTENTION_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_ATTENTION_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ];
+        for (name, v, cap) in caps {
+            capped(v, cap, &format!("config.json: `{name}`"))?;
+        }
+        // A NaN or zero here loads fine and makes every reward NaN.
+        check_range("rope_theta", self.rope_theta, self.rope_theta > 0.0, "> 0")?;
+        check_range("rms_norm_eps", self.rms_norm_eps, self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0, "in (0, 1)")?;
+        match self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => check_range("rope_scaling.factor", factor, factor > 0.0, "> 0")?,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                check_range("rope_scaling.factor", factor, factor > 0.0, "> 0")?;
+                check_range("rope_scaling.low_freq_factor", low_freq_factor, low_freq_factor > 0.0, "> 0")?;
+                check_range("rope_scaling.high_freq_factor", high_freq_factor, high_freq_factor > low_freq_factor, "> low_freq_factor")?;
+                check_range("rope_scaling.original_max_position_embeddings", original_max_position, original_max_position >= 1.0, ">= 1")?;
+            }
+        }
+        if let Some(std) = get_f64(&self.raw, "initializer_range")? {
+            check_range("initializer_range", std, (0.0..=1.0).contains(&std), "in [0, 1]")?;
+        }
+        if let Some(heads) = get_usize(&self.raw, ENSEMBLE_HEADS_KEY)? {
+            if heads == 0 {
+                return Err(Error::invalid(format!("config.json: `{ENSEMBLE_HEADS_KEY}` must be >= 1")));
+            }
+            capped(heads, MAX_ENSEMBLE_HEADS, &format!("config.json: `{ENSEMBLE_HEADS_KEY}`"))?;
+        }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(Error::invalid(format!(
                 "config.json: num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -275,7 +324,8 @@ impl ModelConfig {
             .or(get_usize(&self.raw, "num_labels").ok().flatten())
     }
 
-    /// Heads of a shared-backbone ensemble checkpoint (written by rewardkit), else 1.
+    /// Heads of a shared-backbone ensemble checkpoint (written by rewardkit), else 1; at most
+    /// `limits::MAX_ENSEMBLE_HEADS` (checked when the config was read).
     pub fn ensemble_heads(&self) -> usize {
         get_usize(&self.raw, ENSEMBLE_HEADS_KEY).ok().flatten().unwrap_or(1).max(1)
     }

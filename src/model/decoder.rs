@@ -183,15 +183,62 @@ impl DecoderWeights {
     }
 }
 
-/// Rotary tables for positions `0..max_len`, in the compute dtype.
+/// Rotary embeddings for sequences of up to `max_len` tokens. Nothing is allocated from
+/// `max_len` itself (a config may declare millions of positions): tables for the first
+/// [`ROPE_CACHED_POSITIONS`] positions are built once, and a longer batch builds its own.
 #[derive(Clone)]
 pub struct Rope {
-    /// (max_len, d/2), for the fused kernel.
+    /// Inverse frequencies (d/2), in float32 as transformers computes the angles.
+    inv: std::sync::Arc<Vec<f32>>,
+    max_len: usize,
+    cached: RopeTables,
+}
+
+/// Positions whose rotary tables a model keeps (at head dim 128: 12 MB in f32).
+pub const ROPE_CACHED_POSITIONS: usize = 8192;
+
+/// cos and sin for positions `0..n`.
+#[derive(Clone)]
+struct RopeTables {
+    /// (n, d/2), for the fused kernel.
     cos_half: Tensor,
     sin_half: Tensor,
-    /// (max_len, d): `cat(cos, cos)` as `transformers` builds it, for the differentiable path.
+    /// (n, d): `cat(cos, cos)` as `transformers` builds it, for the differentiable path.
     cos_full: Tensor,
     sin_full: Tensor,
+}
+
+impl RopeTables {
+    fn build(inv: &[f32], n: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let half = inv.len();
+        let len = n.checked_mul(half).ok_or_else(|| crate::Error::invalid(format!("{n} rotary positions overflow")))?;
+        let mut angles = Vec::with_capacity(len);
+        for pos in 0..n {
+            angles.extend(inv.iter().map(|&f| pos as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (n, half), device)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        Ok(RopeTables {
+            cos_full: Tensor::cat(&[&cos, &cos], 1)?.to_dtype(dtype)?,
+            sin_full: Tensor::cat(&[&sin, &sin], 1)?.to_dtype(dtype)?,
+            cos_half: cos.to_dtype(dtype)?,
+            sin_half: sin.to_dtype(dtype)?,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.cos_half.dims()[0]
+    }
+
+    /// The first `n` positions (views).
+    fn narrow(&self, n: usize) -> Result<RopeTables> {
+        Ok(RopeTables {
+            cos_half: self.cos_half.narrow(0, 0, n)?,
+            sin_half: self.sin_half.narrow(0, 0, n)?,
+            cos_full: self.cos_full.narrow(0, 0, n)?,
+            sin_full: self.sin_full.narrow(0, 0, n)?,
+        })
+    }
 }
 
 /// Inverse frequencies `1 / theta^(2i/d)`, adjusted by the config's rope scaling.
@@ -223,72 +270,59 @@ fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
 
 impl Rope {
     pub fn new(cfg: &ModelConfig, max_len: usize, dtype: DType, device: &Device) -> Result<Self> {
-        // transformers computes the angles in float32: do the same so positions agree bit for bit
-        // as far as possible.
         let inv: Vec<f32> = inverse_frequencies(cfg).iter().map(|&f| f as f32).collect();
-        let half = inv.len();
-        let mut angles = Vec::with_capacity(max_len * half);
-        for pos in 0..max_len {
-            angles.extend(inv.iter().map(|&f| pos as f32 * f));
-        }
-        let angles = Tensor::from_vec(angles, (max_len, half), device)?;
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
-        Ok(Rope {
-            cos_full: Tensor::cat(&[&cos, &cos], 1)?.to_dtype(dtype)?,
-            sin_full: Tensor::cat(&[&sin, &sin], 1)?.to_dtype(dtype)?,
-            cos_half: cos.to_dtype(dtype)?,
-            sin_half: sin.to_dtype(dtype)?,
-        })
+        let cached = RopeTables::build(&inv, max_len.min(ROPE_CACHED_POSITIONS), dtype, device)?;
+        Ok(Rope { inv: std::sync::Arc::new(inv), max_len, cached })
     }
 
     pub fn max_len(&self) -> usize {
-        self.cos_half.dims()[0]
+        self.max_len
+    }
+
+    /// Tables for positions `0..n`: views of the cached ones, or built for this call.
+    fn tables(&self, n: usize) -> Result<RopeTables> {
+        if n <= self.cached.len() {
+            self.cached.narrow(n)
+        } else {
+            RopeTables::build(&self.inv, n, self.cached.cos_half.dtype(), self.cached.cos_half.device())
+        }
     }
 
     /// Rotation on the projection layout x: (b, t, heads, d): candle's fused kernel for
     /// inference, differentiable ops for training.
     fn apply_thd(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let t = x.dim(1)?;
+        let tables = self.tables(x.dim(1)?)?;
         match pass {
-            Pass::Inference => Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?),
-            Pass::Train { .. } => {
-                let d = x.dim(D::Minus1)?;
-                let cos = self.cos_full.narrow(0, 0, t)?.unsqueeze(1)?; // (t, 1, d)
-                let sin = self.sin_full.narrow(0, 0, t)?.unsqueeze(1)?;
-                let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
-            }
+            Pass::Inference => Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &tables.cos_half, &tables.sin_half)?),
+            Pass::Train { .. } => rotate(x, &tables.cos_full.unsqueeze(1)?, &tables.sin_full.unsqueeze(1)?), // (t, 1, d)
         }
     }
 
     /// x: (b, heads, d), one vector per row, rotated to position `pos[i]` (differentiable).
     fn apply_at(&self, x: &Tensor, pos: &[usize]) -> Result<Tensor> {
+        let tables = self.tables(pos.iter().max().map_or(0, |&p| p + 1))?;
         let idx = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), x.device())?;
-        let cos = self.cos_full.index_select(&idx, 0)?.unsqueeze(1)?; // (b, 1, d)
-        let sin = self.sin_full.index_select(&idx, 0)?.unsqueeze(1)?;
-        let d = x.dim(D::Minus1)?;
-        let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        let cos = tables.cos_full.index_select(&idx, 0)?.unsqueeze(1)?; // (b, 1, d)
+        let sin = tables.sin_full.index_select(&idx, 0)?.unsqueeze(1)?;
+        rotate(x, &cos, &sin)
     }
 
     /// x: (b, heads, t, d) -> same shape, rotated by position.
     fn apply(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let t = x.dim(2)?;
+        let tables = self.tables(x.dim(2)?)?;
         match pass {
-            Pass::Inference => {
-                Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos_half.narrow(0, 0, t)?, &self.sin_half.narrow(0, 0, t)?)?)
-            }
-            Pass::Train { .. } => {
-                let (cos, sin) = (self.cos_full.narrow(0, 0, t)?, self.sin_full.narrow(0, 0, t)?);
-                let d = x.dim(D::Minus1)?;
-                let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
-            }
+            Pass::Inference => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &tables.cos_half, &tables.sin_half)?),
+            Pass::Train { .. } => rotate(x, &tables.cos_full, &tables.sin_full),
         }
     }
+}
+
+/// `x * cos + rotate_half(x) * sin` with differentiable ops; cos and sin broadcast against x.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 /// RMSNorm as transformers computes it: in float32, cast back, then scaled.

@@ -224,6 +224,11 @@ impl RewardModel {
         self.params.insert(name, &value.to_device(&self.device)?)
     }
 
+    /// Removes a parameter added by [`Self::add_param`] (undoing it when a trainer is refused).
+    pub fn remove_param(&mut self, name: &str) {
+        self.params.remove(name);
+    }
+
     /// Hidden states entering layer `layer` (b, t, h): what a frozen bottom of the network
     /// produces, computed once and reused while training the layers above.
     pub fn hidden_before_layer(&self, batch: &Batch, layer: usize, pass: Pass) -> Result<Tensor> {
@@ -309,8 +314,9 @@ impl RewardModel {
 fn resolve_max_length(config: &ModelConfig, requested: usize) -> Result<usize> {
     let limit = config.max_position_embeddings;
     match requested {
-        0 => Ok(limit),
+        // The model's own limit, within rewardkit's cap on one sequence.
+        0 => Ok(limit.min(crate::limits::MAX_SEQUENCE_TOKENS)),
         n if n > limit => Err(Error::invalid(format!("max_length {n} exceeds the model's max_position_embeddings {limit}"))),
-        n => Ok(n),
+        n => crate::limits::capped(n, crate::limits::MAX_SEQUENCE_TOKENS, "max_length"),
     }
 }

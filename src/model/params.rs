@@ -34,6 +34,10 @@ impl ParamStore {
             .ok_or_else(|| Error::new(ErrorKind::Internal, format!("parameter `{name}` is not loaded")))
     }
 
+    pub fn remove(&mut self, name: &str) {
+        self.vars.remove(name);
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.vars.contains_key(name)
     }

@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
             expect(close(vt.first[i], by_text[i] - a.score(kPrompts, kRejected)[i], 1e-5f), "vote mean == reward difference");
         }
 
-        rk_trainer_params tp = rk_trainer_default_params();
+        rk_trainer_params tp = rewardkit::trainer_params();
         tp.lr = 1e-3;
         tp.schedule = RK_SCHEDULE_CONSTANT;
         rewardkit::Trainer trainer(a, tp);
@@ -113,6 +113,18 @@ int main(int argc, char **argv) {
             expect(false, "mismatched pair counts throw");
         } catch (const rewardkit::Error &e) {
             expect(e.status() == RK_ERR_INVALID_ARGUMENT, "invalid-argument status");
+        }
+        try {
+            rewardkit::vote({&a}, kPrompts, kChosen, {kRejected[0]});
+            expect(false, "mismatched text pair counts throw");
+        } catch (const rewardkit::Error &e) {
+            expect(e.status() == RK_ERR_INVALID_ARGUMENT, "text vote: invalid-argument status");
+        }
+        try {
+            trainer.step(kPrompts, kChosen, kRejected, {0.5f});
+            expect(false, "one strength for several pairs throws");
+        } catch (const rewardkit::Error &e) {
+            expect(e.status() == RK_ERR_INVALID_ARGUMENT, "strengths: invalid-argument status");
         }
         try {
             a.difference_loss({{"one prompt", "another prompt"}, {{" a", " b"}}});

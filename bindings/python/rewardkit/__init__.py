@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ffi
 
-__all__ = ["Model", "Trainer", "RewardkitError", "vote", "vote_tokens", "version"]
+__all__ = ["Model", "Trainer", "RewardkitError", "InvalidArgumentError", "vote", "vote_tokens", "version"]
 
 _lib = _ffi.load_library()
 
@@ -31,7 +31,17 @@ class RewardkitError(Exception):
         super().__init__("%s: %s" % (self.status_name, message))
 
 
+class InvalidArgumentError(RewardkitError, ValueError):
+    """RK_ERR_INVALID_ARGUMENT: an argument is out of range or inconsistent with another (e.g.
+    lists of different lengths). Also a ValueError."""
+
+    def __init__(self, message):
+        super().__init__(_ffi.RK_ERR_INVALID_ARGUMENT, message)
+
+
 def _check(status):
+    if status == _ffi.RK_ERR_INVALID_ARGUMENT:
+        raise InvalidArgumentError(_lib.rk_last_error_message().decode("utf-8", "replace"))
     if status != _ffi.RK_OK:
         raise RewardkitError(status, _lib.rk_last_error_message().decode("utf-8", "replace"))
 
@@ -42,6 +52,25 @@ def _strs(items, what):
         raise TypeError("%s must be a sequence of str" % what)
     arr = (c_char_p * len(items))(*[s.encode("utf-8") for s in items])
     return arr, len(items)
+
+
+def _same_length(**lists):
+    """Raises InvalidArgumentError unless every list given has the same length; returns it.
+    The C ABI takes one count per call, so a mismatch would make the library read past a list."""
+    lengths = {name: len(v) for name, v in lists.items()}
+    if len(set(lengths.values())) > 1:
+        raise InvalidArgumentError("lengths differ: %s" % ", ".join("%s %d" % kv for kv in lengths.items()))
+    return next(iter(lengths.values()))
+
+
+def _floats(values, n, what):
+    """None, or a float32 array of one value per pair and its pointer (keep the array alive)."""
+    if values is None:
+        return None, None
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    if a.shape != (n,):
+        raise InvalidArgumentError("%s must have one value per pair (%d), got shape %s" % (what, n, a.shape))
+    return a, a.ctypes.data_as(POINTER(c_float))
 
 
 def _groups(groups):
@@ -102,24 +131,24 @@ class Model(_Handle):
     def __init__(self, path, device="cpu", dtype="f32", n_threads=0, max_length=0, batch_token_budget=None,
                  max_batch_size=0, append_eos=False, separator="", head_seed=0):
         self._h = c_void_p()
-        p = _lib.rk_model_default_params()
+        p = _ffi.ModelParams()
+        _check(_lib.rk_model_params_init(byref(p), ctypes.sizeof(p)))
         self._keep = [device.encode(), separator.encode()]  # alive during the call
         p.device = self._keep[0]
         if dtype not in _ffi.DTYPES:
-            raise ValueError("dtype must be one of %s" % list(_ffi.DTYPES))
+            raise InvalidArgumentError("dtype must be one of %s" % list(_ffi.DTYPES))
         p.dtype = _ffi.DTYPES[dtype]
         p.n_threads, p.max_length, p.max_batch_size = n_threads, max_length, max_batch_size
         if batch_token_budget is not None:
             p.batch_token_budget = batch_token_budget
-        p.append_eos, p.separator, p.head_seed = append_eos, self._keep[1], head_seed
+        p.append_eos, p.separator, p.head_seed = int(bool(append_eos)), self._keep[1], head_seed
         _check(_lib.rk_model_load(str(path).encode(), byref(p), byref(self._h)))
 
     def score(self, prompts, responses):
         """Rewards of prompts[i] + responses[i] (float32 array)."""
         p, n = _strs(prompts, "prompts")
         r, m = _strs(responses, "responses")
-        if n != m:
-            raise ValueError("%d prompts but %d responses" % (n, m))
+        _same_length(prompts=p, responses=r)
         out = np.zeros(n, dtype=np.float32)
         _check(_lib.rk_model_score_texts(self._h, p, r, n, out.ctypes.data_as(POINTER(c_float))))
         return out
@@ -148,14 +177,14 @@ class Model(_Handle):
         d = _as_dict(i)
         d["architecture"], d["device"] = i.architecture.decode(), i.device.decode()
         d["dtype"] = {v: k for k, v in _ffi.DTYPES.items()}[i.dtype]
+        d["head_is_fresh"], d["has_tokenizer"] = bool(i.head_is_fresh), bool(i.has_tokenizer)
         return d
 
     def difference_loss(self, prompts, responses):
         """MetaRM's J on policy samples: prompts[p] with the k >= 2 strings in responses[p]."""
         p, n = _strs(prompts, "prompts")
         flat, offsets = _groups(responses)
-        if len(offsets) != n + 1:
-            raise ValueError("%d prompts but %d response groups" % (n, len(offsets) - 1))
+        _same_length(prompts=p, response_groups=offsets[1:])
         r, _ = _strs(flat, "responses")
         j = c_double()
         _check(_lib.rk_model_difference_loss_texts(self._h, p, n, r, offsets, byref(j)))
@@ -171,117 +200,110 @@ class Model(_Handle):
         return j.value
 
 
+def _handles(models):
+    return (c_void_p * len(models))(*[m._h.value for m in models])
+
+
 def vote(models, prompts, chosen, rejected):
     """Preference strength by ensemble vote: (mean, population std) arrays of the reward
     differences r(prompt + chosen) - r(prompt + rejected) over the members: every head of every
     model in `models` (a shared-backbone ensemble votes with its heads on its own)."""
-    handles = (c_void_p * len(models))(*[m._h.value for m in models])
-    p, n = _strs(prompts, "prompts")
-    c, _ = _strs(chosen, "chosen")
-    r, _ = _strs(rejected, "rejected")
+    p, c, r, n = _text_pairs(prompts, chosen, rejected)
     mean, std = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
-    _check(_lib.rk_vote_texts(handles, len(models), p, c, r, n, mean.ctypes.data_as(POINTER(c_float)), std.ctypes.data_as(POINTER(c_float))))
+    _check(_lib.rk_vote_texts(_handles(models), len(models), p, c, r, n, mean.ctypes.data_as(POINTER(c_float)), std.ctypes.data_as(POINTER(c_float))))
     return mean, std
 
 
 def _token_pairs(chosen, rejected):
     c, r = list(chosen), list(rejected)
-    if len(c) != len(r):
-        raise ValueError("%d chosen but %d rejected sequences" % (len(c), len(r)))
+    _same_length(chosen=c, rejected=r)
     return _flat(c) + _flat(r) + (len(c),)
 
 
 def vote_tokens(models, chosen, rejected):
     """As vote() on token-id sequences; every model reads the same ids."""
-    handles = (c_void_p * len(models))(*[m._h.value for m in models])
     ci, co, ri, ro, n = _token_pairs(chosen, rejected)
     mean, std = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
-    _check(_lib.rk_vote_tokens(handles, len(models), ci, co, ri, ro, n, mean.ctypes.data_as(POINTER(c_float)), std.ctypes.data_as(POINTER(c_float))))
+    _check(_lib.rk_vote_tokens(_handles(models), len(models), ci, co, ri, ro, n, mean.ctypes.data_as(POINTER(c_float)), std.ctypes.data_as(POINTER(c_float))))
     return mean, std
+
+
+def _text_pairs(prompts, chosen, rejected):
+    p, n = _strs(prompts, "prompts")
+    c, _ = _strs(chosen, "chosen")
+    r, _ = _strs(rejected, "rejected")
+    _same_length(prompts=p, chosen=c, rejected=r)
+    return p, c, r, n
 
 
 class Trainer(_Handle):
     """Updates a Model's weights in place: Bradley-Terry steps with the noise-aware options, and
     MetaRM steps. Keyword arguments are the fields of rk_trainer_params; `schedule`,
-    `trainable`, `smooth_mode`, `margin_mode`, `contrastive` and `contrastive_items` take names
-    (e.g. trainable="top_layers", contrastive="swav")."""
+    `trainable`, `flip`, `smooth`, `margin`, `contrastive` and `contrastive_items` take names
+    (e.g. trainable="top_layers", flip="below", margin="raw", contrastive="swav"). Per-pair
+    `strengths` (from a vote) and `alphas` (per-pair smoothing) go with each step."""
 
     _free = staticmethod(_lib.rk_trainer_free)
+    _NAMES = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "flip": _ffi.FLIP, "smooth": _ffi.SMOOTH, "margin": _ffi.MARGIN,
+              "contrastive": _ffi.CONTRASTIVE, "contrastive_items": _ffi.ITEMS}
 
     def __init__(self, model, **params):
         self._h = c_void_p()
-        p = _lib.rk_trainer_default_params()
-        names = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "smooth_mode": _ffi.SMOOTH, "margin_mode": _ffi.MARGIN,
-                 "contrastive": _ffi.CONTRASTIVE, "contrastive_items": _ffi.ITEMS}
+        p = _ffi.TrainerParams()
+        _check(_lib.rk_trainer_params_init(byref(p), ctypes.sizeof(p)))
         for key, value in params.items():
             if key not in dict(_ffi.TrainerParams._fields_) or key == "struct_size":
                 raise TypeError("unknown trainer parameter %r" % key)
-            if key in names:
-                if value not in names[key]:
-                    raise ValueError("%s must be one of %s" % (key, list(names[key])))
-                value = names[key][value]
+            if key in self._NAMES:
+                if value not in self._NAMES[key]:
+                    raise InvalidArgumentError("%s must be one of %s" % (key, list(self._NAMES[key])))
+                value = self._NAMES[key][value]
             setattr(p, key, value)
         self._model = model  # the library keeps the weights alive; this keeps Python's handle too
         _check(_lib.rk_trainer_create(model._h, byref(p), byref(self._h)))
 
-    @staticmethod
-    def _strengths(strengths, n):
-        if strengths is None:
-            return None, None
-        s = np.ascontiguousarray(strengths, dtype=np.float32)
-        if s.shape != (n,):
-            raise ValueError("strengths must have one value per pair")
-        return s, s.ctypes.data_as(POINTER(c_float))
-
-    def step(self, prompts, chosen, rejected, strengths=None):
+    def step(self, prompts, chosen, rejected, strengths=None, alphas=None):
         """One training step; returns the step statistics as a dict."""
-        p, n = _strs(prompts, "prompts")
-        c, _ = _strs(chosen, "chosen")
-        r, _ = _strs(rejected, "rejected")
-        keep, s = self._strengths(strengths, n)
+        p, c, r, n = _text_pairs(prompts, chosen, rejected)
+        (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.StepStats)
-        _check(_lib.rk_trainer_step_texts(self._h, p, c, r, n, s, byref(st)))
-        return _as_dict(st)
+        _check(_lib.rk_trainer_step_texts(self._h, p, c, r, n, s, a, byref(st)))
+        return _stats(st)
 
-    def step_tokens(self, chosen, rejected, strengths=None):
+    def step_tokens(self, chosen, rejected, strengths=None, alphas=None):
         """One training step on token-id sequences (chosen[i] preferred over rejected[i])."""
         ci, co, ri, ro, n = _token_pairs(chosen, rejected)
-        keep, s = self._strengths(strengths, n)
+        (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.StepStats)
-        _check(_lib.rk_trainer_step_tokens(self._h, ci, co, ri, ro, n, s, byref(st)))
-        return _as_dict(st)
+        _check(_lib.rk_trainer_step_tokens(self._h, ci, co, ri, ro, n, s, a, byref(st)))
+        return _stats(st)
 
-    def meta_step(self, prompts, chosen, rejected, policy_prompts, policy_responses, strengths=None):
+    def meta_step(self, prompts, chosen, rejected, policy_prompts, policy_responses, strengths=None, alphas=None):
         """One MetaRM step: preference pairs plus policy samples (policy_responses[p] holds the
         k >= 2 responses to policy_prompts[p])."""
-        p, n = _strs(prompts, "prompts")
-        c, _ = _strs(chosen, "chosen")
-        r, _ = _strs(rejected, "rejected")
+        p, c, r, n = _text_pairs(prompts, chosen, rejected)
         pp, m = _strs(policy_prompts, "policy_prompts")
         flat, offsets = _groups(policy_responses)
-        if len(offsets) != m + 1:
-            raise ValueError("%d policy prompts but %d response groups" % (m, len(offsets) - 1))
+        _same_length(policy_prompts=pp, response_groups=offsets[1:])
         pr, _ = _strs(flat, "policy_responses")
-        keep, s = self._strengths(strengths, n)
+        (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.MetaStepStats)
-        _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, pp, m, pr, offsets, byref(st)))
-        return _as_dict(st)
+        _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, a, pp, m, pr, offsets, byref(st)))
+        return _stats(st)
 
-    def meta_step_tokens(self, chosen, rejected, policy, strengths=None):
+    def meta_step_tokens(self, chosen, rejected, policy, strengths=None, alphas=None):
         """One MetaRM step on token ids: policy[p] holds the k >= 2 id sequences (prompt and
         response together) the policy produced for prompt p."""
         ci, co, ri, ro, n = _token_pairs(chosen, rejected)
         seqs, group_offsets = _groups(policy)
         pi, po = _flat(seqs)
-        keep, s = self._strengths(strengths, n)
+        (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.MetaStepStats)
-        _check(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, pi, po, group_offsets, len(group_offsets) - 1, byref(st)))
-        return _as_dict(st)
+        _check(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, a, pi, po, group_offsets, len(group_offsets) - 1, byref(st)))
+        return _stats(st)
 
     def evaluate(self, prompts, chosen, rejected):
-        p, n = _strs(prompts, "prompts")
-        c, _ = _strs(chosen, "chosen")
-        r, _ = _strs(rejected, "rejected")
+        p, c, r, n = _text_pairs(prompts, chosen, rejected)
         st = _sized(_ffi.EvalStats)
         _check(_lib.rk_trainer_evaluate_texts(self._h, p, c, r, n, byref(st)))
         return _as_dict(st)
@@ -293,7 +315,8 @@ class Trainer(_Handle):
         return _as_dict(st)
 
     def save(self, directory):
-        """A resumable Hugging Face checkpoint, written atomically."""
+        """A resumable Hugging Face checkpoint, written atomically. A directory that is not a
+        rewardkit checkpoint is never replaced (RK_ERR_EXISTS)."""
         _check(_lib.rk_trainer_save(self._h, str(directory).encode()))
 
     def resume(self, directory):
@@ -302,3 +325,9 @@ class Trainer(_Handle):
         steps = c_uint64(0)
         _check(_lib.rk_trainer_resume(self._h, str(directory).encode(), byref(steps)))
         return steps.value
+
+
+def _stats(st):
+    d = _as_dict(st)
+    d["applied"] = bool(d["applied"])
+    return d

@@ -3,16 +3,21 @@ tests/test_abi.py checks every struct's size and field offsets against the C hea
 import ctypes
 import ctypes.util
 import os
-from ctypes import POINTER, c_bool, c_char, c_char_p, c_double, c_float, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, c_char, c_char_p, c_double, c_float, c_int32, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
 
-# Status codes (rk_status) and dtype codes.
+# The C ABI these declarations describe (the header's RK_ABI_VERSION, the library's soname).
+ABI_VERSION = "0.2"
+
+# Status codes (rk_status) and the option codes of the C header (rk_dtype, rk_schedule, ...).
 RK_OK = 0
+RK_ERR_INVALID_ARGUMENT = 1
 RK_ERR_BUFFER_TOO_SMALL = 12
 DTYPES = {"f32": 0, "bf16": 1, "f16": 2}
 SCHEDULES = {"constant": 0, "inverse_sqrt": 1, "cosine": 2, "linear": 3}
 TRAINABLE = {"all": 0, "top_layers": 1, "head": 2}
-SMOOTH = {"none": 0, "constant": 1, "negative_only": 2}
-MARGIN = {"raw": 0, "clamp_zero": 1, "abs": 2}
+FLIP = {"none": 0, "below": 1, "lowest_fraction": 2}
+SMOOTH = {"none": 0, "constant": 1, "negative_only": 2, "per_pair": 3}
+MARGIN = {"none": 0, "raw": 1, "clamp_zero": 2, "abs": 3}
 CONTRASTIVE = {"none": 0, "simcse": 1, "swav": 2}
 ITEMS = {"pairs": 0, "differences": 1}
 
@@ -26,7 +31,7 @@ class ModelParams(ctypes.Structure):
         ("max_length", c_uint32),
         ("batch_token_budget", c_uint32),
         ("max_batch_size", c_uint32),
-        ("append_eos", c_bool),
+        ("append_eos", c_uint8),
         ("separator", c_char_p),
         ("head_seed", c_uint64),
     ]
@@ -46,8 +51,9 @@ class ModelInfo(ctypes.Structure):
         ("max_length", c_uint32),
         ("n_threads", c_uint32),
         ("num_parameters", c_uint64),
-        ("head_is_fresh", c_bool),
-        ("has_tokenizer", c_bool),
+        ("head_is_fresh", c_uint8),
+        ("has_tokenizer", c_uint8),
+        ("num_heads", c_uint32),
     ]
 
 
@@ -68,13 +74,12 @@ class TrainerParams(ctypes.Structure):
         ("seed", c_uint64),
         ("trainable", c_int32),
         ("top_layers", c_uint32),
-        ("flip", c_bool),
+        ("flip", c_int32),
         ("flip_threshold", c_float),
-        ("smooth_mode", c_int32),
+        ("smooth", c_int32),
         ("smooth_alpha", c_float),
-        ("margin", c_bool),
+        ("margin", c_int32),
         ("margin_scale", c_float),
-        ("margin_mode", c_int32),
         ("centering", c_double),
         ("meta_lr", c_double),
         ("contrastive", c_int32),
@@ -85,6 +90,7 @@ class TrainerParams(ctypes.Structure):
         ("swav_prototypes", c_uint32),
         ("sinkhorn_iterations", c_uint32),
         ("sinkhorn_epsilon", c_float),
+        ("flip_fraction", c_float),
     ]
 
 
@@ -98,16 +104,17 @@ class StepStats(ctypes.Structure):
         ("mean_margin", c_double),
         ("grad_norm", c_double),
         ("lr", c_double),
-        ("applied", c_bool),
         ("seconds", c_double),
+        ("applied", c_uint8),
     ]
 
 
 class MetaStepStats(ctypes.Structure):
-    _fields_ = StepStats._fields_ + [
+    _fields_ = StepStats._fields_[:-1] + [
         ("j_before", c_double),
         ("j_after", c_double),
         ("meta_grad_norm", c_double),
+        ("applied", c_uint8),
     ]
 
 
@@ -140,7 +147,7 @@ _SIGNATURES = {
     "rk_version_number": (c_uint32, []),
     "rk_last_error_message": (c_char_p, []),
     "rk_status_name": (c_char_p, [c_int32]),
-    "rk_model_default_params": (ModelParams, []),
+    "rk_model_params_init": (c_int32, [POINTER(ModelParams), c_size_t]),
     "rk_model_load": (c_int32, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)]),
     "rk_model_free": (None, [c_void_p]),
     "rk_model_score_texts": (c_int32, [c_void_p, _STRS, _STRS, c_size_t, POINTER(c_float)]),
@@ -149,13 +156,13 @@ _SIGNATURES = {
     "rk_model_get_info": (c_int32, [c_void_p, POINTER(ModelInfo)]),
     "rk_model_difference_loss_texts": (c_int32, [c_void_p, _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(c_double)]),
     "rk_model_difference_loss_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_size_t), c_size_t, POINTER(c_double)]),
-    "rk_trainer_default_params": (TrainerParams, []),
+    "rk_trainer_params_init": (c_int32, [POINTER(TrainerParams), c_size_t]),
     "rk_trainer_create": (c_int32, [c_void_p, POINTER(TrainerParams), POINTER(c_void_p)]),
     "rk_trainer_free": (None, [c_void_p]),
-    "rk_trainer_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(StepStats)]),
-    "rk_trainer_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(StepStats)]),
-    "rk_trainer_meta_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(MetaStepStats)]),
-    "rk_trainer_meta_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_uint32), POINTER(c_size_t), POINTER(c_size_t), c_size_t, POINTER(MetaStepStats)]),
+    "rk_trainer_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(c_float), POINTER(StepStats)]),
+    "rk_trainer_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_float), POINTER(StepStats)]),
+    "rk_trainer_meta_step_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(c_float), _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(MetaStepStats)]),
+    "rk_trainer_meta_step_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_float), POINTER(c_uint32), POINTER(c_size_t), POINTER(c_size_t), c_size_t, POINTER(MetaStepStats)]),
     "rk_trainer_evaluate_texts": (c_int32, [c_void_p, _STRS, _STRS, _STRS, c_size_t, POINTER(EvalStats)]),
     "rk_trainer_evaluate_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(EvalStats)]),
     "rk_trainer_save": (c_int32, [c_void_p, c_char_p]),
@@ -170,7 +177,7 @@ def _candidates():
     if env:
         yield env
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("librewardkit.so", "librewardkit.so.0", "librewardkit.dylib"):
+    for name in ("librewardkit.so", "librewardkit.so." + ABI_VERSION, "librewardkit.dylib"):
         yield os.path.join(here, name)
     found = ctypes.util.find_library("rewardkit")
     if found:

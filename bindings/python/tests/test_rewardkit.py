@@ -85,7 +85,7 @@ def test_train_meta_vote_save(model_dir, tmp_path):
     with pytest.raises(TypeError):
         rewardkit.Trainer(saved, learning_rate=1.0)
     with pytest.raises(rewardkit.RewardkitError) as e:
-        rewardkit.Trainer(saved, flip=True).step(PROMPTS, CHOSEN, REJECTED)
+        rewardkit.Trainer(saved, flip="below").step(PROMPTS, CHOSEN, REJECTED)
     assert "strengths" in str(e.value)
 
 
