@@ -23,17 +23,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewardkit::contrastive::{chosen_rejected_distance, ContrastiveConfig};
-use rewardkit::data::{read_preferences, split_pairs, OnBadRow, PreferenceReadOptions};
-use rewardkit::ensemble::train_ensemble;
-use rewardkit::eval::auroc;
-use rewardkit::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, PairTreatment, SmoothRule};
-use rewardkit::meta::{difference_value, PolicyBatch};
+use rewardkit::train::contrastive::{chosen_rejected_distance, ContrastiveConfig};
+use rewardkit::io::data::{read_preferences, split_pairs, OnBadRow, PreferenceReadOptions};
+use rewardkit::train::ensemble::train_ensemble;
+use rewardkit::eval::metrics::auroc;
+use rewardkit::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, PairTreatment, SmoothRule};
+use rewardkit::train::meta::{difference_value, PolicyBatch};
 use rewardkit::model::Pass;
-use rewardkit::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::rng::Rng;
 use rewardkit::train::{fit, first_trainable_layer, is_trainable, micro_batches, quick_eval, tokenize_pairs, FitOptions, HiddenCache, PairSet, SeqSource, TrainConfig, Trainable, Trainer};
-use rewardkit::vote::vote;
+use rewardkit::eval::vote::vote;
 use rewardkit::{LoadOptions, Result, SharedModel, SharedModelOptions};
 use serde_json::{json, Value};
 
@@ -222,12 +222,12 @@ fn main() -> Result<()> {
             clock.0 += t.elapsed().as_secs_f64();
             clock.1 += a.members * a.epochs * nt;
             let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
-            let v = vote(&refs, &noisy, 32)?;
+            let v = vote(&refs, &noisy)?;
             let (strength, std) = v.strength();
             let auc = auroc(&strength.iter().map(|x| -x).collect::<Vec<_>>(), &injected).unwrap();
             let below = strength.iter().filter(|&&x| x < 0.0).count();
             let caught = strength.iter().zip(&injected).filter(|(&x, &f)| x < 0.0 && f).count();
-            let member_acc: Vec<f64> = members.iter().map(|m| quick_eval(m, &eval_set).map(|r| r.0)).collect::<Result<_>>()?;
+            let member_acc: Vec<f64> = members.iter().map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy)).collect::<Result<_>>()?;
             drop(members);
             eprintln!("noise seed {s}: AUROC {auc:.4}; mean < 0 on {below} pairs, {caught} of them injected ({} injected); members' held-out accuracy {:.4}", injected.iter().filter(|&&f| f).count(), mean_sd(&member_acc).0);
             let mut accs = Vec::new();
@@ -239,7 +239,8 @@ fn main() -> Result<()> {
                     let mut trainer = Trainer::new(model.clone(), TrainConfig { noise: *noise, ..config(seed) })?;
                     timed_fit(&mut clock, &mut trainer, &noisy, &noise.treatments(nt, Some(&strength), None)?)?;
                     drop(trainer);
-                    let (acc, margin, loss) = quick_eval(&model, &eval_set)?;
+                    let m = quick_eval(&model, &eval_set)?;
+                    let (acc, margin, loss) = (m.accuracy, m.mean_margin, m.loss);
                     eprintln!("  noise seed {s} train seed {t} {name:<12} held-out accuracy {acc:.4}");
                     runs.push(json!({"train_seed": t, "accuracy": acc, "mean_margin": margin, "loss": loss}));
                 }
@@ -267,7 +268,7 @@ fn main() -> Result<()> {
     if a.only.iter().any(|s| s == "meta") {
         let spread = |m: &SharedModel| -> Result<f64> {
             let all: Vec<usize> = policy.groups.iter().flatten().copied().collect();
-            let r = policy.seqs.rewards(m, &all, 32)?;
+            let r = policy.seqs.rewards(m, &all)?;
             let (mut sum, mut n, mut at) = (0.0, 0, 0);
             for g in &policy.groups {
                 for i in 0..g.len() {
@@ -304,7 +305,7 @@ fn main() -> Result<()> {
                 let secs = t.elapsed().as_secs_f64();
                 if meta { meta_secs += secs } else { plain_secs += secs }
                 drop(trainer);
-                let (acc, _, _) = quick_eval(&model, &eval_set)?;
+                let acc = quick_eval(&model, &eval_set)?.accuracy;
                 let (j, sp) = (difference_value(&model, &policy)?, spread(&model)?);
                 let name = if meta { "MetaRM" } else { "plain" };
                 eprintln!("meta seed {s} {name:<6} held-out accuracy {acc:.4}  J(shifted) {j:.4}  mean |Δr| (shifted) {sp:.4}");
@@ -333,7 +334,7 @@ fn main() -> Result<()> {
                 timed_fit(&mut clock, &mut trainer, &clean, &vec![PairTreatment::default(); nt])?;
                 secs[k] += t.elapsed().as_secs_f64();
                 drop(trainer);
-                let (acc, _, _) = quick_eval(&model, &eval_set)?;
+                let acc = quick_eval(&model, &eval_set)?.accuracy;
                 let m = model.read()?;
                 let all: Vec<usize> = (0..eval_set.len()).collect();
                 let f = model.install(|| eval_set.features(&m, &all, first, Pass::Inference))?;

@@ -38,6 +38,19 @@ impl DeviceSpec {
     }
 }
 
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn open_cuda(n: usize) -> Result<Device> {
     Device::new_cuda(n).map_err(|e| {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use common::scratch;
-use rewardkit::contrastive::{ContrastiveConfig, PROTOTYPES};
-use rewardkit::loss::{FlipRule, NoiseConfig, PairTreatment};
-use rewardkit::meta::PolicyBatch;
+use rewardkit::train::contrastive::{ContrastiveConfig, PROTOTYPES};
+use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
+use rewardkit::train::meta::PolicyBatch;
 use rewardkit::model::checkpoint::HeadSource;
 use rewardkit::model::Pass;
-use rewardkit::optim::AdamWConfig;
-use rewardkit::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::train::optim::AdamWConfig;
+use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
 use rewardkit::train::{PairIds, PairSet, TrainConfig, Trainer};
 use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 use rewardkit::model::checkpoint::HeadSource;
-use rewardkit::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
 use rewardkit::{ComputeDType, LoadOptions, RewardModel};
 
 const CHILD_ENV: &str = "REWARDKIT_CRASH_SAVE_DIR";

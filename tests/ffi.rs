@@ -152,7 +152,7 @@ fn load_failures_leave_null_and_a_message() {
 fn errors_are_per_thread() {
     let path = CString::new("/nope").unwrap();
     let mut model = null_mut();
-    unsafe { rk_model_load(path.as_ptr(), null(), &mut model) };
+    assert_eq!(unsafe { rk_model_load(path.as_ptr(), null(), &mut model) }, rk_status::RK_ERR_NOT_FOUND);
     let other = std::thread::spawn(last_error).join().unwrap();
     assert_eq!(other, "");
     assert!(last_error().contains("/nope"));
@@ -276,8 +276,8 @@ fn vote_matches_scoring() {
     unsafe {
         assert_eq!(rk_vote_texts(models.as_ptr(), 2, pp.as_ptr(), cp.as_ptr(), rp.as_ptr(), 2, mean.as_mut_ptr(), std.as_mut_ptr()), rk_status::RK_OK, "{}", last_error());
         let (mut rc, mut rr) = ([0f32; 2], [0f32; 2]);
-        rk_model_score_texts(a, pp.as_ptr(), cp.as_ptr(), 2, rc.as_mut_ptr());
-        rk_model_score_texts(a, pp.as_ptr(), rp.as_ptr(), 2, rr.as_mut_ptr());
+        assert_eq!(rk_model_score_texts(a, pp.as_ptr(), cp.as_ptr(), 2, rc.as_mut_ptr()), rk_status::RK_OK);
+        assert_eq!(rk_model_score_texts(a, pp.as_ptr(), rp.as_ptr(), 2, rr.as_mut_ptr()), rk_status::RK_OK);
         // Two identical models: mean = the single model's difference, std = 0.
         for i in 0..2 {
             assert!((mean[i] - (rc[i] - rr[i])).abs() < 1e-5 && std[i].abs() < 1e-6);

@@ -22,7 +22,7 @@ fn gguf_path() -> PathBuf {
 #[test]
 fn smollm2_import_matches_transformers() {
     let out = scratch("gguf").join("smollm2");
-    let report = rewardkit::gguf::import_gguf(&gguf_path(), &out).unwrap();
+    let report = rewardkit::io::gguf::import_gguf(&gguf_path(), &out).unwrap();
     assert_eq!((report.layers, report.hidden_size, report.vocab_size), (30, 576, 49152));
     assert!(report.tied_embeddings);
     let golden: Value = serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures/gguf/smollm2_goldens.json")).unwrap()).unwrap();
@@ -71,7 +71,7 @@ fn not_a_gguf_file_is_a_clear_error() {
     let dir = scratch("gguf-bad");
     let bad = dir.join("bad.gguf");
     std::fs::write(&bad, b"GGUF but not really").unwrap();
-    let e = rewardkit::gguf::import_gguf(&bad, &dir.join("out")).unwrap_err();
+    let e = rewardkit::io::gguf::import_gguf(&bad, &dir.join("out")).unwrap_err();
     assert_eq!(e.kind(), rewardkit::ErrorKind::CorruptFile);
     assert!(e.message().contains("bad.gguf"), "{e}");
 }

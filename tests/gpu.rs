@@ -6,8 +6,8 @@
 mod common;
 
 use common::{assert_close, fixture, relative_error};
-use rewardkit::loss::PairTreatment;
-use rewardkit::meta::PolicyBatch;
+use rewardkit::train::loss::PairTreatment;
+use rewardkit::train::meta::PolicyBatch;
 use rewardkit::train::{PairIds, PairSet, TrainConfig, Trainer};
 use rewardkit::{ComputeDType, DeviceSpec, ErrorKind, LoadOptions, SharedModel, SharedModelOptions};
 use serde_json::Value;
@@ -68,7 +68,7 @@ fn pairs() -> Vec<PairIds> {
 fn training_and_meta_steps_match_cpu() {
     let run = |device: DeviceSpec, meta: bool| {
         let model = std::sync::Arc::new(load("llama_gqa", device, ComputeDType::F32));
-        let cfg = TrainConfig { meta_lr: 0.05, optimizer: rewardkit::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
+        let cfg = TrainConfig { meta_lr: 0.05, optimizer: rewardkit::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
         let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
         let set = PairSet::from_ids(pairs());
         let idx: Vec<usize> = (0..8).collect();

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::Device;
-use rewardkit::loss::PairTreatment;
-use rewardkit::meta::{difference_loss, difference_value, PolicyBatch};
+use rewardkit::train::loss::PairTreatment;
+use rewardkit::train::meta::{difference_loss, difference_value, PolicyBatch};
 use rewardkit::model::checkpoint::HeadSource;
 use rewardkit::model::Pass;
-use rewardkit::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::rng::Rng;
-use rewardkit::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
 use rewardkit::train::{quick_eval, PairIds, PairSet, TrainConfig, Trainable, Trainer};
 use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
 
@@ -136,7 +136,7 @@ fn meta_steps_ascend_j_and_keep_preference_accuracy() {
             }
         }
         drop(trainer);
-        (difference_value(&m, &pol).unwrap(), quick_eval(&m, &held_out).unwrap().0)
+        (difference_value(&m, &pol).unwrap(), quick_eval(&m, &held_out).unwrap().accuracy)
     };
     let (j_plain, acc_plain) = run(0.0, false);
     let (j_meta, acc_meta) = run(0.5, true);

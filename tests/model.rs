@@ -241,8 +241,8 @@ fn bad_token_ids_are_rejected_not_crashed() {
 fn tiny_model_is_deterministic() {
     let a = tiny_model();
     let b = scratch("tiny-again").join("model");
-    let corpus = rewardkit::tiny::corpus_from_jsonl(&common::hh_data()).unwrap();
-    rewardkit::tiny::create_tiny_model(&b, &corpus, &Default::default()).unwrap();
+    let corpus = rewardkit::model::tiny::corpus_from_jsonl(&common::hh_data()).unwrap();
+    rewardkit::model::tiny::create_tiny_model(&b, &corpus, &Default::default()).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs between two builds");
     }
@@ -261,4 +261,33 @@ fn var_set_is_visible_through_the_model() {
     head.set(&(head.as_tensor() * 2.0).unwrap()).unwrap();
     let after = model.rewards(&batch, Pass::Inference).unwrap().to_vec1::<f32>().unwrap()[0];
     assert!((after - 2.0 * before).abs() < 1e-5, "{before} -> {after}");
+}
+
+/// What left truncation keeps of a text tokenized whole: the reference the cut-before-tokenizing
+/// path must reproduce exactly.
+fn reference_ids(tok: &rewardkit::RewardTokenizer, text: &str, keep: usize) -> Vec<u32> {
+    let mut enc = tok.inner().encode(text, false).unwrap();
+    enc.truncate(keep, 0, tokenizers::TruncationDirection::Left);
+    tok.inner().post_process(enc, None, true).unwrap().get_ids().to_vec()
+}
+
+#[test]
+fn long_texts_are_cut_before_tokenizing_with_the_same_ids() {
+    let tiny = rewardkit::RewardTokenizer::from_file(&tiny_model().join("tokenizer.json"), Some(2)).unwrap();
+    let gqa = rewardkit::RewardTokenizer::from_file(&fixture("llama_gqa").join("tokenizer.json"), None).unwrap();
+    let dialogue: String = hh_pairs(60).iter().map(|(p, r)| format!("{p}{r}")).collect();
+    let unicode = "Ünïcödé 文字 naïve café — “quotes” 12345678 tabs\tand\nnewlines  double  spaces ".repeat(3000);
+    let digits = "1234567890 ".repeat(20_000) + &"9".repeat(5000);
+    let opts = rewardkit::TextOptions::default();
+    for (name, tok) in [("tiny", &tiny), ("llama_gqa", &gqa)] {
+        for (what, prompt) in [("dialogue", dialogue.repeat(20)), ("unicode", unicode.clone()), ("digits", digits.clone())] {
+            for max_len in [16, 257, 2048] {
+                let response = " the end, where the reward is read.";
+                let got = tok.encode_pair(&prompt, response, &opts, max_len).unwrap();
+                let special = tok.inner().get_post_processor().map(|p| tokenizers::PostProcessor::added_tokens(p, false)).unwrap_or(0);
+                let want = reference_ids(tok, &format!("{prompt}{response}"), max_len - special);
+                assert_eq!(got, want, "{name}, {what}, max_len {max_len}: {} bytes", prompt.len());
+            }
+        }
+    }
 }

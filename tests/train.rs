@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use common::{scratch, weights};
-use rewardkit::loss::{FlipRule, NoiseConfig, PairTreatment};
+use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
 use rewardkit::model::checkpoint::HeadSource;
 use rewardkit::model::Pass;
-use rewardkit::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::rng::Rng;
-use rewardkit::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
 use rewardkit::train::{fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer};
 use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
 
@@ -57,11 +57,13 @@ fn training_drives_the_loss_down() {
     let model = small_model();
     let train = PairSet::from_ids(task(64, 1));
     let held_out = PairSet::from_ids(task(32, 2));
-    let (acc0, _, loss0) = quick_eval(&model, &held_out).unwrap();
+    let m0 = quick_eval(&model, &held_out).unwrap();
+    let (acc0, loss0) = (m0.accuracy, m0.loss);
     let mut trainer = Trainer::new(model.clone(), config(0)).unwrap();
     let t = vec![PairTreatment::default(); 64];
     fit(&mut trainer, &train, &t, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
-    let (acc1, _, loss1) = quick_eval(&model, &held_out).unwrap();
+    let m1 = quick_eval(&model, &held_out).unwrap();
+    let (acc1, loss1) = (m1.accuracy, m1.loss);
     assert!(loss1 < 0.5 * loss0, "held-out loss {loss0} -> {loss1}");
     assert!(acc0 < 0.8, "the task must not be solved before training (accuracy {acc0})");
     assert!(acc1 > 0.95, "held-out accuracy {acc0} -> {acc1}");
@@ -178,7 +180,7 @@ fn label_flipping_recovers_from_flipped_labels() {
         let treat = noise.treatments(48, Some(&strengths), None).unwrap();
         let mut trainer = Trainer::new(model.clone(), TrainConfig { noise, ..config(0) }).unwrap();
         fit(&mut trainer, &PairSet::from_ids(noisy.clone()), &treat, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
-        quick_eval(&model, &held_out).unwrap().0
+        quick_eval(&model, &held_out).unwrap().accuracy
     };
     let flipped = run(NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() });
     assert!(flipped > 0.95, "accuracy with flipping {flipped}");
@@ -199,10 +201,10 @@ fn ensemble_members_differ_and_vote() {
     let train = PairSet::from_ids(task(32, 12));
     let t = vec![PairTreatment::default(); 32];
     let cfg = TrainConfig { trainable: Trainable::TopLayers { layers: 1 }, ..config(20) };
-    let members = rewardkit::ensemble::train_ensemble(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_, _| {}).unwrap();
+    let members = rewardkit::train::ensemble::train_ensemble(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_, _| {}).unwrap();
     let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
     let test = PairSet::from_ids(task(16, 13));
-    let vote = rewardkit::vote::vote(&refs, &test, 8).unwrap();
+    let vote = rewardkit::eval::vote::vote(&refs, &test).unwrap();
     let (mean, std) = vote.strength();
     assert_eq!((vote.members(), vote.pairs()), (3, 16));
     assert!(mean.iter().all(|&m| m > 0.0), "trained members agree the chosen side is better: {mean:?}");
@@ -217,12 +219,12 @@ fn ensemble_members_differ_and_vote() {
     drop((a, b));
 
     // The cheap variant: one backbone, three heads.
-    let multi = rewardkit::ensemble::train_multi_head(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_| {}).unwrap();
-    let heads = rewardkit::vote::vote(&[&multi], &test, 8).unwrap();
+    let multi = rewardkit::train::ensemble::train_multi_head(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_| {}).unwrap();
+    let heads = rewardkit::eval::vote::vote(&[&multi], &test).unwrap();
     assert_eq!(heads.members(), 3);
     assert!(heads.strength().0.iter().all(|&m| m > 0.0));
     // Heads and whole models mix: 3 heads + 2 models = 5 members, the heads' rows first.
-    let mixed = rewardkit::vote::vote(&[&multi, members[0].as_ref(), members[1].as_ref()], &test, 8).unwrap();
+    let mixed = rewardkit::eval::vote::vote(&[&multi, members[0].as_ref(), members[1].as_ref()], &test).unwrap();
     assert_eq!(mixed.members(), 5);
     assert_eq!(mixed.chosen[..3], heads.chosen[..]);
     assert_eq!(mixed.chosen[3..], vote.chosen[..2]);

@@ -9,8 +9,8 @@ use super::status::{guard, rk_status};
 use super::trainer::{labels, rk_trainer, stats_to_c, trainer_arg};
 use crate::error::Result;
 use crate::limits::MAX_ITEMS_PER_CALL;
-use crate::meta::PolicyBatch;
-use crate::shared::SharedModel;
+use crate::train::meta::PolicyBatch;
+use crate::handle::SharedModel;
 use crate::train::{encode_text_pairs, PairIds};
 
 /// What one MetaRM step did. `struct_size` as for `rk_step_stats`.
@@ -179,7 +179,7 @@ unsafe fn difference_loss_common(model: *const rk_model, make_policy: impl FnOnc
     if out_j.is_null() {
         return Err(null("out_j"));
     }
-    *out_j = crate::meta::difference_value(model, &make_policy(model)?)?;
+    *out_j = crate::train::meta::difference_value(model, &make_policy(model)?)?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use super::args::{count, fill_c_chars, null, out_slice, out_struct, sequences, s
 use super::params::{dtype_to_c, model_options, rk_dtype, rk_model_params};
 use super::status::{guard, rk_status};
 use crate::error::{Error, ErrorKind};
-use crate::shared::SharedModel;
+use crate::handle::SharedModel;
 
 /// A loaded reward model. Opaque; create with `rk_model_load`, release with `rk_model_free`.
 ///

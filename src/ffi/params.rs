@@ -7,15 +7,15 @@ use std::ffi::c_char;
 
 use super::args::{flag, null, opt_str_arg, read_versioned};
 use super::status::{guard, rk_status};
-use crate::contrastive::{ContrastiveConfig, ContrastiveItems, ContrastiveMethod, ContrastiveOverrides};
+use crate::train::contrastive::{ContrastiveConfig, ContrastiveItems, ContrastiveMethod, ContrastiveOverrides};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
+use crate::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
 use crate::model::{ComputeDType, LoadOptions};
-use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind};
-use crate::score::BatchOptions;
-use crate::shared::SharedModelOptions;
-use crate::tokenize::TextOptions;
+use crate::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use crate::handle::batch::BatchOptions;
+use crate::handle::SharedModelOptions;
+use crate::handle::tokenize::TextOptions;
 use crate::train::{TrainConfig, Trainable};
 
 /// Compute dtype of a model.

@@ -9,7 +9,7 @@ use super::model::{model_arg, rk_model};
 use super::params::{rk_trainer_params, train_config};
 use super::status::{free_handle, guard, rk_status};
 use crate::error::{Error, ErrorKind, Result};
-use crate::shared::SharedModel;
+use crate::handle::SharedModel;
 use crate::train::{encode_text_pairs, PairIds, PairLabels, StepStats, Trainer};
 
 /// A trainer updating one model's weights in place. Opaque; create with `rk_trainer_create`,

@@ -6,7 +6,7 @@ use super::args::{count, out_slice, slice, text_triples, token_pairs};
 use super::model::{model_arg, rk_model};
 use super::status::{guard, rk_status};
 use crate::error::Result;
-use crate::shared::SharedModel;
+use crate::handle::SharedModel;
 use crate::train::{encode_text_pairs, PairIds};
 
 unsafe fn vote_common(
@@ -25,7 +25,7 @@ unsafe fn vote_common(
         .collect::<Result<Vec<&SharedModel>>>()?;
     let n = count(n, "n")?;
     let (out_mean, out_std) = (out_slice(out_mean, n, "out_mean")?, out_slice(out_std, n, "out_std")?);
-    let (mean, std) = crate::vote::vote_each(&handles, pairs_for)?.strength();
+    let (mean, std) = crate::eval::vote::vote_each(&handles, pairs_for)?.strength();
     out_mean.copy_from_slice(&mean);
     out_std.copy_from_slice(&std);
     Ok(())

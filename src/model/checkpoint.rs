@@ -78,14 +78,23 @@ pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for path in files {
         let bytes = limits::read_file(path, limits::MAX_WEIGHT_FILE_BYTES)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::corrupt(path, format!("not a valid safetensors file: {e}")))?;
-        for (name, view) in st.tensors() {
-            if let Some(i) = first_non_finite(view.dtype(), view.data()) {
-                return Err(Error::corrupt(path, format!("tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}")));
-            }
-            let t = view.load(&Device::Cpu).map_err(|e| Error::corrupt(path, format!("tensor `{name}`: {e}")))?;
-            out.insert(name, t);
+        out.extend(tensors_from_bytes(&bytes).map_err(|e| e.context(path.display()))?);
+    }
+    Ok(out)
+}
+
+/// Every tensor of the bytes of one safetensors file, on the CPU, in its stored dtype; a
+/// non-finite value anywhere is an error naming the tensor.
+pub fn tensors_from_bytes(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
+    let corrupt = |msg: String| Error::new(ErrorKind::CorruptFile, msg);
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if let Some(i) = first_non_finite(view.dtype(), view.data()) {
+            return Err(corrupt(format!("tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}")));
         }
+        let t = view.load(&Device::Cpu).map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+        out.insert(name, t);
     }
     Ok(out)
 }
@@ -178,9 +187,9 @@ pub fn params_from_tensors(
         }
     };
     // Parameters of training add-ons that travel with the checkpoint (SwAV prototypes).
-    if let Some(t) = tensors.remove(crate::contrastive::PROTOTYPES) {
-        check_float(crate::contrastive::PROTOTYPES, &t)?;
-        params.insert(crate::contrastive::PROTOTYPES, &t.to_dtype(DType::F32)?.to_device(device)?)?;
+    if let Some(t) = tensors.remove(crate::train::contrastive::PROTOTYPES) {
+        check_float(crate::train::contrastive::PROTOTYPES, &t)?;
+        params.insert(crate::train::contrastive::PROTOTYPES, &t.to_dtype(DType::F32)?.to_device(device)?)?;
     }
     Ok((params, source))
 }
@@ -264,4 +273,44 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes).map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_checkpoints_are_replaceable() {
+        let root = std::env::temp_dir().join(format!("rk-replaceable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("ckpt")).unwrap();
+        assert!(check_replaceable(&root.join("absent")).is_ok());
+        assert!(check_replaceable(&root.join("ckpt")).is_ok()); // empty
+        for f in CHECKPOINT_FILES {
+            std::fs::write(root.join("ckpt").join(f), "x").unwrap();
+        }
+        assert!(check_replaceable(&root.join("ckpt")).is_ok());
+        std::fs::write(root.join("ckpt/README.md"), "mine").unwrap();
+        assert_eq!(check_replaceable(&root.join("ckpt")).unwrap_err().kind(), ErrorKind::Exists);
+        std::fs::write(root.join("file"), "mine").unwrap();
+        assert_eq!(check_replaceable(&root.join("file")).unwrap_err().kind(), ErrorKind::Exists);
+        std::os::unix::fs::symlink(root.join("absent"), root.join("link")).unwrap();
+        assert_eq!(check_replaceable(&root.join("link")).unwrap_err().kind(), ErrorKind::Exists);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn non_finite_values_are_found_by_bit_pattern() {
+        use safetensors::Dtype;
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        assert_eq!(first_non_finite(Dtype::F32, &f32s(&[1.0, -3.5, f32::MAX])), None);
+        assert_eq!(first_non_finite(Dtype::F32, &f32s(&[1.0, f32::NAN])), Some(1));
+        assert_eq!(first_non_finite(Dtype::F32, &f32s(&[f32::NEG_INFINITY])), Some(0));
+        let bf16 = |v: &[f32]| v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>();
+        assert_eq!(first_non_finite(Dtype::BF16, &bf16(&[0.5, 2.0, f32::INFINITY])), Some(2));
+        let f16 = |v: &[f32]| v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>();
+        assert_eq!(first_non_finite(Dtype::F16, &f16(&[0.5, 65504.0])), None);
+        assert_eq!(first_non_finite(Dtype::F16, &f16(&[f32::NAN])), Some(0));
+        assert_eq!(first_non_finite(Dtype::I64, &[0xff; 16]), None);
+    }
 }

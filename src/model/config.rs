@@ -180,8 +180,13 @@ fn parse_rope(raw: &Value) -> Result<(f64, RopeScaling)> {
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = crate::limits::read_file(path, crate::limits::MAX_JSON_FILE_BYTES)?;
-        let raw: Value = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(path, e))?;
-        Self::from_json(raw).map_err(|e| e.context(path.display()))
+        Self::from_json_bytes(&bytes).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parses and validates the bytes of a config.json.
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
+        let raw: Value = serde_json::from_slice(bytes).map_err(|e| Error::new(crate::ErrorKind::CorruptFile, format!("not valid JSON: {e}")))?;
+        Self::from_json(raw)
     }
 
     pub fn from_json(raw: Value) -> Result<Self> {
@@ -397,6 +402,26 @@ mod tests {
         let mut v = base();
         v["num_key_value_heads"] = json!(3);
         assert!(ModelConfig::from_json(v).unwrap_err().message().contains("multiple"));
+    }
+
+    #[test]
+    fn sizes_are_capped_and_floats_checked() {
+        for (key, value) in [
+            ("num_hidden_layers", json!(1_000_000_000u64)),
+            ("hidden_size", json!(1u64 << 40)),
+            ("max_position_embeddings", json!(1u64 << 62)),
+            ("rope_theta", json!(0.0)),
+            ("rms_norm_eps", json!(-1.0)),
+            (ENSEMBLE_HEADS_KEY, json!(1_000_000_000u64)),
+            ("pad_token_id", json!(1u64 << 40)),
+        ] {
+            let mut v = base();
+            v[key] = value.clone();
+            assert_eq!(ModelConfig::from_json(v).unwrap_err().kind(), crate::ErrorKind::InvalidArgument, "{key} = {value}");
+        }
+        let mut v = base();
+        v["max_position_embeddings"] = json!(10_485_760);
+        assert_eq!(ModelConfig::from_json(v).unwrap().max_position_embeddings, 10_485_760);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod config;
 pub mod decoder;
 mod fused;
 pub mod params;
+pub mod tiny;
 
 use std::path::Path;
 
@@ -49,6 +50,19 @@ impl ComputeDType {
             "f16" | "float16" | "fp16" | "half" => Ok(ComputeDType::F16),
             _ => Err(Error::invalid(format!("unknown dtype `{s}` (f32, bf16, f16)"))),
         }
+    }
+}
+
+impl std::str::FromStr for ComputeDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for ComputeDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use rewardkit::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
+use rewardkit::model::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
 
 /// The repository root: where the tests were built, unless REWARDKIT_REPO says otherwise (test
 /// binaries carried to another machine, e.g. the GPU host).
@@ -43,12 +43,12 @@ pub fn tiny_model() -> &'static Path {
 
 /// The first `n` HH-RLHF pairs as (prompt, response) of the chosen dialogue.
 pub fn hh_pairs(n: usize) -> Vec<(String, String)> {
-    rewardkit::data::read_jsonl(&hh_data())
+    rewardkit::io::data::read_jsonl(&hh_data())
         .unwrap()
         .into_iter()
         .take(n)
         .map(|(_, row)| {
-            let (p, r) = rewardkit::data::split_hh_dialogue(row["chosen"].as_str().unwrap()).unwrap();
+            let (p, r) = rewardkit::io::data::split_hh_dialogue(row["chosen"].as_str().unwrap()).unwrap();
             (p.to_string(), r.to_string())
         })
         .collect()
@@ -86,8 +86,8 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
     use rewardkit::train::{PairSet, TrainConfig, Trainer};
     let opts = rewardkit::SharedModelOptions { load: rewardkit::LoadOptions { device, dtype, ..Default::default() }, ..Default::default() };
     let model = std::sync::Arc::new(rewardkit::SharedModel::load(tiny_model(), &opts).unwrap());
-    let read = rewardkit::data::PreferenceReadOptions { on_bad_row: rewardkit::data::OnBadRow::Skip, ..Default::default() };
-    let (mut pairs, _) = rewardkit::data::read_preferences(&hh_data(), &read).unwrap();
+    let read = rewardkit::io::data::PreferenceReadOptions { on_bad_row: rewardkit::io::data::OnBadRow::Skip, ..Default::default() };
+    let (mut pairs, _) = rewardkit::io::data::read_preferences(&hh_data(), &read).unwrap();
     pairs.truncate(16);
     let mut ids = rewardkit::train::tokenize_pairs(&model, &pairs).unwrap();
     for s in ids.iter_mut().flat_map(|p| [&mut p.chosen, &mut p.rejected]) {
@@ -96,7 +96,7 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
     }
     let set = PairSet::from_ids(ids);
     let before = weights(&model);
-    let cfg = TrainConfig { optimizer: rewardkit::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
+    let cfg = TrainConfig { optimizer: rewardkit::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
     let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
     let losses = (0..4)
         .map(|step| {
@@ -108,7 +108,7 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
     for ((name, a), (_, b)) in before.iter().zip(&weights(&model)) {
         assert!(a.iter().zip(b).any(|(x, y)| x != y), "{dtype:?} on {device:?}: {name} did not move");
     }
-    let (chosen, rejected) = set.score_all(&model, 4).unwrap();
+    let (chosen, rejected) = set.score_all(&model).unwrap();
     (losses, [chosen, rejected].concat())
 }
 

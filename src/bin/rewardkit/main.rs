@@ -1,15 +1,24 @@
 //! `rewardkit`: the command-line front end for offline jobs over the same library the C ABI
 //! exposes.
 
-mod score_cmd;
-mod train_cmd;
+mod args;
+mod bench;
+mod convert;
+mod eval;
+mod meta;
+mod plot;
+mod progress;
+mod score;
+mod train;
+mod vote;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use rewardkit::{BatchOptions, ComputeDType, DeviceSpec, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions};
-use train_cmd::{DataArgs, TrainArgs};
+use args::{DataArgs, ModelArgs, RuntimeArgs, TrainArgs};
+use rewardkit::train::meta::MetaFitOptions;
+use rewardkit::train::Trainable;
 
 #[derive(Parser)]
 #[command(name = "rewardkit", version, about = "Reward models for RLHF: score, train, vote, evaluate")]
@@ -74,8 +83,8 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         steps: usize,
         /// all, head, or top:N.
-        #[arg(long, default_value = "all")]
-        trainable: String,
+        #[arg(long, default_value_t = Trainable::All)]
+        trainable: Trainable,
         /// Write the token ids of each pair ({"chosen": [...], "rejected": [...]}) for the
         /// transformers script.
         #[arg(long)]
@@ -167,12 +176,12 @@ enum Command {
         /// Policy samples: {"prompt": ..., "responses": [...]} per line, k >= 2 responses.
         #[arg(long)]
         policy: PathBuf,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = MetaFitOptions::default().rounds)]
         rounds: usize,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = MetaFitOptions::default().steps_per_round)]
         steps_per_round: usize,
         /// Policy prompts per meta step (0: all).
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = MetaFitOptions::default().policy_prompts)]
         policy_prompts: usize,
     },
     /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face checkpoint directory.
@@ -194,75 +203,6 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-}
-
-#[derive(Args, Clone)]
-struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
-    #[command(flatten)]
-    rt: RuntimeArgs,
-}
-
-/// How models run: device, precision, threads, lengths, batching, text joining.
-#[derive(Args, Clone)]
-struct RuntimeArgs {
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, bf16, f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Worker threads (0 = all available cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Longest sequence in tokens (0 = the model's maximum); prompts are cut from the left.
-    #[arg(long, default_value_t = 0)]
-    max_length: usize,
-    /// Padded tokens per forward pass.
-    #[arg(long, default_value_t = BatchOptions::default().token_budget)]
-    batch_tokens: usize,
-    /// Sequences per forward pass (0 = limited by --batch-tokens only).
-    #[arg(long, default_value_t = 0)]
-    batch_size: usize,
-    /// Append EOS after each response (MOSS-RLHF's convention).
-    #[arg(long)]
-    append_eos: bool,
-    /// Text inserted between prompt and response.
-    #[arg(long, default_value = "")]
-    separator: String,
-}
-
-impl RuntimeArgs {
-    fn options(&self) -> Result<SharedModelOptions> {
-        Ok(SharedModelOptions {
-            load: LoadOptions {
-                device: DeviceSpec::parse(&self.device)?,
-                dtype: ComputeDType::parse(&self.dtype)?,
-                max_length: self.max_length,
-                head_seed: 0,
-            },
-            text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
-            batch: BatchOptions { token_budget: self.batch_tokens, max_batch_size: self.batch_size },
-            n_threads: self.threads,
-        })
-    }
-
-    /// Loads a model directory, saying so when its reward head is fresh.
-    fn load(&self, dir: &std::path::Path) -> Result<SharedModel> {
-        let model = SharedModel::load(dir, &self.options()?)?;
-        if model.info()?.head_is_fresh {
-            eprintln!("note: {} has no reward head; a fresh head was initialised (seed 0)", dir.display());
-        }
-        Ok(model)
-    }
-}
-
-impl ModelArgs {
-    fn load(&self) -> Result<SharedModel> {
-        self.rt.load(&self.model)
-    }
 }
 
 /// Keeps freed activation buffers in the process for the next forward pass. By default glibc
@@ -287,20 +227,21 @@ fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Score { model, input, output, limit } => score_cmd::score(&model, &input, output.as_deref(), limit),
-        Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => score_cmd::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile),
-        Command::Info { model } => score_cmd::info(&model),
+        Command::Score { model, input, output, limit } => score::score(&model, &input, output.as_deref(), limit),
+        Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => bench::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile),
+        Command::Info { model } => score::info(&model),
         Command::BenchTrain { model, input, limit, batch_pairs, steps, trainable, dump_ids, json, profile } => {
-            train_cmd::bench_train(&model, &input, limit, batch_pairs, steps, &trainable, dump_ids.as_deref(), json, profile)
+            bench::bench_train(&model, &input, limit, batch_pairs, steps, trainable, dump_ids.as_deref(), json, profile)
         }
-        Command::InitTiny { out, corpus, seed } => score_cmd::init_tiny(&out, &corpus, seed),
-        Command::Train { model, data, train } => train_cmd::train(&model, &data, &train),
-        Command::Ensemble { model, data, train, members, shared_backbone, buckets } => train_cmd::ensemble(&model, &data, &train, members, shared_backbone, buckets),
-        Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => train_cmd::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band),
-        Command::Eval { model, data, buckets, json } => train_cmd::eval(&model, &data, buckets, json.as_deref()),
-        Command::ImportGguf { gguf, out } => train_cmd::import_gguf(&gguf, &out),
+        Command::InitTiny { out, corpus, seed } => convert::init_tiny(&out, &corpus, seed),
+        Command::Train { model, data, train } => train::train(&model, &data, &train),
+        Command::Ensemble { model, data, train, members, shared_backbone, buckets } => vote::ensemble(&model, &data, &train, members, shared_backbone, buckets),
+        Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => vote::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band),
+        Command::Eval { model, data, buckets, json } => eval::eval(&model, &data, buckets, json.as_deref()),
+        Command::ImportGguf { gguf, out } => convert::import_gguf(&gguf, &out),
         Command::MetaTrain { model, data, train, policy, rounds, steps_per_round, policy_prompts } => {
-            train_cmd::meta_train(&model, &data, &train, &policy, rounds, steps_per_round, policy_prompts)
+            let opts = MetaFitOptions { rounds, steps_per_round, policy_prompts, ..MetaFitOptions::default() };
+            meta::meta_train(&model, &data, &train, &policy, &opts)
         }
     };
     if let Err(e) = result {

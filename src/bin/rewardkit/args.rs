@@ -1,0 +1,323 @@
+//! The command line's shared arguments. Every default comes from the library
+//! (`TrainConfig::default()`, `SharedModelOptions::default()`, `FitOptions::default()`, the
+//! paper's settings in `ContrastiveConfig::paper`); every option parses through the library's
+//! own `FromStr`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use rewardkit::io::data::{attach_strengths, read_preferences, split_pairs, OnBadRow, PreferencePair, PreferenceReadOptions};
+use rewardkit::model::ComputeDType;
+use rewardkit::train::contrastive::{ContrastiveConfig, ContrastiveOverrides};
+use rewardkit::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
+use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::train::{FitOptions, TrainConfig, Trainable};
+use rewardkit::{BatchOptions, DeviceSpec, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions};
+
+fn train_defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+fn fit_defaults() -> FitOptions {
+    FitOptions::default()
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+}
+
+/// How models run: device, precision, threads, lengths, batching, text joining.
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = LoadOptions::default().device)]
+    pub device: DeviceSpec,
+    /// Compute dtype: f32, bf16, f16.
+    #[arg(long, default_value_t = LoadOptions::default().dtype)]
+    pub dtype: ComputeDType,
+    /// Worker threads (0 = all available cores).
+    #[arg(long, default_value_t = SharedModelOptions::default().n_threads)]
+    pub threads: usize,
+    /// Longest sequence in tokens (0 = the model's maximum); prompts are cut from the left.
+    #[arg(long, default_value_t = LoadOptions::default().max_length)]
+    pub max_length: usize,
+    /// Padded tokens per forward pass.
+    #[arg(long, default_value_t = BatchOptions::default().token_budget)]
+    pub batch_tokens: usize,
+    /// Sequences per forward pass (0 = limited by --batch-tokens only).
+    #[arg(long, default_value_t = BatchOptions::default().max_batch_size)]
+    pub batch_size: usize,
+    /// Append EOS after each response (MOSS-RLHF's convention).
+    #[arg(long)]
+    pub append_eos: bool,
+    /// Text inserted between prompt and response.
+    #[arg(long, default_value = "")]
+    pub separator: String,
+    /// Seed of a fresh reward head, for a checkpoint without one (a causal LM).
+    #[arg(long, default_value_t = LoadOptions::default().head_seed)]
+    pub head_seed: u64,
+}
+
+impl RuntimeArgs {
+    pub fn options(&self) -> SharedModelOptions {
+        SharedModelOptions {
+            load: LoadOptions { device: self.device, dtype: self.dtype, max_length: self.max_length, head_seed: self.head_seed },
+            text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
+            batch: BatchOptions { token_budget: self.batch_tokens, max_batch_size: self.batch_size },
+            n_threads: self.threads,
+        }
+    }
+
+    /// Loads a model directory, saying so when its reward head is fresh.
+    pub fn load(&self, dir: &Path) -> Result<SharedModel> {
+        let model = SharedModel::load(dir, &self.options())?;
+        if model.info()?.head_is_fresh {
+            eprintln!("note: {} has no reward head; a fresh head was initialised (seed {})", dir.display(), self.head_seed);
+        }
+        Ok(model)
+    }
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<SharedModel> {
+        self.rt.load(&self.model)
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// Preference pairs, JSONL or JSONL.gz: HH-RLHF dialogues (chosen/rejected),
+    /// prompt/chosen/rejected, or lists of turns.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Held-out pairs. Without it, --eval-fraction of --data is held out.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.0)]
+    pub eval_fraction: f64,
+    /// Seed of the train/held-out split.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Use only the first N pairs of --data.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Skip (and count) unusable rows instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Field with an external label (true/1: chosen is better), for agreement in reports.
+    #[arg(long)]
+    pub label_field: Option<String>,
+    /// Per-pair strengths from `rewardkit vote`/`ensemble` (JSONL with `line` and
+    /// `mean preference difference`), matched to --data by line number.
+    #[arg(long)]
+    pub strengths: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The usable pairs of `path`, reporting skipped rows.
+    pub fn read_pairs(&self, path: &Path) -> Result<Vec<PreferencePair>> {
+        let opts = PreferenceReadOptions {
+            on_bad_row: if self.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Stop },
+            label_field: self.label_field.clone(),
+        };
+        let (pairs, report) = read_preferences(path, &opts)?;
+        if !report.skipped.is_empty() {
+            eprintln!("{}: skipped {} of {} rows:", path.display(), report.skipped.len(), report.rows);
+            for (line, why) in report.skipped.iter().take(10) {
+                eprintln!("  line {line}: {why}");
+            }
+            if report.skipped.len() > 10 {
+                eprintln!("  ... and {} more", report.skipped.len() - 10);
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// The first --limit pairs of --data, with their strengths if given.
+    pub fn pairs(&self) -> Result<Vec<PreferencePair>> {
+        let mut pairs = self.read_pairs(&self.data)?;
+        if let Some(n) = self.limit {
+            pairs.truncate(n);
+        }
+        if let Some(path) = &self.strengths {
+            attach_strengths(&mut pairs, path)?;
+        }
+        Ok(pairs)
+    }
+
+    /// (train, held-out) pairs.
+    pub fn load(&self) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>)> {
+        let pairs = self.pairs()?;
+        match &self.eval_data {
+            Some(path) => Ok((pairs, self.read_pairs(path)?)),
+            None => split_pairs(pairs, self.eval_fraction, self.split_seed),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    #[arg(long, default_value_t = train_defaults().optimizer.lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = train_defaults().optimizer.beta1)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = train_defaults().optimizer.beta2)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = train_defaults().optimizer.eps)]
+    pub adam_eps: f64,
+    #[arg(long, default_value_t = train_defaults().optimizer.weight_decay)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = train_defaults().schedule.warmup_steps)]
+    pub warmup_steps: usize,
+    /// constant, inverse-sqrt, cosine or linear.
+    #[arg(long, default_value_t = train_defaults().schedule.kind)]
+    pub schedule: ScheduleKind,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long, default_value_t = train_defaults().max_grad_norm.unwrap_or(0.0))]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = train_defaults().grad_accum)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = train_defaults().dropout)]
+    pub dropout: f32,
+    #[arg(long, default_value_t = train_defaults().seed)]
+    pub seed: u64,
+    /// all, head, or top:N (the top N layers, final norm and head).
+    #[arg(long, default_value_t = train_defaults().trainable)]
+    pub trainable: Trainable,
+    #[arg(long, default_value_t = fit_defaults().epochs)]
+    pub epochs: usize,
+    /// Pairs per micro-batch.
+    #[arg(long, default_value_t = fit_defaults().batch_pairs)]
+    pub batch_pairs: usize,
+    /// Evaluate on the held-out pairs every N optimizer steps (0: at the end only).
+    #[arg(long, default_value_t = fit_defaults().eval_every)]
+    pub eval_every: u64,
+    /// Save a checkpoint every N optimizer steps (0: at the end only).
+    #[arg(long, default_value_t = fit_defaults().save_every)]
+    pub save_every: u64,
+    #[arg(long, default_value_t = fit_defaults().keep_checkpoints)]
+    pub keep_checkpoints: usize,
+    /// Output directory: checkpoint-<step>/, final/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Resume from a checkpoint written by `train` (model, optimizer, step).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Recompute the frozen bottom on every step instead of caching its output.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Flip pairs whose strength is below this (the paper: 0).
+    #[arg(long)]
+    pub flip_below: Option<f32>,
+    /// Flip this fraction of pairs with the lowest strength.
+    #[arg(long, conflicts_with = "flip_below")]
+    pub flip_lowest: Option<f32>,
+    /// Label smoothing with this alpha on every pair.
+    #[arg(long)]
+    pub smooth: Option<f32>,
+    /// Label smoothing with this alpha only on pairs with strength < 0 ("soft label").
+    #[arg(long, conflicts_with = "smooth")]
+    pub smooth_negative: Option<f32>,
+    /// Label smoothing with each pair's `alpha` field.
+    #[arg(long, conflicts_with_all = ["smooth", "smooth_negative"])]
+    pub smooth_per_pair: bool,
+    /// Adaptive margin: margin = scale x strength.
+    #[arg(long)]
+    pub margin_scale: Option<f32>,
+    /// raw, clamp (at 0) or abs.
+    #[arg(long, default_value_t = MarginRule::default().mode)]
+    pub margin_mode: MarginMode,
+    /// Reward-centering coefficient (TRL: 0.01).
+    #[arg(long, default_value_t = train_defaults().noise.centering)]
+    pub centering: f64,
+    /// MetaRM: ascent step on the policy samples' difference loss (meta-train only).
+    #[arg(long, default_value_t = train_defaults().meta_lr)]
+    pub meta_lr: f64,
+    /// Contrastive term: simcse, simcse-diff, swav or swav-diff (the paper's settings), or none.
+    #[arg(long, default_value = "none")]
+    pub contrastive: String,
+    /// Override the contrastive beta (L_rm + beta * L_cl).
+    #[arg(long)]
+    pub contrastive_beta: Option<f64>,
+    /// Override the contrastive temperature.
+    #[arg(long)]
+    pub contrastive_temperature: Option<f32>,
+    /// Dropout of the two contrastive views.
+    #[arg(long, default_value_t = ContrastiveConfig::DEFAULT_DROPOUT)]
+    pub contrastive_dropout: f32,
+    /// Override the number of SwAV prototypes.
+    #[arg(long)]
+    pub swav_prototypes: Option<usize>,
+    /// Override SwAV's Sinkhorn-Knopp iterations.
+    #[arg(long)]
+    pub sinkhorn_iterations: Option<usize>,
+    /// Override SwAV's Sinkhorn-Knopp epsilon.
+    #[arg(long)]
+    pub sinkhorn_epsilon: Option<f32>,
+}
+
+impl TrainArgs {
+    fn noise(&self) -> NoiseConfig {
+        NoiseConfig {
+            flip: match (self.flip_below, self.flip_lowest) {
+                (Some(threshold), _) => FlipRule::Below { threshold },
+                (None, Some(fraction)) => FlipRule::LowestFraction { fraction },
+                _ => FlipRule::None,
+            },
+            smooth: match (self.smooth, self.smooth_negative, self.smooth_per_pair) {
+                (Some(alpha), _, _) => SmoothRule::Constant { alpha },
+                (None, Some(alpha), _) => SmoothRule::NegativeOnly { alpha },
+                (None, None, true) => SmoothRule::PerPair,
+                _ => SmoothRule::None,
+            },
+            margin: self.margin_scale.map(|scale| MarginRule { scale, mode: self.margin_mode }),
+            centering: self.centering,
+        }
+    }
+
+    fn contrastive(&self) -> Result<Option<ContrastiveConfig>> {
+        let overrides = ContrastiveOverrides {
+            beta: self.contrastive_beta,
+            temperature: self.contrastive_temperature,
+            dropout: Some(self.contrastive_dropout),
+            prototypes: self.swav_prototypes,
+            sinkhorn_iterations: self.sinkhorn_iterations,
+            epsilon: self.sinkhorn_epsilon,
+        };
+        Ok(ContrastiveConfig::from_name(&self.contrastive)?.map(|c| c.with_overrides(&overrides)))
+    }
+
+    /// The run's configuration for `n_train` training pairs (the schedule's length).
+    pub fn config(&self, n_train: usize) -> Result<TrainConfig> {
+        let micro = self.epochs * n_train.div_ceil(self.batch_pairs.max(1));
+        Ok(TrainConfig {
+            optimizer: AdamWConfig { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.adam_eps, weight_decay: self.weight_decay },
+            schedule: LrSchedule { kind: self.schedule, warmup_steps: self.warmup_steps, total_steps: micro / self.grad_accum.max(1) },
+            max_grad_norm: (self.max_grad_norm != 0.0).then_some(self.max_grad_norm),
+            grad_accum: self.grad_accum,
+            dropout: self.dropout,
+            seed: self.seed,
+            trainable: self.trainable,
+            noise: self.noise(),
+            meta_lr: self.meta_lr,
+            contrastive: self.contrastive()?,
+        })
+    }
+
+    pub fn fit_options(&self, out: Option<PathBuf>) -> FitOptions {
+        FitOptions {
+            epochs: self.epochs,
+            batch_pairs: self.batch_pairs,
+            eval_every: self.eval_every,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+            out_dir: out,
+        }
+    }
+}

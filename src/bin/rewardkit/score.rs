@@ -1,0 +1,106 @@
+//! `score` and `info`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use rewardkit::io::data::{read_jsonl, ScoreRow};
+use rewardkit::{Error, Result, SharedModel};
+
+use crate::args::ModelArgs;
+
+/// The token sequences one input row contributes (1, or 2 for a preference pair).
+fn row_sequences(model: &SharedModel, row: &ScoreRow) -> Result<Vec<Vec<u32>>> {
+    match row {
+        ScoreRow::Pair { prompt, response } => model.encode_pairs(&[(prompt, response)]),
+        ScoreRow::Text(text) => model.encode_texts(&[text]),
+        ScoreRow::Ids(ids) => {
+            model.read()?.validate_ids(ids)?;
+            Ok(vec![ids.clone()])
+        }
+        ScoreRow::Preference { chosen, rejected } => model.encode_pairs(&[(&chosen.0, &chosen.1), (&rejected.0, &rejected.1)]),
+    }
+}
+
+/// One input row: its line number, the raw JSON, the parsed row and its token sequences.
+pub struct InputRow {
+    line: usize,
+    value: Value,
+    row: ScoreRow,
+    pub seqs: Vec<Vec<u32>>,
+}
+
+/// Reads and tokenizes every row; errors name the line.
+pub fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<Vec<InputRow>> {
+    let mut rows = read_jsonl(input)?;
+    if let Some(n) = limit {
+        rows.truncate(n);
+    }
+    if rows.is_empty() {
+        return Err(Error::invalid(format!("{}: no rows", input.display())));
+    }
+    rows.into_iter()
+        .map(|(line, value)| {
+            let at = |e: Error| e.context(format!("{}: line {line}", input.display()));
+            let row = ScoreRow::parse(&value).map_err(at)?;
+            let seqs = row_sequences(model, &row).map_err(at)?;
+            Ok(InputRow { line, value, row, seqs })
+        })
+        .collect()
+}
+
+pub fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<usize>) -> Result<()> {
+    let model = args.load()?;
+    let rows = load_rows(&model, input, limit)?;
+    let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
+    let started = Instant::now();
+    let rewards = model.score_ids(&seqs)?;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Error::io(p, e))?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut next = rewards.iter().copied();
+    let (mut pairs, mut correct) = (0usize, 0usize);
+    for InputRow { line, value, row, .. } in &rows {
+        let mut obj = match row {
+            ScoreRow::Preference { .. } => {
+                let (c, r) = (next.next().unwrap(), next.next().unwrap());
+                pairs += 1;
+                correct += usize::from(c > r);
+                json!({"line": line, "chosen_reward": c, "rejected_reward": r, "margin": c - r})
+            }
+            _ => json!({"line": line, "reward": next.next().unwrap()}),
+        };
+        if let Some(id) = value.get("id") {
+            obj["id"] = id.clone();
+        }
+        writeln!(out, "{obj}")?;
+    }
+    out.flush()?;
+    let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    eprintln!(
+        "scored {} sequences ({} tokens) from {} rows in {:.2}s: {:.1} sequences/s, {:.0} tokens/s",
+        seqs.len(), tokens, rows.len(), elapsed, seqs.len() as f64 / elapsed, tokens as f64 / elapsed
+    );
+    if pairs > 0 {
+        eprintln!("preference pairs: {pairs}, chosen scored higher: {correct} ({:.1}%)", 100.0 * correct as f64 / pairs as f64);
+    }
+    Ok(())
+}
+
+pub fn info(args: &ModelArgs) -> Result<()> {
+    let i = args.load()?.info()?;
+    let v = json!({
+        "architecture": i.architecture, "hidden_size": i.hidden_size, "num_layers": i.num_layers,
+        "num_attention_heads": i.num_attention_heads, "num_key_value_heads": i.num_key_value_heads,
+        "vocab_size": i.vocab_size, "max_length": i.max_length, "num_parameters": i.num_parameters,
+        "dtype": i.dtype.as_str(), "device": i.device, "head_is_fresh": i.head_is_fresh,
+        "has_tokenizer": i.has_tokenizer, "n_threads": i.n_threads,
+    });
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Preference strength by ensemble vote (the paper's section 2.2): M reward models (or the M
+//! heads of a shared-backbone ensemble) score every pair; per pair the M reward differences,
+//! their mean and population standard deviation.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::metrics::{equal_count_groups, mean_std};
+use crate::error::{Error, Result};
+use crate::handle::SharedModel;
+use crate::train::{check_pairs, PairIds, PairSet};
+
+/// Scores of M members on n pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vote {
+    /// chosen[m][i]: member m's reward for the chosen response of pair i.
+    pub chosen: Vec<Vec<f32>>,
+    pub rejected: Vec<Vec<f32>>,
+}
+
+/// How the paper reads a pair's mean preference difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// mean < 0: the ensemble prefers the rejected response; the label is probably wrong.
+    LikelyWrong,
+    /// |mean| within the ambiguity band.
+    Ambiguous,
+    /// A clear preference for the chosen response.
+    Clear,
+}
+
+/// One of `k` equal-count groups of pairs sorted by mean strength.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    pub index: usize,
+    pub count: usize,
+    /// Range of mean strengths in the group.
+    pub min_mean: f32,
+    pub max_mean: f32,
+    /// Average of the per-pair means and of the per-pair stds in the group.
+    pub mean_of_mean: f64,
+    pub mean_of_std: f64,
+}
+
+/// How ensemble members' rewards combine into one reward for policy training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EnsembleReward {
+    Mean,
+    /// Worst case over members.
+    Min,
+    /// mean - λ·std (uncertainty penalty).
+    MeanMinusStd(f32),
+}
+
+impl Vote {
+    pub fn new(chosen: Vec<Vec<f32>>, rejected: Vec<Vec<f32>>) -> Result<Vote> {
+        if chosen.is_empty() || chosen.len() != rejected.len() {
+            return Err(Error::invalid(format!("{} chosen and {} rejected score lists", chosen.len(), rejected.len())));
+        }
+        let n = chosen[0].len();
+        if n == 0 || chosen.iter().chain(&rejected).any(|s| s.len() != n) {
+            return Err(Error::invalid("every member must score the same, non-empty set of pairs"));
+        }
+        Ok(Vote { chosen, rejected })
+    }
+
+    /// One vote whose members are those of `votes`, in order (all on the same pairs).
+    pub fn merge(votes: impl IntoIterator<Item = Vote>) -> Result<Vote> {
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        for v in votes {
+            chosen.extend(v.chosen);
+            rejected.extend(v.rejected);
+        }
+        Vote::new(chosen, rejected)
+    }
+
+    pub fn members(&self) -> usize {
+        self.chosen.len()
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.chosen[0].len()
+    }
+
+    /// The M reward differences of pair i.
+    pub fn differences(&self, i: usize) -> Vec<f32> {
+        self.chosen.iter().zip(&self.rejected).map(|(c, r)| c[i] - r[i]).collect()
+    }
+
+    /// Per pair: mean and population std (divide by M) of the reward differences.
+    pub fn strength(&self) -> (Vec<f32>, Vec<f32>) {
+        (0..self.pairs())
+            .map(|i| {
+                let (mean, std) = mean_std(&self.differences(i));
+                (mean as f32, std as f32)
+            })
+            .unzip()
+    }
+
+    /// The ambiguity band a report uses by default: 0.1 x the spread (population std) of the
+    /// pairs' mean strengths.
+    pub fn default_band(&self) -> f32 {
+        0.1 * mean_std(&self.strength().0).1 as f32
+    }
+
+    /// Categories with ambiguity band `band`: |mean| < band is ambiguous.
+    pub fn categories(&self, band: f32) -> Vec<Category> {
+        self.strength()
+            .0
+            .iter()
+            .map(|&m| if m.abs() < band { Category::Ambiguous } else if m < 0.0 { Category::LikelyWrong } else { Category::Clear })
+            .collect()
+    }
+
+    /// `k` equal-count groups by mean strength, lowest first.
+    pub fn buckets(&self, k: usize) -> Vec<Bucket> {
+        let (mean, std) = self.strength();
+        buckets(&mean, &std, k)
+    }
+
+    /// One JSON object per pair in the shape of the authors' released data
+    /// (`hh-rlhf-strength-cleaned`).
+    pub fn export_rows(&self) -> Vec<Value> {
+        let (mean, std) = self.strength();
+        (0..self.pairs())
+            .map(|i| {
+                json!({
+                    "mean preference difference": mean[i],
+                    "std preference difference": std[i],
+                    "chosen score list": self.chosen.iter().map(|c| c[i]).collect::<Vec<_>>(),
+                    "rejected score list": self.rejected.iter().map(|r| r[i]).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Groups pairs into `k` equal-count buckets by `mean` (ties broken by index).
+pub fn buckets(mean: &[f32], std: &[f32], k: usize) -> Vec<Bucket> {
+    equal_count_groups(mean, k)
+        .into_iter()
+        .enumerate()
+        .map(|(index, group)| {
+            let pick = |v: &[f32]| group.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+            Bucket {
+                index,
+                count: group.len(),
+                min_mean: mean[group[0]],
+                max_mean: mean[*group.last().expect("non-empty group")],
+                mean_of_mean: mean_std(&pick(mean)).0,
+                mean_of_std: mean_std(&pick(std)).0,
+            }
+        })
+        .collect()
+}
+
+/// Combines per-member rewards (scores[m][i]) into one reward per item.
+pub fn ensemble_rewards(scores: &[Vec<f32>], mode: EnsembleReward) -> Result<Vec<f32>> {
+    let n = scores.first().map(Vec::len).ok_or_else(|| Error::invalid("no ensemble members"))?;
+    if scores.iter().any(|s| s.len() != n) {
+        return Err(Error::invalid("members scored different numbers of items"));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let xs: Vec<f32> = scores.iter().map(|s| s[i]).collect();
+            let (mean, std) = mean_std(&xs);
+            match mode {
+                EnsembleReward::Mean => mean as f32,
+                EnsembleReward::Min => xs.iter().copied().fold(f32::INFINITY, f32::min),
+                EnsembleReward::MeanMinusStd(lambda) => (mean - lambda as f64 * std) as f32,
+            }
+        })
+        .collect())
+}
+
+/// Every head of every model is one member: a single-head model is one, a shared-backbone
+/// ensemble (a head with M rows) is M, and the two mix. Each scores every pair of `set` (token
+/// ids, or hidden states from a frozen bottom that all models share).
+pub fn vote(models: &[&SharedModel], set: &PairSet) -> Result<Vote> {
+    if models.is_empty() {
+        return Err(Error::invalid("a vote needs at least one model"));
+    }
+    Vote::merge(models.iter().map(|m| heads_vote(m, set)).collect::<Result<Vec<_>>>()?)
+}
+
+/// The vote of several models on pairs each model builds for itself with `pairs_for` (members
+/// may tokenize texts differently); every sequence is checked against its model. Every head
+/// of every model is a member, as in [`vote`].
+pub fn vote_each(models: &[&SharedModel], mut pairs_for: impl FnMut(&SharedModel) -> Result<Vec<PairIds>>) -> Result<Vote> {
+    if models.is_empty() {
+        return Err(Error::invalid("a vote needs at least one model"));
+    }
+    let mut votes = Vec::with_capacity(models.len());
+    for (i, m) in models.iter().enumerate() {
+        let pairs = pairs_for(m).map_err(|e| e.context(format!("models[{i}]")))?;
+        check_pairs(m, &pairs).map_err(|e| e.context(format!("models[{i}]")))?;
+        votes.push(heads_vote(m, &PairSet::from_ids(pairs))?);
+    }
+    Vote::merge(votes)
+}
+
+/// The vote of one model's heads on every pair of `set` (one member for a single-head model).
+pub fn heads_vote(model: &SharedModel, set: &PairSet) -> Result<Vote> {
+    let heads = model.read()?.num_heads();
+    let (c, r) = set.head_scores(model)?;
+    let by_head = |rows: &[Vec<f32>]| (0..heads).map(|h| rows.iter().map(|row| row[h]).collect()).collect();
+    Vote::new(by_head(&c), by_head(&r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_match_a_direct_computation() {
+        let chosen = vec![vec![1.0, 0.0, 2.0], vec![3.0, 0.5, 2.0], vec![2.0, -1.0, 2.5]];
+        let rejected = vec![vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0], vec![1.0, 0.0, 0.5]];
+        let v = Vote::new(chosen, rejected).unwrap();
+        // pair 0 diffs: 1, 3, 1 -> mean 5/3, pop. var = ((2/3)^2 + (4/3)^2 + (2/3)^2)/3 = 8/9
+        let (mean, std) = v.strength();
+        assert!((mean[0] - 5.0 / 3.0).abs() < 1e-6);
+        assert!((std[0] - (8.0f32 / 9.0).sqrt()).abs() < 1e-6);
+        // pair 1 diffs: -1, 0.5, -1 -> mean -0.5
+        assert!((mean[1] + 0.5).abs() < 1e-6);
+        assert_eq!(v.categories(0.1), vec![Category::Clear, Category::LikelyWrong, Category::Clear]);
+        assert_eq!(v.categories(1.0)[1], Category::Ambiguous);
+        let row = &v.export_rows()[1];
+        assert_eq!(row["chosen score list"], json!([0.0, 0.5, -1.0]));
+        assert!((row["mean preference difference"].as_f64().unwrap() + 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn buckets_are_equal_count_and_sorted() {
+        let mean: Vec<f32> = (0..10).map(|i| (9 - i) as f32).collect();
+        let std: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let b = buckets(&mean, &std, 5);
+        assert_eq!(b.iter().map(|b| b.count).collect::<Vec<_>>(), vec![2; 5]);
+        assert_eq!((b[0].min_mean, b[0].max_mean), (0.0, 1.0));
+        assert!((b[0].mean_of_std - 8.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ensemble_reward_modes() {
+        let s = vec![vec![1.0, 0.0], vec![3.0, 0.0]];
+        assert_eq!(ensemble_rewards(&s, EnsembleReward::Mean).unwrap(), vec![2.0, 0.0]);
+        assert_eq!(ensemble_rewards(&s, EnsembleReward::Min).unwrap(), vec![1.0, 0.0]);
+        assert_eq!(ensemble_rewards(&s, EnsembleReward::MeanMinusStd(0.5)).unwrap(), vec![1.5, 0.0]);
+    }
+}

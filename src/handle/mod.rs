@@ -1,0 +1,279 @@
+//! [`SharedModel`]: one reward model in memory, shared by every thread and every call, with
+//! its tokenizer ([`tokenize`]) and its batch planner ([`batch`]).
+//!
+//! Weights are loaded once. Scoring takes a read lock, so any number of threads score at
+//! once; an update (training step) takes the write lock for the moment it changes weights, so
+//! a scorer sees the weights before an update or after it, never a mix. All tensor work runs
+//! on the handle's own thread pool, so concurrent callers share `n_threads` cores instead of
+//! each fanning out over the whole machine.
+
+
+pub mod batch;
+pub mod tokenize;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::checkpoint::TOKENIZER_FILE;
+use crate::model::{ComputeDType, HeadSource, LoadOptions, RewardModel};
+use crate::handle::batch::{score_sequences, BatchOptions};
+use crate::handle::tokenize::{RewardTokenizer, TextOptions};
+
+/// Everything that configures a [`SharedModel`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedModelOptions {
+    pub load: LoadOptions,
+    pub text: TextOptions,
+    pub batch: BatchOptions,
+    /// Worker threads for tensor work; 0 = the cores available to this process.
+    pub n_threads: usize,
+}
+
+impl SharedModelOptions {
+    /// Checks every size against `limits` before a thread is started or a byte is read.
+    pub fn validate(&self) -> Result<()> {
+        use crate::limits::{capped, MAX_BATCH_TOKEN_BUDGET, MAX_ITEMS_PER_CALL, MAX_SEQUENCE_TOKENS, MAX_THREADS};
+        capped(self.n_threads, MAX_THREADS, "n_threads")?;
+        capped(self.load.max_length, MAX_SEQUENCE_TOKENS, "max_length")?;
+        capped(self.batch.max_batch_size, MAX_ITEMS_PER_CALL, "max_batch_size")?;
+        if self.batch.token_budget == 0 {
+            return Err(Error::invalid("batch token budget must be > 0"));
+        }
+        capped(self.batch.token_budget, MAX_BATCH_TOKEN_BUDGET, "batch token budget")?;
+        Ok(())
+    }
+}
+
+/// What a caller may want to know about a loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub architecture: &'static str,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub vocab_size: usize,
+    pub max_length: usize,
+    pub num_parameters: usize,
+    pub dtype: ComputeDType,
+    pub device: String,
+    /// The checkpoint had no reward head; a fresh one was initialised.
+    pub head_is_fresh: bool,
+    pub has_tokenizer: bool,
+    pub n_threads: usize,
+    /// Rows of the reward head (M for a shared-backbone ensemble).
+    pub num_heads: usize,
+}
+
+pub struct SharedModel {
+    model: RwLock<RewardModel>,
+    /// Set while a `Trainer` owns the right to update the weights: one writer at a time.
+    trainer_attached: AtomicBool,
+    options: SharedModelOptions,
+    tokenizer: Option<RewardTokenizer>,
+    text: TextOptions,
+    batch: BatchOptions,
+    pool: rayon::ThreadPool,
+    device_name: String,
+}
+
+impl SharedModel {
+    /// Loads `dir` (config.json, weights, and tokenizer.json if present).
+    pub fn load(dir: &Path, opts: &SharedModelOptions) -> Result<Self> {
+        opts.validate()?;
+        let pool = build_pool(opts.n_threads)?;
+        let model = pool.install(|| RewardModel::load(dir, &opts.load))?;
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let tokenizer = if tokenizer_path.exists() {
+            Some(RewardTokenizer::from_file(&tokenizer_path, model.config().eos_token_ids.first().copied())?)
+        } else {
+            None
+        };
+        Self::assemble(model, tokenizer, opts, pool)
+    }
+
+    /// Wraps a model already in memory.
+    pub fn from_model(model: RewardModel, tokenizer: Option<RewardTokenizer>, opts: &SharedModelOptions) -> Result<Self> {
+        opts.validate()?;
+        Self::assemble(model, tokenizer, opts, build_pool(opts.n_threads)?)
+    }
+
+    fn assemble(model: RewardModel, tokenizer: Option<RewardTokenizer>, opts: &SharedModelOptions, pool: rayon::ThreadPool) -> Result<Self> {
+        if opts.text.append_eos && model.config().eos_token_ids.is_empty() {
+            return Err(Error::invalid("append_eos is set but the model config has no eos_token_id"));
+        }
+        Ok(SharedModel {
+            model: RwLock::new(model),
+            trainer_attached: AtomicBool::new(false),
+            options: opts.clone(),
+            tokenizer,
+            text: opts.text.clone(),
+            batch: opts.batch,
+            pool,
+            device_name: opts.load.device.name(),
+        })
+    }
+
+    /// Shared access to the model; fails if an earlier update panicked while holding it.
+    pub fn read(&self) -> Result<RwLockReadGuard<'_, RewardModel>> {
+        self.model.read().map_err(|_| poisoned())
+    }
+
+    /// Exclusive access, for updates.
+    pub fn write(&self) -> Result<RwLockWriteGuard<'_, RewardModel>> {
+        self.model.write().map_err(|_| poisoned())
+    }
+
+    /// Runs `f` on this handle's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// The options this handle was made with.
+    pub fn options(&self) -> &SharedModelOptions {
+        &self.options
+    }
+
+    /// Claims the right to update weights; fails if another trainer holds it.
+    pub(crate) fn attach_trainer(&self) -> Result<()> {
+        self.trainer_attached
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|_| Error::invalid("this model already has a trainer; free it before creating another"))
+    }
+
+    pub(crate) fn detach_trainer(&self) {
+        self.trainer_attached.store(false, Ordering::Release);
+    }
+
+    /// The tokenizer as tokenizer.json bytes, for saving next to a checkpoint.
+    pub fn tokenizer_json(&self) -> Result<Option<Vec<u8>>> {
+        self.tokenizer
+            .as_ref()
+            .map(|t| t.inner().to_string(false).map(String::into_bytes).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string())))
+            .transpose()
+    }
+
+    pub fn tokenizer(&self) -> Result<&RewardTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::invalid("this model has no tokenizer.json: score token ids instead of text"))
+    }
+
+    pub fn text_options(&self) -> &TextOptions {
+        &self.text
+    }
+
+    pub fn batch_options(&self) -> &BatchOptions {
+        &self.batch
+    }
+
+    /// Token ids for each (prompt, response) pair, as they will be scored.
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<u32>>> {
+        let tok = self.tokenizer()?;
+        let max_len = self.read()?.max_length();
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (p, r))| tok.encode_pair(p, r, &self.text, max_len).map_err(|e| e.context(format!("pair {i}"))))
+            .collect()
+    }
+
+    /// Token ids of whole texts (already joined), as they will be scored.
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let tok = self.tokenizer()?;
+        let max_len = self.read()?.max_length();
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tok.encode_text(t, self.text.append_eos, max_len).map_err(|e| e.context(format!("text {i}"))))
+            .collect()
+    }
+
+    /// Rewards of (prompt, response) pairs, in input order.
+    pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+        let seqs = self.encode_pairs(pairs)?;
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        self.score_ids(&refs)
+    }
+
+    /// Rewards of token-id sequences, in input order.
+    pub fn score_ids(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        if seqs.is_empty() {
+            return Err(Error::invalid("nothing to score: zero sequences"));
+        }
+        let model = self.read()?;
+        model.validate_sequences(seqs.iter().copied(), "sequence")?;
+        self.install(|| score_sequences(&model, seqs, &self.batch))
+    }
+
+    pub fn info(&self) -> Result<ModelInfo> {
+        let model = self.read()?;
+        let cfg = model.config();
+        Ok(ModelInfo {
+            architecture: cfg.architecture.as_str(),
+            hidden_size: cfg.hidden_size,
+            num_layers: cfg.num_hidden_layers,
+            num_attention_heads: cfg.num_attention_heads,
+            num_key_value_heads: cfg.num_key_value_heads,
+            vocab_size: cfg.vocab_size,
+            max_length: model.max_length(),
+            num_parameters: model.params().num_elements(),
+            dtype: model.dtype(),
+            device: self.device_name.clone(),
+            head_is_fresh: matches!(model.head_source(), HeadSource::Fresh { .. }),
+            has_tokenizer: self.tokenizer.is_some(),
+            n_threads: self.pool.current_num_threads(),
+            num_heads: model.num_heads(),
+        })
+    }
+}
+
+fn poisoned() -> Error {
+    Error::new(ErrorKind::Poisoned, "model handle is unusable: an earlier update panicked while changing its weights")
+}
+
+fn build_pool(n_threads: usize) -> Result<rayon::ThreadPool> {
+    let n = if n_threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { n_threads };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("rewardkit-{i}"))
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} worker threads: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::checkpoint::HeadSource;
+    use crate::model::tiny::{random_params, tiny_config, TinySpec};
+
+    fn small() -> SharedModel {
+        let spec = TinySpec { vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, ..Default::default() };
+        let cfg = tiny_config(&spec).unwrap();
+        let params = random_params(&cfg, 1).unwrap();
+        let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 1 }, candle_core::Device::Cpu, ComputeDType::F32, 64).unwrap();
+        SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn a_panic_during_an_update_poisons_the_handle() {
+        let shared = small();
+        assert!(shared.score_ids(&[&[1, 2, 3]]).is_ok());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = shared.write().unwrap();
+            panic!("update failed half-way");
+        }));
+        assert!(result.is_err());
+        let e = shared.score_ids(&[&[1, 2, 3]]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Poisoned);
+    }
+
+    #[test]
+    fn text_scoring_without_a_tokenizer_is_a_clear_error() {
+        let e = small().score_pairs(&[("a", "b")]).unwrap_err();
+        assert!(e.message().contains("tokenizer.json"), "{e}");
+    }
+}

@@ -1,0 +1,210 @@
+//! Turning (prompt, response) text into the token ids a reward model reads.
+//!
+//! The default matches what `tokenizer(prompt + response)` gives in transformers: the two
+//! strings joined with nothing between them, encoded as one text, with the tokenizer's own
+//! post-processing (a BOS token for Llama-style tokenizers). Options, never silent: a
+//! separator between prompt and response, and an EOS appended to the end (MOSS-RLHF reads its
+//! reward at a trailing EOS). Long inputs lose tokens from the *left*, so the end of the
+//! response, where the reward is read, always survives.
+
+use std::path::Path;
+
+use tokenizers::{Encoding, Tokenizer, TruncationDirection};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How a (prompt, response) pair becomes one text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TextOptions {
+    /// Inserted between prompt and response; empty means plain concatenation.
+    pub separator: String,
+    /// Append the model's EOS token after the response (unless it already ends with it).
+    pub append_eos: bool,
+}
+
+#[derive(Clone)]
+pub struct RewardTokenizer {
+    inner: Tokenizer,
+    /// Special tokens the post-processor adds to a single sequence (e.g. 1 for a BOS).
+    special_added: usize,
+    eos_id: Option<u32>,
+}
+
+impl RewardTokenizer {
+    pub fn from_file(path: &Path, eos_id: Option<u32>) -> Result<Self> {
+        let bytes = crate::limits::read_file(path, crate::limits::MAX_TOKENIZER_FILE_BYTES)?;
+        Self::from_json(&bytes, eos_id).map_err(|e| e.context(path.display()))
+    }
+
+    /// A tokenizer from the bytes of a tokenizer.json.
+    pub fn from_json(bytes: &[u8], eos_id: Option<u32>) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::new(ErrorKind::CorruptFile, format!("cannot load tokenizer: {e}")))?;
+        Self::new(inner, eos_id)
+    }
+
+    pub fn new(mut inner: Tokenizer, eos_id: Option<u32>) -> Result<Self> {
+        // Truncation and padding stored in tokenizer.json would cut from the right (losing the
+        // response end) and pad with an id of their own choosing: this crate does both itself.
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("cannot disable truncation: {e}")))?;
+        inner.with_padding(None);
+        let special_added = inner.get_post_processor().map(|p| tokenizers::PostProcessor::added_tokens(p, false)).unwrap_or(0);
+        Ok(RewardTokenizer { inner, special_added, eos_id })
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Token ids of `prompt + separator + response`, at most `max_len` long.
+    pub fn encode_pair(&self, prompt: &str, response: &str, opts: &TextOptions, max_len: usize) -> Result<Vec<u32>> {
+        let parts = [prompt, opts.separator.as_str(), response];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Left truncation keeps only the end: a very long text is joined from its tail alone,
+        // and the full join is made only if no safe cut exists within that tail.
+        let window = JOIN_WINDOW_BYTES.saturating_add(max_len.saturating_mul(64));
+        if total > window {
+            if let Some(ids) = self.encode(&joined_tail(&parts, window), opts.append_eos, max_len, true)? {
+                return Ok(ids);
+            }
+        }
+        self.encode_text(&parts.concat(), opts.append_eos, max_len)
+    }
+
+    /// Token ids of one whole text (already joined), at most `max_len` long.
+    pub fn encode_text(&self, text: &str, append_eos: bool, max_len: usize) -> Result<Vec<u32>> {
+        Ok(self.encode(text, append_eos, max_len, false)?.expect("a whole text always encodes"))
+    }
+
+    /// Ids of the end of `text`. With `tail_only`, `text` is the tail of a longer text: `None`
+    /// when no safe cut was found inside it.
+    fn encode(&self, text: &str, append_eos: bool, max_len: usize, tail_only: bool) -> Result<Option<Vec<u32>>> {
+        let eos = match (append_eos, self.eos_id) {
+            (false, _) => None,
+            (true, Some(id)) => Some(id),
+            (true, None) => return Err(Error::invalid("append_eos is set but the model config has no eos_token_id")),
+        };
+        let reserved = self.special_added + usize::from(eos.is_some());
+        if max_len <= reserved {
+            return Err(Error::invalid(format!("max_length {max_len} leaves no room for text after {reserved} special tokens")));
+        }
+        let Some(enc) = self.encode_kept(text, max_len - reserved, tail_only)? else { return Ok(None) };
+        let enc = self
+            .inner
+            .post_process(enc, None, true)
+            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer post-processing failed: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        if let Some(eos) = eos {
+            if ids.last() != Some(&eos) {
+                ids.push(eos);
+            }
+        }
+        if ids.is_empty() {
+            return Err(Error::invalid("the text encodes to no tokens"));
+        }
+        Ok(Some(ids))
+    }
+
+    fn encode_raw(&self, text: &str) -> Result<Encoding> {
+        self.inner.encode(text, false).map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer failed: {e}")))
+    }
+
+    /// The last `keep` tokens of `text`, tokenizing only its end when that is safe: a 10 MB
+    /// prompt costs what its last few thousand tokens cost, not seconds and gigabytes.
+    ///
+    /// Tokenizers split text into pre-tokens that never span a whitespace-to-word boundary, so
+    /// cutting just after a whitespace character changes at most the tokens of the first word
+    /// after the cut. A cut is accepted when the kept tokens all start after that first word,
+    /// and when a second cut, one word later, gives the same last `keep` ids (a check that the
+    /// tokenizer really is local there). Otherwise the window grows, up to the whole text
+    /// (`None` instead when `tail_only`).
+    fn encode_kept(&self, text: &str, keep: usize, tail_only: bool) -> Result<Option<Encoding>> {
+        let mut budget = keep.saturating_mul(8).saturating_add(4096);
+        while budget < text.len() {
+            if let Some(enc) = self.encode_cut(text, text.len() - budget, keep)? {
+                return Ok(Some(enc));
+            }
+            budget = budget.saturating_mul(4);
+        }
+        if tail_only {
+            return Ok(None);
+        }
+        let mut enc = self.encode_raw(text)?;
+        enc.truncate(keep, 0, TruncationDirection::Left);
+        Ok(Some(enc))
+    }
+
+    /// The last `keep` tokens of `text` from tokenizing it after the first word boundary at or
+    /// after `at`, if that cut is provably harmless (see [`Self::encode_kept`]).
+    fn encode_cut(&self, text: &str, at: usize, keep: usize) -> Result<Option<Encoding>> {
+        let Some(a) = boundary_after(text, at) else { return Ok(None) };
+        let first_word_end = a + first_word_end(&text[a..]);
+        let Some(b) = boundary_after(text, first_word_end) else { return Ok(None) };
+        let mut enc = self.encode_raw(&text[a..])?;
+        if enc.len() < keep || enc.get_offsets()[enc.len() - keep].0 + a < first_word_end {
+            return Ok(None);
+        }
+        let later = self.encode_raw(&text[b..])?;
+        if later.len() < keep || enc.get_ids()[enc.len() - keep..] != later.get_ids()[later.len() - keep..] {
+            return Ok(None);
+        }
+        enc.truncate(keep, 0, TruncationDirection::Left);
+        Ok(Some(enc))
+    }
+}
+
+/// The byte index just after the first word of `s` (leading whitespace skipped).
+fn first_word_end(s: &str) -> usize {
+    let start = s.char_indices().find(|(_, c)| !c.is_whitespace()).map_or(s.len(), |(i, _)| i);
+    s[start..].char_indices().find(|(_, c)| c.is_whitespace()).map_or(s.len(), |(i, _)| start + i)
+}
+
+/// Bytes of a (prompt, response) pair joined before tokenizing, beyond 64 per kept token.
+const JOIN_WINDOW_BYTES: usize = 1 << 20;
+
+/// The last (about) `window` bytes of the concatenation of `parts`, cut at a char boundary.
+fn joined_tail(parts: &[&str], window: usize) -> String {
+    let mut pieces: Vec<&str> = Vec::new();
+    let mut left = window;
+    for part in parts.iter().rev() {
+        if left == 0 {
+            break;
+        }
+        let mut start = part.len().saturating_sub(left);
+        while !part.is_char_boundary(start) {
+            start += 1;
+        }
+        pieces.push(&part[start..]);
+        left -= part.len() - start;
+    }
+    pieces.iter().rev().copied().collect()
+}
+
+/// The byte index just after the first whitespace character at or after `at`, if any.
+fn boundary_after(text: &str, at: usize) -> Option<usize> {
+    let mut start = at.min(text.len());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, c)| start + i + c.len_utf8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_tail_and_boundaries() {
+        assert_eq!(joined_tail(&["abcdef", "-", "xyz"], 5), "f-xyz");
+        assert_eq!(joined_tail(&["ab", "", "xyz"], 100), "abxyz");
+        // Multi-byte characters are never split.
+        assert_eq!(joined_tail(&["aé", "", ""], 1), "");
+        assert_eq!(boundary_after("ab cd ef", 1), Some(3));
+        assert_eq!(boundary_after("ab cd ef", 3), Some(6));
+        assert_eq!(boundary_after("abcdef", 0), None);
+        assert_eq!(boundary_after("é é", 1), Some(3));
+        assert_eq!(first_word_end("  ab cd"), 4);
+        assert_eq!(first_word_end("ab"), 2);
+    }
+}

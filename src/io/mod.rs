@@ -1,0 +1,6 @@
+//! Files from outside: datasets ([`data`]: JSONL preference pairs, rows to score, policy
+//! samples) and llama.cpp models ([`gguf`]). Hugging Face checkpoints are the model's own
+//! format and live in `model::checkpoint`.
+
+pub mod data;
+pub mod gguf;

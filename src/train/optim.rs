@@ -1,0 +1,538 @@
+//! AdamW with float32 master weights and state, learning-rate schedules, gradient clipping.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::borrow_f32;
+
+/// AdamW hyper-parameters. Defaults are MOSS-RLHF's reward-model settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 5e-6, beta1: 0.9, beta2: 0.95, eps: 1e-6, weight_decay: 0.0 }
+    }
+}
+
+impl AdamWConfig {
+    pub fn validate(&self) -> Result<()> {
+        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay].iter().all(|x| x.is_finite());
+        let ok = finite
+            && self.lr >= 0.0
+            && (0.0..1.0).contains(&self.beta1)
+            && (0.0..1.0).contains(&self.beta2)
+            && self.eps > 0.0
+            && self.weight_decay >= 0.0
+            // Decoupled decay multiplies the weights by 1 - lr·wd: past 1 it flips their sign.
+            && self.lr * self.weight_decay < 1.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "invalid optimizer settings {self:?}: lr >= 0, betas in [0, 1), eps > 0, weight_decay >= 0, lr * weight_decay < 1, all finite"
+            )))
+        }
+    }
+}
+
+/// What happens to the learning rate after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Constant,
+    /// lr · sqrt(warmup / step), as MOSS-RLHF (fairseq's inverse_sqrt).
+    #[default]
+    InverseSqrt,
+    /// Cosine decay to 0 at `total_steps`.
+    Cosine,
+    /// Linear decay to 0 at `total_steps`.
+    Linear,
+}
+
+impl ScheduleKind {
+    pub const NAMES: &'static str = "constant, inverse-sqrt, cosine, linear";
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleKind::Constant => "constant",
+            ScheduleKind::InverseSqrt => "inverse-sqrt",
+            ScheduleKind::Cosine => "cosine",
+            ScheduleKind::Linear => "linear",
+        }
+    }
+}
+
+/// The one place a schedule is parsed from text (the CLI's `--schedule`).
+impl std::str::FromStr for ScheduleKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "constant" => ScheduleKind::Constant,
+            "inverse-sqrt" | "inverse_sqrt" => ScheduleKind::InverseSqrt,
+            "cosine" => ScheduleKind::Cosine,
+            "linear" => ScheduleKind::Linear,
+            other => return Err(Error::invalid(format!("unknown schedule `{other}` ({})", Self::NAMES))),
+        })
+    }
+}
+
+impl std::fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub kind: ScheduleKind,
+    /// Linear warmup from 0 over this many optimizer steps.
+    pub warmup_steps: usize,
+    /// Length of the run, for cosine and linear decay.
+    pub total_steps: usize,
+}
+
+impl LrSchedule {
+    /// The learning-rate multiplier for optimizer step `step` (0-based).
+    pub fn factor(&self, step: usize) -> f64 {
+        let s = step as f64 + 1.0;
+        let w = self.warmup_steps as f64;
+        if s <= w {
+            return s / w;
+        }
+        let progress = || {
+            let span = (self.total_steps as f64 - w).max(1.0);
+            ((s - w) / span).clamp(0.0, 1.0)
+        };
+        match self.kind {
+            ScheduleKind::Constant => 1.0,
+            ScheduleKind::InverseSqrt => (w.max(1.0) / s).sqrt(),
+            ScheduleKind::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress()).cos()),
+            ScheduleKind::Linear => 1.0 - progress(),
+        }
+    }
+}
+
+/// Global L2 norm of a set of gradients (float32), accumulated in f64: finite exactly when
+/// every gradient value is.
+pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut sum = 0f64;
+    for g in grads {
+        sum += match borrow_f32(g) {
+            // One parallel pass instead of three tensor ops and a parameter-sized temporary.
+            Some(data) => data.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum(),
+            None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
+        };
+    }
+    Ok(sum.sqrt())
+}
+
+/// Whether every value of `t` is finite (NaN and infinities make `x - x` NaN).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(match borrow_f32(t) {
+        Some(data) => data.par_chunks(1 << 14).all(|c| c.iter().all(|x| x.is_finite())),
+        None => {
+            let t = t.to_dtype(DType::F32)?;
+            (&t - &t)?.sum_all()?.to_scalar::<f32>()?.is_finite()
+        }
+    })
+}
+
+/// One parameter under optimisation.
+struct Slot {
+    name: String,
+    var: Var,
+    /// Float32 copy of the weights when the model computes in a lower precision.
+    master: Option<Tensor>,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// One AdamW update, elementwise: (θ, g, m, v) -> (θ', m', v').
+#[derive(Debug, Clone, Copy)]
+struct AdamWStep {
+    b1: f64,
+    b2: f64,
+    /// Bias corrections 1 - β^t.
+    bias1: f64,
+    bias2: f64,
+    eps: f64,
+    lr: f64,
+    /// 1 - lr·weight_decay.
+    decay: f64,
+    /// Multiplies the gradient (clipping).
+    grad_scale: f64,
+}
+
+impl AdamWStep {
+    /// Any device, as tensor operations.
+    fn with_tensor_ops(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let scaled;
+        let g = if self.grad_scale == 1.0 {
+            g
+        } else {
+            scaled = (g * self.grad_scale)?;
+            &scaled
+        };
+        let m = ((m * self.b1)? + (g * (1.0 - self.b1))?)?;
+        let v = ((v * self.b2)? + (g.sqr()? * (1.0 - self.b2))?)?;
+        let update = ((&m / self.bias1)? / ((&v / self.bias2)?.sqrt()? + self.eps)?)?;
+        let new = ((theta * self.decay)? - (update * self.lr)?)?;
+        Ok((new, m, v))
+    }
+
+    /// Whether the update of (θ, g, m, v) gives finite θ', m' and v', computed without storing
+    /// anything: one read-only pass on the CPU, the tensor ops elsewhere.
+    fn stays_finite(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<bool> {
+        if let (true, Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (theta.device().is_cpu(), borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v)) {
+            let n = theta_in.len();
+            if [g.len(), m_in.len(), v_in.len()] == [n; 3] {
+                let k = self.kernel();
+                let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) = (&theta_in, &g, &m_in, &v_in);
+                return Ok((0..n).into_par_iter().with_min_len(1 << 14).all(|j| {
+                    let (t, m, v) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
+                    t.is_finite() && m.is_finite() && v.is_finite()
+                }));
+            }
+        }
+        let (t, m, v) = self.with_tensor_ops(theta, g, m, v)?;
+        Ok(all_finite(&t)? && all_finite(&m)? && all_finite(&v)?)
+    }
+
+    /// The constants of the elementwise update, in f32.
+    fn kernel(&self) -> AdamWKernel {
+        AdamWKernel {
+            b1: self.b1 as f32,
+            b2: self.b2 as f32,
+            inv_bias1: (1.0 / self.bias1) as f32,
+            inv_bias2: (1.0 / self.bias2) as f32,
+            eps: self.eps as f32,
+            lr: self.lr as f32,
+            decay: self.decay as f32,
+            grad_scale: self.grad_scale as f32,
+        }
+    }
+
+    /// Contiguous float32 CPU tensors, in one parallel pass: the tensor-op version makes about
+    /// fifteen passes, each allocating a parameter-sized tensor. `None` for any other input.
+    fn on_cpu(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        if !theta.device().is_cpu() {
+            return Ok(None);
+        }
+        let (Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v)) else {
+            return Ok(None);
+        };
+        let n = theta.elem_count();
+        if [g.len(), m_in.len(), v_in.len()] != [n; 3] {
+            return Ok(None);
+        }
+        let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) = (&theta_in, &g, &m_in, &v_in);
+        let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let k = self.kernel();
+        const CHUNK: usize = 1 << 14;
+        theta_out.par_chunks_mut(CHUNK).zip(m_out.par_chunks_mut(CHUNK)).zip(v_out.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((t_out, m_out), v_out))| {
+            let at = c * CHUNK;
+            for i in 0..t_out.len() {
+                let j = at + i;
+                (t_out[i], m_out[i], v_out[i]) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
+            }
+        });
+        let shape = theta.shape();
+        let tensor = |data: Vec<f32>| Tensor::from_vec(data, shape, &Device::Cpu);
+        Ok(Some((tensor(theta_out)?, tensor(m_out)?, tensor(v_out)?)))
+    }
+}
+
+/// [`AdamWStep`] in f32, for the CPU loops.
+#[derive(Clone, Copy)]
+struct AdamWKernel {
+    b1: f32,
+    b2: f32,
+    inv_bias1: f32,
+    inv_bias2: f32,
+    eps: f32,
+    lr: f32,
+    decay: f32,
+    grad_scale: f32,
+}
+
+impl AdamWKernel {
+    /// (θ, g, m, v) -> (θ', m', v') for one element.
+    #[inline(always)]
+    fn apply(&self, theta: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = g * self.grad_scale;
+        let m = self.b1 * m + (1.0 - self.b1) * g;
+        let v = self.b2 * v + (1.0 - self.b2) * g * g;
+        (theta * self.decay - self.lr * ((m * self.inv_bias1) / ((v * self.inv_bias2).sqrt() + self.eps)), m, v)
+    }
+}
+
+/// AdamW (decoupled weight decay, as torch.optim.AdamW). State and master weights are float32
+/// whatever the model's dtype.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: Vec<Slot>,
+    /// Optimizer steps taken.
+    t: u64,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        cfg.validate()?;
+        let slots = params
+            .into_iter()
+            .map(|(name, var)| {
+                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                let master = if var.dtype() == DType::F32 { None } else { Some(var.as_tensor().to_dtype(DType::F32)?) };
+                Ok(Slot { name, var, master, m: zeros.clone(), v: zeros })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW { cfg, slots, t: 0 })
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.t
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.slots.iter().map(|s| &s.var)
+    }
+
+    /// The elementwise update of the next step at learning rate `lr`; refused when the step
+    /// counter is at its cap.
+    fn next_step(&self, lr: f64, grad_scale: f64) -> Result<AdamWStep> {
+        let t = self.t + 1;
+        if t > crate::limits::MAX_STEPS {
+            return Err(Error::invalid(format!("the optimizer has taken {} steps, rewardkit's limit", self.t)));
+        }
+        if !(lr.is_finite() && lr >= 0.0 && grad_scale.is_finite() && grad_scale >= 0.0) {
+            return Err(Error::new(ErrorKind::NonFinite, format!("learning rate {lr} or gradient scale {grad_scale} is not a finite number >= 0")));
+        }
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        // powf, not powi(t as i32): the exponent must not wrap at 2^31 steps.
+        let (bias1, bias2) = (1.0 - b1.powf(t as f64), 1.0 - b2.powf(t as f64));
+        Ok(AdamWStep { b1, b2, bias1, bias2, eps: self.cfg.eps, lr, decay: 1.0 - lr * self.cfg.weight_decay, grad_scale })
+    }
+
+    fn theta(slot: &Slot) -> Tensor {
+        match &slot.master {
+            Some(m) => m.clone(),
+            None => slot.var.as_tensor().detach(),
+        }
+    }
+
+    /// Checks that the step for `grads · grad_scale` at `lr` leaves every weight and moment
+    /// finite, without changing anything. [`Self::prepare`] calls it first, so that a step that
+    /// would turn weights into NaN (a huge learning rate, an overflowing gradient) is refused
+    /// while the optimizer and the model are still as they were.
+    pub fn check(&self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(Error::invalid(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
+        }
+        let step = self.next_step(lr, grad_scale)?;
+        for (slot, g) in self.slots.iter().zip(grads) {
+            if !step.stays_finite(&Self::theta(slot), &g.to_dtype(DType::F32)?, &slot.m, &slot.v)? {
+                return Err(Error::new(
+                    ErrorKind::NonFinite,
+                    format!("the update would make `{}` non-finite (lr {lr}); nothing was changed", slot.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes the updated weights for `grads · grad_scale` (aligned with the parameters; the
+    /// scale is gradient clipping's) at learning rate `lr`, advancing the moment estimates.
+    /// Returns the new weights in each variable's dtype; [`Self::commit`] writes them. Split in
+    /// two so that the caller can hold a write lock only for the commit. Each gradient is
+    /// dropped once used, and the scale is applied inside the update, so the peak memory is one
+    /// set of gradients, not two. A step that [`Self::check`] refuses changes nothing.
+    pub fn prepare(&mut self, grads: Vec<Tensor>, lr: f64, grad_scale: f64) -> Result<Vec<Tensor>> {
+        self.check(&grads, lr, grad_scale)?;
+        let step = self.next_step(lr, grad_scale)?;
+        self.t += 1;
+        let mut out = Vec::with_capacity(grads.len());
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let g = g.to_dtype(DType::F32)?;
+            let theta = Self::theta(slot);
+            let (new, m, v) = match step.on_cpu(&theta, &g, &slot.m, &slot.v)? {
+                Some(updated) => updated,
+                None => step.with_tensor_ops(&theta, &g, &slot.m, &slot.v)?,
+            };
+            (slot.m, slot.v) = (m, v);
+            if slot.master.is_some() {
+                slot.master = Some(new.clone());
+            }
+            out.push(new.to_dtype(slot.var.dtype())?);
+        }
+        Ok(out)
+    }
+
+    /// Writes weights from [`Self::prepare`] into the variables, in place.
+    pub fn commit(&self, new_values: &[Tensor]) -> Result<()> {
+        for (slot, value) in self.slots.iter().zip(new_values) {
+            slot.var.set(value)?;
+        }
+        Ok(())
+    }
+
+    /// Moments (and master weights) as named tensors, for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            out.push((format!("exp_avg.{}", s.name), s.m.clone()));
+            out.push((format!("exp_avg_sq.{}", s.name), s.v.clone()));
+            if let Some(m) = &s.master {
+                out.push((format!("master.{}", s.name), m.clone()));
+            }
+        }
+        out
+    }
+
+    /// Restores state saved by [`Self::state_tensors`] after `steps` optimizer steps.
+    pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        if steps > crate::limits::MAX_STEPS {
+            return Err(Error::new(ErrorKind::CorruptFile, format!("optimizer step {steps} is above rewardkit's limit of {}", crate::limits::MAX_STEPS)));
+        }
+        // Everything is read and checked before anything is replaced: a state that does not
+        // fit leaves this optimizer exactly as it was.
+        let saved = tensors.keys().filter(|k| k.starts_with("exp_avg.")).count();
+        if saved != self.slots.len() {
+            return Err(Error::invalid(format!(
+                "optimizer state is for {saved} parameters, this trainer trains {}: was it saved with other trainable layers?",
+                self.slots.len()
+            )));
+        }
+        let mut loaded = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let get = |prefix: &str| -> Result<Tensor> {
+                let key = format!("{prefix}.{}", s.name);
+                let t = tensors.get(&key).ok_or_else(|| Error::invalid(format!("optimizer state lacks `{key}`")))?;
+                if t.dims() != s.var.dims() {
+                    return Err(Error::new(crate::ErrorKind::ShapeMismatch, format!("optimizer state `{key}` has shape {:?}, parameter has {:?}", t.dims(), s.var.dims())));
+                }
+                let t = t.to_dtype(DType::F32)?;
+                // A negative second moment is a NaN at the next step's square root.
+                let in_range = if prefix == "exp_avg_sq" { t.min_all()?.to_scalar::<f32>()? >= 0.0 } else { true };
+                if !all_finite(&t)? || !in_range {
+                    return Err(Error::new(ErrorKind::CorruptFile, format!("optimizer state `{key}` holds non-finite{} values", if prefix == "exp_avg_sq" { " or negative" } else { "" })));
+                }
+                Ok(t.to_device(s.var.device())?)
+            };
+            // f32 master copies exist only for low-precision weights; a state saved without
+            // them (an f32 run) starts them from the loaded weights, as a new optimizer does.
+            let master = match (&s.master, tensors.contains_key(&format!("master.{}", s.name))) {
+                (Some(_), true) => Some(get("master")?),
+                _ => None,
+            };
+            loaded.push((get("exp_avg")?, get("exp_avg_sq")?, master));
+        }
+        for (s, (m, v, master)) in self.slots.iter_mut().zip(loaded) {
+            s.m = m;
+            s.v = v;
+            if master.is_some() {
+                s.master = master;
+            }
+        }
+        self.t = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn adamw_matches_hand_computation() {
+        // One step from θ = 1 with g = 0.5: m = 0.05, v = 0.0125 (β2 0.95), bias-corrected
+        // m̂ = 0.5, v̂ = 0.25, update = 0.5 / (0.5 + 1e-6); with wd 0.1, lr 0.1:
+        // θ = 1·(1 - 0.01) - 0.1·0.999998 = 0.8900002
+        let var = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.1, ..Default::default() };
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
+        let g = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+        let new = opt.prepare(vec![g], 0.1, 1.0).unwrap();
+        opt.commit(&new).unwrap();
+        let got = var.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((got - 0.8900002).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
+    fn a_non_finite_update_is_refused_and_changes_nothing() {
+        let var = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig { lr: 0.1, ..Default::default() }).unwrap();
+        let g = || Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap();
+        let new = opt.prepare(vec![g()], 0.1, 1.0).unwrap();
+        opt.commit(&new).unwrap();
+        let state = opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).collect::<Vec<_>>();
+        // f32 overflow of the update, and of the square of a huge gradient.
+        for (grad, lr) in [(g(), 1e300), (Tensor::new(&[3e38f32, 0.0], &Device::Cpu).unwrap(), 0.1)] {
+            let e = opt.prepare(vec![grad], lr, 1.0).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NonFinite, "{e}");
+        }
+        assert_eq!(opt.steps_taken(), 1);
+        assert_eq!(opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).collect::<Vec<_>>(), state);
+        // A step count past 2^31 is fine (the bias correction no longer wraps).
+        opt.t = 1 << 40;
+        let new = opt.prepare(vec![g()], 0.1, 1.0).unwrap();
+        assert!(new[0].to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn the_clipping_scale_multiplies_the_gradient() {
+        let run = |g: f32, scale: f64| {
+            let var = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
+            let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig { lr: 0.1, ..Default::default() }).unwrap();
+            let grad = Tensor::new(&[g, 3.0 * g], &Device::Cpu).unwrap();
+            let new = opt.prepare(vec![grad], 0.1, scale).unwrap();
+            opt.commit(&new).unwrap();
+            opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).chain([var.as_tensor().to_vec1::<f32>().unwrap()]).collect::<Vec<_>>()
+        };
+        assert_eq!(run(0.5, 0.25), run(0.125, 1.0));
+        assert_ne!(run(0.5, 0.25), run(0.5, 1.0));
+    }
+
+    #[test]
+    fn the_cpu_pass_matches_the_tensor_ops() {
+        let step = AdamWStep { b1: 0.9, b2: 0.95, bias1: 1.0 - 0.9f64.powi(3), bias2: 1.0 - 0.95f64.powi(3), eps: 1e-6, lr: 1e-3, decay: 1.0 - 1e-3 * 0.1, grad_scale: 0.7 };
+        let mut rng = crate::rng::Rng::new(5);
+        // Not a multiple of the chunk size, and narrowed views that start at an offset.
+        let n = (1 << 14) * 2 + 77;
+        let mut t = |scale: f32| Tensor::from_vec((0..n + 3).map(|_| scale * (rng.next_f32() - 0.3)).collect::<Vec<_>>(), n + 3, &Device::Cpu).unwrap().narrow(0, 3, n).unwrap();
+        let (theta, g, m, v) = (t(1.0), t(0.1), t(0.01), t(0.001).abs().unwrap());
+        let fused = step.on_cpu(&theta, &g, &m, &v).unwrap().expect("contiguous f32 on the CPU");
+        let ops = step.with_tensor_ops(&theta, &g, &m, &v).unwrap();
+        for (a, b) in [(&fused.0, &ops.0), (&fused.1, &ops.1), (&fused.2, &ops.2)] {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-6, "{diff}");
+        }
+        // A strided view takes the tensor-op path.
+        let strided = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap().t().unwrap();
+        assert!(step.on_cpu(&strided, &strided, &strided, &strided).unwrap().is_none());
+    }
+
+    #[test]
+    fn schedules() {
+        let s = LrSchedule { kind: ScheduleKind::InverseSqrt, warmup_steps: 4, total_steps: 100 };
+        assert_eq!(s.factor(0), 0.25);
+        assert_eq!(s.factor(3), 1.0);
+        assert!((s.factor(15) - 0.5).abs() < 1e-12);
+        let c = LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 0, total_steps: 10 };
+        assert!((c.factor(4) - 0.5).abs() < 1e-12 && c.factor(9).abs() < 1e-12);
+        let l = LrSchedule { kind: ScheduleKind::Linear, warmup_steps: 2, total_steps: 12 };
+        assert!((l.factor(6) - 0.5).abs() < 1e-12);
+    }
+}

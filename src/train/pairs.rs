@@ -1,0 +1,213 @@
+//! Preference pairs as the trainer and the evaluators run them: token ids ([`PairIds`]), the
+//! sequences behind them ([`SeqSource`]: ids, or hidden states from a frozen bottom), and
+//! [`PairSet`]. Scoring a whole set goes through the one token-budget planner
+//! (`handle::batch::plan_batches`), as `rk_model_score_*` does.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use super::cache::HiddenCache;
+use crate::error::{Error, Result};
+use crate::handle::batch::plan_batches;
+use crate::handle::SharedModel;
+use crate::model::{Pass, RewardModel};
+
+/// Token ids of one preference pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairIds {
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+/// Sequences in a form the model can run: token ids, or hidden states from a frozen bottom.
+#[derive(Clone)]
+pub enum SeqSource {
+    /// Token ids: the whole model runs.
+    Ids(Arc<Vec<Vec<u32>>>),
+    /// Hidden states entering layer `cache.first`, computed once.
+    Cached(Arc<HiddenCache>),
+}
+
+impl SeqSource {
+    pub fn len(&self) -> usize {
+        match self {
+            SeqSource::Ids(s) => s.len(),
+            SeqSource::Cached(c) => c.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The layer inference starts at: 0 for token ids, the cache's layer otherwise.
+    pub fn first_layer(&self) -> usize {
+        match self {
+            SeqSource::Ids(_) => 0,
+            SeqSource::Cached(c) => c.first,
+        }
+    }
+
+    /// Total tokens, when known (token ids).
+    pub fn tokens(&self) -> Option<usize> {
+        match self {
+            SeqSource::Ids(s) => Some(s.iter().map(Vec::len).sum()),
+            SeqSource::Cached(_) => None,
+        }
+    }
+
+    /// Features (n, h) of sequences `idx`. Layers below `first` run with the inference
+    /// kernels and no autograd (they are frozen); the rest with `pass`. A cache must start at
+    /// `first`.
+    pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
+        match self {
+            SeqSource::Ids(all) => {
+                let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
+                let batch = model.make_batch(&seqs)?;
+                if first == 0 {
+                    return model.features(&batch, pass);
+                }
+                let x = model.hidden_before_layer(&batch, first, Pass::Inference)?.detach();
+                model.features_from(x, first, &batch.pool_index, pass)
+            }
+            SeqSource::Cached(cache) => {
+                if cache.first != first {
+                    return Err(Error::invalid(format!("cached hidden states enter layer {}, not layer {first}", cache.first)));
+                }
+                let (x, pool) = cache.batch(idx)?;
+                model.features_from(x, first, &pool, pass)
+            }
+        }
+    }
+
+    /// The length a batch planner sees for sequence `i`: its tokens, or its cached rows.
+    fn planned_len(&self, i: usize) -> usize {
+        match self {
+            SeqSource::Ids(s) => s[i].len(),
+            SeqSource::Cached(c) => c.rows(i),
+        }
+    }
+
+    /// Every head's reward for sequences `idx` (inference): row r holds the heads of `idx[r]`.
+    /// Batched the one way scoring is batched: longest first under the handle's token budget
+    /// (`handle::batch::plan_batches`), whatever the caller (evaluation, vote, C ABI).
+    pub fn head_rewards(&self, shared: &SharedModel, idx: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let model = shared.read()?;
+        let lengths: Vec<usize> = idx.iter().map(|&i| self.planned_len(i)).collect();
+        let mut out = vec![Vec::new(); idx.len()];
+        shared.install(|| -> Result<()> {
+            for batch in plan_batches(&lengths, shared.batch_options()) {
+                let seqs: Vec<usize> = batch.iter().map(|&r| idx[r]).collect();
+                let features = self.features(&model, &seqs, self.first_layer(), Pass::Inference)?;
+                for (&r, heads) in batch.iter().zip(model.head_rewards_from_features(&features)?.to_vec2::<f32>()?) {
+                    out[r] = heads;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Rewards of sequences `idx` (inference; a multi-head model gives the mean of its heads).
+    pub fn rewards(&self, shared: &SharedModel, idx: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.head_rewards(shared, idx)?.into_iter().map(|h| h.iter().sum::<f32>() / h.len() as f32).collect())
+    }
+}
+
+/// Preference pairs over a set of sequences: pair i is (chosen, rejected) sequence indices.
+#[derive(Clone)]
+pub struct PairSet {
+    pub seqs: SeqSource,
+    pub pairs: Vec<(usize, usize)>,
+}
+
+impl PairSet {
+    /// Pairs of token ids; sequences 2i and 2i+1 are pair i.
+    pub fn from_ids(pairs: Vec<PairIds>) -> PairSet {
+        let n = pairs.len();
+        let seqs: Vec<Vec<u32>> = pairs.into_iter().flat_map(|p| [p.chosen, p.rejected]).collect();
+        PairSet { seqs: SeqSource::Ids(Arc::new(seqs)), pairs: (0..n).map(|i| (2 * i, 2 * i + 1)).collect() }
+    }
+
+    /// Pairs whose frozen bottom (layers below `first`) has run once; sequences 2i and 2i+1
+    /// of the cache are pair i.
+    pub fn cached(shared: &SharedModel, pairs: &[PairIds], first: usize, progress: impl FnMut(usize) + Send) -> Result<PairSet> {
+        let seqs: Vec<&[u32]> = pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
+        let cache = HiddenCache::build(shared, &seqs, first, progress)?;
+        Ok(PairSet { seqs: SeqSource::Cached(Arc::new(cache)), pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Features of pairs `idx`: (2n, h), chosen rows first, then rejected.
+    pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
+        let seqs: Vec<usize> = idx.iter().map(|&i| self.pairs[i].0).chain(idx.iter().map(|&i| self.pairs[i].1)).collect();
+        self.seqs.features(model, &seqs, first, pass)
+    }
+
+    /// The layer inference on this set starts at.
+    pub fn first_layer(&self) -> usize {
+        self.seqs.first_layer()
+    }
+
+    /// Sequence indices of every pair's chosen side, then every rejected side.
+    fn sides(&self) -> Vec<usize> {
+        self.pairs.iter().map(|p| p.0).chain(self.pairs.iter().map(|p| p.1)).collect()
+    }
+
+    /// (chosen, rejected) rewards of every pair, inference, batched by the token-budget planner.
+    pub fn score_all(&self, shared: &SharedModel) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut r = self.seqs.rewards(shared, &self.sides())?;
+        let rejected = r.split_off(self.len());
+        Ok((r, rejected))
+    }
+
+    /// (chosen, rejected) rewards of every head on every pair: `[pair][head]`.
+    pub fn head_scores(&self, shared: &SharedModel) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let mut r = self.seqs.head_rewards(shared, &self.sides())?;
+        let rejected = r.split_off(self.len());
+        Ok((r, rejected))
+    }
+}
+
+/// Token ids of preference pairs, as the model scores them; errors name the source line.
+pub fn tokenize_pairs(shared: &SharedModel, pairs: &[crate::io::data::PreferencePair]) -> Result<Vec<PairIds>> {
+    pairs
+        .iter()
+        .map(|p| encode_pair(shared, &p.prompt, &p.chosen, &p.rejected).map_err(|e| e.context(format!("line {}", p.line))))
+        .collect()
+}
+
+/// Token ids of (prompt, chosen, rejected) text triples; errors name the pair.
+pub fn encode_text_pairs(shared: &SharedModel, triples: &[(&str, &str, &str)]) -> Result<Vec<PairIds>> {
+    triples.iter().enumerate().map(|(i, (p, c, r))| encode_pair(shared, p, c, r).map_err(|e| e.context(format!("pair {i}")))).collect()
+}
+
+fn encode_pair(shared: &SharedModel, prompt: &str, chosen: &str, rejected: &str) -> Result<PairIds> {
+    let mut ids = shared.encode_pairs(&[(prompt, chosen), (prompt, rejected)])?;
+    let rejected = ids.pop().expect("two sequences");
+    Ok(PairIds { chosen: ids.pop().expect("two sequences"), rejected })
+}
+
+/// Checks every sequence of `pairs` against `model` (vocabulary, length).
+pub fn check_pairs(model: &SharedModel, pairs: &[PairIds]) -> Result<()> {
+    let model = model.read()?;
+    model.validate_sequences(pairs.iter().map(|p| p.chosen.as_slice()), "chosen")?;
+    model.validate_sequences(pairs.iter().map(|p| p.rejected.as_slice()), "rejected")
+}
+
+/// Per-pair inputs of the noise-aware losses, aligned with a batch of pairs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairLabels<'a> {
+    /// Mean preference differences from a vote (flip, negative-only smoothing, margin).
+    pub strengths: Option<&'a [f32]>,
+    /// Label-smoothing α per pair (`SmoothRule::PerPair`).
+    pub alphas: Option<&'a [f32]>,
+}

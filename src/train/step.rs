@@ -1,0 +1,463 @@
+//! The step engine: [`Trainer`] updates the weights of a [`SharedModel`] in place, one
+//! micro-batch at a time, with gradient accumulation, clipping and AdamW; checkpoints
+//! (save/resume).
+//!
+//! Forward and backward run under the model's read lock, so scorers on other threads keep
+//! going; the new weights are written under the write lock in one go, so a scorer sees the
+//! weights before a step or after it, never a mix. A refused step (bad input, a non-finite
+//! loss, gradient or update) changes nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::config::{first_trainable_layer, is_trainable, TrainConfig};
+use super::loss::{preference_loss, PairTreatment};
+use super::optim::{global_norm, AdamW};
+use super::pairs::{check_pairs, PairIds, PairLabels, PairSet};
+use crate::error::{Error, ErrorKind, Result};
+use crate::eval::metrics::PairMetrics;
+use crate::handle::SharedModel;
+use crate::model::{Pass, RewardModel};
+
+/// One micro-batch's gradients of the preference loss, and what the batch measured.
+pub(super) struct PreferenceGrads {
+    /// Aligned with the optimizer's parameters, float32, divided by `grad_accum`.
+    pub grads: Vec<Tensor>,
+    /// The training loss (with every noise-aware and contrastive term).
+    pub loss: f64,
+    /// Accuracy and mean margin by the data's labels (before any flip).
+    pub metrics: PairMetrics,
+}
+
+/// What one call of [`Trainer::step`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepStats {
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Micro-batches seen so far.
+    pub micro_step: u64,
+    pub loss: f64,
+    /// Fraction of pairs with r_chosen > r_rejected (data labels, before any flip).
+    pub accuracy: f64,
+    pub mean_margin: f64,
+    /// Gradient norm before clipping, when this call applied an optimizer step.
+    pub grad_norm: Option<f64>,
+    pub lr: f64,
+    /// Whether the optimizer stepped (the end of a gradient-accumulation cycle).
+    pub applied: bool,
+    pub seconds: f64,
+}
+
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const TRAINER_STATE_FILE: &str = "trainer_state.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: u64,
+    pub micro_step: u64,
+    pub config: TrainConfig,
+}
+
+impl TrainerState {
+    /// Parses trainer_state.json, checking the counters against `limits::MAX_STEPS`.
+    pub fn from_json(bytes: &[u8]) -> Result<TrainerState> {
+        let state: TrainerState = serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorKind::CorruptFile, e.to_string()))?;
+        if state.step > crate::limits::MAX_STEPS || state.micro_step > crate::limits::MAX_STEPS || state.step > state.micro_step {
+            return Err(Error::new(ErrorKind::CorruptFile, format!("step {} / micro-step {} out of range", state.step, state.micro_step)));
+        }
+        state.config.validate(usize::MAX)?;
+        Ok(state)
+    }
+
+    fn read(path: &Path) -> Result<TrainerState> {
+        Self::from_json(&crate::limits::read_file(path, crate::limits::MAX_JSON_FILE_BYTES)?).map_err(|e| e.context(path.display()))
+    }
+}
+
+pub struct Trainer {
+    model: Arc<SharedModel>,
+    cfg: TrainConfig,
+    optimizer: AdamW,
+    num_layers: usize,
+    /// Summed gradients of the current accumulation cycle, aligned with the optimizer's params.
+    accum: Vec<Option<Tensor>>,
+    accum_count: usize,
+    micro_step: u64,
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        self.model.detach_trainer();
+    }
+}
+
+impl Trainer {
+    /// A trainer updating `model` in place. One trainer per model at a time. Everything is
+    /// checked before anything changes: a refused trainer leaves the model as it was.
+    pub fn new(model: Arc<SharedModel>, cfg: TrainConfig) -> Result<Trainer> {
+        let (num_layers, hidden, device) = {
+            let m = model.read()?;
+            (m.config().num_hidden_layers, m.config().hidden_size, m.device().clone())
+        };
+        cfg.validate(num_layers)?;
+        // SwAV's prototypes live with the model (saved in its checkpoint): reuse a matching
+        // set, or make a new one to add once this trainer is sure to exist.
+        let new_prototypes = match cfg.contrastive.as_ref().and_then(|c| c.prototypes()) {
+            None => None,
+            Some(k) => match model.read()?.params().get(crate::train::contrastive::PROTOTYPES).ok().map(|t| t.dims().to_vec()) {
+                Some(dims) if dims == [k, hidden] => None,
+                Some(dims) => return Err(Error::invalid(format!("the checkpoint's SwAV prototypes are {dims:?}, the config asks for [{k}, {hidden}]"))),
+                None => Some(crate::train::contrastive::init_prototypes(k, hidden, cfg.seed ^ 0xC1A5, &device)?),
+            },
+        };
+        model.attach_trainer()?;
+        let built = (|| -> Result<AdamW> {
+            if let Some(c) = &new_prototypes {
+                model.write()?.add_param(crate::train::contrastive::PROTOTYPES, c)?;
+            }
+            let params: Vec<_> = model
+                .read()?
+                .params()
+                .iter()
+                .filter(|(name, _)| is_trainable(name, cfg.trainable, num_layers))
+                .map(|(name, v)| (name.to_string(), v.clone()))
+                .collect();
+            model.install(|| AdamW::new(params, cfg.optimizer))
+        })();
+        match built {
+            Ok(optimizer) => {
+                let accum = vec![None; optimizer.names().count()];
+                Ok(Trainer { model, cfg, optimizer, num_layers, accum, accum_count: 0, micro_step: 0 })
+            }
+            Err(e) => {
+                if new_prototypes.is_some() {
+                    if let Ok(mut m) = model.write() {
+                        m.remove_param(crate::train::contrastive::PROTOTYPES);
+                    }
+                }
+                model.detach_trainer();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn model(&self) -> &Arc<SharedModel> {
+        &self.model
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.optimizer.steps_taken()
+    }
+
+    pub fn micro_steps(&self) -> u64 {
+        self.micro_step
+    }
+
+    /// The first layer that trains; a `PairSet::Cached` must start there.
+    pub fn first_trainable_layer(&self) -> usize {
+        first_trainable_layer(self.cfg.trainable, self.num_layers)
+    }
+
+    /// Learning rate of the next optimizer step.
+    pub fn current_lr(&self) -> f64 {
+        self.cfg.optimizer.lr * self.cfg.schedule.factor(self.optimizer.steps_taken() as usize)
+    }
+
+    /// Forward and backward on pairs `idx` of `set`; the optimizer steps when a
+    /// gradient-accumulation cycle completes. `treatments` are aligned with `idx`.
+    pub fn step(&mut self, set: &PairSet, idx: &[usize], treatments: &[PairTreatment]) -> Result<StepStats> {
+        let started = Instant::now();
+        let pass = self.pass();
+        let shared = self.model.clone();
+        let model = shared.read()?;
+        let g = shared.install(|| self.preference_grads(&model, set, idx, treatments, pass))?;
+        drop(model);
+        self.finish_micro_step(g, started)
+    }
+
+    /// The dropout setting of the current micro-step.
+    pub(super) fn pass(&self) -> Pass {
+        Pass::Train { dropout: self.cfg.dropout, dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D) }
+    }
+
+    /// Gradients of the preference loss on pairs `idx` with respect to `model`'s copies of the
+    /// trained parameters (aligned with the optimizer), already divided by `grad_accum`, with
+    /// the loss and metrics of the batch. `model` is the trainer's model, or a copy with moved
+    /// weights (MetaRM).
+    pub(super) fn preference_grads(&self, model: &RewardModel, set: &PairSet, idx: &[usize], treatments: &[PairTreatment], pass: Pass) -> Result<PreferenceGrads> {
+        if idx.is_empty() {
+            return Err(Error::invalid("a training step needs at least one pair"));
+        }
+        if treatments.len() != idx.len() {
+            return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), idx.len())));
+        }
+        let n = idx.len();
+        let first = self.first_trainable_layer();
+        let contrastive = self.cfg.contrastive.as_ref();
+        // Two dropout views when a contrastive term is on; the reward loss reads the first.
+        let view_pass = |stream: u64| match (pass, contrastive) {
+            (Pass::Train { dropout, dropout_seed }, Some(c)) => Pass::Train { dropout: dropout.max(c.dropout), dropout_seed: dropout_seed ^ stream },
+            _ => pass,
+        };
+        let features = set.features(model, idx, first, view_pass(0))?;
+        let cl_loss = match contrastive {
+            Some(c) => {
+                let second = set.features(model, idx, first, view_pass(0xA5A5_5A5A))?;
+                let prototypes = model.params().get(crate::train::contrastive::PROTOTYPES).ok();
+                Some((crate::train::contrastive::contrastive_loss(c, &features, &second, prototypes)? * c.beta)?)
+            }
+            None => None,
+        };
+        let heads = model.head_rewards_from_features(&features)?; // (2n, heads)
+        // A shared-backbone ensemble trains every head on its own loss.
+        let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
+        let loss = (0..heads.dim(1)?)
+            .map(|h| preference_loss(&rc.get_on_dim(1, h)?, &rr.get_on_dim(1, h)?, treatments, self.cfg.noise.centering))
+            .collect::<Result<Vec<_>>>()?;
+        let mut loss = Tensor::stack(&loss, 0)?.mean_all()?;
+        if let Some(cl) = cl_loss {
+            loss = (loss + cl)?;
+        }
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return Err(Error::new(ErrorKind::NonFinite, format!("loss is {value}; weights left unchanged")));
+        }
+        let grads = self.grads_of(model, &(&loss / self.cfg.grad_accum as f64)?)?;
+        let margins: Vec<f32> = (rc.mean(1)? - rr.mean(1)?)?.to_vec1()?;
+        Ok(PreferenceGrads { grads, loss: value, metrics: PairMetrics::from_margins(&margins) })
+    }
+
+    /// d(objective)/d(trained parameters of `model`), float32, aligned with the optimizer; a
+    /// parameter the objective does not reach gets zeros.
+    pub(super) fn grads_of(&self, model: &RewardModel, objective: &Tensor) -> Result<Vec<Tensor>> {
+        let device = objective.device();
+        let mut grads = crate::profile::phase("backward", device, || Ok(objective.backward()?))?;
+        crate::profile::phase("gradients to f32", device, || {
+            self.optimizer
+                .names()
+                .map(|name| {
+                    let p = model.params().get(name)?;
+                    // Removed, not borrowed: each low-precision gradient is freed once converted.
+                    Ok(match grads.remove(p) {
+                        Some(g) => g.to_dtype(DType::F32)?,
+                        None => Tensor::zeros(p.shape(), DType::F32, p.device())?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Ends a micro-step whose gradients are `grads`: they join the accumulation buffer, and at
+    /// the end of an accumulation cycle the optimizer applies the sum. A refused update (a
+    /// non-finite gradient or weight) returns an error with the buffer, the counters and the
+    /// weights exactly as they were before this micro-step.
+    pub(super) fn finish_micro_step(&mut self, g: PreferenceGrads, started: Instant) -> Result<StepStats> {
+        let PreferenceGrads { grads, loss, metrics } = g;
+        if self.micro_step >= crate::limits::MAX_STEPS {
+            return Err(Error::invalid(format!("the trainer has taken {} micro-steps, rewardkit's limit", self.micro_step)));
+        }
+        let lr = self.current_lr();
+        let completes = self.accum_count + 1 >= self.cfg.grad_accum;
+        let mut grad_norm = None;
+        if completes {
+            // The cycle's sum, built beside the buffer so that a refused update leaves it intact.
+            let total: Vec<Tensor> = self
+                .accum
+                .iter()
+                .zip(grads)
+                .map(|(prev, g)| Ok(match prev {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                }))
+                .collect::<Result<_>>()?;
+            grad_norm = Some(self.apply(total, lr)?);
+            self.accum.iter_mut().for_each(|g| *g = None);
+            self.accum_count = 0;
+        } else {
+            for (slot, g) in self.accum.iter_mut().zip(grads) {
+                *slot = Some(match slot.take() {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                });
+            }
+            self.accum_count += 1;
+        }
+        self.micro_step += 1;
+        Ok(StepStats {
+            step: self.optimizer.steps_taken(),
+            micro_step: self.micro_step,
+            loss,
+            accuracy: metrics.accuracy,
+            mean_margin: metrics.mean_margin,
+            grad_norm,
+            lr,
+            applied: grad_norm.is_some(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Names of the trained parameters, in optimizer order.
+    pub fn trained_names(&self) -> impl Iterator<Item = &str> {
+        self.optimizer.names()
+    }
+
+    /// Clips and applies one accumulation cycle's gradients; returns the norm before clipping.
+    /// Nothing changes when the update is refused.
+    fn apply(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<f64> {
+        let (optimizer, max_norm) = (&mut self.optimizer, self.cfg.max_grad_norm);
+        let device = grads.first().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let (norm, new_values) = crate::profile::phase("optimizer (clip, AdamW)", &device, || self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
+            let norm = global_norm(&grads)?;
+            if !norm.is_finite() {
+                return Err(Error::new(ErrorKind::NonFinite, format!("gradient norm is {norm}; weights left unchanged")));
+            }
+            let scale = match max_norm {
+                Some(max) if norm > max => max / (norm + 1e-6),
+                _ => 1.0,
+            };
+            Ok((norm, optimizer.prepare(grads, lr, scale)?))
+        }))?;
+        let _exclusive = self.model.write()?;
+        self.optimizer.commit(&new_values)?;
+        Ok(norm)
+    }
+
+    /// Writes a resumable checkpoint: the model in Hugging Face format (with tokenizer.json),
+    /// the optimizer state and the trainer state, atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let opt_bytes = {
+            let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+            let tensors: Vec<(String, Tensor)> = self.optimizer.state_tensors().into_iter().map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?))).collect::<Result<_>>()?;
+            safetensors::serialize(tensors, Some(metadata)).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?
+        };
+        let state = TrainerState { step: self.optimizer.steps_taken(), micro_step: self.micro_step, config: self.cfg.clone() };
+        let mut extra = vec![(OPTIMIZER_FILE, opt_bytes), (TRAINER_STATE_FILE, serde_json::to_vec_pretty(&state).expect("serializable"))];
+        if let Some(tok) = self.model.tokenizer_json()? {
+            extra.push((crate::model::checkpoint::TOKENIZER_FILE, tok));
+        }
+        self.model.read()?.save(dir, &extra)
+    }
+
+    /// Restores optimizer and step counters from a checkpoint written by [`Self::save`]; the
+    /// model must have been loaded from the same directory. Returns the micro-steps done.
+    pub fn resume(&mut self, dir: &Path) -> Result<u64> {
+        let state = TrainerState::read(&dir.join(TRAINER_STATE_FILE))?;
+        let tensors = crate::model::checkpoint::read_tensors(&[dir.join(OPTIMIZER_FILE)])?;
+        self.model.install(|| self.optimizer.load_state(&tensors, state.step))?;
+        self.micro_step = state.micro_step;
+        self.accum_count = 0;
+        self.accum.iter_mut().for_each(|g| *g = None);
+        Ok(state.micro_step)
+    }
+}
+
+impl Trainer {
+    /// The pairs as a set this trainer runs, every sequence checked against the model, with the
+    /// noise-aware treatment of each pair from its labels.
+    pub fn batch(&self, pairs: Vec<PairIds>, labels: PairLabels) -> Result<(PairSet, Vec<PairTreatment>)> {
+        check_pairs(&self.model, &pairs)?;
+        let treatments = self.cfg.noise.treatments(pairs.len(), labels.strengths, labels.alphas)?;
+        Ok((PairSet::from_ids(pairs), treatments))
+    }
+
+    /// One step on a batch of pairs given as token ids (how the C ABI and the bindings call).
+    pub fn step_pairs(&mut self, pairs: Vec<PairIds>, labels: PairLabels) -> Result<StepStats> {
+        let (set, treatments) = self.batch(pairs, labels)?;
+        let idx: Vec<usize> = (0..set.len()).collect();
+        self.step(&set, &idx, &treatments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ComputeDType, HeadSource};
+    use crate::handle::SharedModelOptions;
+    use crate::train::optim::AdamWConfig;
+    use crate::model::tiny::{random_params, tiny_config, TinySpec};
+
+    fn small() -> Arc<SharedModel> {
+        let spec = TinySpec { vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, ..Default::default() };
+        let cfg = tiny_config(&spec).unwrap();
+        let params = random_params(&cfg, 1).unwrap();
+        let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 1 }, candle_core::Device::Cpu, ComputeDType::F32, 64).unwrap();
+        Arc::new(SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap())
+    }
+
+    fn pairs() -> Vec<PairIds> {
+        vec![PairIds { chosen: vec![1, 2, 3, 4], rejected: vec![1, 5, 6] }, PairIds { chosen: vec![7, 8], rejected: vec![9, 10, 11] }]
+    }
+
+    fn weights(m: &SharedModel) -> Vec<Vec<f32>> {
+        m.read().unwrap().params().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_refused_update_leaves_weights_buffer_and_counters_alone() {
+        let model = small();
+        let cfg = TrainConfig { grad_accum: 2, ..Default::default() };
+        let mut t = Trainer::new(model.clone(), cfg).unwrap();
+        t.step_pairs(pairs(), PairLabels::default()).unwrap(); // accumulated, not applied
+        let before = weights(&model);
+        let accumulated: Vec<Vec<f32>> = t.accum.iter().map(|g| g.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        // A cycle whose sum overflows: refused at the optimizer.
+        let inf: Vec<Tensor> = t.accum.iter().map(|g| (g.as_ref().unwrap().ones_like().unwrap() * f64::INFINITY).unwrap()).collect();
+        let g = PreferenceGrads { grads: inf, loss: 0.0, metrics: PairMetrics::from_margins(&[]) };
+        let e = t.finish_micro_step(g, Instant::now()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NonFinite);
+        assert_eq!((t.micro_steps(), t.steps(), t.accum_count), (1, 0, 1));
+        assert_eq!(weights(&model), before);
+        let still: Vec<Vec<f32>> = t.accum.iter().map(|g| g.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        assert_eq!(still, accumulated);
+        // The cycle then completes normally.
+        let s = t.step_pairs(pairs(), PairLabels::default()).unwrap();
+        assert!(s.applied && s.step == 1 && s.micro_step == 2);
+        assert_ne!(weights(&model), before);
+    }
+
+    #[test]
+    fn a_learning_rate_that_overflows_is_refused_before_weights_change() {
+        let model = small();
+        let cfg = TrainConfig { optimizer: AdamWConfig { lr: 1e300, ..Default::default() }, max_grad_norm: None, ..Default::default() };
+        let mut t = Trainer::new(model.clone(), cfg).unwrap();
+        let before = weights(&model);
+        assert_eq!(t.step_pairs(pairs(), PairLabels::default()).unwrap_err().kind(), ErrorKind::NonFinite);
+        assert_eq!(weights(&model), before);
+        assert_eq!((t.steps(), t.micro_steps()), (0, 0));
+    }
+
+    #[test]
+    fn a_refused_swav_trainer_leaves_no_prototypes() {
+        let model = small();
+        let mut swav = TrainConfig { contrastive: Some(crate::train::contrastive::ContrastiveConfig::swav()), ..Default::default() };
+        swav.optimizer.eps = 0.0; // refused by validation
+        assert!(Trainer::new(model.clone(), swav.clone()).is_err());
+        assert!(!model.read().unwrap().params().contains(crate::train::contrastive::PROTOTYPES));
+        let first = Trainer::new(model.clone(), TrainConfig::default()).unwrap();
+        swav.optimizer.eps = 1e-6;
+        assert!(Trainer::new(model.clone(), swav.clone()).is_err()); // a second trainer
+        assert!(!model.read().unwrap().params().contains(crate::train::contrastive::PROTOTYPES));
+        drop(first);
+        let _t = Trainer::new(model.clone(), swav).unwrap();
+        assert!(model.read().unwrap().params().contains(crate::train::contrastive::PROTOTYPES));
+    }
+
+    #[test]
+    fn trainer_state_counters_are_checked() {
+        let state = |step: &str, micro: &str| format!(r#"{{"step": {step}, "micro_step": {micro}, "config": {}}}"#, serde_json::to_string(&TrainConfig::default()).unwrap());
+        assert!(TrainerState::from_json(state("4294967295", "4294967295").as_bytes()).is_ok());
+        for (a, b) in [("18446744073709551615", "18446744073709551615"), ("5", "4"), ("-1", "0"), ("1.5", "2")] {
+            assert!(TrainerState::from_json(state(a, b).as_bytes()).is_err(), "{a} {b}");
+        }
+    }
+}
