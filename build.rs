@@ -23,8 +23,15 @@ fn soname_links(soname: &str) {
 /// The part of the version that names the ABI: the major version from 1.0 on; before 1.0 every
 /// minor version may break the ABI, so "0.MINOR".
 fn abi_version() -> String {
-    let (major, minor) = (std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap(), std::env::var("CARGO_PKG_VERSION_MINOR").unwrap());
-    if major == "0" { format!("0.{minor}") } else { major }
+    let (major, minor) = (
+        std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap(),
+        std::env::var("CARGO_PKG_VERSION_MINOR").unwrap(),
+    );
+    if major == "0" {
+        format!("0.{minor}")
+    } else {
+        major
+    }
 }
 
 fn main() {
@@ -41,10 +48,14 @@ fn main() {
 
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut config =
+        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let v = |k: &str| std::env::var(k).unwrap();
-    let (major, minor, patch) = (v("CARGO_PKG_VERSION_MAJOR"), v("CARGO_PKG_VERSION_MINOR"), v("CARGO_PKG_VERSION_PATCH"));
-    let number = major.parse::<u32>().unwrap() * 10_000 + minor.parse::<u32>().unwrap() * 100 + patch.parse::<u32>().unwrap();
+    let (major, minor, patch) =
+        (v("CARGO_PKG_VERSION_MAJOR"), v("CARGO_PKG_VERSION_MINOR"), v("CARGO_PKG_VERSION_PATCH"));
+    let number = major.parse::<u32>().unwrap() * 10_000
+        + minor.parse::<u32>().unwrap() * 100
+        + patch.parse::<u32>().unwrap();
     config.after_includes = Some(format!(
         "\n/* The version this header belongs to; rk_version() and rk_version_number() give the library's. */\n\
          #define RK_VERSION_MAJOR {major}\n#define RK_VERSION_MINOR {minor}\n#define RK_VERSION_PATCH {patch}\n\

@@ -23,17 +23,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewardkit::train::contrastive::{chosen_rejected_distance, ContrastiveConfig};
-use rewardkit::io::data::{read_preferences, split_pairs, OnBadRow, PreferenceReadOptions};
-use rewardkit::train::ensemble::train_ensemble;
 use rewardkit::eval::metrics::auroc;
-use rewardkit::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, PairTreatment, SmoothRule};
-use rewardkit::train::meta::{difference_value, PolicyBatch};
-use rewardkit::model::Pass;
-use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
-use rewardkit::rng::Rng;
-use rewardkit::train::{fit, first_trainable_layer, is_trainable, micro_batches, quick_eval, tokenize_pairs, FitOptions, HiddenCache, PairSet, SeqSource, TrainConfig, Trainable, Trainer};
 use rewardkit::eval::vote::vote;
+use rewardkit::io::data::{read_preferences, split_pairs, OnBadRow, PreferenceReadOptions};
+use rewardkit::model::Pass;
+use rewardkit::rng::Rng;
+use rewardkit::train::contrastive::{chosen_rejected_distance, ContrastiveConfig};
+use rewardkit::train::ensemble::train_ensemble;
+use rewardkit::train::loss::{
+    FlipRule, MarginMode, MarginRule, NoiseConfig, PairTreatment, SmoothRule,
+};
+use rewardkit::train::meta::{difference_value, PolicyBatch};
+use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::train::{
+    first_trainable_layer, fit, is_trainable, micro_batches, quick_eval, tokenize_pairs,
+    FitOptions, HiddenCache, PairSet, SeqSource, TrainConfig, Trainable, Trainer,
+};
 use rewardkit::{LoadOptions, Result, SharedModel, SharedModelOptions};
 use serde_json::{json, Value};
 
@@ -62,11 +67,20 @@ fn parse_args() -> Args {
     let get = |flag: &str| argv.iter().position(|a| a == flag).map(|i| argv[i + 1].clone());
     let num = |flag: &str, d: f64| get(flag).map(|v| v.parse::<f64>().unwrap()).unwrap_or(d);
     Args {
-        model: PathBuf::from(get("--model").expect("--model DIR is required (the output of `rewardkit import-gguf`)")),
-        data: PathBuf::from(get("--data").unwrap_or("data/hh-rlhf/harmless-base-test.jsonl.gz".into())),
+        model: PathBuf::from(
+            get("--model")
+                .expect("--model DIR is required (the output of `rewardkit import-gguf`)"),
+        ),
+        data: PathBuf::from(
+            get("--data").unwrap_or("data/hh-rlhf/harmless-base-test.jsonl.gz".into()),
+        ),
         cache: get("--cache").map(PathBuf::from),
         out_dir: PathBuf::from(get("--out-dir").unwrap_or("docs/experiments".into())),
-        only: get("--only").unwrap_or("noise,meta,contrastive".into()).split(',').map(str::to_string).collect(),
+        only: get("--only")
+            .unwrap_or("noise,meta,contrastive".into())
+            .split(',')
+            .map(str::to_string)
+            .collect(),
         seeds: num("--seeds", 3.0) as u64,
         members: num("--members", 5.0) as usize,
         train_seeds: num("--train-seeds", 1.0) as u64,
@@ -90,12 +104,16 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 
 fn fmt(xs: &[f64]) -> String {
     let (m, sd) = mean_sd(xs);
-    format!("{m:.4} ± {sd:.4} ({})", xs.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", "))
+    format!(
+        "{m:.4} ± {sd:.4} ({})",
+        xs.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// Rewrites a response in a style the preference data does not have (a shifted policy).
 fn shift(response: &str, style: usize, other: &str) -> String {
-    let first = response.split_inclusive(['.', '!', '?']).next().unwrap_or(response).trim().to_string();
+    let first =
+        response.split_inclusive(['.', '!', '?']).next().unwrap_or(response).trim().to_string();
     match style {
         0 => format!(" {}", response.trim().to_uppercase()),
         1 => format!(" {first} {first}"),
@@ -105,7 +123,12 @@ fn shift(response: &str, style: usize, other: &str) -> String {
 }
 
 /// The hidden-state cache, from disk when it was saved for the same sequences.
-fn cache_for(base: &SharedModel, seqs: &[&[u32]], first: usize, path: Option<&Path>) -> Result<HiddenCache> {
+fn cache_for(
+    base: &SharedModel,
+    seqs: &[&[u32]],
+    first: usize,
+    path: Option<&Path>,
+) -> Result<HiddenCache> {
     if let Some(p) = path.filter(|p| p.exists()) {
         let c = HiddenCache::load(p)?;
         if c.len() == seqs.len() && c.first == first {
@@ -118,11 +141,20 @@ fn cache_for(base: &SharedModel, seqs: &[&[u32]], first: usize, path: Option<&Pa
     let c = HiddenCache::build(base, seqs, first, |n| {
         done += n;
         if done * 10 / seqs.len() != (done - n) * 10 / seqs.len() {
-            eprintln!("  frozen layers: {done}/{} sequences, {:.0}s", seqs.len(), t.elapsed().as_secs_f64());
+            eprintln!(
+                "  frozen layers: {done}/{} sequences, {:.0}s",
+                seqs.len(),
+                t.elapsed().as_secs_f64()
+            );
         }
     })?;
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();
-    eprintln!("frozen layers 0..{first}: {} sequences, {tokens} tokens in {:.0}s = {:.0} tokens/s", seqs.len(), t.elapsed().as_secs_f64(), tokens as f64 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "frozen layers 0..{first}: {} sequences, {tokens} tokens in {:.0}s = {:.0} tokens/s",
+        seqs.len(),
+        t.elapsed().as_secs_f64(),
+        tokens as f64 / t.elapsed().as_secs_f64()
+    );
     if let Some(p) = path {
         c.save(p)?;
     }
@@ -132,7 +164,10 @@ fn cache_for(base: &SharedModel, seqs: &[&[u32]], first: usize, path: Option<&Pa
 fn main() -> Result<()> {
     let a = parse_args();
     let started = Instant::now();
-    let opts = SharedModelOptions { load: LoadOptions { max_length: a.max_length, ..Default::default() }, ..Default::default() };
+    let opts = SharedModelOptions {
+        load: LoadOptions { max_length: a.max_length, ..Default::default() },
+        ..Default::default()
+    };
     let base = SharedModel::load(&a.model, &opts)?;
     let n_layers = base.info()?.num_layers;
     let trainable = Trainable::TopLayers { layers: a.top_layers };
@@ -159,24 +194,44 @@ fn main() -> Result<()> {
     let eval_ids = tokenize_pairs(&base, &held_out)?;
     let policy_ids: Vec<Vec<Vec<u32>>> = policy_groups
         .iter()
-        .map(|(p, rs)| base.encode_pairs(&rs.iter().map(|r| (p.as_str(), r.as_str())).collect::<Vec<_>>()))
+        .map(|(p, rs)| {
+            base.encode_pairs(&rs.iter().map(|r| (p.as_str(), r.as_str())).collect::<Vec<_>>())
+        })
         .collect::<Result<_>>()?;
-    let mut seqs: Vec<&[u32]> = train_ids.iter().chain(&eval_ids).flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
+    let mut seqs: Vec<&[u32]> = train_ids
+        .iter()
+        .chain(&eval_ids)
+        .flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()])
+        .collect();
     let policy_start = seqs.len();
     seqs.extend(policy_ids.iter().flatten().map(Vec::as_slice));
     let cache = Arc::new(cache_for(&base, &seqs, first, a.cache.as_deref())?);
     let src = SeqSource::Cached(cache.clone());
     let nt = train_ids.len();
     let train_tokens: usize = train_ids.iter().map(|p| p.chosen.len() + p.rejected.len()).sum();
-    let eval_set = PairSet { seqs: src.clone(), pairs: (0..eval_ids.len()).map(|i| (2 * (nt + i), 2 * (nt + i) + 1)).collect() };
+    let eval_set = PairSet {
+        seqs: src.clone(),
+        pairs: (0..eval_ids.len()).map(|i| (2 * (nt + i), 2 * (nt + i) + 1)).collect(),
+    };
     let clean = PairSet { seqs: src.clone(), pairs: (0..nt).map(|i| (2 * i, 2 * i + 1)).collect() };
     let mut next = policy_start;
-    let groups: Vec<Vec<usize>> = policy_ids.iter().map(|g| { let v: Vec<usize> = (next..next + g.len()).collect(); next += g.len(); v }).collect();
+    let groups: Vec<Vec<usize>> = policy_ids
+        .iter()
+        .map(|g| {
+            let v: Vec<usize> = (next..next + g.len()).collect();
+            next += g.len();
+            v
+        })
+        .collect();
     let policy = PolicyBatch { seqs: src.clone(), groups };
 
     let config = |seed: u64| TrainConfig {
         optimizer: AdamWConfig { lr: a.lr, ..Default::default() },
-        schedule: LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 10, total_steps: a.epochs * nt.div_ceil(8) },
+        schedule: LrSchedule {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 10,
+            total_steps: a.epochs * nt.div_ceil(8),
+        },
         seed,
         trainable,
         meta_lr: a.meta_lr,
@@ -184,12 +239,19 @@ fn main() -> Result<()> {
     };
     let fit_opts = FitOptions { epochs: a.epochs, batch_pairs: 8, ..Default::default() };
     let fresh = |seed: u64| -> Result<Arc<SharedModel>> {
-        let m = { let b = base.read()?; b.fork_for_training(|n| is_trainable(n, trainable, n_layers), 1, seed)? };
+        let m = {
+            let b = base.read()?;
+            b.fork_for_training(|n| is_trainable(n, trainable, n_layers), 1, seed)?
+        };
         Ok(Arc::new(SharedModel::from_model(m, None, base.options())?))
     };
     // (seconds, pairs) of training, for the throughput line.
     let mut clock = (0.0f64, 0usize);
-    let timed_fit = |clock: &mut (f64, usize), trainer: &mut Trainer, set: &PairSet, t: &[PairTreatment]| -> Result<()> {
+    let timed_fit = |clock: &mut (f64, usize),
+                     trainer: &mut Trainer,
+                     set: &PairSet,
+                     t: &[PairTreatment]|
+     -> Result<()> {
         let s = Instant::now();
         fit(trainer, set, t, None, &fit_opts, |_| {})?;
         clock.0 += s.elapsed().as_secs_f64();
@@ -202,10 +264,33 @@ fn main() -> Result<()> {
     if a.only.iter().any(|s| s == "noise") {
         let methods: Vec<(&str, NoiseConfig)> = vec![
             ("Baseline", NoiseConfig::default()),
-            ("Flip", NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() }),
-            ("Margin", NoiseConfig { margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }), ..Default::default() }),
-            ("Flip+Margin", NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }), ..Default::default() }),
-            ("Soft+Margin", NoiseConfig { smooth: SmoothRule::NegativeOnly { alpha: a.soft_alpha }, margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }), ..Default::default() }),
+            (
+                "Flip",
+                NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() },
+            ),
+            (
+                "Margin",
+                NoiseConfig {
+                    margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "Flip+Margin",
+                NoiseConfig {
+                    flip: FlipRule::Below { threshold: 0.0 },
+                    margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "Soft+Margin",
+                NoiseConfig {
+                    smooth: SmoothRule::NegativeOnly { alpha: a.soft_alpha },
+                    margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }),
+                    ..Default::default()
+                },
+            ),
         ];
         let mut rows: Vec<Value> = Vec::new();
         for s in 0..a.seeds {
@@ -215,10 +300,23 @@ fn main() -> Result<()> {
             for &i in &order[..(nt as f64 * a.flip_rate).round() as usize] {
                 injected[i] = true;
             }
-            let noisy = PairSet { seqs: src.clone(), pairs: (0..nt).map(|i| if injected[i] { (2 * i + 1, 2 * i) } else { (2 * i, 2 * i + 1) }).collect() };
+            let noisy = PairSet {
+                seqs: src.clone(),
+                pairs: (0..nt)
+                    .map(|i| if injected[i] { (2 * i + 1, 2 * i) } else { (2 * i, 2 * i + 1) })
+                    .collect(),
+            };
             let plain = vec![PairTreatment::default(); nt];
             let t = Instant::now();
-            let members = train_ensemble(&base, &noisy, &plain, &config(100 * s), &fit_opts, a.members, |_, _| {})?;
+            let members = train_ensemble(
+                &base,
+                &noisy,
+                &plain,
+                &config(100 * s),
+                &fit_opts,
+                a.members,
+                |_, _| {},
+            )?;
             clock.0 += t.elapsed().as_secs_f64();
             clock.1 += a.members * a.epochs * nt;
             let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
@@ -227,7 +325,10 @@ fn main() -> Result<()> {
             let auc = auroc(&strength.iter().map(|x| -x).collect::<Vec<_>>(), &injected).unwrap();
             let below = strength.iter().filter(|&&x| x < 0.0).count();
             let caught = strength.iter().zip(&injected).filter(|(&x, &f)| x < 0.0 && f).count();
-            let member_acc: Vec<f64> = members.iter().map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy)).collect::<Result<_>>()?;
+            let member_acc: Vec<f64> = members
+                .iter()
+                .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
+                .collect::<Result<_>>()?;
             drop(members);
             eprintln!("noise seed {s}: AUROC {auc:.4}; mean < 0 on {below} pairs, {caught} of them injected ({} injected); members' held-out accuracy {:.4}", injected.iter().filter(|&&f| f).count(), mean_sd(&member_acc).0);
             let mut accs = Vec::new();
@@ -236,15 +337,24 @@ fn main() -> Result<()> {
                 for t in 0..a.train_seeds {
                     let seed = 100 * s + 50 + t;
                     let model = fresh(seed)?;
-                    let mut trainer = Trainer::new(model.clone(), TrainConfig { noise: *noise, ..config(seed) })?;
-                    timed_fit(&mut clock, &mut trainer, &noisy, &noise.treatments(nt, Some(&strength), None)?)?;
+                    let mut trainer =
+                        Trainer::new(model.clone(), TrainConfig { noise: *noise, ..config(seed) })?;
+                    timed_fit(
+                        &mut clock,
+                        &mut trainer,
+                        &noisy,
+                        &noise.treatments(nt, Some(&strength), None)?,
+                    )?;
                     drop(trainer);
                     let m = quick_eval(&model, &eval_set)?;
                     let (acc, margin, loss) = (m.accuracy, m.mean_margin, m.loss);
-                    eprintln!("  noise seed {s} train seed {t} {name:<12} held-out accuracy {acc:.4}");
+                    eprintln!(
+                        "  noise seed {s} train seed {t} {name:<12} held-out accuracy {acc:.4}"
+                    );
                     runs.push(json!({"train_seed": t, "accuracy": acc, "mean_margin": margin, "loss": loss}));
                 }
-                let mean = runs.iter().map(|r| r["accuracy"].as_f64().unwrap()).sum::<f64>() / runs.len() as f64;
+                let mean = runs.iter().map(|r| r["accuracy"].as_f64().unwrap()).sum::<f64>()
+                    / runs.len() as f64;
                 accs.push(json!({"method": name, "accuracy": mean, "runs": runs}));
             }
             let buckets = v.buckets(10);
@@ -254,14 +364,38 @@ fn main() -> Result<()> {
         }
         let aucs: Vec<f64> = rows.iter().map(|r| r["auroc"].as_f64().unwrap()).collect();
         summary += &format!("\n## Noisy labels ({} train pairs, {:.0}% flipped at random; {} held-out; {} members; {} noise seeds x {} training seeds)\n\nvote AUROC at finding the injected flips: {}\n\n| method | held-out accuracy, mean ± sd (all runs) | gain over Baseline, paired, mean ± sd |\n|---|---|---|\n", nt, 100.0 * a.flip_rate, eval_ids.len(), a.members, a.seeds, a.train_seeds, fmt(&aucs));
-        let runs = |k: usize| -> Vec<f64> { rows.iter().flat_map(|r| r["methods"][k]["runs"].as_array().unwrap().iter().map(|x| x["accuracy"].as_f64().unwrap()).collect::<Vec<_>>()).collect() };
+        let runs = |k: usize| -> Vec<f64> {
+            rows.iter()
+                .flat_map(|r| {
+                    r["methods"][k]["runs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x["accuracy"].as_f64().unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
         for (k, (name, _)) in methods.iter().enumerate() {
             let gains: Vec<f64> = runs(k).iter().zip(runs(0)).map(|(x, b)| x - b).collect();
             let (g, gsd) = mean_sd(&gains);
             summary += &format!("| {name} | {} | {g:+.4} ± {gsd:.4} |\n", fmt(&runs(k)));
         }
-        let members: Vec<f64> = rows.iter().flat_map(|r| r["member_accuracy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).collect();
-        summary += &format!("| (ensemble members, noisy data, no noise handling) | {} |\n", fmt(&members).split(" (").next().unwrap());
+        let members: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| {
+                r["member_accuracy"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        summary += &format!(
+            "| (ensemble members, noisy data, no noise handling) | {} |\n",
+            fmt(&members).split(" (").next().unwrap()
+        );
         std::fs::write(a.out_dir.join("noise.json"), serde_json::to_vec_pretty(&json!({"seeds": rows, "train_seeds": a.train_seeds, "flip_rate": a.flip_rate, "lr": a.lr, "epochs": a.epochs, "margin_scale": a.margin_scale, "soft_alpha": a.soft_alpha})).unwrap())?;
     }
 
@@ -282,7 +416,8 @@ fn main() -> Result<()> {
             Ok(sum / n as f64)
         };
         let mut rows = Vec::new();
-        let (mut plain_secs, mut meta_secs, mut plain_steps, mut meta_steps) = (0.0, 0.0, 0usize, 0usize);
+        let (mut plain_secs, mut meta_secs, mut plain_steps, mut meta_steps) =
+            (0.0, 0.0, 0usize, 0usize);
         for s in 0..a.seeds {
             for meta in [false, true] {
                 let model = fresh(700 + s)?;
@@ -294,7 +429,13 @@ fn main() -> Result<()> {
                     if meta {
                         let mut g: Vec<usize> = (0..policy.groups.len()).collect();
                         rng.shuffle(&mut g);
-                        let sub = PolicyBatch { seqs: policy.seqs.clone(), groups: g[..8.min(g.len())].iter().map(|&i| policy.groups[i].clone()).collect() };
+                        let sub = PolicyBatch {
+                            seqs: policy.seqs.clone(),
+                            groups: g[..8.min(g.len())]
+                                .iter()
+                                .map(|&i| policy.groups[i].clone())
+                                .collect(),
+                        };
                         trainer.meta_step(&clean, &idx, &tr, &sub)?;
                         meta_steps += 1;
                     } else {
@@ -303,7 +444,11 @@ fn main() -> Result<()> {
                     }
                 }
                 let secs = t.elapsed().as_secs_f64();
-                if meta { meta_secs += secs } else { plain_secs += secs }
+                if meta {
+                    meta_secs += secs
+                } else {
+                    plain_secs += secs
+                }
                 drop(trainer);
                 let acc = quick_eval(&model, &eval_set)?.accuracy;
                 let (j, sp) = (difference_value(&model, &policy)?, spread(&model)?);
@@ -312,24 +457,44 @@ fn main() -> Result<()> {
                 rows.push(json!({"seed": s, "method": name, "accuracy": acc, "j": j, "spread": sp, "seconds": secs}));
             }
         }
-        let col = |m: &str, k: &str| -> Vec<f64> { rows.iter().filter(|r| r["method"] == m).map(|r| r[k].as_f64().unwrap()).collect() };
+        let col = |m: &str, k: &str| -> Vec<f64> {
+            rows.iter().filter(|r| r["method"] == m).map(|r| r[k].as_f64().unwrap()).collect()
+        };
         let cost = (meta_secs / meta_steps as f64) / (plain_secs / plain_steps as f64);
         summary += &format!("\n## MetaRM ({} train pairs, {} shifted policy prompts x 4, meta_lr {}, {} seeds)\n\n| method | held-out accuracy | J on shifted samples | mean abs reward difference on shifted samples |\n|---|---|---|---|\n", nt, policy.groups.len(), a.meta_lr, a.seeds);
         for m in ["plain", "MetaRM"] {
-            summary += &format!("| {m} | {} | {} | {} |\n", fmt(&col(m, "accuracy")), fmt(&col(m, "j")), fmt(&col(m, "spread")));
+            summary += &format!(
+                "| {m} | {} | {} | {} |\n",
+                fmt(&col(m, "accuracy")),
+                fmt(&col(m, "j")),
+                fmt(&col(m, "spread"))
+            );
         }
         summary += &format!("\nmeta step {:.3}s vs plain step {:.3}s: {cost:.2}x (top layer + head over cached frozen layers, 8 pairs + 8 policy prompts x 4)\n", meta_secs / meta_steps as f64, plain_secs / plain_steps as f64);
-        std::fs::write(a.out_dir.join("meta.json"), serde_json::to_vec_pretty(&json!({"rows": rows, "meta_step_cost_ratio": cost, "meta_lr": a.meta_lr})).unwrap())?;
+        std::fs::write(
+            a.out_dir.join("meta.json"),
+            serde_json::to_vec_pretty(
+                &json!({"rows": rows, "meta_step_cost_ratio": cost, "meta_lr": a.meta_lr}),
+            )
+            .unwrap(),
+        )?;
     }
 
     if a.only.iter().any(|s| s == "contrastive") {
-        let variants: Vec<(&str, Option<ContrastiveConfig>)> = vec![("Baseline", None), ("SimCSE", Some(ContrastiveConfig::simcse())), ("SwAV-diff", Some(ContrastiveConfig::swav_diff()))];
+        let variants: Vec<(&str, Option<ContrastiveConfig>)> = vec![
+            ("Baseline", None),
+            ("SimCSE", Some(ContrastiveConfig::simcse())),
+            ("SwAV-diff", Some(ContrastiveConfig::swav_diff())),
+        ];
         let mut rows = Vec::new();
         let mut secs = vec![0.0; variants.len()];
         for s in 0..a.seeds {
             for (k, (name, c)) in variants.iter().enumerate() {
                 let model = fresh(500 + s)?;
-                let mut trainer = Trainer::new(model.clone(), TrainConfig { contrastive: *c, ..config(500 + s) })?;
+                let mut trainer = Trainer::new(
+                    model.clone(),
+                    TrainConfig { contrastive: *c, ..config(500 + s) },
+                )?;
                 let t = Instant::now();
                 timed_fit(&mut clock, &mut trainer, &clean, &vec![PairTreatment::default(); nt])?;
                 secs[k] += t.elapsed().as_secs_f64();
@@ -344,12 +509,23 @@ fn main() -> Result<()> {
                 rows.push(json!({"seed": s, "method": name, "accuracy": acc, "distance": dist}));
             }
         }
-        let col = |m: &str, k: &str| -> Vec<f64> { rows.iter().filter(|r| r["method"] == m).map(|r| r[k].as_f64().unwrap()).collect() };
+        let col = |m: &str, k: &str| -> Vec<f64> {
+            rows.iter().filter(|r| r["method"] == m).map(|r| r[k].as_f64().unwrap()).collect()
+        };
         summary += &format!("\n## Contrastive terms ({} train pairs, clean labels, {} seeds)\n\n| method | held-out accuracy | chosen vs rejected feature cosine distance (held-out) | time per run |\n|---|---|---|---|\n", nt, a.seeds);
         for (k, (name, _)) in variants.iter().enumerate() {
-            summary += &format!("| {name} | {} | {} | {:.0}s ({:.2}x) |\n", fmt(&col(name, "accuracy")), fmt(&col(name, "distance")), secs[k] / a.seeds as f64, secs[k] / secs[0]);
+            summary += &format!(
+                "| {name} | {} | {} | {:.0}s ({:.2}x) |\n",
+                fmt(&col(name, "accuracy")),
+                fmt(&col(name, "distance")),
+                secs[k] / a.seeds as f64,
+                secs[k] / secs[0]
+            );
         }
-        std::fs::write(a.out_dir.join("contrastive.json"), serde_json::to_vec_pretty(&json!({"rows": rows, "seconds": secs})).unwrap())?;
+        std::fs::write(
+            a.out_dir.join("contrastive.json"),
+            serde_json::to_vec_pretty(&json!({"rows": rows, "seconds": secs})).unwrap(),
+        )?;
     }
 
     let pairs_per_s = clock.1 as f64 / clock.0.max(1e-9);

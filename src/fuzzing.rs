@@ -9,7 +9,10 @@ use candle_core::{DType, Device};
 /// config.json.
 pub fn config_json(data: &[u8]) {
     if let Ok(cfg) = crate::model::ModelConfig::from_json_bytes(data) {
-        assert!(cfg.hidden_size <= crate::limits::MAX_HIDDEN_SIZE && cfg.num_hidden_layers <= crate::limits::MAX_LAYERS);
+        assert!(
+            cfg.hidden_size <= crate::limits::MAX_HIDDEN_SIZE
+                && cfg.num_hidden_layers <= crate::limits::MAX_LAYERS
+        );
         assert!(cfg.rope_theta.is_finite() && cfg.rms_norm_eps > 0.0);
         let shapes = crate::model::decoder::expected_shapes(&cfg);
         assert!(shapes.len() > cfg.num_hidden_layers);
@@ -29,7 +32,13 @@ fn small_config() -> crate::model::ModelConfig {
 /// A safetensors file, then the parameters of a reward model with `small_config`.
 pub fn safetensors_file(data: &[u8]) {
     if let Ok(tensors) = crate::model::checkpoint::tensors_from_bytes(data) {
-        let _ = crate::model::checkpoint::params_from_tensors(&small_config(), tensors, &Device::Cpu, DType::F32, 0);
+        let _ = crate::model::checkpoint::params_from_tensors(
+            &small_config(),
+            tensors,
+            &Device::Cpu,
+            DType::F32,
+            0,
+        );
     }
 }
 
@@ -38,7 +47,12 @@ pub fn tokenizer_json(data: &[u8]) {
     if let Ok(tok) = crate::handle::tokenize::RewardTokenizer::from_json(data, Some(0)) {
         let opts = crate::handle::tokenize::TextOptions { separator: " ".into(), append_eos: true };
         for max_len in [2, 16] {
-            if let Ok(ids) = tok.encode_pair("\n\nHuman: hi there\n\nAssistant:", " Hello, 123 é!", &opts, max_len) {
+            if let Ok(ids) = tok.encode_pair(
+                "\n\nHuman: hi there\n\nAssistant:",
+                " Hello, 123 é!",
+                &opts,
+                max_len,
+            ) {
                 assert!(ids.len() <= max_len);
             }
         }

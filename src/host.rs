@@ -25,7 +25,11 @@ impl std::ops::Deref for BorrowedF32<'_> {
 pub fn borrow_f32(t: &Tensor) -> Option<BorrowedF32<'_>> {
     let (storage, layout) = t.storage_and_layout();
     let (start, end) = layout.contiguous_offsets()?;
-    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(BorrowedF32 { storage, start, end })
+    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(BorrowedF32 {
+        storage,
+        start,
+        end,
+    })
 }
 
 /// A tensor's values as float32 on the host, in row-major order.

@@ -63,7 +63,9 @@ pub const MAX_STEPS: u64 = 1 << 53;
 /// `value` if it is at most `cap`, else an `InvalidArgument` error naming `what`.
 pub fn capped(value: usize, cap: usize, what: &str) -> Result<usize> {
     if value > cap {
-        return Err(Error::invalid(format!("{what} is {value}, above rewardkit's limit of {cap} (src/limits.rs)")));
+        return Err(Error::invalid(format!(
+            "{what} is {value}, above rewardkit's limit of {cap} (src/limits.rs)"
+        )));
     }
     Ok(value)
 }
@@ -78,13 +80,22 @@ pub fn read_file(path: &Path, cap: u64) -> Result<Vec<u8>> {
         return Err(Error::new(ErrorKind::Io, format!("{}: not a regular file", path.display())));
     }
     if meta.len() > cap {
-        return Err(Error::corrupt(path, format!("{} bytes, above rewardkit's limit of {cap} for this file (src/limits.rs)", meta.len())));
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "{} bytes, above rewardkit's limit of {cap} for this file (src/limits.rs)",
+                meta.len()
+            ),
+        ));
     }
     // The size can change between the check and the read: read at most cap + 1 bytes.
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > cap {
-        return Err(Error::corrupt(path, format!("grew above rewardkit's limit of {cap} bytes while being read")));
+        return Err(Error::corrupt(
+            path,
+            format!("grew above rewardkit's limit of {cap} bytes while being read"),
+        ));
     }
     Ok(bytes)
 }
@@ -95,7 +106,10 @@ mod tests {
 
     #[test]
     fn devices_directories_and_oversized_files_are_refused_before_reading() {
-        assert!(read_file(Path::new("/dev/zero"), 1 << 20).unwrap_err().message().contains("not a regular file"));
+        assert!(read_file(Path::new("/dev/zero"), 1 << 20)
+            .unwrap_err()
+            .message()
+            .contains("not a regular file"));
         assert!(read_file(Path::new("/"), 1 << 20).is_err());
         let dir = std::env::temp_dir().join(format!("rk-limits-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

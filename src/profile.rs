@@ -95,7 +95,10 @@ pub fn report() -> String {
     let total: f64 = rows.iter().map(|r| r.2).sum();
     let mut out = String::from("| phase | calls | seconds | share |\n|---|---|---|---|\n");
     for (name, calls, secs) in rows {
-        out += &format!("| {name} | {calls} | {secs:.4} | {:.1}% |\n", 100.0 * secs / total.max(1e-12));
+        out += &format!(
+            "| {name} | {calls} | {secs:.4} | {:.1}% |\n",
+            100.0 * secs / total.max(1e-12)
+        );
     }
     out + &format!("| total | | {total:.4} | |\n")
 }
@@ -124,11 +127,15 @@ mod tests {
         let rows: Vec<_> = snapshot().into_iter().filter(|r| r.0 == "a" || r.0 == "b").collect();
         assert_eq!(rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), vec![("a", 3), ("b", 1)]);
         assert!(rows[0].2 >= 0.006, "{rows:?}");
-        assert!(!snapshot().iter().any(|r| r.0 == "inside b"), "a nested phase is part of the outer one");
+        assert!(
+            !snapshot().iter().any(|r| r.0 == "inside b"),
+            "a nested phase is part of the outer one"
+        );
         assert!(report().lines().any(|l| l.starts_with("| a | 3 |")), "{}", report());
         // An error inside a phase is returned, not recorded.
         set_enabled(true);
-        let e = phase("c", &Device::Cpu, || -> Result<()> { Err(crate::error::Error::invalid("x")) });
+        let e =
+            phase("c", &Device::Cpu, || -> Result<()> { Err(crate::error::Error::invalid("x")) });
         set_enabled(false);
         assert!(e.is_err() && !snapshot().iter().any(|r| r.0 == "c"));
     }

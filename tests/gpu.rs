@@ -3,25 +3,39 @@
 //! scripts/gpu_check.sh.
 #![cfg(feature = "cuda")]
 
+#[path = "it/common.rs"]
 mod common;
 
 use common::{assert_close, fixture, relative_error};
 use rewardkit::train::loss::PairTreatment;
 use rewardkit::train::meta::PolicyBatch;
 use rewardkit::train::{PairIds, PairSet, TrainConfig, Trainer};
-use rewardkit::{ComputeDType, DeviceSpec, ErrorKind, LoadOptions, SharedModel, SharedModelOptions};
+use rewardkit::{
+    ComputeDType, DeviceSpec, ErrorKind, LoadOptions, SharedModel, SharedModelOptions,
+};
 use serde_json::Value;
 
-const MODELS: [&str; 5] = ["llama_gqa", "llama_tied_bias", "qwen2_bias", "mistral_window", "llama_pad_is_eos"];
+const MODELS: [&str; 5] =
+    ["llama_gqa", "llama_tied_bias", "qwen2_bias", "mistral_window", "llama_pad_is_eos"];
 
 fn load(name: &str, device: DeviceSpec, dtype: ComputeDType) -> SharedModel {
-    let opts = SharedModelOptions { load: LoadOptions { device, dtype, ..Default::default() }, ..Default::default() };
+    let opts = SharedModelOptions {
+        load: LoadOptions { device, dtype, ..Default::default() },
+        ..Default::default()
+    };
     SharedModel::load(&fixture(name), &opts).unwrap()
 }
 
 fn cases(name: &str) -> Vec<Vec<u32>> {
-    let g: Value = serde_json::from_slice(&std::fs::read(fixture(name).join("goldens.json")).unwrap()).unwrap();
-    g["id_cases"].as_array().unwrap().iter().map(|c| c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
+    let g: Value =
+        serde_json::from_slice(&std::fs::read(fixture(name).join("goldens.json")).unwrap())
+            .unwrap();
+    g["id_cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .collect()
 }
 
 #[test]
@@ -37,7 +51,11 @@ fn cuda_scores_match_cpu_f32_and_bf16() {
         // bounded at 5e-2 of the score scale.
         let bf16 = load(name, DeviceSpec::Cuda(0), ComputeDType::BF16).score_ids(&refs).unwrap();
         let rel = relative_error(&bf16, &cpu);
-        println!("{name}: f32 max |diff| {:.2e}; bf16 max error {:.2}% of the score scale", gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max), 100.0 * rel);
+        println!(
+            "{name}: f32 max |diff| {:.2e}; bf16 max error {:.2}% of the score scale",
+            gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max),
+            100.0 * rel
+        );
         assert!(rel <= 5e-2, "{name} bf16: {:.2}% of the score scale", 100.0 * rel);
     }
 }
@@ -48,7 +66,10 @@ fn bf16_on_cuda_is_within_2e2_of_f32_for_realistic_weights() {
     let pairs = common::hh_pairs(32);
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
     let at = |device, dtype| {
-        let opts = SharedModelOptions { load: LoadOptions { device, dtype, ..Default::default() }, ..Default::default() };
+        let opts = SharedModelOptions {
+            load: LoadOptions { device, dtype, ..Default::default() },
+            ..Default::default()
+        };
         SharedModel::load(common::tiny_model(), &opts).unwrap().score_pairs(&refs).unwrap()
     };
     let cpu = at(DeviceSpec::Cpu, ComputeDType::F32);
@@ -61,22 +82,37 @@ fn bf16_on_cuda_is_within_2e2_of_f32_for_realistic_weights() {
 }
 
 fn pairs() -> Vec<PairIds> {
-    (0..8u32).map(|i| PairIds { chosen: vec![1, 10 + i, 20, 30 + i, 7], rejected: vec![1, 10 + i, 21, 40 + i, 8] }).collect()
+    (0..8u32)
+        .map(|i| PairIds {
+            chosen: vec![1, 10 + i, 20, 30 + i, 7],
+            rejected: vec![1, 10 + i, 21, 40 + i, 8],
+        })
+        .collect()
 }
 
 #[test]
 fn training_and_meta_steps_match_cpu() {
     let run = |device: DeviceSpec, meta: bool| {
         let model = std::sync::Arc::new(load("llama_gqa", device, ComputeDType::F32));
-        let cfg = TrainConfig { meta_lr: 0.05, optimizer: rewardkit::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
+        let cfg = TrainConfig {
+            meta_lr: 0.05,
+            optimizer: rewardkit::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() },
+            ..Default::default()
+        };
         let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
         let set = PairSet::from_ids(pairs());
         let idx: Vec<usize> = (0..8).collect();
         let t = vec![PairTreatment::default(); 8];
-        let policy = PolicyBatch::from_ids(vec![vec![vec![1, 50, 51], vec![1, 52, 53, 54], vec![1, 55]]]).unwrap();
+        let policy =
+            PolicyBatch::from_ids(vec![vec![vec![1, 50, 51], vec![1, 52, 53, 54], vec![1, 55]]])
+                .unwrap();
         let mut losses = Vec::new();
         for _ in 0..3 {
-            losses.push(if meta { trainer.meta_step(&set, &idx, &t, &policy).unwrap().step.loss } else { trainer.step(&set, &idx, &t).unwrap().loss });
+            losses.push(if meta {
+                trainer.meta_step(&set, &idx, &t, &policy).unwrap().step.loss
+            } else {
+                trainer.step(&set, &idx, &t).unwrap().loss
+            });
         }
         drop(trainer);
         let scores = model.score_ids(&[&[1, 10, 20, 30, 7], &[1, 11, 21, 41, 8]]).unwrap();
@@ -124,7 +160,10 @@ fn freeing_a_model_returns_gpu_memory() {
 
 #[test]
 fn a_missing_device_is_a_clear_error() {
-    let opts = SharedModelOptions { load: LoadOptions { device: DeviceSpec::Cuda(97), ..Default::default() }, ..Default::default() };
+    let opts = SharedModelOptions {
+        load: LoadOptions { device: DeviceSpec::Cuda(97), ..Default::default() },
+        ..Default::default()
+    };
     let e = SharedModel::load(&fixture("llama_gqa"), &opts).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Device);
     assert!(e.message().contains("cuda:97"), "{e}");

@@ -101,7 +101,13 @@ mod tests {
             for j in 0..6 {
                 if pos[i] && !pos[j] {
                     total += 1.0;
-                    wins += if scores[i] > scores[j] { 1.0 } else if scores[i] == scores[j] { 0.5 } else { 0.0 };
+                    wins += if scores[i] > scores[j] {
+                        1.0
+                    } else if scores[i] == scores[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

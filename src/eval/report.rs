@@ -43,7 +43,13 @@ pub struct EvalReport {
 
 /// Builds the report from rewards; `strengths` enable per-bucket accuracy (`n_buckets`
 /// equal-count groups), `external` enables agreement.
-pub fn evaluate_rewards(chosen: &[f32], rejected: &[f32], strengths: Option<&[f32]>, external: Option<&[Option<bool>]>, n_buckets: usize) -> EvalReport {
+pub fn evaluate_rewards(
+    chosen: &[f32],
+    rejected: &[f32],
+    strengths: Option<&[f32]>,
+    external: Option<&[Option<bool>]>,
+    n_buckets: usize,
+) -> EvalReport {
     let n = chosen.len();
     let margins = margins(chosen, rejected);
     let all: Vec<f32> = chosen.iter().chain(rejected).copied().collect();
@@ -63,11 +69,14 @@ pub fn evaluate_rewards(chosen: &[f32], rejected: &[f32], strengths: Option<&[f3
             .collect()
     });
     let external = external.filter(|e| e.len() == n).and_then(|e| {
-        let labelled: Vec<(usize, bool)> = e.iter().enumerate().filter_map(|(i, l)| l.map(|l| (i, l))).collect();
+        let labelled: Vec<(usize, bool)> =
+            e.iter().enumerate().filter_map(|(i, l)| l.map(|l| (i, l))).collect();
         (!labelled.is_empty()).then(|| ExternalAgreement {
             pairs: labelled.len(),
-            model_agreement: labelled.iter().filter(|(i, l)| correct(*i) == *l).count() as f64 / labelled.len() as f64,
-            label_agreement: labelled.iter().filter(|(_, l)| *l).count() as f64 / labelled.len() as f64,
+            model_agreement: labelled.iter().filter(|(i, l)| correct(*i) == *l).count() as f64
+                / labelled.len() as f64,
+            label_agreement: labelled.iter().filter(|(_, l)| *l).count() as f64
+                / labelled.len() as f64,
         })
     });
     let m = PairMetrics::from_margins(&margins);
@@ -95,11 +104,17 @@ impl EvalReport {
         if let Some(b) = &self.by_strength {
             s.push_str("\naccuracy by preference strength\n  bucket  count   strength range          accuracy\n");
             for x in b {
-                s.push_str(&format!("  {:>6}  {:>5}   [{:>8.3}, {:>8.3}]   {:.4}\n", x.index, x.count, x.min_strength, x.max_strength, x.accuracy));
+                s.push_str(&format!(
+                    "  {:>6}  {:>5}   [{:>8.3}, {:>8.3}]   {:.4}\n",
+                    x.index, x.count, x.min_strength, x.max_strength, x.accuracy
+                ));
             }
         }
         if let Some(e) = &self.external {
-            s.push_str(&format!("\nexternal label: {} pairs, model agrees {:.4}, data label agrees {:.4}\n", e.pairs, e.model_agreement, e.label_agreement));
+            s.push_str(&format!(
+                "\nexternal label: {} pairs, model agrees {:.4}, data label agrees {:.4}\n",
+                e.pairs, e.model_agreement, e.label_agreement
+            ));
         }
         s
     }
@@ -107,7 +122,10 @@ impl EvalReport {
 
 /// Evaluates `model` on pairs given as token ids (checked against the model first): the
 /// report without strength buckets or external labels.
-pub fn evaluate_pairs(model: &crate::handle::SharedModel, pairs: Vec<crate::train::PairIds>) -> crate::Result<EvalReport> {
+pub fn evaluate_pairs(
+    model: &crate::handle::SharedModel,
+    pairs: Vec<crate::train::PairIds>,
+) -> crate::Result<EvalReport> {
     crate::train::check_pairs(model, &pairs)?;
     let (c, r) = crate::train::PairSet::from_ids(pairs).score_all(model)?;
     Ok(evaluate_rewards(&c, &r, None, None, 1))
@@ -119,7 +137,13 @@ mod tests {
 
     #[test]
     fn report_numbers() {
-        let r = evaluate_rewards(&[1.0, 0.0, 2.0, -1.0], &[0.0, 1.0, 1.0, 0.0], Some(&[-1.0, -0.5, 0.5, 1.0]), Some(&[Some(true), Some(true), None, Some(false)]), 2);
+        let r = evaluate_rewards(
+            &[1.0, 0.0, 2.0, -1.0],
+            &[0.0, 1.0, 1.0, 0.0],
+            Some(&[-1.0, -0.5, 0.5, 1.0]),
+            Some(&[Some(true), Some(true), None, Some(false)]),
+            2,
+        );
         assert_eq!(r.accuracy, 0.5);
         assert_eq!(r.mean_margin, 0.0);
         let b = r.by_strength.unwrap();

@@ -56,7 +56,11 @@ pub enum EnsembleReward {
 impl Vote {
     pub fn new(chosen: Vec<Vec<f32>>, rejected: Vec<Vec<f32>>) -> Result<Vote> {
         if chosen.is_empty() || chosen.len() != rejected.len() {
-            return Err(Error::invalid(format!("{} chosen and {} rejected score lists", chosen.len(), rejected.len())));
+            return Err(Error::invalid(format!(
+                "{} chosen and {} rejected score lists",
+                chosen.len(),
+                rejected.len()
+            )));
         }
         let n = chosen[0].len();
         if n == 0 || chosen.iter().chain(&rejected).any(|s| s.len() != n) {
@@ -109,7 +113,15 @@ impl Vote {
         self.strength()
             .0
             .iter()
-            .map(|&m| if m.abs() < band { Category::Ambiguous } else if m < 0.0 { Category::LikelyWrong } else { Category::Clear })
+            .map(|&m| {
+                if m.abs() < band {
+                    Category::Ambiguous
+                } else if m < 0.0 {
+                    Category::LikelyWrong
+                } else {
+                    Category::Clear
+                }
+            })
             .collect()
     }
 
@@ -187,7 +199,10 @@ pub fn vote(models: &[&SharedModel], set: &PairSet) -> Result<Vote> {
 /// The vote of several models on pairs each model builds for itself with `pairs_for` (members
 /// may tokenize texts differently); every sequence is checked against its model. Every head
 /// of every model is a member, as in [`vote`].
-pub fn vote_each(models: &[&SharedModel], mut pairs_for: impl FnMut(&SharedModel) -> Result<Vec<PairIds>>) -> Result<Vote> {
+pub fn vote_each(
+    models: &[&SharedModel],
+    mut pairs_for: impl FnMut(&SharedModel) -> Result<Vec<PairIds>>,
+) -> Result<Vote> {
     if models.is_empty() {
         return Err(Error::invalid("a vote needs at least one model"));
     }
@@ -204,7 +219,8 @@ pub fn vote_each(models: &[&SharedModel], mut pairs_for: impl FnMut(&SharedModel
 pub fn heads_vote(model: &SharedModel, set: &PairSet) -> Result<Vote> {
     let heads = model.read()?.num_heads();
     let (c, r) = set.head_scores(model)?;
-    let by_head = |rows: &[Vec<f32>]| (0..heads).map(|h| rows.iter().map(|row| row[h]).collect()).collect();
+    let by_head =
+        |rows: &[Vec<f32>]| (0..heads).map(|h| rows.iter().map(|row| row[h]).collect()).collect();
     Vote::new(by_head(&c), by_head(&r))
 }
 
@@ -223,7 +239,10 @@ mod tests {
         assert!((std[0] - (8.0f32 / 9.0).sqrt()).abs() < 1e-6);
         // pair 1 diffs: -1, 0.5, -1 -> mean -0.5
         assert!((mean[1] + 0.5).abs() < 1e-6);
-        assert_eq!(v.categories(0.1), vec![Category::Clear, Category::LikelyWrong, Category::Clear]);
+        assert_eq!(
+            v.categories(0.1),
+            vec![Category::Clear, Category::LikelyWrong, Category::Clear]
+        );
         assert_eq!(v.categories(1.0)[1], Category::Ambiguous);
         let row = &v.export_rows()[1];
         assert_eq!(row["chosen score list"], json!([0.0, 0.5, -1.0]));
@@ -245,6 +264,9 @@ mod tests {
         let s = vec![vec![1.0, 0.0], vec![3.0, 0.0]];
         assert_eq!(ensemble_rewards(&s, EnsembleReward::Mean).unwrap(), vec![2.0, 0.0]);
         assert_eq!(ensemble_rewards(&s, EnsembleReward::Min).unwrap(), vec![1.0, 0.0]);
-        assert_eq!(ensemble_rewards(&s, EnsembleReward::MeanMinusStd(0.5)).unwrap(), vec![1.5, 0.0]);
+        assert_eq!(
+            ensemble_rewards(&s, EnsembleReward::MeanMinusStd(0.5)).unwrap(),
+            vec![1.5, 0.0]
+        );
     }
 }

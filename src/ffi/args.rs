@@ -30,7 +30,12 @@ pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a s
     if ptr.is_null() {
         return Err(null(what));
     }
-    let s = CStr::from_ptr(ptr).to_str().map_err(|e| Error::new(ErrorKind::InvalidUtf8, format!("`{what}` is not valid UTF-8 (byte {})", e.valid_up_to())))?;
+    let s = CStr::from_ptr(ptr).to_str().map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidUtf8,
+            format!("`{what}` is not valid UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })?;
     crate::limits::capped(s.len(), MAX_TEXT_BYTES, &format!("the length of `{what}`"))?;
     Ok(s)
 }
@@ -74,21 +79,43 @@ pub(crate) unsafe fn out_slice<'a, T>(ptr: *mut T, n: usize, what: &str) -> Resu
 ///
 /// # Safety
 /// `ptrs` NULL or `n` pointers, each NULL or a NUL-terminated string outliving the borrow.
-pub(crate) unsafe fn strings<'a>(ptrs: *const *const c_char, n: usize, what: &str) -> Result<Vec<&'a str>> {
-    slice(ptrs, n, what)?.iter().enumerate().map(|(i, &p)| str_arg(p, &format!("{what}[{i}]"))).collect()
+pub(crate) unsafe fn strings<'a>(
+    ptrs: *const *const c_char,
+    n: usize,
+    what: &str,
+) -> Result<Vec<&'a str>> {
+    slice(ptrs, n, what)?
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| str_arg(p, &format!("{what}[{i}]")))
+        .collect()
 }
 
 /// `n + 1` offsets: starting at 0, never decreasing, the last at most `max_total`.
 ///
 /// # Safety
 /// `ptr` NULL or `n + 1` readable entries.
-pub(crate) unsafe fn offsets<'a>(ptr: *const usize, n: usize, max_total: usize, what: &str) -> Result<&'a [usize]> {
-    let o = slice(ptr, n.checked_add(1).ok_or_else(|| Error::invalid(format!("`{what}`: count overflows")))?, what)?;
+pub(crate) unsafe fn offsets<'a>(
+    ptr: *const usize,
+    n: usize,
+    max_total: usize,
+    what: &str,
+) -> Result<&'a [usize]> {
+    let o = slice(
+        ptr,
+        n.checked_add(1).ok_or_else(|| Error::invalid(format!("`{what}`: count overflows")))?,
+        what,
+    )?;
     if o[0] != 0 {
         return Err(Error::invalid(format!("`{what}[0]` must be 0, got {}", o[0])));
     }
     if let Some(i) = (0..n).find(|&i| o[i + 1] < o[i]) {
-        return Err(Error::invalid(format!("`{what}` must not decrease: {what}[{}] = {} < {what}[{i}] = {}", i + 1, o[i + 1], o[i])));
+        return Err(Error::invalid(format!(
+            "`{what}` must not decrease: {what}[{}] = {} < {what}[{i}] = {}",
+            i + 1,
+            o[i + 1],
+            o[i]
+        )));
     }
     crate::limits::capped(o[n], max_total, &format!("`{what}[{n}]` (the total)"))?;
     Ok(o)
@@ -98,11 +125,19 @@ pub(crate) unsafe fn offsets<'a>(ptr: *const usize, n: usize, max_total: usize, 
 ///
 /// # Safety
 /// `offsets` NULL or `n + 1` entries; `ids` NULL or at least `offsets[n]` ids.
-pub(crate) unsafe fn sequences<'a>(ids: *const u32, offs: *const usize, n: usize, what: &str) -> Result<Vec<&'a [u32]>> {
+pub(crate) unsafe fn sequences<'a>(
+    ids: *const u32,
+    offs: *const usize,
+    n: usize,
+    what: &str,
+) -> Result<Vec<&'a [u32]>> {
     let n = count(n, "n")?;
     let o = offsets(offs, n, MAX_TOKENS_PER_CALL, &format!("{what}offsets"))?;
     if let Some(i) = (0..n).find(|&i| o[i + 1] == o[i]) {
-        return Err(Error::invalid(format!("{what}sequence {i} is empty (offsets[{i}] == offsets[{}])", i + 1)));
+        return Err(Error::invalid(format!(
+            "{what}sequence {i} is empty (offsets[{i}] == offsets[{}])",
+            i + 1
+        )));
     }
     let ids = slice(ids, o[n], &format!("{what}ids"))?;
     Ok((0..n).map(|i| &ids[o[i]..o[i + 1]]).collect())
@@ -112,19 +147,37 @@ pub(crate) unsafe fn sequences<'a>(ids: *const u32, offs: *const usize, n: usize
 ///
 /// # Safety
 /// As [`sequences`] for each side.
-pub(crate) unsafe fn token_pairs(chosen_ids: *const u32, chosen_offsets: *const usize, rejected_ids: *const u32, rejected_offsets: *const usize, n: usize) -> Result<Vec<PairIds>> {
+pub(crate) unsafe fn token_pairs(
+    chosen_ids: *const u32,
+    chosen_offsets: *const usize,
+    rejected_ids: *const u32,
+    rejected_offsets: *const usize,
+    n: usize,
+) -> Result<Vec<PairIds>> {
     let c = sequences(chosen_ids, chosen_offsets, n, "chosen_")?;
     let r = sequences(rejected_ids, rejected_offsets, n, "rejected_")?;
-    Ok(c.into_iter().zip(r).map(|(c, r)| PairIds { chosen: c.to_vec(), rejected: r.to_vec() }).collect())
+    Ok(c.into_iter()
+        .zip(r)
+        .map(|(c, r)| PairIds { chosen: c.to_vec(), rejected: r.to_vec() })
+        .collect())
 }
 
 /// `n` (prompt, chosen, rejected) string triples.
 ///
 /// # Safety
 /// Each array NULL or `n` valid string pointers.
-pub(crate) unsafe fn text_triples<'a>(prompts: *const *const c_char, chosen: *const *const c_char, rejected: *const *const c_char, n: usize) -> Result<Vec<(&'a str, &'a str, &'a str)>> {
+pub(crate) unsafe fn text_triples<'a>(
+    prompts: *const *const c_char,
+    chosen: *const *const c_char,
+    rejected: *const *const c_char,
+    n: usize,
+) -> Result<Vec<(&'a str, &'a str, &'a str)>> {
     let n = count(n, "n")?;
-    let (p, c, r) = (strings(prompts, n, "prompts")?, strings(chosen, n, "chosen")?, strings(rejected, n, "rejected")?);
+    let (p, c, r) = (
+        strings(prompts, n, "prompts")?,
+        strings(chosen, n, "chosen")?,
+        strings(rejected, n, "rejected")?,
+    );
     Ok((0..n).map(|i| (p[i], c[i], r[i])).collect())
 }
 
@@ -132,7 +185,11 @@ pub(crate) unsafe fn text_triples<'a>(prompts: *const *const c_char, chosen: *co
 ///
 /// # Safety
 /// `ptr` NULL or `n` readable floats.
-pub(crate) unsafe fn opt_floats<'a>(ptr: *const f32, n: usize, what: &str) -> Result<Option<&'a [f32]>> {
+pub(crate) unsafe fn opt_floats<'a>(
+    ptr: *const f32,
+    n: usize,
+    what: &str,
+) -> Result<Option<&'a [f32]>> {
     if ptr.is_null() {
         Ok(None)
     } else {
@@ -164,7 +221,12 @@ unsafe fn struct_size<T>(ptr: *const T) -> usize {
 ///
 /// # Safety
 /// `ptr` must point to at least `struct_size` readable bytes.
-pub(crate) unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T, min_size: usize, what: &str) -> Result<T> {
+pub(crate) unsafe fn read_versioned<T: Copy>(
+    ptr: *const T,
+    defaults: T,
+    min_size: usize,
+    what: &str,
+) -> Result<T> {
     let size = struct_size(ptr);
     let full = std::mem::size_of::<T>();
     if size < min_size || size > full {
@@ -188,7 +250,9 @@ pub(crate) unsafe fn out_struct<T>(ptr: *mut T, what: &str) -> Result<Option<Out
     }
     let size = struct_size(ptr);
     if size < std::mem::size_of::<usize>() {
-        return Err(Error::invalid(format!("`{what}->struct_size` is {size}; set it to sizeof the struct")));
+        return Err(Error::invalid(format!(
+            "`{what}->struct_size` is {size}; set it to sizeof the struct"
+        )));
     }
     Ok(Some(OutStruct { ptr, size }))
 }

@@ -3,14 +3,16 @@
 
 use std::ffi::c_char;
 
-use super::args::{count, null, offsets, out_struct, sequences, strings, text_triples, token_pairs};
+use super::args::{
+    count, null, offsets, out_struct, sequences, strings, text_triples, token_pairs,
+};
 use super::model::{model_arg, rk_model};
 use super::status::{guard, rk_status};
 use super::trainer::{labels, rk_trainer, stats_to_c, trainer_arg};
 use crate::error::Result;
+use crate::handle::SharedModel;
 use crate::limits::MAX_ITEMS_PER_CALL;
 use crate::train::meta::PolicyBatch;
-use crate::handle::SharedModel;
 use crate::train::{encode_text_pairs, PairIds};
 
 /// What one MetaRM step did. `struct_size` as for `rk_step_stats`.
@@ -38,22 +40,40 @@ pub struct rk_meta_step_stats {
 }
 
 /// Policy samples from texts: prompt p has responses `responses[offsets[p] .. offsets[p+1]]`.
-unsafe fn policy_texts(model: &SharedModel, prompts: *const *const c_char, n_prompts: usize, responses: *const *const c_char, response_offsets: *const usize) -> Result<PolicyBatch> {
+unsafe fn policy_texts(
+    model: &SharedModel,
+    prompts: *const *const c_char,
+    n_prompts: usize,
+    responses: *const *const c_char,
+    response_offsets: *const usize,
+) -> Result<PolicyBatch> {
     let n = count(n_prompts, "n_policy_prompts")?;
     let p = strings(prompts, n, "policy_prompts")?;
     let o = offsets(response_offsets, n, MAX_ITEMS_PER_CALL, "response_offsets")?;
     let r = strings(responses, o[n], "policy_responses")?;
-    let groups: Vec<(&str, Vec<&str>)> = (0..n).map(|i| (p[i], r[o[i]..o[i + 1]].to_vec())).collect();
+    let groups: Vec<(&str, Vec<&str>)> =
+        (0..n).map(|i| (p[i], r[o[i]..o[i + 1]].to_vec())).collect();
     PolicyBatch::from_texts(model, &groups)
 }
 
 /// Policy samples as token ids: prompt p's sequences are `group_offsets[p]..group_offsets[p+1]`,
 /// each laid out by `seq_offsets` over `ids`; checked against `model`'s vocabulary and length.
-unsafe fn policy_tokens(model: &SharedModel, ids: *const u32, seq_offsets: *const usize, group_offsets: *const usize, n_prompts: usize) -> Result<PolicyBatch> {
+unsafe fn policy_tokens(
+    model: &SharedModel,
+    ids: *const u32,
+    seq_offsets: *const usize,
+    group_offsets: *const usize,
+    n_prompts: usize,
+) -> Result<PolicyBatch> {
     let n = count(n_prompts, "n_policy_prompts")?;
     let groups = offsets(group_offsets, n, MAX_ITEMS_PER_CALL, "group_offsets")?;
     let seqs = sequences(ids, seq_offsets, groups[n], "policy ")?;
-    PolicyBatch::from_checked_ids(model, (0..n).map(|p| seqs[groups[p]..groups[p + 1]].iter().map(|s| s.to_vec()).collect()).collect())
+    PolicyBatch::from_checked_ids(
+        model,
+        (0..n)
+            .map(|p| seqs[groups[p]..groups[p + 1]].iter().map(|s| s.to_vec()).collect())
+            .collect(),
+    )
 }
 
 unsafe fn meta_common(
@@ -127,7 +147,15 @@ pub unsafe extern "C" fn rk_trainer_meta_step_texts(
         meta_common(
             trainer,
             |m| encode_text_pairs(m, &text_triples(prompts, chosen, rejected, n)?),
-            |m| policy_texts(m, policy_prompts, n_policy_prompts, policy_responses, response_offsets),
+            |m| {
+                policy_texts(
+                    m,
+                    policy_prompts,
+                    n_policy_prompts,
+                    policy_responses,
+                    response_offsets,
+                )
+            },
             strengths,
             alphas,
             out_stats,
@@ -174,7 +202,11 @@ pub unsafe extern "C" fn rk_trainer_meta_step_tokens(
     })
 }
 
-unsafe fn difference_loss_common(model: *const rk_model, make_policy: impl FnOnce(&SharedModel) -> Result<PolicyBatch>, out_j: *mut f64) -> Result<()> {
+unsafe fn difference_loss_common(
+    model: *const rk_model,
+    make_policy: impl FnOnce(&SharedModel) -> Result<PolicyBatch>,
+    out_j: *mut f64,
+) -> Result<()> {
     let model = model_arg(model, "model")?;
     if out_j.is_null() {
         return Err(null("out_j"));
@@ -201,7 +233,21 @@ pub unsafe extern "C" fn rk_model_difference_loss_texts(
     response_offsets: *const usize,
     out_j: *mut f64,
 ) -> rk_status {
-    guard(|| difference_loss_common(model, |m| policy_texts(m, policy_prompts, n_policy_prompts, policy_responses, response_offsets), out_j))
+    guard(|| {
+        difference_loss_common(
+            model,
+            |m| {
+                policy_texts(
+                    m,
+                    policy_prompts,
+                    n_policy_prompts,
+                    policy_responses,
+                    response_offsets,
+                )
+            },
+            out_j,
+        )
+    })
 }
 
 /// As `rk_model_difference_loss_texts` on policy samples as token ids (prompt and response
@@ -222,5 +268,11 @@ pub unsafe extern "C" fn rk_model_difference_loss_tokens(
     n_policy_prompts: usize,
     out_j: *mut f64,
 ) -> rk_status {
-    guard(|| difference_loss_common(model, |m| policy_tokens(m, policy_ids, seq_offsets, group_offsets, n_policy_prompts), out_j))
+    guard(|| {
+        difference_loss_common(
+            model,
+            |m| policy_tokens(m, policy_ids, seq_offsets, group_offsets, n_policy_prompts),
+            out_j,
+        )
+    })
 }

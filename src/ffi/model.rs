@@ -54,7 +54,10 @@ pub struct rk_model_info {
 
 /// # Safety
 /// `model` must be NULL or a live handle.
-pub(crate) unsafe fn model_arg<'a>(model: *const rk_model, what: &str) -> Result<&'a Arc<SharedModel>, Error> {
+pub(crate) unsafe fn model_arg<'a>(
+    model: *const rk_model,
+    what: &str,
+) -> Result<&'a Arc<SharedModel>, Error> {
     model.as_ref().map(|m| &m.inner).ok_or_else(|| null(what))
 }
 
@@ -70,7 +73,11 @@ pub(crate) unsafe fn model_arg<'a>(model: *const rk_model, what: &str) -> Result
 /// `rk_model_params_init`; `out_model` writable.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_model_load(path: *const c_char, params: *const rk_model_params, out_model: *mut *mut rk_model) -> rk_status {
+pub unsafe extern "C" fn rk_model_load(
+    path: *const c_char,
+    params: *const rk_model_params,
+    out_model: *mut *mut rk_model,
+) -> rk_status {
     guard(|| {
         if out_model.is_null() {
             return Err(null("out_model"));
@@ -118,7 +125,8 @@ pub unsafe extern "C" fn rk_model_score_texts(
     guard(|| {
         let model = model_arg(model, "model")?;
         let n = count(n, "n")?;
-        let (prompts, responses) = (strings(prompts, n, "prompts")?, strings(responses, n, "responses")?);
+        let (prompts, responses) =
+            (strings(prompts, n, "prompts")?, strings(responses, n, "responses")?);
         let out = out_slice(out_rewards, n, "out_rewards")?;
         let pairs: Vec<(&str, &str)> = prompts.into_iter().zip(responses).collect();
         out.copy_from_slice(&model.score_pairs(&pairs)?);
@@ -137,7 +145,13 @@ pub unsafe extern "C" fn rk_model_score_texts(
 /// `offsets` must hold `n + 1` entries, `ids` at least `offsets[n]`, `out_rewards` `n` floats.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_model_score_tokens(model: *const rk_model, ids: *const u32, offsets: *const usize, n: usize, out_rewards: *mut f32) -> rk_status {
+pub unsafe extern "C" fn rk_model_score_tokens(
+    model: *const rk_model,
+    ids: *const u32,
+    offsets: *const usize,
+    n: usize,
+    out_rewards: *mut f32,
+) -> rk_status {
     guard(|| {
         let model = model_arg(model, "model")?;
         let seqs = sequences(ids, offsets, n, "")?;
@@ -175,7 +189,10 @@ pub unsafe extern "C" fn rk_model_tokenize(
         let ids = model.encode_pairs(&[pair])?.pop().expect("one pair in, one out");
         *out_len = ids.len();
         if ids.len() > capacity {
-            return Err(Error::new(ErrorKind::BufferTooSmall, format!("{} ids do not fit in capacity {capacity}", ids.len())));
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!("{} ids do not fit in capacity {capacity}", ids.len()),
+            ));
         }
         out_slice(out_ids, ids.len(), "out_ids")?.copy_from_slice(&ids);
         Ok(())
@@ -191,7 +208,10 @@ pub unsafe extern "C" fn rk_model_tokenize(
 /// bytes.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_model_get_info(model: *const rk_model, out_info: *mut rk_model_info) -> rk_status {
+pub unsafe extern "C" fn rk_model_get_info(
+    model: *const rk_model,
+    out_info: *mut rk_model_info,
+) -> rk_status {
     guard(|| {
         let model = model_arg(model, "model")?;
         let out = out_struct(out_info, "out_info")?.ok_or_else(|| null("out_info"))?;

@@ -7,15 +7,17 @@ use std::ffi::c_char;
 
 use super::args::{flag, null, opt_str_arg, read_versioned};
 use super::status::{guard, rk_status};
-use crate::train::contrastive::{ContrastiveConfig, ContrastiveItems, ContrastiveMethod, ContrastiveOverrides};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
-use crate::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
-use crate::model::{ComputeDType, LoadOptions};
-use crate::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use crate::handle::batch::BatchOptions;
-use crate::handle::SharedModelOptions;
 use crate::handle::tokenize::TextOptions;
+use crate::handle::SharedModelOptions;
+use crate::model::{ComputeDType, LoadOptions};
+use crate::train::contrastive::{
+    ContrastiveConfig, ContrastiveItems, ContrastiveMethod, ContrastiveOverrides,
+};
+use crate::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
+use crate::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use crate::train::{TrainConfig, Trainable};
 
 /// Compute dtype of a model.
@@ -201,7 +203,13 @@ const TRAINER_PARAMS_MIN_SIZE: usize = std::mem::offset_of!(rk_trainer_params, f
 ///
 /// # Safety
 /// `p` NULL or pointing to `size` writable bytes.
-unsafe fn init<T: Copy>(p: *mut T, size: usize, min_size: usize, defaults: T, what: &str) -> rk_status {
+unsafe fn init<T: Copy>(
+    p: *mut T,
+    size: usize,
+    min_size: usize,
+    defaults: T,
+    what: &str,
+) -> rk_status {
     guard(|| {
         if p.is_null() {
             return Err(null(what));
@@ -226,8 +234,17 @@ unsafe fn init<T: Copy>(p: *mut T, size: usize, min_size: usize, defaults: T, wh
 /// `params` must point to `size` writable bytes.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_model_params_init(params: *mut rk_model_params, size: usize) -> rk_status {
-    init(params, size, MODEL_PARAMS_MIN_SIZE, model_params_from(&SharedModelOptions::default()), "rk_model_params")
+pub unsafe extern "C" fn rk_model_params_init(
+    params: *mut rk_model_params,
+    size: usize,
+) -> rk_status {
+    init(
+        params,
+        size,
+        MODEL_PARAMS_MIN_SIZE,
+        model_params_from(&SharedModelOptions::default()),
+        "rk_model_params",
+    )
 }
 
 /// Fills `*params` with the default trainer options (see `rk_trainer_params`). Pass
@@ -239,8 +256,17 @@ pub unsafe extern "C" fn rk_model_params_init(params: *mut rk_model_params, size
 /// `params` must point to `size` writable bytes.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_trainer_params_init(params: *mut rk_trainer_params, size: usize) -> rk_status {
-    init(params, size, TRAINER_PARAMS_MIN_SIZE, trainer_params_from(&TrainConfig::default()), "rk_trainer_params")
+pub unsafe extern "C" fn rk_trainer_params_init(
+    params: *mut rk_trainer_params,
+    size: usize,
+) -> rk_status {
+    init(
+        params,
+        size,
+        TRAINER_PARAMS_MIN_SIZE,
+        trainer_params_from(&TrainConfig::default()),
+        "rk_trainer_params",
+    )
 }
 
 pub(crate) fn dtype_from_c(code: rk_dtype) -> Result<ComputeDType> {
@@ -295,12 +321,20 @@ pub(crate) unsafe fn model_options(p: *const rk_model_params) -> Result<SharedMo
         None => DeviceSpec::Cpu,
     };
     let options = SharedModelOptions {
-        load: LoadOptions { device, dtype: dtype_from_c(p.dtype)?, max_length: p.max_length as usize, head_seed: p.head_seed },
+        load: LoadOptions {
+            device,
+            dtype: dtype_from_c(p.dtype)?,
+            max_length: p.max_length as usize,
+            head_seed: p.head_seed,
+        },
         text: TextOptions {
             separator: opt_str_arg(p.separator, "params->separator")?.unwrap_or("").to_string(),
             append_eos: flag(p.append_eos, "params->append_eos")?,
         },
-        batch: BatchOptions { token_budget: p.batch_token_budget as usize, max_batch_size: p.max_batch_size as usize },
+        batch: BatchOptions {
+            token_budget: p.batch_token_budget as usize,
+            max_batch_size: p.max_batch_size as usize,
+        },
         n_threads: p.n_threads as usize,
     };
     options.validate()?;
@@ -340,7 +374,9 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
     let (flip, flip_threshold, flip_fraction) = match c.noise.flip {
         FlipRule::None => (RK_FLIP_NONE, FlipRule::DEFAULT_THRESHOLD, FlipRule::DEFAULT_FRACTION),
         FlipRule::Below { threshold } => (RK_FLIP_BELOW, threshold, FlipRule::DEFAULT_FRACTION),
-        FlipRule::LowestFraction { fraction } => (RK_FLIP_LOWEST_FRACTION, FlipRule::DEFAULT_THRESHOLD, fraction),
+        FlipRule::LowestFraction { fraction } => {
+            (RK_FLIP_LOWEST_FRACTION, FlipRule::DEFAULT_THRESHOLD, fraction)
+        }
     };
     let (smooth, smooth_alpha) = match c.noise.smooth {
         SmoothRule::None => (RK_SMOOTH_NONE, SmoothRule::DEFAULT_ALPHA),
@@ -419,8 +455,18 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
     }
     let p = read_versioned(p, trainer_params_from(&defaults), TRAINER_PARAMS_MIN_SIZE, "params")?;
     let config = TrainConfig {
-        optimizer: AdamWConfig { lr: p.lr, beta1: p.beta1, beta2: p.beta2, eps: p.eps, weight_decay: p.weight_decay },
-        schedule: LrSchedule { kind: schedule_from_c(p.schedule)?, warmup_steps: p.warmup_steps as usize, total_steps: p.total_steps as usize },
+        optimizer: AdamWConfig {
+            lr: p.lr,
+            beta1: p.beta1,
+            beta2: p.beta2,
+            eps: p.eps,
+            weight_decay: p.weight_decay,
+        },
+        schedule: LrSchedule {
+            kind: schedule_from_c(p.schedule)?,
+            warmup_steps: p.warmup_steps as usize,
+            total_steps: p.total_steps as usize,
+        },
         max_grad_norm: (p.max_grad_norm != 0.0).then_some(p.max_grad_norm),
         grad_accum: p.grad_accum as usize,
         dropout: p.dropout,
@@ -448,7 +494,9 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
             margin: match p.margin {
                 RK_MARGIN_NONE => None,
                 RK_MARGIN_RAW => Some(MarginRule { scale: p.margin_scale, mode: MarginMode::Raw }),
-                RK_MARGIN_CLAMP_ZERO => Some(MarginRule { scale: p.margin_scale, mode: MarginMode::ClampZero }),
+                RK_MARGIN_CLAMP_ZERO => {
+                    Some(MarginRule { scale: p.margin_scale, mode: MarginMode::ClampZero })
+                }
                 RK_MARGIN_ABS => Some(MarginRule { scale: p.margin_scale, mode: MarginMode::Abs }),
                 v => return Err(unknown("margin", v)),
             },
@@ -493,7 +541,8 @@ mod tests {
     fn defaults_round_trip_through_the_c_struct() {
         let back = unsafe { train_config(&trainer_params_from(&TrainConfig::default())) }.unwrap();
         assert_eq!(back, TrainConfig::default());
-        let opts = unsafe { model_options(&model_params_from(&SharedModelOptions::default())) }.unwrap();
+        let opts =
+            unsafe { model_options(&model_params_from(&SharedModelOptions::default())) }.unwrap();
         assert_eq!(opts.batch, BatchOptions::default());
         assert_eq!((opts.n_threads, opts.load.max_length, opts.text.append_eos), (0, 0, false));
     }

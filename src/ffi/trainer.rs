@@ -72,7 +72,11 @@ pub struct rk_eval_stats {
 /// `out_trainer` writable.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_trainer_create(model: *const rk_model, params: *const rk_trainer_params, out_trainer: *mut *mut rk_trainer) -> rk_status {
+pub unsafe extern "C" fn rk_trainer_create(
+    model: *const rk_model,
+    params: *const rk_trainer_params,
+    out_trainer: *mut *mut rk_trainer,
+) -> rk_status {
     guard(|| {
         if out_trainer.is_null() {
             return Err(null("out_trainer"));
@@ -98,9 +102,13 @@ pub unsafe extern "C" fn rk_trainer_free(trainer: *mut rk_trainer) {
 
 /// # Safety
 /// `trainer` NULL or a live handle.
-pub(crate) unsafe fn trainer_arg<'a>(trainer: *const rk_trainer) -> Result<MutexGuard<'a, Trainer>> {
+pub(crate) unsafe fn trainer_arg<'a>(
+    trainer: *const rk_trainer,
+) -> Result<MutexGuard<'a, Trainer>> {
     let t = trainer.as_ref().ok_or_else(|| null("trainer"))?;
-    t.inner.lock().map_err(|_| Error::new(ErrorKind::Poisoned, "trainer is unusable: an earlier step panicked"))
+    t.inner.lock().map_err(|_| {
+        Error::new(ErrorKind::Poisoned, "trainer is unusable: an earlier step panicked")
+    })
 }
 
 pub(crate) fn stats_to_c(s: &StepStats) -> rk_step_stats {
@@ -122,8 +130,15 @@ pub(crate) fn stats_to_c(s: &StepStats) -> rk_step_stats {
 ///
 /// # Safety
 /// Each pointer NULL or `n` readable floats.
-pub(crate) unsafe fn labels<'a>(strengths: *const f32, alphas: *const f32, n: usize) -> Result<PairLabels<'a>> {
-    Ok(PairLabels { strengths: opt_floats(strengths, n, "strengths")?, alphas: opt_floats(alphas, n, "alphas")? })
+pub(crate) unsafe fn labels<'a>(
+    strengths: *const f32,
+    alphas: *const f32,
+    n: usize,
+) -> Result<PairLabels<'a>> {
+    Ok(PairLabels {
+        strengths: opt_floats(strengths, n, "strengths")?,
+        alphas: opt_floats(alphas, n, "alphas")?,
+    })
 }
 
 unsafe fn step_common(
@@ -168,7 +183,15 @@ pub unsafe extern "C" fn rk_trainer_step_texts(
     alphas: *const f32,
     out_stats: *mut rk_step_stats,
 ) -> rk_status {
-    guard(|| step_common(trainer, |m| encode_text_pairs(m, &text_triples(prompts, chosen, rejected, n)?), strengths, alphas, out_stats))
+    guard(|| {
+        step_common(
+            trainer,
+            |m| encode_text_pairs(m, &text_triples(prompts, chosen, rejected, n)?),
+            strengths,
+            alphas,
+            out_stats,
+        )
+    })
 }
 
 /// One training step on `n` pre-tokenized pairs, laid out like `rk_model_score_tokens`:
@@ -193,10 +216,22 @@ pub unsafe extern "C" fn rk_trainer_step_tokens(
     alphas: *const f32,
     out_stats: *mut rk_step_stats,
 ) -> rk_status {
-    guard(|| step_common(trainer, |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n), strengths, alphas, out_stats))
+    guard(|| {
+        step_common(
+            trainer,
+            |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n),
+            strengths,
+            alphas,
+            out_stats,
+        )
+    })
 }
 
-unsafe fn evaluate_common(trainer: *const rk_trainer, make: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>>, out_stats: *mut rk_eval_stats) -> Result<()> {
+unsafe fn evaluate_common(
+    trainer: *const rk_trainer,
+    make: impl FnOnce(&SharedModel) -> Result<Vec<PairIds>>,
+    out_stats: *mut rk_eval_stats,
+) -> Result<()> {
     let out = out_struct(out_stats, "out_stats")?.ok_or_else(|| null("out_stats"))?;
     // Scoring only: the trainer's lock is not held, so steps are not blocked meanwhile.
     let model = trainer_arg(trainer)?.model().clone();
@@ -232,7 +267,13 @@ pub unsafe extern "C" fn rk_trainer_evaluate_texts(
     n: usize,
     out_stats: *mut rk_eval_stats,
 ) -> rk_status {
-    guard(|| evaluate_common(trainer, |m| encode_text_pairs(m, &text_triples(prompts, chosen, rejected, n)?), out_stats))
+    guard(|| {
+        evaluate_common(
+            trainer,
+            |m| encode_text_pairs(m, &text_triples(prompts, chosen, rejected, n)?),
+            out_stats,
+        )
+    })
 }
 
 /// Evaluates the trainer's model on `n` pre-tokenized pairs, laid out as in
@@ -254,7 +295,13 @@ pub unsafe extern "C" fn rk_trainer_evaluate_tokens(
     n: usize,
     out_stats: *mut rk_eval_stats,
 ) -> rk_status {
-    guard(|| evaluate_common(trainer, |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n), out_stats))
+    guard(|| {
+        evaluate_common(
+            trainer,
+            |_| token_pairs(chosen_ids, chosen_offsets, rejected_ids, rejected_offsets, n),
+            out_stats,
+        )
+    })
 }
 
 /// Saves a resumable checkpoint (Hugging Face model files, tokenizer, optimizer and trainer
@@ -269,7 +316,10 @@ pub unsafe extern "C" fn rk_trainer_evaluate_tokens(
 /// `dir` NUL-terminated.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_trainer_save(trainer: *mut rk_trainer, dir: *const c_char) -> rk_status {
+pub unsafe extern "C" fn rk_trainer_save(
+    trainer: *mut rk_trainer,
+    dir: *const c_char,
+) -> rk_status {
     guard(|| {
         let dir = str_arg(dir, "dir")?;
         trainer_arg(trainer)?.save(Path::new(dir))
@@ -290,7 +340,11 @@ pub unsafe extern "C" fn rk_trainer_save(trainer: *mut rk_trainer, dir: *const c
 /// `dir` NUL-terminated; `out_steps` NULL or writable.
 #[no_mangle]
 #[must_use]
-pub unsafe extern "C" fn rk_trainer_resume(trainer: *mut rk_trainer, dir: *const c_char, out_steps: *mut u64) -> rk_status {
+pub unsafe extern "C" fn rk_trainer_resume(
+    trainer: *mut rk_trainer,
+    dir: *const c_char,
+    out_steps: *mut u64,
+) -> rk_status {
     guard(|| {
         let dir = str_arg(dir, "dir")?;
         let mut t = trainer_arg(trainer)?;

@@ -24,7 +24,8 @@ unsafe fn vote_common(
         .map(|(i, &m)| model_arg(m, &format!("models[{i}]")).map(|m| m.as_ref()))
         .collect::<Result<Vec<&SharedModel>>>()?;
     let n = count(n, "n")?;
-    let (out_mean, out_std) = (out_slice(out_mean, n, "out_mean")?, out_slice(out_std, n, "out_std")?);
+    let (out_mean, out_std) =
+        (out_slice(out_mean, n, "out_mean")?, out_slice(out_std, n, "out_std")?);
     let (mean, std) = crate::eval::vote::vote_each(&handles, pairs_for)?.strength();
     out_mean.copy_from_slice(&mean);
     out_std.copy_from_slice(&std);

@@ -31,7 +31,9 @@ pub fn plan_batches(lengths: &[usize], opts: &BatchOptions) -> Vec<Vec<usize>> {
     for i in order {
         match batches.last_mut() {
             // Sorted descending: the first row of a batch is its longest.
-            Some(b) if b.len() < max_rows && (b.len() + 1) * lengths[b[0]] <= opts.token_budget => b.push(i),
+            Some(b) if b.len() < max_rows && (b.len() + 1) * lengths[b[0]] <= opts.token_budget => {
+                b.push(i)
+            }
             _ => batches.push(vec![i]),
         }
     }
@@ -40,7 +42,11 @@ pub fn plan_batches(lengths: &[usize], opts: &BatchOptions) -> Vec<Vec<usize>> {
 
 /// Rewards of token sequences, in input order. Every sequence must already be validated
 /// with [`RewardModel::validate_ids`].
-pub fn score_sequences(model: &RewardModel, seqs: &[&[u32]], opts: &BatchOptions) -> Result<Vec<f32>> {
+pub fn score_sequences(
+    model: &RewardModel,
+    seqs: &[&[u32]],
+    opts: &BatchOptions,
+) -> Result<Vec<f32>> {
     let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
     let mut out = vec![0f32; seqs.len()];
     let device = model.device();

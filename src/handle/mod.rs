@@ -7,7 +7,6 @@
 //! on the handle's own thread pool, so concurrent callers share `n_threads` cores instead of
 //! each fanning out over the whole machine.
 
-
 pub mod batch;
 pub mod tokenize;
 
@@ -16,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::checkpoint::TOKENIZER_FILE;
-use crate::model::{ComputeDType, HeadSource, LoadOptions, RewardModel};
 use crate::handle::batch::{score_sequences, BatchOptions};
 use crate::handle::tokenize::{RewardTokenizer, TextOptions};
+use crate::model::checkpoint::TOKENIZER_FILE;
+use crate::model::{ComputeDType, HeadSource, LoadOptions, RewardModel};
 
 /// Everything that configures a [`SharedModel`].
 #[derive(Debug, Clone, Default)]
@@ -34,7 +33,9 @@ pub struct SharedModelOptions {
 impl SharedModelOptions {
     /// Checks every size against `limits` before a thread is started or a byte is read.
     pub fn validate(&self) -> Result<()> {
-        use crate::limits::{capped, MAX_BATCH_TOKEN_BUDGET, MAX_ITEMS_PER_CALL, MAX_SEQUENCE_TOKENS, MAX_THREADS};
+        use crate::limits::{
+            capped, MAX_BATCH_TOKEN_BUDGET, MAX_ITEMS_PER_CALL, MAX_SEQUENCE_TOKENS, MAX_THREADS,
+        };
         capped(self.n_threads, MAX_THREADS, "n_threads")?;
         capped(self.load.max_length, MAX_SEQUENCE_TOKENS, "max_length")?;
         capped(self.batch.max_batch_size, MAX_ITEMS_PER_CALL, "max_batch_size")?;
@@ -87,7 +88,10 @@ impl SharedModel {
         let model = pool.install(|| RewardModel::load(dir, &opts.load))?;
         let tokenizer_path = dir.join(TOKENIZER_FILE);
         let tokenizer = if tokenizer_path.exists() {
-            Some(RewardTokenizer::from_file(&tokenizer_path, model.config().eos_token_ids.first().copied())?)
+            Some(RewardTokenizer::from_file(
+                &tokenizer_path,
+                model.config().eos_token_ids.first().copied(),
+            )?)
         } else {
             None
         };
@@ -95,14 +99,25 @@ impl SharedModel {
     }
 
     /// Wraps a model already in memory.
-    pub fn from_model(model: RewardModel, tokenizer: Option<RewardTokenizer>, opts: &SharedModelOptions) -> Result<Self> {
+    pub fn from_model(
+        model: RewardModel,
+        tokenizer: Option<RewardTokenizer>,
+        opts: &SharedModelOptions,
+    ) -> Result<Self> {
         opts.validate()?;
         Self::assemble(model, tokenizer, opts, build_pool(opts.n_threads)?)
     }
 
-    fn assemble(model: RewardModel, tokenizer: Option<RewardTokenizer>, opts: &SharedModelOptions, pool: rayon::ThreadPool) -> Result<Self> {
+    fn assemble(
+        model: RewardModel,
+        tokenizer: Option<RewardTokenizer>,
+        opts: &SharedModelOptions,
+        pool: rayon::ThreadPool,
+    ) -> Result<Self> {
         if opts.text.append_eos && model.config().eos_token_ids.is_empty() {
-            return Err(Error::invalid("append_eos is set but the model config has no eos_token_id"));
+            return Err(Error::invalid(
+                "append_eos is set but the model config has no eos_token_id",
+            ));
         }
         Ok(SharedModel {
             model: RwLock::new(model),
@@ -141,7 +156,9 @@ impl SharedModel {
         self.trainer_attached
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .map(|_| ())
-            .map_err(|_| Error::invalid("this model already has a trainer; free it before creating another"))
+            .map_err(|_| {
+                Error::invalid("this model already has a trainer; free it before creating another")
+            })
     }
 
     pub(crate) fn detach_trainer(&self) {
@@ -152,14 +169,19 @@ impl SharedModel {
     pub fn tokenizer_json(&self) -> Result<Option<Vec<u8>>> {
         self.tokenizer
             .as_ref()
-            .map(|t| t.inner().to_string(false).map(String::into_bytes).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string())))
+            .map(|t| {
+                t.inner()
+                    .to_string(false)
+                    .map(String::into_bytes)
+                    .map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))
+            })
             .transpose()
     }
 
     pub fn tokenizer(&self) -> Result<&RewardTokenizer> {
-        self.tokenizer
-            .as_ref()
-            .ok_or_else(|| Error::invalid("this model has no tokenizer.json: score token ids instead of text"))
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::invalid("this model has no tokenizer.json: score token ids instead of text")
+        })
     }
 
     pub fn text_options(&self) -> &TextOptions {
@@ -177,7 +199,10 @@ impl SharedModel {
         pairs
             .iter()
             .enumerate()
-            .map(|(i, (p, r))| tok.encode_pair(p, r, &self.text, max_len).map_err(|e| e.context(format!("pair {i}"))))
+            .map(|(i, (p, r))| {
+                tok.encode_pair(p, r, &self.text, max_len)
+                    .map_err(|e| e.context(format!("pair {i}")))
+            })
             .collect()
     }
 
@@ -188,7 +213,10 @@ impl SharedModel {
         texts
             .iter()
             .enumerate()
-            .map(|(i, t)| tok.encode_text(t, self.text.append_eos, max_len).map_err(|e| e.context(format!("text {i}"))))
+            .map(|(i, t)| {
+                tok.encode_text(t, self.text.append_eos, max_len)
+                    .map_err(|e| e.context(format!("text {i}")))
+            })
             .collect()
     }
 
@@ -232,30 +260,45 @@ impl SharedModel {
 }
 
 fn poisoned() -> Error {
-    Error::new(ErrorKind::Poisoned, "model handle is unusable: an earlier update panicked while changing its weights")
+    Error::new(
+        ErrorKind::Poisoned,
+        "model handle is unusable: an earlier update panicked while changing its weights",
+    )
 }
 
 fn build_pool(n_threads: usize) -> Result<rayon::ThreadPool> {
-    let n = if n_threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { n_threads };
+    let n = if n_threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        n_threads
+    };
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("rewardkit-{i}"))
         .build()
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start {n} worker threads: {e}")))
+        .map_err(|e| {
+            Error::new(ErrorKind::Internal, format!("cannot start {n} worker threads: {e}"))
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::checkpoint::HeadSource;
-    use crate::model::tiny::{random_params, tiny_config, TinySpec};
+    use crate::model::tiny::{random_model, TinySpec};
 
     fn small() -> SharedModel {
-        let spec = TinySpec { vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, ..Default::default() };
-        let cfg = tiny_config(&spec).unwrap();
-        let params = random_params(&cfg, 1).unwrap();
-        let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 1 }, candle_core::Device::Cpu, ComputeDType::F32, 64).unwrap();
-        SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap()
+        let spec = TinySpec {
+            vocab_size: 64,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            max_position_embeddings: 64,
+            ..Default::default()
+        };
+        let opts = SharedModelOptions { n_threads: 1, ..Default::default() };
+        SharedModel::from_model(random_model(&spec, 1).unwrap(), None, &opts).unwrap()
     }
 
     #[test]

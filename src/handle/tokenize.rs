@@ -37,19 +37,40 @@ impl RewardTokenizer {
     }
 
     /// A tokenizer from the bytes of a tokenizer.json.
+    ///
+    /// The JSON is parsed and checked here before the tokenizers crate sees it, because
+    /// tokenizers 0.23 panics (instead of failing) on inputs the `tokenizer_json` fuzz target
+    /// found: a syntax error inside a `decoder`; an invalid `Precompiled` normalizer, whose
+    /// trie it also indexes without bounds checks while encoding; a `TemplateProcessing`
+    /// template naming a special token it does not define, or a single-sequence template
+    /// naming sequence B (both indexed unchecked at encode time).
     pub fn from_json(bytes: &[u8], eos_id: Option<u32>) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::new(ErrorKind::CorruptFile, format!("cannot load tokenizer: {e}")))?;
+        let corrupt =
+            |e: String| Error::new(ErrorKind::CorruptFile, format!("cannot load tokenizer: {e}"));
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
+        if uses_precompiled_normalizer(value.get("normalizer")) {
+            return Err(Error::unsupported(
+                "tokenizer.json uses a `Precompiled` SentencePiece normalizer, which rewardkit \
+                 does not load (the Llama, Qwen2 and Mistral tokenizers do not use one)",
+            ));
+        }
+        check_post_processor(value.get("post_processor")).map_err(corrupt)?;
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
         Self::new(inner, eos_id)
     }
 
     pub fn new(mut inner: Tokenizer, eos_id: Option<u32>) -> Result<Self> {
         // Truncation and padding stored in tokenizer.json would cut from the right (losing the
         // response end) and pad with an id of their own choosing: this crate does both itself.
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("cannot disable truncation: {e}")))?;
+        inner.with_truncation(None).map_err(|e| {
+            Error::new(ErrorKind::Tokenizer, format!("cannot disable truncation: {e}"))
+        })?;
         inner.with_padding(None);
-        let special_added = inner.get_post_processor().map(|p| tokenizers::PostProcessor::added_tokens(p, false)).unwrap_or(0);
+        let special_added = inner
+            .get_post_processor()
+            .map(|p| tokenizers::PostProcessor::added_tokens(p, false))
+            .unwrap_or(0);
         Ok(RewardTokenizer { inner, special_added, eos_id })
     }
 
@@ -58,14 +79,22 @@ impl RewardTokenizer {
     }
 
     /// Token ids of `prompt + separator + response`, at most `max_len` long.
-    pub fn encode_pair(&self, prompt: &str, response: &str, opts: &TextOptions, max_len: usize) -> Result<Vec<u32>> {
+    pub fn encode_pair(
+        &self,
+        prompt: &str,
+        response: &str,
+        opts: &TextOptions,
+        max_len: usize,
+    ) -> Result<Vec<u32>> {
         let parts = [prompt, opts.separator.as_str(), response];
         let total: usize = parts.iter().map(|p| p.len()).sum();
         // Left truncation keeps only the end: a very long text is joined from its tail alone,
         // and the full join is made only if no safe cut exists within that tail.
         let window = JOIN_WINDOW_BYTES.saturating_add(max_len.saturating_mul(64));
         if total > window {
-            if let Some(ids) = self.encode(&joined_tail(&parts, window), opts.append_eos, max_len, true)? {
+            if let Some(ids) =
+                self.encode(&joined_tail(&parts, window), opts.append_eos, max_len, true)?
+            {
                 return Ok(ids);
             }
         }
@@ -79,21 +108,34 @@ impl RewardTokenizer {
 
     /// Ids of the end of `text`. With `tail_only`, `text` is the tail of a longer text: `None`
     /// when no safe cut was found inside it.
-    fn encode(&self, text: &str, append_eos: bool, max_len: usize, tail_only: bool) -> Result<Option<Vec<u32>>> {
+    fn encode(
+        &self,
+        text: &str,
+        append_eos: bool,
+        max_len: usize,
+        tail_only: bool,
+    ) -> Result<Option<Vec<u32>>> {
         let eos = match (append_eos, self.eos_id) {
             (false, _) => None,
             (true, Some(id)) => Some(id),
-            (true, None) => return Err(Error::invalid("append_eos is set but the model config has no eos_token_id")),
+            (true, None) => {
+                return Err(Error::invalid(
+                    "append_eos is set but the model config has no eos_token_id",
+                ))
+            }
         };
         let reserved = self.special_added + usize::from(eos.is_some());
         if max_len <= reserved {
-            return Err(Error::invalid(format!("max_length {max_len} leaves no room for text after {reserved} special tokens")));
+            return Err(Error::invalid(format!(
+                "max_length {max_len} leaves no room for text after {reserved} special tokens"
+            )));
         }
-        let Some(enc) = self.encode_kept(text, max_len - reserved, tail_only)? else { return Ok(None) };
-        let enc = self
-            .inner
-            .post_process(enc, None, true)
-            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer post-processing failed: {e}")))?;
+        let Some(enc) = self.encode_kept(text, max_len - reserved, tail_only)? else {
+            return Ok(None);
+        };
+        let enc = self.inner.post_process(enc, None, true).map_err(|e| {
+            Error::new(ErrorKind::Tokenizer, format!("tokenizer post-processing failed: {e}"))
+        })?;
         let mut ids = enc.get_ids().to_vec();
         if let Some(eos) = eos {
             if ids.last() != Some(&eos) {
@@ -107,7 +149,9 @@ impl RewardTokenizer {
     }
 
     fn encode_raw(&self, text: &str) -> Result<Encoding> {
-        self.inner.encode(text, false).map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer failed: {e}")))
+        self.inner
+            .encode(text, false)
+            .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("tokenizer failed: {e}")))
     }
 
     /// The last `keep` tokens of `text`, tokenizing only its end when that is safe: a 10 MB
@@ -146,7 +190,9 @@ impl RewardTokenizer {
             return Ok(None);
         }
         let later = self.encode_raw(&text[b..])?;
-        if later.len() < keep || enc.get_ids()[enc.len() - keep..] != later.get_ids()[later.len() - keep..] {
+        if later.len() < keep
+            || enc.get_ids()[enc.len() - keep..] != later.get_ids()[later.len() - keep..]
+        {
             return Ok(None);
         }
         enc.truncate(keep, 0, TruncationDirection::Left);
@@ -158,6 +204,54 @@ impl RewardTokenizer {
 fn first_word_end(s: &str) -> usize {
     let start = s.char_indices().find(|(_, c)| !c.is_whitespace()).map_or(s.len(), |(i, _)| i);
     s[start..].char_indices().find(|(_, c)| c.is_whitespace()).map_or(s.len(), |(i, _)| start + i)
+}
+
+/// Checks a `post_processor` (and every processor of a `Sequence`) for what tokenizers would
+/// index unchecked while encoding: every special token a template names is defined, with as
+/// many ids as tokens, and the single-sequence template reads sequence A only.
+fn check_post_processor(processor: Option<&serde_json::Value>) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let Some(p) = processor.filter(|p| !p.is_null()) else { return Ok(()) };
+    if let Some(list) = p.get("processors").and_then(Value::as_array) {
+        return list.iter().try_for_each(|x| check_post_processor(Some(x)));
+    }
+    // By shape, not by `type`: tokenizers' untagged fallbacks accept misspelled type names.
+    let specials = p.get("special_tokens").and_then(Value::as_object);
+    for (name, defined) in specials.into_iter().flatten() {
+        let len = |key: &str| defined.get(key).and_then(Value::as_array).map(Vec::len);
+        if len("ids") != len("tokens") {
+            return Err(format!("special token `{name}` has different numbers of ids and tokens"));
+        }
+    }
+    for template in ["single", "pair"] {
+        for piece in p.get(template).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(id) =
+                piece.get("SpecialToken").and_then(|t| t.get("id")).and_then(Value::as_str)
+            {
+                if !specials.is_some_and(|s| s.contains_key(id)) {
+                    return Err(format!(
+                        "the {template} template names special token `{id}`, which is not defined"
+                    ));
+                }
+            }
+            let sequence = piece.get("Sequence").and_then(|t| t.get("id")).and_then(Value::as_str);
+            if template == "single" && sequence.is_some_and(|id| id != "A") {
+                return Err("the single-sequence template reads a second sequence".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a normalizer (or any normalizer of a `Sequence`) is `Precompiled`.
+fn uses_precompiled_normalizer(normalizer: Option<&serde_json::Value>) -> bool {
+    let Some(n) = normalizer else { return false };
+    // By shape as well as by `type`: tokenizers' untagged fallbacks accept other type names.
+    n.get("type").and_then(|t| t.as_str()) == Some("Precompiled")
+        || n.get("precompiled_charsmap").is_some()
+        || n.get("normalizers")
+            .and_then(|v| v.as_array())
+            .is_some_and(|list| list.iter().any(|x| uses_precompiled_normalizer(Some(x))))
 }
 
 /// Bytes of a (prompt, response) pair joined before tokenizing, beyond 64 per kept token.
@@ -187,7 +281,10 @@ fn boundary_after(text: &str, at: usize) -> Option<usize> {
     while !text.is_char_boundary(start) {
         start += 1;
     }
-    text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, c)| start + i + c.len_utf8())
+    text[start..]
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace())
+        .map(|(i, c)| start + i + c.len_utf8())
 }
 
 #[cfg(test)]

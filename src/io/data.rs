@@ -10,7 +10,12 @@ use crate::error::{Error, Result};
 /// Reads every non-blank line of a `.jsonl` or `.jsonl.gz` file as JSON. Each item carries its
 /// 1-based line number; a line that is not JSON is an error that names the line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
-    read_jsonl_rows(path)?.into_iter().map(|(line, row)| row.map(|v| (line, v)).map_err(|e| Error::corrupt(path, format!("line {line}: {e}")))).collect()
+    read_jsonl_rows(path)?
+        .into_iter()
+        .map(|(line, row)| {
+            row.map(|v| (line, v)).map_err(|e| Error::corrupt(path, format!("line {line}: {e}")))
+        })
+        .collect()
 }
 
 /// Every non-blank line of a `.jsonl` or `.jsonl.gz` file with its 1-based number, parsed or
@@ -19,7 +24,10 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
 pub fn read_jsonl_rows(path: &Path) -> Result<Vec<(usize, Result<Value>)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     if !file.metadata().map_err(|e| Error::io(path, e))?.is_file() {
-        return Err(Error::new(crate::ErrorKind::Io, format!("{}: not a regular file", path.display())));
+        return Err(Error::new(
+            crate::ErrorKind::Io,
+            format!("{}: not a regular file", path.display()),
+        ));
     }
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(file))
@@ -33,7 +41,11 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Vec<(usize, Result<Value>)>> {
         buf.clear();
         // At most the cap plus one byte per line: a line without end cannot exhaust memory.
         let cap = crate::limits::MAX_JSONL_LINE_BYTES;
-        let n = reader.by_ref().take(cap as u64 + 1).read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e).context(format!("line {line_no}")))?;
+        let n = reader
+            .by_ref()
+            .take(cap as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e).context(format!("line {line_no}")))?;
         if n == 0 {
             break;
         }
@@ -42,12 +54,19 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Vec<(usize, Result<Value>)>> {
             let mut rest = Vec::new();
             loop {
                 rest.clear();
-                let m = reader.by_ref().take(1 << 20).read_until(b'\n', &mut rest).map_err(|e| Error::io(path, e))?;
+                let m = reader
+                    .by_ref()
+                    .take(1 << 20)
+                    .read_until(b'\n', &mut rest)
+                    .map_err(|e| Error::io(path, e))?;
                 if m == 0 || rest.last() == Some(&b'\n') {
                     break;
                 }
             }
-            rows.push((line_no, Err(Error::invalid(format!("line longer than rewardkit's limit of {cap} bytes")))));
+            rows.push((
+                line_no,
+                Err(Error::invalid(format!("line longer than rewardkit's limit of {cap} bytes"))),
+            ));
             continue;
         }
         if buf.iter().all(u8::is_ascii_whitespace) {
@@ -60,7 +79,12 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Vec<(usize, Result<Value>)>> {
 
 /// One JSONL line as JSON.
 pub fn parse_jsonl_line(line: &[u8]) -> Result<Value> {
-    serde_json::from_slice(line).map_err(|e| Error::new(crate::ErrorKind::CorruptFile, format!("not valid JSON: {e} (column {})", e.column())))
+    serde_json::from_slice(line).map_err(|e| {
+        Error::new(
+            crate::ErrorKind::CorruptFile,
+            format!("not valid JSON: {e} (column {})", e.column()),
+        )
+    })
 }
 
 /// The HH-RLHF marker of an assistant turn.
@@ -92,7 +116,9 @@ fn str_field<'a>(row: &'a Value, key: &str) -> Result<Option<&'a str>> {
     match row.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(Error::invalid(format!("field `{key}` must be a string, got {}", type_name(other)))),
+        Some(other) => {
+            Err(Error::invalid(format!("field `{key}` must be a string, got {}", type_name(other))))
+        }
     }
 }
 
@@ -113,15 +139,24 @@ impl ScoreRow {
             return Err(Error::invalid(format!("expected a JSON object, got {}", type_name(row))));
         }
         if let Some(ids) = row.get("ids") {
-            let ids = ids.as_array().ok_or_else(|| Error::invalid("field `ids` must be an array of token ids"))?;
+            let ids = ids
+                .as_array()
+                .ok_or_else(|| Error::invalid("field `ids` must be an array of token ids"))?;
             return ids
                 .iter()
-                .map(|v| v.as_u64().filter(|&x| x <= u32::MAX as u64).map(|x| x as u32).ok_or_else(|| Error::invalid(format!("bad token id {v}"))))
+                .map(|v| {
+                    v.as_u64()
+                        .filter(|&x| x <= u32::MAX as u64)
+                        .map(|x| x as u32)
+                        .ok_or_else(|| Error::invalid(format!("bad token id {v}")))
+                })
                 .collect::<Result<Vec<u32>>>()
                 .map(ScoreRow::Ids);
         }
         let prompt = str_field(row, "prompt")?;
-        if let (Some(chosen), Some(rejected)) = (str_field(row, "chosen")?, str_field(row, "rejected")?) {
+        if let (Some(chosen), Some(rejected)) =
+            (str_field(row, "chosen")?, str_field(row, "rejected")?)
+        {
             let split = |text: &str| -> Result<(String, String)> {
                 match prompt {
                     Some(p) => Ok((p.to_string(), text.to_string())),
@@ -131,13 +166,16 @@ impl ScoreRow {
             return Ok(ScoreRow::Preference { chosen: split(chosen)?, rejected: split(rejected)? });
         }
         if let Some(response) = str_field(row, "response")? {
-            let prompt = prompt.ok_or_else(|| Error::invalid("row has `response` but no `prompt`"))?;
+            let prompt =
+                prompt.ok_or_else(|| Error::invalid("row has `response` but no `prompt`"))?;
             return Ok(ScoreRow::Pair { prompt: prompt.into(), response: response.into() });
         }
         if let Some(text) = str_field(row, "text")? {
             return Ok(ScoreRow::Text(text.into()));
         }
-        Err(Error::invalid("row needs `prompt` + `response`, `text`, `ids`, or `chosen` + `rejected`"))
+        Err(Error::invalid(
+            "row needs `prompt` + `response`, `text`, `ids`, or `chosen` + `rejected`",
+        ))
     }
 }
 
@@ -159,10 +197,23 @@ mod tests {
     fn row_shapes() {
         assert_eq!(ScoreRow::parse(&json!({"ids": [1, 2]})).unwrap(), ScoreRow::Ids(vec![1, 2]));
         assert_eq!(ScoreRow::parse(&json!({"text": "x"})).unwrap(), ScoreRow::Text("x".into()));
-        assert!(matches!(ScoreRow::parse(&json!({"prompt": "p", "response": "r"})).unwrap(), ScoreRow::Pair { .. }));
-        let pref = ScoreRow::parse(&json!({"prompt": "p", "chosen": "a", "rejected": "b"})).unwrap();
-        assert_eq!(pref, ScoreRow::Preference { chosen: ("p".into(), "a".into()), rejected: ("p".into(), "b".into()) });
-        assert!(ScoreRow::parse(&json!({"response": "r"})).unwrap_err().message().contains("prompt"));
+        assert!(matches!(
+            ScoreRow::parse(&json!({"prompt": "p", "response": "r"})).unwrap(),
+            ScoreRow::Pair { .. }
+        ));
+        let pref =
+            ScoreRow::parse(&json!({"prompt": "p", "chosen": "a", "rejected": "b"})).unwrap();
+        assert_eq!(
+            pref,
+            ScoreRow::Preference {
+                chosen: ("p".into(), "a".into()),
+                rejected: ("p".into(), "b".into())
+            }
+        );
+        assert!(ScoreRow::parse(&json!({"response": "r"}))
+            .unwrap_err()
+            .message()
+            .contains("prompt"));
         assert!(ScoreRow::parse(&json!({"ids": [-1]})).is_err());
         assert!(ScoreRow::parse(&json!([1])).is_err());
         assert!(ScoreRow::parse(&json!({"text": 3})).unwrap_err().message().contains("a number"));
@@ -179,13 +230,20 @@ pub struct PolicyRow {
 
 impl PolicyRow {
     pub fn parse(row: &Value) -> Result<PolicyRow> {
-        let prompt = row.get("prompt").and_then(Value::as_str).ok_or_else(|| Error::invalid("no string `prompt`"))?;
+        let prompt = row
+            .get("prompt")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid("no string `prompt`"))?;
         let responses = row
             .get("responses")
             .and_then(Value::as_array)
             .ok_or_else(|| Error::invalid("no `responses` list"))?
             .iter()
-            .map(|r| r.as_str().map(str::to_string).ok_or_else(|| Error::invalid("`responses` must hold strings")))
+            .map(|r| {
+                r.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::invalid("`responses` must hold strings"))
+            })
             .collect::<Result<Vec<_>>>()?;
         if responses.len() < 2 {
             return Err(Error::invalid("needs at least 2 responses"));
@@ -198,7 +256,10 @@ impl PolicyRow {
 pub fn read_policy(path: &Path) -> Result<Vec<PolicyRow>> {
     read_jsonl(path)?
         .into_iter()
-        .map(|(line, row)| PolicyRow::parse(&row).map_err(|e| e.context(format!("{}: line {line}", path.display()))))
+        .map(|(line, row)| {
+            PolicyRow::parse(&row)
+                .map_err(|e| e.context(format!("{}: line {line}", path.display())))
+        })
         .collect()
 }
 
@@ -249,8 +310,14 @@ pub struct LoadReport {
 fn render_turns(turns: &[Value]) -> Result<String> {
     let mut out = String::new();
     for (i, turn) in turns.iter().enumerate() {
-        let role = turn.get("role").and_then(Value::as_str).ok_or_else(|| Error::invalid(format!("turn {i} has no string `role`")))?;
-        let content = turn.get("content").and_then(Value::as_str).ok_or_else(|| Error::invalid(format!("turn {i} has no string `content`")))?;
+        let role = turn
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid(format!("turn {i} has no string `role`")))?;
+        let content = turn
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid(format!("turn {i} has no string `content`")))?;
         let speaker = match role {
             "user" | "human" => "Human",
             "assistant" | "gpt" | "model" => "Assistant",
@@ -264,11 +331,15 @@ fn render_turns(turns: &[Value]) -> Result<String> {
 
 /// (prompt, response) of a list-of-turns conversation whose last turn is the assistant's.
 fn split_turns(turns: &[Value]) -> Result<(String, String)> {
-    let (last, history) = turns.split_last().ok_or_else(|| Error::invalid("empty list of turns"))?;
+    let (last, history) =
+        turns.split_last().ok_or_else(|| Error::invalid("empty list of turns"))?;
     if last.get("role").and_then(Value::as_str) != Some("assistant") {
         return Err(Error::invalid("the last turn must be the assistant's response"));
     }
-    let response = last.get("content").and_then(Value::as_str).ok_or_else(|| Error::invalid("last turn has no string `content`"))?;
+    let response = last
+        .get("content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid("last turn has no string `content`"))?;
     Ok((format!("{}{HH_ASSISTANT}", render_turns(history)?), format!(" {response}")))
 }
 
@@ -279,17 +350,26 @@ fn side(row: &Value, key: &str, prompt: Option<&Value>) -> Result<(String, Strin
         // explicit prompt + response text
         (Value::String(r), Some(Value::String(p))) => Ok((p.clone(), r.clone())),
         // prompt as turns + response text
-        (Value::String(r), Some(Value::Array(turns))) => Ok((format!("{}{HH_ASSISTANT}", render_turns(turns)?), format!(" {r}"))),
+        (Value::String(r), Some(Value::Array(turns))) => {
+            Ok((format!("{}{HH_ASSISTANT}", render_turns(turns)?), format!(" {r}")))
+        }
         // whole HH dialogue
-        (Value::String(text), None) => split_hh_dialogue(text).map(|(p, r)| (p.to_string(), r.to_string())),
+        (Value::String(text), None) => {
+            split_hh_dialogue(text).map(|(p, r)| (p.to_string(), r.to_string()))
+        }
         // whole conversation as turns, or only the response turn(s) after a prompt
         (Value::Array(turns), None) => split_turns(turns),
-        (Value::Array(turns), Some(Value::Array(ptur))) => split_turns(&[ptur.clone(), turns.clone()].concat()),
+        (Value::Array(turns), Some(Value::Array(ptur))) => {
+            split_turns(&[ptur.clone(), turns.clone()].concat())
+        }
         (Value::Array(turns), Some(Value::String(p))) => {
             let (_, r) = split_turns(turns)?;
             Ok((p.clone(), r))
         }
-        (other, _) => Err(Error::invalid(format!("`{key}` must be a string or a list of turns, got {}", type_name(other)))),
+        (other, _) => Err(Error::invalid(format!(
+            "`{key}` must be a string or a list of turns, got {}",
+            type_name(other)
+        ))),
     }
 }
 
@@ -298,12 +378,9 @@ fn optional_f32(row: &Value, keys: &[&str]) -> Result<Option<f32>> {
         match row.get(*key) {
             None | Some(Value::Null) => continue,
             Some(v) => {
-                return v
-                    .as_f64()
-                    .map(|x| x as f32)
-                    .filter(|x| x.is_finite())
-                    .map(Some)
-                    .ok_or_else(|| Error::invalid(format!("`{key}` must be a finite number, got {v}")))
+                return v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()).map(Some).ok_or_else(
+                    || Error::invalid(format!("`{key}` must be a finite number, got {v}")),
+                )
             }
         }
     }
@@ -333,7 +410,11 @@ impl PreferencePair {
                 Some(Value::Bool(b)) => Some(*b),
                 Some(v) if v.as_f64() == Some(1.0) => Some(true),
                 Some(v) if v.as_f64() == Some(0.0) => Some(false),
-                Some(v) => return Err(Error::invalid(format!("label field `{f}` must be true/false or 1/0, got {v}"))),
+                Some(v) => {
+                    return Err(Error::invalid(format!(
+                        "label field `{f}` must be true/false or 1/0, got {v}"
+                    )))
+                }
             },
         };
         Ok(PreferencePair {
@@ -349,20 +430,29 @@ impl PreferencePair {
 }
 
 /// Reads preference pairs from a `.jsonl` or `.jsonl.gz` file.
-pub fn read_preferences(path: &Path, opts: &PreferenceReadOptions) -> Result<(Vec<PreferencePair>, LoadReport)> {
+pub fn read_preferences(
+    path: &Path,
+    opts: &PreferenceReadOptions,
+) -> Result<(Vec<PreferencePair>, LoadReport)> {
     let rows = read_jsonl_rows(path)?;
     let mut report = LoadReport { rows: rows.len(), ..Default::default() };
     let mut pairs = Vec::with_capacity(rows.len());
     for (line, row) in rows {
         match row.and_then(|row| PreferencePair::parse(&row, line, opts.label_field.as_deref())) {
             Ok(p) => pairs.push(p),
-            Err(e) if opts.on_bad_row == OnBadRow::Skip => report.skipped.push((line, e.message().to_string())),
+            Err(e) if opts.on_bad_row == OnBadRow::Skip => {
+                report.skipped.push((line, e.message().to_string()))
+            }
             Err(e) => return Err(e.context(format!("{}: line {line}", path.display()))),
         }
     }
     report.loaded = pairs.len();
     if pairs.is_empty() {
-        return Err(Error::invalid(format!("{}: no usable preference pairs ({} rows)", path.display(), report.rows)));
+        return Err(Error::invalid(format!(
+            "{}: no usable preference pairs ({} rows)",
+            path.display(),
+            report.rows
+        )));
     }
     Ok((pairs, report))
 }
@@ -374,21 +464,30 @@ pub fn attach_strengths(pairs: &mut [PreferencePair], vote_file: &Path) -> Resul
     let by_line: std::collections::HashMap<usize, f32> = read_jsonl(vote_file)?
         .into_iter()
         .map(|(l, row)| {
-            let at = |what: &str| Error::invalid(format!("{}: line {l}: {what}", vote_file.display()));
+            let at =
+                |what: &str| Error::invalid(format!("{}: line {l}: {what}", vote_file.display()));
             let line = row.get("line").and_then(Value::as_u64).ok_or_else(|| at("no `line`"))?;
-            let s = optional_f32(&row, &["mean preference difference"]).map_err(|e| at(e.message()))?.ok_or_else(|| at("no `mean preference difference`"))?;
+            let s = optional_f32(&row, &["mean preference difference"])
+                .map_err(|e| at(e.message()))?
+                .ok_or_else(|| at("no `mean preference difference`"))?;
             Ok((line as usize, s))
         })
         .collect::<Result<_>>()?;
     for p in pairs {
-        p.strength = Some(*by_line.get(&p.line).ok_or_else(|| Error::invalid(format!("{} has no strength for line {}", vote_file.display(), p.line)))?);
+        p.strength = Some(*by_line.get(&p.line).ok_or_else(|| {
+            Error::invalid(format!("{} has no strength for line {}", vote_file.display(), p.line))
+        })?);
     }
     Ok(())
 }
 
 /// Splits pairs into (train, held-out) deterministically: a seeded shuffle, then the first
 /// `1 - eval_fraction` for training.
-pub fn split_pairs(mut pairs: Vec<PreferencePair>, eval_fraction: f64, seed: u64) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>)> {
+pub fn split_pairs(
+    mut pairs: Vec<PreferencePair>,
+    eval_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>)> {
     if !(0.0..1.0).contains(&eval_fraction) {
         return Err(Error::invalid(format!("eval fraction {eval_fraction} must be in [0, 1)")));
     }
@@ -407,7 +506,10 @@ mod preference_tests {
     fn every_shape_parses() {
         let hh = json!({"chosen": "\n\nHuman: hi\n\nAssistant: good", "rejected": "\n\nHuman: hi\n\nAssistant: bad"});
         let p = PreferencePair::parse(&hh, 1, None).unwrap();
-        assert_eq!((p.prompt.as_str(), p.chosen.as_str(), p.rejected.as_str()), ("\n\nHuman: hi\n\nAssistant:", " good", " bad"));
+        assert_eq!(
+            (p.prompt.as_str(), p.chosen.as_str(), p.rejected.as_str()),
+            ("\n\nHuman: hi\n\nAssistant:", " good", " bad")
+        );
 
         let explicit = json!({"prompt": "Q", "chosen": "a", "rejected": "b", "mean preference difference": -0.5, "gpt4": 1});
         let p = PreferencePair::parse(&explicit, 2, Some("gpt4")).unwrap();
@@ -417,10 +519,16 @@ mod preference_tests {
             "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "good"}],
             "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bad"}]});
         let p = PreferencePair::parse(&turns, 3, None).unwrap();
-        assert_eq!((p.prompt.as_str(), p.chosen.as_str()), ("\n\nHuman: hi\n\nAssistant:", " good"));
+        assert_eq!(
+            (p.prompt.as_str(), p.chosen.as_str()),
+            ("\n\nHuman: hi\n\nAssistant:", " good")
+        );
 
         let prompt_turns = json!({"prompt": [{"role": "user", "content": "hi"}], "chosen": "good", "rejected": "bad"});
-        assert_eq!(PreferencePair::parse(&prompt_turns, 4, None).unwrap().prompt, "\n\nHuman: hi\n\nAssistant:");
+        assert_eq!(
+            PreferencePair::parse(&prompt_turns, 4, None).unwrap().prompt,
+            "\n\nHuman: hi\n\nAssistant:"
+        );
     }
 
     #[test]
@@ -447,7 +555,15 @@ mod preference_tests {
     #[test]
     fn split_is_deterministic_and_complete() {
         let pairs: Vec<PreferencePair> = (0..10)
-            .map(|i| PreferencePair { prompt: "p".into(), chosen: format!("c{i}"), rejected: "r".into(), strength: None, alpha: None, external_label: None, line: i + 1 })
+            .map(|i| PreferencePair {
+                prompt: "p".into(),
+                chosen: format!("c{i}"),
+                rejected: "r".into(),
+                strength: None,
+                alpha: None,
+                external_label: None,
+                line: i + 1,
+            })
             .collect();
         let (a, b) = split_pairs(pairs.clone(), 0.2, 5).unwrap();
         let (a2, b2) = split_pairs(pairs, 0.2, 5).unwrap();

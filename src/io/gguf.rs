@@ -56,7 +56,9 @@ impl Meta<'_> {
     }
     /// A float as written in the file: f32 printed shortest, so 1e-5 stays 1e-5 in config.json.
     fn arch_f64(&self, key: &str) -> Option<f64> {
-        self.get(&format!("{}.{key}", self.arch)).and_then(|v| v.to_f32().ok()).and_then(|x| x.to_string().parse().ok())
+        self.get(&format!("{}.{key}", self.arch))
+            .and_then(|v| v.to_f32().ok())
+            .and_then(|x| x.to_string().parse().ok())
     }
     fn u32(&self, key: &str) -> Option<u32> {
         self.get(key).and_then(|v| v.to_u32().ok())
@@ -65,11 +67,17 @@ impl Meta<'_> {
         self.get(key).and_then(|v| v.to_string().ok()).cloned()
     }
     fn strings(&self, key: &str) -> Result<Vec<String>> {
-        let v = self.get(key).ok_or_else(|| Error::corrupt(self.path, format!("GGUF metadata lacks `{key}`")))?;
+        let v = self
+            .get(key)
+            .ok_or_else(|| Error::corrupt(self.path, format!("GGUF metadata lacks `{key}`")))?;
         v.to_vec()
             .map_err(|e| Error::corrupt(self.path, format!("`{key}`: {e}")))?
             .iter()
-            .map(|x| x.to_string().cloned().map_err(|e| Error::corrupt(self.path, format!("`{key}`: {e}"))))
+            .map(|x| {
+                x.to_string()
+                    .cloned()
+                    .map_err(|e| Error::corrupt(self.path, format!("`{key}`: {e}")))
+            })
             .collect()
     }
 }
@@ -79,7 +87,10 @@ impl Meta<'_> {
 pub fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     if out % (2 * heads) != 0 {
-        return Err(Error::new(ErrorKind::ShapeMismatch, format!("q/k weight with {out} rows does not split into {heads} heads")));
+        return Err(Error::new(
+            ErrorKind::ShapeMismatch,
+            format!("q/k weight with {out} rows does not split into {heads} heads"),
+        ));
     }
     Ok(w.reshape((heads, out / heads / 2, 2, inp))?.transpose(1, 2)?.reshape((out, inp))?)
 }
@@ -92,11 +103,21 @@ fn pre_tokenizer(pre: &str) -> Result<Sequence> {
             .map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))
     };
     Ok(match pre {
-        "default" | "gpt2" | "gpt-2" => Sequence::new(vec![ByteLevel::new(false, true, true).into()]),
+        "default" | "gpt2" | "gpt-2" => {
+            Sequence::new(vec![ByteLevel::new(false, true, true).into()])
+        }
         // StarCoder-style tokenizers (SmolLM, SmolLM2): digits split one by one.
-        "smollm" | "starcoder" | "refact" => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]),
-        "llama3" | "llama-bpe" => Sequence::new(vec![split(LLAMA3)?.into(), ByteLevel::new(false, true, false).into()]),
-        other => return Err(Error::unsupported(format!("GGUF tokenizer pre-tokenizer `{other}` is not supported (gpt2, smollm, llama-bpe are)"))),
+        "smollm" | "starcoder" | "refact" => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()])
+        }
+        "llama3" | "llama-bpe" => {
+            Sequence::new(vec![split(LLAMA3)?.into(), ByteLevel::new(false, true, false).into()])
+        }
+        other => {
+            return Err(Error::unsupported(format!(
+            "GGUF tokenizer pre-tokenizer `{other}` is not supported (gpt2, smollm, llama-bpe are)"
+        )))
+        }
     })
 }
 
@@ -104,29 +125,45 @@ fn pre_tokenizer(pre: &str) -> Result<Sequence> {
 fn tokenizer_from_meta(m: &Meta) -> Result<Tokenizer> {
     let model = m.string("tokenizer.ggml.model").unwrap_or_default();
     if model != "gpt2" {
-        return Err(Error::unsupported(format!("GGUF tokenizer model `{model}` is not supported (gpt2-style BPE is)")));
+        return Err(Error::unsupported(format!(
+            "GGUF tokenizer model `{model}` is not supported (gpt2-style BPE is)"
+        )));
     }
     let tokens = m.strings("tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = m
         .strings("tokenizer.ggml.merges")?
         .into_iter()
-        .map(|s| s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::corrupt(m.path, format!("bad merge `{s}`"))))
+        .map(|s| {
+            s.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::corrupt(m.path, format!("bad merge `{s}`")))
+        })
         .collect::<Result<_>>()?;
-    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| Error::new(ErrorKind::Tokenizer, format!("cannot build BPE from GGUF: {e}")))?;
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| {
+        Error::new(ErrorKind::Tokenizer, format!("cannot build BPE from GGUF: {e}"))
+    })?;
     let mut tok = Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(pre_tokenizer(&m.string("tokenizer.ggml.pre").unwrap_or_else(|| "default".into()))?));
+    tok.with_pre_tokenizer(Some(pre_tokenizer(
+        &m.string("tokenizer.ggml.pre").unwrap_or_else(|| "default".into()),
+    )?));
     tok.with_decoder(Some(ByteLevel::default()));
     // Control (3) and user-defined (4) tokens are matched whole, before BPE.
     let types: Vec<i32> = match m.get("tokenizer.ggml.token_type") {
-        Some(v) => v.to_vec().map_err(|e| Error::corrupt(m.path, e))?.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| Error::corrupt(m.path, e))?
+            .iter()
+            .map(|x| x.to_i32().unwrap_or(1))
+            .collect(),
         None => vec![],
     };
     if types.len() > tokens.len() {
-        return Err(Error::corrupt(m.path, format!("{} token types for {} tokens", types.len(), tokens.len())));
+        return Err(Error::corrupt(
+            m.path,
+            format!("{} token types for {} tokens", types.len(), tokens.len()),
+        ));
     }
     let special: Vec<AddedToken> = types
         .iter()
@@ -135,9 +172,13 @@ fn tokenizer_from_meta(m: &Meta) -> Result<Tokenizer> {
         .map(|(&t, token)| AddedToken::from(token.clone(), t == 3))
         .collect();
     tok.add_special_tokens(special).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))?;
-    let add_bos = m.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+    let add_bos =
+        m.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
     if let (true, Some(bos)) = (add_bos, m.u32("tokenizer.ggml.bos_token_id")) {
-        let bos_tok = tokens.get(bos as usize).cloned().ok_or_else(|| Error::corrupt(m.path, "bos id outside the vocabulary"))?;
+        let bos_tok = tokens
+            .get(bos as usize)
+            .cloned()
+            .ok_or_else(|| Error::corrupt(m.path, "bos id outside the vocabulary"))?;
         let template = TemplateProcessing::builder()
             .try_single(format!("{bos_tok} $A"))
             .map_err(|e| Error::new(ErrorKind::Tokenizer, e))?
@@ -211,7 +252,9 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| gguf_err(format!("truncated: {n} bytes needed at offset {}", self.at)))?;
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            gguf_err(format!("truncated: {n} bytes needed at offset {}", self.at))
+        })?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
@@ -232,14 +275,19 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, min_bytes: usize, what: &str) -> Result<usize> {
         let n = self.u64()?;
         if n > (self.remaining() / min_bytes.max(1)) as u64 {
-            return Err(gguf_err(format!("{what} count {n} cannot fit in the {} bytes left", self.remaining())));
+            return Err(gguf_err(format!(
+                "{what} count {n} cannot fit in the {} bytes left",
+                self.remaining()
+            )));
         }
         Ok(n as usize)
     }
     fn string(&mut self) -> Result<String> {
         let n = self.count(1, "string length")?;
         if n > MAX_GGUF_STRING_BYTES {
-            return Err(gguf_err(format!("string of {n} bytes, above the limit of {MAX_GGUF_STRING_BYTES}")));
+            return Err(gguf_err(format!(
+                "string of {n} bytes, above the limit of {MAX_GGUF_STRING_BYTES}"
+            )));
         }
         let mut v = self.take(n)?.to_vec();
         // Some writers NUL-terminate strings.
@@ -304,7 +352,9 @@ fn ggml_dtype(code: u32) -> Result<GgmlDType> {
         14 => GgmlDType::Q6K,
         15 => GgmlDType::Q8K,
         30 => GgmlDType::BF16,
-        other => return Err(Error::unsupported(format!("GGUF tensor type {other} is not supported"))),
+        other => {
+            return Err(Error::unsupported(format!("GGUF tensor type {other} is not supported")))
+        }
     })
 }
 
@@ -324,7 +374,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
     let n_tensors = c.u64()?;
     let n_kv = c.u64()?;
     if n_tensors.saturating_mul(24).saturating_add(n_kv.saturating_mul(13)) > c.remaining() as u64 {
-        return Err(gguf_err(format!("{n_tensors} tensors and {n_kv} metadata entries cannot fit in the file")));
+        return Err(gguf_err(format!(
+            "{n_tensors} tensors and {n_kv} metadata entries cannot fit in the file"
+        )));
     }
     let mut metadata = HashMap::new();
     for _ in 0..n_kv {
@@ -339,7 +391,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
         if n_dims > MAX_GGUF_DIMS {
             return Err(gguf_err(format!("tensor `{name}` has {n_dims} dimensions")));
         }
-        let mut dims = (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
+        let mut dims =
+            (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
         dims.reverse();
         let dtype = ggml_dtype(c.u32()?)?;
         let offset = c.u64()?;
@@ -348,7 +401,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
     let alignment = match metadata.get("general.alignment") {
         None => 32,
         Some(GValue::U32(a)) if a.is_power_of_two() && *a <= 1 << 16 => *a as usize,
-        Some(other) => return Err(gguf_err(format!("general.alignment {other:?} is not a power of two up to 65536"))),
+        Some(other) => {
+            return Err(gguf_err(format!(
+                "general.alignment {other:?} is not a power of two up to 65536"
+            )))
+        }
     };
     let data_start = c.at.div_ceil(alignment) * alignment;
     let mut tensors = HashMap::new();
@@ -357,13 +414,24 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
         let len = elems
             .filter(|n| n % dtype.block_size() == 0)
             .and_then(|n| (n / dtype.block_size()).checked_mul(dtype.type_size()))
-            .ok_or_else(|| gguf_err(format!("tensor `{name}` has shape {dims:?}, which does not fit {dtype:?} blocks")))?;
+            .ok_or_else(|| {
+                gguf_err(format!(
+                    "tensor `{name}` has shape {dims:?}, which does not fit {dtype:?} blocks"
+                ))
+            })?;
         let start = usize::try_from(offset).ok().and_then(|o| o.checked_add(data_start));
         match start.and_then(|s| s.checked_add(len)) {
             Some(end) if end <= bytes.len() => {}
-            _ => return Err(gguf_err(format!("tensor `{name}` ({len} bytes at data offset {offset}) lies outside the file"))),
+            _ => {
+                return Err(gguf_err(format!(
+                    "tensor `{name}` ({len} bytes at data offset {offset}) lies outside the file"
+                )))
+            }
         }
-        if tensors.insert(name.clone(), GgufTensor { dims, dtype, start: start.expect("checked"), len }).is_some() {
+        if tensors
+            .insert(name.clone(), GgufTensor { dims, dtype, start: start.expect("checked"), len })
+            .is_some()
+        {
             return Err(gguf_err(format!("tensor `{name}` is listed twice")));
         }
     }
@@ -377,9 +445,11 @@ impl GgufHeader {
         // Copied into an 8-byte aligned buffer: ggml blocks are read in place as structs.
         let mut aligned = vec![0u64; info.len.div_ceil(8)];
         // SAFETY: `aligned` holds at least `info.len` bytes; u8 has no alignment needs.
-        let raw = unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr() as *mut u8, info.len) };
+        let raw =
+            unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr() as *mut u8, info.len) };
         raw.copy_from_slice(&bytes[info.start..info.start + info.len]);
-        let q = qtensor_from_ggml(info.dtype, raw, info.dims.clone(), &Device::Cpu).map_err(|e| gguf_err(format!("tensor `{name}`: {e}")))?;
+        let q = qtensor_from_ggml(info.dtype, raw, info.dims.clone(), &Device::Cpu)
+            .map_err(|e| gguf_err(format!("tensor `{name}`: {e}")))?;
         let t = q.dequantize(&Device::Cpu)?;
         if !crate::train::optim::all_finite(&t)? {
             return Err(Error::corrupt(Path::new(name), "GGUF tensor holds non-finite values"));
@@ -403,9 +473,16 @@ pub struct Converted {
 pub fn convert_gguf(bytes: &[u8], source: &str) -> Result<Converted> {
     let path = Path::new(source);
     let header = parse_header(bytes).map_err(|e| e.context(source))?;
-    let arch = header.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let arch = header
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
     if arch != "llama" {
-        return Err(Error::unsupported(format!("GGUF architecture `{arch}` is not supported (llama is)")));
+        return Err(Error::unsupported(format!(
+            "GGUF architecture `{arch}` is not supported (llama is)"
+        )));
     }
     let m = Meta { md: &header.metadata, arch, path };
     let n_head = m.arch_u32("attention.head_count")?;
@@ -449,7 +526,9 @@ pub fn convert_gguf(bytes: &[u8], source: &str) -> Result<Converted> {
     names.sort();
     for gname in names {
         let Some((name, heads)) = hf_name(gname, n_head, n_kv) else {
-            return Err(Error::unsupported(format!("GGUF tensor `{gname}` has no Hugging Face counterpart here")));
+            return Err(Error::unsupported(format!(
+                "GGUF tensor `{gname}` has no Hugging Face counterpart here"
+            )));
         };
         *quant.entry(format!("{:?}", header.tensors[gname].dtype)).or_default() += 1;
         let t = header.dequantize(bytes, gname).map_err(|e| e.context(source))?;
@@ -460,7 +539,8 @@ pub fn convert_gguf(bytes: &[u8], source: &str) -> Result<Converted> {
         tensors.push((name, t));
     }
     let parameters = tensors.iter().map(|(_, t)| t.elem_count()).sum();
-    let tokenizer_json = tokenizer.to_string(false).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))?;
+    let tokenizer_json =
+        tokenizer.to_string(false).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))?;
     let mut quant_types: Vec<(String, usize)> = quant.into_iter().collect();
     quant_types.sort();
     let report = ImportReport {
@@ -481,7 +561,12 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path) -> Result<ImportReport> {
     crate::model::checkpoint::check_replaceable(out_dir)?;
     let bytes = crate::limits::read_file(gguf_path, crate::limits::MAX_WEIGHT_FILE_BYTES)?;
     let c = convert_gguf(&bytes, &gguf_path.display().to_string())?;
-    save_checkpoint(out_dir, &c.config, &c.tensors, &[(TOKENIZER_FILE, c.tokenizer_json.into_bytes())])?;
+    save_checkpoint(
+        out_dir,
+        &c.config,
+        &c.tensors,
+        &[(TOKENIZER_FILE, c.tokenizer_json.into_bytes())],
+    )?;
     Ok(c.report)
 }
 
@@ -493,16 +578,31 @@ mod tests {
     fn unpermute_inverts_llama_cpp_permute() {
         // llama.cpp: w.reshape(heads, 2, d/2, in).swapaxes(1, 2).reshape(out, in)
         let (heads, d, inp) = (3, 4, 2);
-        let hf = Tensor::arange(0f32, (heads * d * inp) as f32, &Device::Cpu).unwrap().reshape((heads * d, inp)).unwrap();
-        let gguf = hf.reshape((heads, 2, d / 2, inp)).unwrap().transpose(1, 2).unwrap().reshape((heads * d, inp)).unwrap();
+        let hf = Tensor::arange(0f32, (heads * d * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * d, inp))
+            .unwrap();
+        let gguf = hf
+            .reshape((heads, 2, d / 2, inp))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((heads * d, inp))
+            .unwrap();
         let back = unpermute_qk(&gguf, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
     }
 
     #[test]
     fn names_map_to_hugging_face() {
-        assert_eq!(hf_name("blk.7.attn_k.weight", 9, 3), Some(("model.layers.7.self_attn.k_proj.weight".into(), Some(3))));
-        assert_eq!(hf_name("token_embd.weight", 9, 3), Some(("model.embed_tokens.weight".into(), None)));
+        assert_eq!(
+            hf_name("blk.7.attn_k.weight", 9, 3),
+            Some(("model.layers.7.self_attn.k_proj.weight".into(), Some(3)))
+        );
+        assert_eq!(
+            hf_name("token_embd.weight", 9, 3),
+            Some(("model.embed_tokens.weight".into(), None))
+        );
         assert_eq!(hf_name("blk.x.attn_k.weight", 9, 3), None);
     }
 }

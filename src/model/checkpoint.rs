@@ -47,17 +47,31 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             return Err(Error::corrupt(&index, "`weight_map` names no files"));
         }
         if shards.len() > limits::MAX_WEIGHT_SHARDS {
-            return Err(Error::corrupt(&index, format!("{} shards, above rewardkit's limit of {}", shards.len(), limits::MAX_WEIGHT_SHARDS)));
+            return Err(Error::corrupt(
+                &index,
+                format!(
+                    "{} shards, above rewardkit's limit of {}",
+                    shards.len(),
+                    limits::MAX_WEIGHT_SHARDS
+                ),
+            ));
         }
         return shards
             .into_iter()
             .map(|s| {
                 // Shards sit beside the index: a name with a directory part could point anywhere.
                 if s.is_empty() || s.contains(['/', '\\']) || s == "." || s == ".." {
-                    return Err(Error::corrupt(&index, format!("shard name `{s}` is not a file name in the checkpoint directory")));
+                    return Err(Error::corrupt(
+                        &index,
+                        format!("shard name `{s}` is not a file name in the checkpoint directory"),
+                    ));
                 }
                 let p = dir.join(s);
-                if p.is_file() { Ok(p) } else { Err(Error::missing(p, "weight shard")) }
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(Error::missing(p, "weight shard"))
+                }
             })
             .collect();
     }
@@ -67,7 +81,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             dir.display()
         )));
     }
-    Err(Error::missing(dir.join(WEIGHTS_FILE), "model weights (model.safetensors or model.safetensors.index.json)"))
+    Err(Error::missing(
+        dir.join(WEIGHTS_FILE),
+        "model weights (model.safetensors or model.safetensors.index.json)",
+    ))
 }
 
 /// Every tensor of the given safetensors files, on the CPU, in its stored dtype.
@@ -87,11 +104,14 @@ pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
 /// non-finite value anywhere is an error naming the tensor.
 pub fn tensors_from_bytes(bytes: &[u8]) -> Result<HashMap<String, Tensor>> {
     let corrupt = |msg: String| Error::new(ErrorKind::CorruptFile, msg);
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if let Some(i) = first_non_finite(view.dtype(), view.data()) {
-            return Err(corrupt(format!("tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}")));
+            return Err(corrupt(format!(
+                "tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}"
+            )));
         }
         let t = view.load(&Device::Cpu).map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
@@ -122,7 +142,9 @@ pub fn first_non_finite(dtype: safetensors::Dtype, data: &[u8]) -> Option<usize>
 fn check_float(name: &str, t: &Tensor) -> Result<()> {
     match t.dtype() {
         DType::F32 | DType::F16 | DType::BF16 | DType::F64 => Ok(()),
-        other => Err(Error::unsupported(format!("weight `{name}` is stored as {other:?}; expected f32, f16 or bf16"))),
+        other => Err(Error::unsupported(format!(
+            "weight `{name}` is stored as {other:?}; expected f32, f16 or bf16"
+        ))),
     }
 }
 
@@ -130,7 +152,11 @@ fn check_shape(name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
     if t.dims() != expected {
         return Err(Error::new(
             ErrorKind::ShapeMismatch,
-            format!("weight `{name}` has shape {:?} but the config implies {:?}", t.dims(), expected),
+            format!(
+                "weight `{name}` has shape {:?} but the config implies {:?}",
+                t.dims(),
+                expected
+            ),
         ));
     }
     Ok(())
@@ -151,19 +177,22 @@ pub fn params_from_tensors(
         params.insert(name, &t.to_dtype(dtype)?.to_device(device)?)
     };
     for (name, shape) in expected_shapes(cfg) {
-        let t = tensors
-            .remove(&name)
-            .ok_or_else(|| Error::new(ErrorKind::ShapeMismatch, format!("checkpoint lacks weight `{name}`")))?;
+        let t = tensors.remove(&name).ok_or_else(|| {
+            Error::new(ErrorKind::ShapeMismatch, format!("checkpoint lacks weight `{name}`"))
+        })?;
         check_shape(&name, &t, &shape)?;
         put(&name, t)?;
     }
     let h = cfg.hidden_size;
-    let head_name = std::iter::once(names::HEAD).chain(names::HEAD_ALIASES).find(|n| tensors.contains_key(*n));
+    let head_name =
+        std::iter::once(names::HEAD).chain(names::HEAD_ALIASES).find(|n| tensors.contains_key(*n));
     let source = match head_name {
         Some(name) => {
             let bias = name.replace(".weight", ".bias");
             if tensors.contains_key(&bias) {
-                return Err(Error::unsupported(format!("`{bias}` present: reward heads with a bias are not supported")));
+                return Err(Error::unsupported(format!(
+                    "`{bias}` present: reward heads with a bias are not supported"
+                )));
             }
             let t = tensors.remove(name).expect("found above");
             let heads = cfg.ensemble_heads();
@@ -189,7 +218,10 @@ pub fn params_from_tensors(
     // Parameters of training add-ons that travel with the checkpoint (SwAV prototypes).
     if let Some(t) = tensors.remove(crate::train::contrastive::PROTOTYPES) {
         check_float(crate::train::contrastive::PROTOTYPES, &t)?;
-        params.insert(crate::train::contrastive::PROTOTYPES, &t.to_dtype(DType::F32)?.to_device(device)?)?;
+        params.insert(
+            crate::train::contrastive::PROTOTYPES,
+            &t.to_dtype(DType::F32)?.to_device(device)?,
+        )?;
     }
     Ok((params, source))
 }
@@ -198,13 +230,16 @@ pub fn params_from_tensors(
 /// `score`. Row i of a multi-head ensemble draws from its own seed (`seed + i`).
 pub fn fresh_head(cfg: &ModelConfig, rows: usize, seed: u64) -> Result<Tensor> {
     let std = cfg.raw.get("initializer_range").and_then(Value::as_f64).unwrap_or(0.02);
-    let w: Vec<f32> = (0..rows as u64).flat_map(|i| crate::rng::Rng::new(seed.wrapping_add(i)).normal_vec(cfg.hidden_size, std)).collect();
+    let w: Vec<f32> = (0..rows as u64)
+        .flat_map(|i| crate::rng::Rng::new(seed.wrapping_add(i)).normal_vec(cfg.hidden_size, std))
+        .collect();
     Ok(Tensor::from_vec(w, (rows, cfg.hidden_size), &Device::Cpu)?)
 }
 
 /// The files a checkpoint directory written by rewardkit may hold. An existing directory with
 /// anything else in it is somebody's own, and is never replaced.
-pub const CHECKPOINT_FILES: [&str; 5] = [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "optimizer.safetensors", "trainer_state.json"];
+pub const CHECKPOINT_FILES: [&str; 5] =
+    [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "optimizer.safetensors", "trainer_state.json"];
 
 /// Whether `dir` may be replaced by a save: absent, an empty directory, or a directory holding
 /// only [`CHECKPOINT_FILES`] (a checkpoint rewardkit wrote). Anything else (a file, a link, a
@@ -216,7 +251,12 @@ pub fn check_replaceable(dir: &Path) -> Result<()> {
         Err(e) => return Err(Error::io(dir, e)),
         Ok(m) => m,
     };
-    let refuse = |why: String| Err(Error::new(ErrorKind::Exists, format!("refusing to replace {}: {why}; save to a new directory", dir.display())));
+    let refuse = |why: String| {
+        Err(Error::new(
+            ErrorKind::Exists,
+            format!("refusing to replace {}: {why}; save to a new directory", dir.display()),
+        ))
+    };
     if meta.file_type().is_symlink() {
         return refuse("it is a symbolic link".into());
     }
@@ -229,7 +269,10 @@ pub fn check_replaceable(dir: &Path) -> Result<()> {
         let name = entry.file_name();
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         if !is_file || !CHECKPOINT_FILES.iter().any(|f| name == *f) {
-            return refuse(format!("it holds `{}`, which is not part of a rewardkit checkpoint", name.to_string_lossy()));
+            return refuse(format!(
+                "it holds `{}`, which is not part of a rewardkit checkpoint",
+                name.to_string_lossy()
+            ));
         }
     }
     Ok(())
@@ -240,7 +283,12 @@ pub fn check_replaceable(dir: &Path) -> Result<()> {
 /// directory first, which then replaces `dir`. A crash mid-save leaves the old checkpoint whole.
 /// A `dir` that is not a rewardkit checkpoint is refused before anything is written
 /// ([`check_replaceable`]).
-pub fn save_checkpoint(dir: &Path, config_json: &Value, tensors: &[(String, Tensor)], extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
+pub fn save_checkpoint(
+    dir: &Path,
+    config_json: &Value,
+    tensors: &[(String, Tensor)],
+    extra_files: &[(&str, Vec<u8>)],
+) -> Result<()> {
     check_replaceable(dir)?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -249,12 +297,16 @@ pub fn save_checkpoint(dir: &Path, config_json: &Value, tensors: &[(String, Tens
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let tmp = crate::fsutil::fresh_sibling_dir(dir, "tmp")?;
     let write = || -> Result<()> {
-        let cfg_bytes = serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
+        let cfg_bytes =
+            serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
         write_synced(&tmp.join(CONFIG_FILE), &cfg_bytes)?;
-        let cpu: Vec<(String, Tensor)> =
-            tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
+        let cpu: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+            .collect::<Result<_>>()?;
         let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let bytes = safetensors::serialize(cpu, Some(metadata)).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        let bytes = safetensors::serialize(cpu, Some(metadata))
+            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
         write_synced(&tmp.join(WEIGHTS_FILE), &bytes)?;
         for (name, data) in extra_files {
             write_synced(&tmp.join(name), data)?;
@@ -306,9 +358,13 @@ mod tests {
         assert_eq!(first_non_finite(Dtype::F32, &f32s(&[1.0, -3.5, f32::MAX])), None);
         assert_eq!(first_non_finite(Dtype::F32, &f32s(&[1.0, f32::NAN])), Some(1));
         assert_eq!(first_non_finite(Dtype::F32, &f32s(&[f32::NEG_INFINITY])), Some(0));
-        let bf16 = |v: &[f32]| v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>();
+        let bf16 = |v: &[f32]| {
+            v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()
+        };
         assert_eq!(first_non_finite(Dtype::BF16, &bf16(&[0.5, 2.0, f32::INFINITY])), Some(2));
-        let f16 = |v: &[f32]| v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>();
+        let f16 = |v: &[f32]| {
+            v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()
+        };
         assert_eq!(first_non_finite(Dtype::F16, &f16(&[0.5, 65504.0])), None);
         assert_eq!(first_non_finite(Dtype::F16, &f16(&[f32::NAN])), Some(0));
         assert_eq!(first_non_finite(Dtype::I64, &[0xff; 16]), None);

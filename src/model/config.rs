@@ -54,9 +54,16 @@ impl Architecture {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: f64,
+    },
 }
 
 /// A validated model configuration. Field names follow `transformers`.
@@ -92,11 +99,15 @@ pub struct ModelConfig {
 fn get_usize(raw: &Value, key: &str) -> Result<Option<usize>> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .filter(|&x| x <= usize::MAX as u64)
-            .map(|x| Some(x as usize))
-            .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a non-negative integer, got {v}"))),
+        Some(v) => {
+            v.as_u64().filter(|&x| x <= usize::MAX as u64).map(|x| Some(x as usize)).ok_or_else(
+                || {
+                    Error::invalid(format!(
+                        "config.json: `{key}` must be a non-negative integer, got {v}"
+                    ))
+                },
+            )
+        }
     }
 }
 
@@ -107,11 +118,9 @@ fn need_usize(raw: &Value, key: &str) -> Result<usize> {
 fn get_f64(raw: &Value, key: &str) -> Result<Option<f64>> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .map(Some)
-            .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a finite number, got {v}"))),
+        Some(v) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| {
+            Error::invalid(format!("config.json: `{key}` must be a finite number, got {v}"))
+        }),
     }
 }
 
@@ -127,10 +136,9 @@ fn check_range(key: &str, value: f64, ok: bool, range: &str) -> Result<()> {
 fn get_bool(raw: &Value, key: &str) -> Result<Option<bool>> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be true or false, got {v}"))),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            Error::invalid(format!("config.json: `{key}` must be true or false, got {v}"))
+        }),
     }
 }
 
@@ -140,13 +148,17 @@ fn token_ids(raw: &Value, key: &str) -> Result<Vec<u32>> {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| Error::invalid(format!("config.json: `{key}` holds {v}"))))
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| Error::invalid(format!("config.json: `{key}` holds {v}")))
+            })
             .collect(),
-        Some(v) => v
-            .as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .map(|x| vec![x])
-            .ok_or_else(|| Error::invalid(format!("config.json: `{key}` must be a token id, got {v}"))),
+        Some(v) => {
+            v.as_u64().and_then(|x| u32::try_from(x).ok()).map(|x| vec![x]).ok_or_else(|| {
+                Error::invalid(format!("config.json: `{key}` must be a token id, got {v}"))
+            })
+        }
     }
 }
 
@@ -162,7 +174,10 @@ fn parse_rope(raw: &Value) -> Result<(f64, RopeScaling)> {
     let scaling = params.or(raw.get("rope_scaling")).filter(|v| v.is_object());
     let Some(s) = scaling else { return Ok((theta, RopeScaling::None)) };
     let kind = s.get("rope_type").or(s.get("type")).and_then(Value::as_str).unwrap_or("default");
-    let factor = || get_f64(s, "factor")?.ok_or_else(|| Error::invalid("config.json: rope scaling without `factor`"));
+    let factor = || {
+        get_f64(s, "factor")?
+            .ok_or_else(|| Error::invalid("config.json: rope scaling without `factor`"))
+    };
     let scaling = match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: factor()? },
@@ -170,9 +185,14 @@ fn parse_rope(raw: &Value) -> Result<(f64, RopeScaling)> {
             factor: factor()?,
             low_freq_factor: get_f64(s, "low_freq_factor")?.unwrap_or(1.0),
             high_freq_factor: get_f64(s, "high_freq_factor")?.unwrap_or(4.0),
-            original_max_position: get_f64(s, "original_max_position_embeddings")?.unwrap_or(8192.0),
+            original_max_position: get_f64(s, "original_max_position_embeddings")?
+                .unwrap_or(8192.0),
         },
-        other => return Err(Error::unsupported(format!("rope scaling type `{other}` is not supported (default, linear, llama3 are)"))),
+        other => {
+            return Err(Error::unsupported(format!(
+                "rope scaling type `{other}` is not supported (default, linear, llama3 are)"
+            )))
+        }
     };
     Ok((theta, scaling))
 }
@@ -185,7 +205,9 @@ impl ModelConfig {
 
     /// Parses and validates the bytes of a config.json.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let raw: Value = serde_json::from_slice(bytes).map_err(|e| Error::new(crate::ErrorKind::CorruptFile, format!("not valid JSON: {e}")))?;
+        let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::new(crate::ErrorKind::CorruptFile, format!("not valid JSON: {e}"))
+        })?;
         Self::from_json(raw)
     }
 
@@ -202,12 +224,15 @@ impl ModelConfig {
         })?;
         if let Some(act) = raw.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                return Err(Error::unsupported(format!("hidden_act `{act}` is not supported (silu is)")));
+                return Err(Error::unsupported(format!(
+                    "hidden_act `{act}` is not supported (silu is)"
+                )));
             }
         }
         let hidden_size = need_usize(&raw, "hidden_size")?;
         let num_attention_heads = need_usize(&raw, "num_attention_heads")?;
-        let num_key_value_heads = get_usize(&raw, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            get_usize(&raw, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = match get_usize(&raw, "head_dim")? {
             Some(d) => d,
             None if num_attention_heads > 0 => hidden_size / num_attention_heads,
@@ -223,7 +248,9 @@ impl ModelConfig {
         let sliding_window = match architecture {
             Architecture::Mistral => get_usize(&raw, "sliding_window")?,
             Architecture::Qwen2 if get_bool(&raw, "use_sliding_window")?.unwrap_or(false) => {
-                return Err(Error::unsupported("qwen2 with use_sliding_window = true is not supported"));
+                return Err(Error::unsupported(
+                    "qwen2 with use_sliding_window = true is not supported",
+                ));
             }
             _ => None,
         };
@@ -270,7 +297,10 @@ impl ModelConfig {
                 return Err(Error::invalid(format!("config.json: `{name}` must be > 0")));
             }
         }
-        use crate::limits::{MAX_ATTENTION_HEADS, MAX_ENSEMBLE_HEADS, MAX_HEAD_DIM, MAX_HIDDEN_SIZE, MAX_INTERMEDIATE_SIZE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB_SIZE};
+        use crate::limits::{
+            MAX_ATTENTION_HEADS, MAX_ENSEMBLE_HEADS, MAX_HEAD_DIM, MAX_HIDDEN_SIZE,
+            MAX_INTERMEDIATE_SIZE, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB_SIZE,
+        };
         let caps = [
             ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
             ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE),
@@ -286,15 +316,42 @@ impl ModelConfig {
         }
         // A NaN or zero here loads fine and makes every reward NaN.
         check_range("rope_theta", self.rope_theta, self.rope_theta > 0.0, "> 0")?;
-        check_range("rms_norm_eps", self.rms_norm_eps, self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0, "in (0, 1)")?;
+        check_range(
+            "rms_norm_eps",
+            self.rms_norm_eps,
+            self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0,
+            "in (0, 1)",
+        )?;
         match self.rope_scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => check_range("rope_scaling.factor", factor, factor > 0.0, "> 0")?,
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            RopeScaling::Linear { factor } => {
+                check_range("rope_scaling.factor", factor, factor > 0.0, "> 0")?
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
                 check_range("rope_scaling.factor", factor, factor > 0.0, "> 0")?;
-                check_range("rope_scaling.low_freq_factor", low_freq_factor, low_freq_factor > 0.0, "> 0")?;
-                check_range("rope_scaling.high_freq_factor", high_freq_factor, high_freq_factor > low_freq_factor, "> low_freq_factor")?;
-                check_range("rope_scaling.original_max_position_embeddings", original_max_position, original_max_position >= 1.0, ">= 1")?;
+                check_range(
+                    "rope_scaling.low_freq_factor",
+                    low_freq_factor,
+                    low_freq_factor > 0.0,
+                    "> 0",
+                )?;
+                check_range(
+                    "rope_scaling.high_freq_factor",
+                    high_freq_factor,
+                    high_freq_factor > low_freq_factor,
+                    "> low_freq_factor",
+                )?;
+                check_range(
+                    "rope_scaling.original_max_position_embeddings",
+                    original_max_position,
+                    original_max_position >= 1.0,
+                    ">= 1",
+                )?;
             }
         }
         if let Some(std) = get_f64(&self.raw, "initializer_range")? {
@@ -302,7 +359,9 @@ impl ModelConfig {
         }
         if let Some(heads) = get_usize(&self.raw, ENSEMBLE_HEADS_KEY)? {
             if heads == 0 {
-                return Err(Error::invalid(format!("config.json: `{ENSEMBLE_HEADS_KEY}` must be >= 1")));
+                return Err(Error::invalid(format!(
+                    "config.json: `{ENSEMBLE_HEADS_KEY}` must be >= 1"
+                )));
             }
             capped(heads, MAX_ENSEMBLE_HEADS, &format!("config.json: `{ENSEMBLE_HEADS_KEY}`"))?;
         }
@@ -313,11 +372,17 @@ impl ModelConfig {
             )));
         }
         if self.head_dim % 2 != 0 {
-            return Err(Error::invalid(format!("config.json: head_dim {} must be even for rotary embeddings", self.head_dim)));
+            return Err(Error::invalid(format!(
+                "config.json: head_dim {} must be even for rotary embeddings",
+                self.head_dim
+            )));
         }
         if let Some(pad) = self.pad_token_id {
             if pad as usize >= self.vocab_size {
-                return Err(Error::invalid(format!("config.json: pad_token_id {pad} >= vocab_size {}", self.vocab_size)));
+                return Err(Error::invalid(format!(
+                    "config.json: pad_token_id {pad} >= vocab_size {}",
+                    self.vocab_size
+                )));
             }
         }
         Ok(())
@@ -325,8 +390,12 @@ impl ModelConfig {
 
     /// Number of labels of a sequence-classification head; a reward model has one.
     pub fn num_labels(&self) -> Option<usize> {
-        self.raw.get("id2label").and_then(Value::as_object).map(|m| m.len())
-            .or(get_usize(&self.raw, "num_labels").ok().flatten())
+        self.raw.get("id2label").and_then(Value::as_object).map(|m| m.len()).or(get_usize(
+            &self.raw,
+            "num_labels",
+        )
+        .ok()
+        .flatten())
     }
 
     /// Heads of a shared-backbone ensemble checkpoint (written by rewardkit), else 1; at most
@@ -343,10 +412,15 @@ impl ModelConfig {
         let obj = raw.as_object_mut().expect("validated as an object");
         obj.insert(
             "architectures".into(),
-            Value::from(vec![format!("{}ForSequenceClassification", self.architecture.hf_class_prefix())]),
+            Value::from(vec![format!(
+                "{}ForSequenceClassification",
+                self.architecture.hf_class_prefix()
+            )]),
         );
-        let labels: serde_json::Map<String, Value> = (0..heads).map(|i| (i.to_string(), Value::from(format!("LABEL_{i}")))).collect();
-        let ids: serde_json::Map<String, Value> = (0..heads).map(|i| (format!("LABEL_{i}"), Value::from(i))).collect();
+        let labels: serde_json::Map<String, Value> =
+            (0..heads).map(|i| (i.to_string(), Value::from(format!("LABEL_{i}")))).collect();
+        let ids: serde_json::Map<String, Value> =
+            (0..heads).map(|i| (format!("LABEL_{i}"), Value::from(i))).collect();
         obj.insert("num_labels".into(), Value::from(heads));
         obj.insert("id2label".into(), Value::Object(labels));
         obj.insert("label2id".into(), Value::Object(ids));
@@ -417,7 +491,11 @@ mod tests {
         ] {
             let mut v = base();
             v[key] = value.clone();
-            assert_eq!(ModelConfig::from_json(v).unwrap_err().kind(), crate::ErrorKind::InvalidArgument, "{key} = {value}");
+            assert_eq!(
+                ModelConfig::from_json(v).unwrap_err().kind(),
+                crate::ErrorKind::InvalidArgument,
+                "{key} = {value}"
+            );
         }
         let mut v = base();
         v["max_position_embeddings"] = json!(10_485_760);

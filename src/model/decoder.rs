@@ -126,7 +126,11 @@ impl DecoderWeights {
         let linear = |l: usize, proj: &str, bias: bool| -> Result<Linear> {
             Ok(Linear {
                 weight: p.get(&names::layer(l, &format!("{proj}.weight")))?.clone(),
-                bias: if bias { Some(p.get(&names::layer(l, &format!("{proj}.bias")))?.clone()) } else { None },
+                bias: if bias {
+                    Some(p.get(&names::layer(l, &format!("{proj}.bias")))?.clone())
+                } else {
+                    None
+                },
             })
         };
         let layers = (0..cfg.num_hidden_layers)
@@ -211,7 +215,9 @@ struct RopeTables {
 impl RopeTables {
     fn build(inv: &[f32], n: usize, dtype: DType, device: &Device) -> Result<Self> {
         let half = inv.len();
-        let len = n.checked_mul(half).ok_or_else(|| crate::Error::invalid(format!("{n} rotary positions overflow")))?;
+        let len = n
+            .checked_mul(half)
+            .ok_or_else(|| crate::Error::invalid(format!("{n} rotary positions overflow")))?;
         let mut angles = Vec::with_capacity(len);
         for pos in 0..n {
             angles.extend(inv.iter().map(|&f| pos as f32 * f));
@@ -244,11 +250,17 @@ impl RopeTables {
 /// Inverse frequencies `1 / theta^(2i/d)`, adjusted by the config's rope scaling.
 fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
     let d = cfg.head_dim;
-    let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+    let base: Vec<f64> =
+        (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
     match cfg.rope_scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => {
             let low_wavelen = original_max_position / low_freq_factor;
             let high_wavelen = original_max_position / high_freq_factor;
             base.iter()
@@ -259,7 +271,8 @@ fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (original_max_position / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -284,7 +297,12 @@ impl Rope {
         if n <= self.cached.len() {
             self.cached.narrow(n)
         } else {
-            RopeTables::build(&self.inv, n, self.cached.cos_half.dtype(), self.cached.cos_half.device())
+            RopeTables::build(
+                &self.inv,
+                n,
+                self.cached.cos_half.dtype(),
+                self.cached.cos_half.device(),
+            )
         }
     }
 
@@ -293,15 +311,25 @@ impl Rope {
     fn apply_thd(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let tables = self.tables(x.dim(1)?)?;
         match pass {
-            Pass::Inference => Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &tables.cos_half, &tables.sin_half)?),
-            Pass::Train { .. } => rotate(x, &tables.cos_full.unsqueeze(1)?, &tables.sin_full.unsqueeze(1)?), // (t, 1, d)
+            Pass::Inference => Ok(candle_nn::rotary_emb::rope_thd(
+                &x.contiguous()?,
+                &tables.cos_half,
+                &tables.sin_half,
+            )?),
+            Pass::Train { .. } => {
+                rotate(x, &tables.cos_full.unsqueeze(1)?, &tables.sin_full.unsqueeze(1)?)
+            } // (t, 1, d)
         }
     }
 
     /// x: (b, heads, d), one vector per row, rotated to position `pos[i]` (differentiable).
     fn apply_at(&self, x: &Tensor, pos: &[usize]) -> Result<Tensor> {
         let tables = self.tables(pos.iter().max().map_or(0, |&p| p + 1))?;
-        let idx = Tensor::from_vec(pos.iter().map(|&p| p as u32).collect::<Vec<_>>(), pos.len(), x.device())?;
+        let idx = Tensor::from_vec(
+            pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            pos.len(),
+            x.device(),
+        )?;
         let cos = tables.cos_full.index_select(&idx, 0)?.unsqueeze(1)?; // (b, 1, d)
         let sin = tables.sin_full.index_select(&idx, 0)?.unsqueeze(1)?;
         rotate(x, &cos, &sin)
@@ -311,7 +339,11 @@ impl Rope {
     fn apply(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let tables = self.tables(x.dim(2)?)?;
         match pass {
-            Pass::Inference => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &tables.cos_half, &tables.sin_half)?),
+            Pass::Inference => Ok(candle_nn::rotary_emb::rope(
+                &x.contiguous()?,
+                &tables.cos_half,
+                &tables.sin_half,
+            )?),
             Pass::Train { .. } => rotate(x, &tables.cos_full, &tables.sin_full),
         }
     }
@@ -329,7 +361,11 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, pass: Pass) -> Result<Tensor> {
     match pass {
         Pass::Inference => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?),
-        Pass::Train { .. } if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 => super::fused::rms_norm_cpu(x, weight, eps),
+        Pass::Train { .. }
+            if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 =>
+        {
+            super::fused::rms_norm_cpu(x, weight, eps)
+        }
         Pass::Train { .. } => {
             let dtype = x.dtype();
             let x32 = x.to_dtype(DType::F32)?;
@@ -354,10 +390,17 @@ fn softmax_f32(x: &Tensor, pass: Pass) -> Result<Tensor> {
 }
 
 /// (t, t) additive mask: 0 where query i may attend to key j, -inf elsewhere.
-fn attention_mask(t: usize, sliding_window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
+fn attention_mask(
+    t: usize,
+    sliding_window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let window = sliding_window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?)
 }
@@ -371,7 +414,8 @@ fn dropout(x: &Tensor, pass: Pass, stream: u64) -> Result<Tensor> {
     }
     let mut rng = crate::rng::Rng::new(dropout_seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { scale }).collect();
+    let mask: Vec<f32> =
+        (0..x.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { scale }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
@@ -387,25 +431,44 @@ impl Attention<'_> {
     /// x: (b, t, h) -> (b, t, h)
     fn forward(&self, w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, d) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let (nh, nkv, d) =
+            (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         let scale = (d as f64).powf(-0.5);
         let dev = x.device();
         // (b, t, heads*d) -> (b, t, heads, d): a view.
         let (q, k, v) = profile::phase("qkv projections", dev, || {
-            Ok((w.q.forward(x)?.reshape((b, t, nh, d))?, w.k.forward(x)?.reshape((b, t, nkv, d))?, w.v.forward(x)?.reshape((b, t, nkv, d))?))
+            Ok((
+                w.q.forward(x)?.reshape((b, t, nh, d))?,
+                w.k.forward(x)?.reshape((b, t, nkv, d))?,
+                w.v.forward(x)?.reshape((b, t, nkv, d))?,
+            ))
         })?;
         let y = match &self.mask {
             None => {
                 // CPU: the fused kernel; in training its backward pass gives q, k, v gradients.
-                let (q, k) = profile::phase("rope", dev, || Ok((self.rope.apply_thd(&q, pass)?, self.rope.apply_thd(&k, pass)?)))?;
+                let (q, k) = profile::phase("rope", dev, || {
+                    Ok((self.rope.apply_thd(&q, pass)?, self.rope.apply_thd(&k, pass)?))
+                })?;
                 let train = matches!(pass, Pass::Train { .. });
-                profile::phase("attention core", dev, || super::fused::causal_attention_cpu(&q, &k, &v.contiguous()?, scale, self.cfg.sliding_window, train))?
+                profile::phase("attention core", dev, || {
+                    super::fused::causal_attention_cpu(
+                        &q,
+                        &k,
+                        &v.contiguous()?,
+                        scale,
+                        self.cfg.sliding_window,
+                        train,
+                    )
+                })?
             }
             Some(mask) => {
                 // (b, t, heads, d) -> (b, heads, t, d)
                 let (q, k) = profile::phase("rope", dev, || {
                     let (q, k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
-                    Ok((self.rope.apply(&q, pass)?.contiguous()?, self.rope.apply(&k, pass)?.contiguous()?))
+                    Ok((
+                        self.rope.apply(&q, pass)?.contiguous()?,
+                        self.rope.apply(&k, pass)?.contiguous()?,
+                    ))
                 })?;
                 profile::phase("attention core", dev, || {
                     let v = v.transpose(1, 2)?.contiguous()?;
@@ -415,8 +478,14 @@ impl Attention<'_> {
                     let q = q.reshape((b, nkv, rep * t, d))?;
                     let scores = (q.matmul(&k.transpose(2, 3)?)? * scale)?; // (b, nkv, rep*t, t)
                     let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
-                    let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?.reshape((b, nkv, rep * t, t))?;
-                    Ok(probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?) // (b, t, nh, d)
+                    let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?.reshape((
+                        b,
+                        nkv,
+                        rep * t,
+                        t,
+                    ))?;
+                    Ok(probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?)
+                    // (b, t, nh, d)
                 })?
             }
         };
@@ -426,7 +495,9 @@ impl Attention<'_> {
 
 fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
     let dev = x.device();
-    let (gate, up) = profile::phase("mlp gate/up projections", dev, || Ok((w.gate.forward(x)?, w.up.forward(x)?)))?;
+    let (gate, up) = profile::phase("mlp gate/up projections", dev, || {
+        Ok((w.gate.forward(x)?, w.up.forward(x)?))
+    })?;
     let hidden = profile::phase("mlp activation", dev, || {
         if dev.is_cpu() && (pass == Pass::Inference || gate.dtype() == DType::F32) {
             super::fused::silu_mul_cpu(&gate, &up, pass != Pass::Inference)
@@ -448,22 +519,39 @@ pub struct Batch {
 /// Token embeddings: (b, t) ids -> (b, t, h).
 pub fn embed(cfg: &ModelConfig, w: &DecoderWeights, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
-    profile::phase("embed", ids.device(), || Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?))
+    profile::phase("embed", ids.device(), || {
+        Ok(w.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?)
+    })
 }
 
 /// Runs the full layers `range` over hidden states x: (b, t, h) -> (b, t, h).
-pub fn run_layers(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, mut x: Tensor, range: std::ops::Range<usize>, pass: Pass) -> Result<Tensor> {
+pub fn run_layers(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    rope: &Rope,
+    mut x: Tensor,
+    range: std::ops::Range<usize>,
+    pass: Pass,
+) -> Result<Tensor> {
     if range.is_empty() {
         return Ok(x);
     }
     let t = x.dim(1)?;
     // On the CPU the fused attention kernel serves both passes; elsewhere the generic ops.
     let fused = x.device().is_cpu();
-    let mask = if fused { None } else { Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?) };
+    let mask = if fused {
+        None
+    } else {
+        Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?)
+    };
     let attention = Attention { cfg, rope, mask };
     let dev = x.device().clone();
-    let norm = |x: &Tensor, weight: &Tensor| profile::phase("rms norms", &dev, || rms_norm(x, weight, cfg.rms_norm_eps, pass));
-    let residual = |x: Tensor, y: &Tensor, stream: u64| profile::phase("residual adds", &dev, || Ok((x + dropout(y, pass, stream)?)?));
+    let norm = |x: &Tensor, weight: &Tensor| {
+        profile::phase("rms norms", &dev, || rms_norm(x, weight, cfg.rms_norm_eps, pass))
+    };
+    let residual = |x: Tensor, y: &Tensor, stream: u64| {
+        profile::phase("residual adds", &dev, || Ok((x + dropout(y, pass, stream)?)?))
+    };
     for l in range {
         let layer = &w.layers[l];
         let y = attention.forward(layer, &norm(&x, &layer.input_norm)?, pass)?;
@@ -485,7 +573,15 @@ fn pooled_rows(x: &Tensor, pool: &[usize]) -> Result<Tensor> {
 /// position, but queries, the attention output and the MLP are needed at one position per
 /// sequence, so this layer costs two thin projections instead of a whole layer.
 /// x: (b, t, h) entering layer `l` -> (b, h) leaving it, at the pooled positions.
-fn last_layer_pooled(cfg: &ModelConfig, layer: &LayerWeights, rope: &Rope, x: &Tensor, pool: &[usize], l: usize, pass: Pass) -> Result<Tensor> {
+fn last_layer_pooled(
+    cfg: &ModelConfig,
+    layer: &LayerWeights,
+    rope: &Rope,
+    x: &Tensor,
+    pool: &[usize],
+    l: usize,
+    pass: Pass,
+) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let xn = rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, pass)?;
@@ -504,11 +600,19 @@ fn last_layer_pooled(cfg: &ModelConfig, layer: &LayerWeights, rope: &Rope, x: &T
 }
 
 /// (b, 1, 1, t) additive mask for one query per row at position `pool[i]`.
-fn pooled_query_mask(pool: &[usize], t: usize, sliding_window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
+fn pooled_query_mask(
+    pool: &[usize],
+    t: usize,
+    sliding_window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let window = sliding_window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = pool
         .iter()
-        .flat_map(|&i| (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|&i| {
+            (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (pool.len(), 1, 1, t), device)?.to_dtype(dtype)?)
 }
@@ -516,30 +620,56 @@ fn pooled_query_mask(pool: &[usize], t: usize, sliding_window: Option<usize>, dt
 /// Reward features from hidden states `x` (b, t, h) entering layer `first`: the remaining
 /// layers, the final norm, at each row's pooled position. `first == num_layers` means x holds
 /// the last layer's output. Returns (b, h) in the compute dtype.
-pub fn pooled_features_from(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, x: Tensor, first: usize, pool: &[usize], pass: Pass) -> Result<Tensor> {
+pub fn pooled_features_from(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    rope: &Rope,
+    x: Tensor,
+    first: usize,
+    pool: &[usize],
+    pass: Pass,
+) -> Result<Tensor> {
     let n = w.layers.len();
     let pooled = if first < n {
         let x = run_layers(cfg, w, rope, x, first..n - 1, pass)?;
-        profile::phase("last layer, pooled rows only", x.device(), || last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass))?
+        profile::phase("last layer, pooled rows only", x.device(), || {
+            last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass)
+        })?
     } else {
         pooled_rows(&x, pool)?
     };
-    profile::phase("final norm", pooled.device(), || dropout(&rms_norm(&pooled, &w.final_norm, cfg.rms_norm_eps, pass)?, pass, u64::MAX))
+    profile::phase("final norm", pooled.device(), || {
+        dropout(&rms_norm(&pooled, &w.final_norm, cfg.rms_norm_eps, pass)?, pass, u64::MAX)
+    })
 }
 
 /// Backbone forward: final hidden states (after the final norm) at each row's pooled token.
 /// Returns (b, h) in the compute dtype.
-pub fn pooled_features(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch: &Batch, pass: Pass) -> Result<Tensor> {
+pub fn pooled_features(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    rope: &Rope,
+    batch: &Batch,
+    pass: Pass,
+) -> Result<Tensor> {
     pooled_features_from(cfg, w, rope, embed(cfg, w, &batch.ids)?, 0, &batch.pool_index, pass)
 }
 
 /// Final-normed hidden states at every position: (b, t, h). For language-model logits.
-pub fn final_hidden_states(cfg: &ModelConfig, w: &DecoderWeights, rope: &Rope, batch: &Batch, pass: Pass) -> Result<Tensor> {
+pub fn final_hidden_states(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    rope: &Rope,
+    batch: &Batch,
+    pass: Pass,
+) -> Result<Tensor> {
     let x = run_layers(cfg, w, rope, embed(cfg, w, &batch.ids)?, 0..w.layers.len(), pass)?;
     rms_norm(&x, &w.final_norm, cfg.rms_norm_eps, pass)
 }
 
 /// Per-head rewards: (b, h) features -> (b, heads) in float32.
 pub fn head_rewards(w: &DecoderWeights, features: &Tensor) -> Result<Tensor> {
-    profile::phase("reward head", features.device(), || Ok(features.matmul(&w.head.t()?)?.to_dtype(DType::F32)?))
+    profile::phase("reward head", features.device(), || {
+        Ok(features.matmul(&w.head.t()?)?.to_dtype(DType::F32)?)
+    })
 }

@@ -56,14 +56,30 @@ impl CustomOp3 for CausalAttention {
 
     /// q: (b, t, nh, d), k and v: (b, t, nkv, d), all contiguous -> (b, t, nh, d). Working on
     /// the projection layout directly saves a transpose copy of q, k, v and the output.
-    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (qs, ks, vs) else {
             candle_core::bail!("causal attention: q, k, v must be f32");
         };
         let (b, t, nh, d) = ql.shape().dims4()?;
         let (_, _, nkv, _) = kl.shape().dims4()?;
-        if [ql, kl, vl].iter().any(|l| !l.is_contiguous()) || kl.shape() != vl.shape() || nkv * self.group != nh {
-            candle_core::bail!("causal attention: bad shapes or layouts {:?} {:?} {:?}", ql.shape(), kl.shape(), vl.shape());
+        if [ql, kl, vl].iter().any(|l| !l.is_contiguous())
+            || kl.shape() != vl.shape()
+            || nkv * self.group != nh
+        {
+            candle_core::bail!(
+                "causal attention: bad shapes or layouts {:?} {:?} {:?}",
+                ql.shape(),
+                kl.shape(),
+                vl.shape()
+            );
         }
         let q = &q[ql.start_offset()..][..b * t * nh * d];
         let k = &k[kl.start_offset()..][..b * t * nkv * d];
@@ -91,12 +107,30 @@ impl CustomOp3 for CausalAttention {
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, t, nh, d) = q.dims4()?;
         let nkv = k.dim(2)?;
-        let (dq, dk, dv) = self.backward(&host_f32(q)?, &host_f32(k)?, &host_f32(v)?, &host_f32(res)?, &host_f32(grad_res)?, (b, t, nh, nkv, d));
+        let (dq, dk, dv) = self.backward(
+            &host_f32(q)?,
+            &host_f32(k)?,
+            &host_f32(v)?,
+            &host_f32(res)?,
+            &host_f32(grad_res)?,
+            (b, t, nh, nkv, d),
+        );
         let dev = q.device();
-        Ok((Some(Tensor::from_vec(dq, q.shape(), dev)?), Some(Tensor::from_vec(dk, k.shape(), dev)?), Some(Tensor::from_vec(dv, v.shape(), dev)?)))
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
     }
 }
 
@@ -133,13 +167,37 @@ impl Mat {
 /// # Safety
 /// Every view must address valid memory for its shape; `dst` must not alias `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) {
+unsafe fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+) {
     gemm::gemm(
-        m, n, k,
-        dst, 1, dst_rs as isize, accumulate,
-        lhs.ptr, lhs.cs, lhs.rs,
-        rhs.ptr, rhs.cs, rhs.rs,
-        if accumulate { 1.0 } else { 0.0 }, beta, false, false, false, gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        if accumulate { 1.0 } else { 0.0 },
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
     );
 }
 
@@ -163,7 +221,17 @@ impl CausalAttention {
         // SAFETY: q rows i0..i1 and k rows lo..i1 (d elements each at the given row strides)
         // lie inside their slices; p is rows x n, row-major.
         unsafe {
-            gemm_into(rows, n, d, p.as_mut_ptr(), n, false, Mat::rows(x.q[i0 * x.q_stride..].as_ptr(), x.q_stride), Mat::rows(x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride).t(), self.scale);
+            gemm_into(
+                rows,
+                n,
+                d,
+                p.as_mut_ptr(),
+                n,
+                false,
+                Mat::rows(x.q[i0 * x.q_stride..].as_ptr(), x.q_stride),
+                Mat::rows(x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride).t(),
+                self.scale,
+            );
         }
         for r in 0..rows {
             let i = i0 + r;
@@ -183,7 +251,19 @@ impl CausalAttention {
         // out (rows, d) = p (rows, n) . v[lo..i1] (n, d)
         // SAFETY: as above; `out` addresses rows x d elements at row stride out_stride that
         // only this call writes (see cpu_fwd).
-        unsafe { gemm_into(rows, x.d, n, out, out_stride, false, Mat::rows(p.as_ptr(), n), Mat::rows(x.v[lo * x.kv_stride..].as_ptr(), x.kv_stride), 1.0) };
+        unsafe {
+            gemm_into(
+                rows,
+                x.d,
+                n,
+                out,
+                out_stride,
+                false,
+                Mat::rows(p.as_ptr(), n),
+                Mat::rows(x.v[lo * x.kv_stride..].as_ptr(), x.kv_stride),
+                1.0,
+            )
+        };
     }
 
     /// Gradients for query rows `i0..i1` of one head: writes dQ rows (row stride
@@ -192,7 +272,17 @@ impl CausalAttention {
     /// dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK += scale dS^T Q,
     /// dV += P^T dO.
     #[allow(clippy::too_many_arguments)]
-    fn block_backward(&self, x: &Heads, o: &[f32], dout: &[f32], i0: usize, i1: usize, dq: *mut f32, dk: &mut [f32], dv: &mut [f32]) {
+    fn block_backward(
+        &self,
+        x: &Heads,
+        o: &[f32],
+        dout: &[f32],
+        i0: usize,
+        i1: usize,
+        dq: *mut f32,
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) {
         let (rows, d) = (i1 - i0, x.d);
         let (lo, p) = self.probabilities(x, i0, i1);
         let n = i1 - lo;
@@ -201,29 +291,81 @@ impl CausalAttention {
         // SAFETY: all views lie inside their slices (same strides as the forward pass); dq
         // addresses this block's rows only; dk/dv are this task's private (t, d) buffers.
         unsafe {
-            gemm_into(rows, n, d, ds.as_mut_ptr(), n, false, Mat::rows(do_blk.as_ptr(), x.q_stride), Mat::rows(x.v[lo * x.kv_stride..].as_ptr(), x.kv_stride).t(), 1.0);
+            gemm_into(
+                rows,
+                n,
+                d,
+                ds.as_mut_ptr(),
+                n,
+                false,
+                Mat::rows(do_blk.as_ptr(), x.q_stride),
+                Mat::rows(x.v[lo * x.kv_stride..].as_ptr(), x.kv_stride).t(),
+                1.0,
+            );
         }
         for r in 0..rows {
-            let (orow, drow) = (&o_blk[r * x.q_stride..r * x.q_stride + d], &do_blk[r * x.q_stride..r * x.q_stride + d]);
+            let (orow, drow) = (
+                &o_blk[r * x.q_stride..r * x.q_stride + d],
+                &do_blk[r * x.q_stride..r * x.q_stride + d],
+            );
             let delta: f32 = orow.iter().zip(drow).map(|(a, b)| a * b).sum();
             for (s, &pv) in ds[r * n..(r + 1) * n].iter_mut().zip(&p[r * n..(r + 1) * n]) {
                 *s = pv * (*s - delta);
             }
         }
         unsafe {
-            gemm_into(rows, d, n, dq, x.q_stride, false, Mat::rows(ds.as_ptr(), n), Mat::rows(x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride), self.scale);
-            gemm_into(n, d, rows, dk[lo * d..].as_mut_ptr(), d, true, Mat::rows(ds.as_ptr(), n).t(), Mat::rows(x.q[i0 * x.q_stride..].as_ptr(), x.q_stride), self.scale);
-            gemm_into(n, d, rows, dv[lo * d..].as_mut_ptr(), d, true, Mat::rows(p.as_ptr(), n).t(), Mat::rows(do_blk.as_ptr(), x.q_stride), 1.0);
+            gemm_into(
+                rows,
+                d,
+                n,
+                dq,
+                x.q_stride,
+                false,
+                Mat::rows(ds.as_ptr(), n),
+                Mat::rows(x.k[lo * x.kv_stride..].as_ptr(), x.kv_stride),
+                self.scale,
+            );
+            gemm_into(
+                n,
+                d,
+                rows,
+                dk[lo * d..].as_mut_ptr(),
+                d,
+                true,
+                Mat::rows(ds.as_ptr(), n).t(),
+                Mat::rows(x.q[i0 * x.q_stride..].as_ptr(), x.q_stride),
+                self.scale,
+            );
+            gemm_into(
+                n,
+                d,
+                rows,
+                dv[lo * d..].as_mut_ptr(),
+                d,
+                true,
+                Mat::rows(p.as_ptr(), n).t(),
+                Mat::rows(do_blk.as_ptr(), x.q_stride),
+                1.0,
+            );
         }
     }
 
     /// dQ, dK, dV for q (b, t, nh, d), k/v (b, t, nkv, d), output o and its gradient dout.
     #[allow(clippy::too_many_arguments)]
-    fn backward(&self, q: &[f32], k: &[f32], v: &[f32], o: &[f32], dout: &[f32], (b, t, nh, nkv, d): (usize, usize, usize, usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &[f32],
+        dout: &[f32],
+        (b, t, nh, nkv, d): (usize, usize, usize, usize, usize),
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut dq = vec![0f32; q.len()];
         let mut dk = vec![0f32; k.len()];
         let mut dv = vec![0f32; v.len()];
-        let (dq_ptr, dk_ptr, dv_ptr) = (OutPtr(dq.as_mut_ptr()), OutPtr(dk.as_mut_ptr()), OutPtr(dv.as_mut_ptr()));
+        let (dq_ptr, dk_ptr, dv_ptr) =
+            (OutPtr(dq.as_mut_ptr()), OutPtr(dk.as_mut_ptr()), OutPtr(dv.as_mut_ptr()));
         // One task per (batch row, kv head): it owns that kv head's dK/dV and the dQ rows of
         // the query heads that read it, so no two tasks write the same element.
         (0..b * nkv).into_par_iter().for_each(|task| {
@@ -232,17 +374,39 @@ impl CausalAttention {
             let kv_at = bi * t * nkv * d + kh * d;
             for h in kh * self.group..(kh + 1) * self.group {
                 let q_at = bi * t * nh * d + h * d;
-                let heads = Heads { q: &q[q_at..], k: &k[kv_at..], v: &v[kv_at..], q_stride: nh * d, kv_stride: nkv * d, d };
+                let heads = Heads {
+                    q: &q[q_at..],
+                    k: &k[kv_at..],
+                    v: &v[kv_at..],
+                    q_stride: nh * d,
+                    kv_stride: nkv * d,
+                    d,
+                };
                 for i0 in (0..t).step_by(QUERY_BLOCK) {
                     let i1 = (i0 + QUERY_BLOCK).min(t);
                     let dq_rows = dq_ptr.at(q_at + i0 * nh * d);
-                    self.block_backward(&heads, &o[q_at..], &dout[q_at..], i0, i1, dq_rows, &mut dk_loc, &mut dv_loc);
+                    self.block_backward(
+                        &heads,
+                        &o[q_at..],
+                        &dout[q_at..],
+                        i0,
+                        i1,
+                        dq_rows,
+                        &mut dk_loc,
+                        &mut dv_loc,
+                    );
                 }
             }
             for j in 0..t {
                 for (dst, loc) in [(dk_ptr, &dk_loc), (dv_ptr, &dv_loc)] {
                     // SAFETY: row j of kv head kh in batch row bi belongs to this task alone.
-                    unsafe { std::ptr::copy_nonoverlapping(loc[j * d..].as_ptr(), dst.at(kv_at + j * nkv * d), d) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            loc[j * d..].as_ptr(),
+                            dst.at(kv_at + j * nkv * d),
+                            d,
+                        )
+                    };
                 }
             }
         });
@@ -264,8 +428,12 @@ fn fast_exp(x: f32) -> f32 {
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let pow2n = f32::from_bits(((shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23) as u32);
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let pow2n =
+        f32::from_bits(((shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23) as u32);
     p * pow2n
 }
 
@@ -332,7 +500,13 @@ fn silu_mul_generic(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn silu_mul_backward_generic(gate: &[f32], up: &[f32], dy: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+fn silu_mul_backward_generic(
+    gate: &[f32],
+    up: &[f32],
+    dy: &[f32],
+    d_gate: &mut [f32],
+    d_up: &mut [f32],
+) {
     for i in 0..gate.len() {
         let (g, u, d) = (gate[i], up[i], dy[i]);
         let sig = 1.0 / (1.0 + fast_exp(-g));
@@ -355,19 +529,36 @@ impl CustomOp2 for SiluMul {
     }
 
     /// d/dgate = dy·up·σ(g)·(1 + g·(1 - σ(g))), d/dup = dy·silu(g).
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, u, dy) = (host_f32(gate)?, host_f32(up)?, host_f32(grad_res)?);
         let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
         const CHUNK: usize = 1 << 14;
-        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
-            let at = c * CHUNK;
-            let n = dg.len();
-            silu_mul_backward_slices(&g[at..at + n], &u[at..at + n], &dy[at..at + n], dg, du);
-        });
-        Ok((Some(Tensor::from_vec(dg, gate.shape(), gate.device())?), Some(Tensor::from_vec(du, up.shape(), up.device())?)))
+        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(
+            |(c, (dg, du))| {
+                let at = c * CHUNK;
+                let n = dg.len();
+                silu_mul_backward_slices(&g[at..at + n], &u[at..at + n], &dy[at..at + n], dg, du);
+            },
+        );
+        Ok((
+            Some(Tensor::from_vec(dg, gate.shape(), gate.device())?),
+            Some(Tensor::from_vec(du, up.shape(), up.device())?),
+        ))
     }
 
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(g), CpuStorage::F32(u)) = (gs, us) else {
             candle_core::bail!("silu_mul: inputs must be f32");
         };
@@ -392,7 +583,11 @@ pub fn silu_mul_cpu(gate: &Tensor, up: &Tensor, differentiable: bool) -> Result<
     let dtype = gate.dtype();
     let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
     let (gate32, up32) = (f32c(gate)?, f32c(up)?);
-    let y = if differentiable { gate32.apply_op2(&up32, SiluMul)? } else { gate32.apply_op2_no_bwd(&up32, &SiluMul)? };
+    let y = if differentiable {
+        gate32.apply_op2(&up32, SiluMul)?
+    } else {
+        gate32.apply_op2_no_bwd(&up32, &SiluMul)?
+    };
     Ok(y.to_dtype(dtype)?)
 }
 
@@ -417,13 +612,23 @@ impl CustomOp2 for RmsNorm {
     }
 
     /// x: (.., h), weight: (h) -> (.., h).
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else {
             candle_core::bail!("rms_norm: x and weight must be f32");
         };
         let h = wl.shape().elem_count();
         if !xl.is_contiguous() || !wl.is_contiguous() || xl.shape().dims().last() != Some(&h) {
-            candle_core::bail!("rms_norm: contiguous x (.., {h}) and weight ({h}) expected, got {:?} and {:?}", xl.shape(), wl.shape());
+            candle_core::bail!(
+                "rms_norm: contiguous x (.., {h}) and weight ({h}) expected, got {:?} and {:?}",
+                xl.shape(),
+                wl.shape()
+            );
         }
         let n = xl.shape().elem_count();
         let (x, w) = (&x[xl.start_offset()..][..n], &w[wl.start_offset()..][..h]);
@@ -442,7 +647,13 @@ impl CustomOp2 for RmsNorm {
 
     /// With g = dy·w and s = Σ g·x over the row: dx = inv·g - x·inv³·s/h; dw = Σ over rows of
     /// dy·x·inv.
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let h = weight.elem_count();
         let (xv, w, dy) = (host_f32(x)?, host_f32(weight)?, host_f32(grad_res)?);
         let mut dx = vec![0f32; xv.len()];
@@ -474,7 +685,10 @@ impl CustomOp2 for RmsNorm {
                     a
                 },
             );
-        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), Some(Tensor::from_vec(dw, weight.shape(), weight.device())?)))
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
+        ))
     }
 }
 
@@ -483,18 +697,25 @@ pub fn rms_norm_cpu(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })?)
 }
 
-
 /// Causal (optionally sliding-window) attention, `softmax(q k^T * scale + mask) v`, computed
 /// in float32 on the CPU. q: (b, t, nh, d); k, v: (b, t, nkv, d) -> (b, t, nh, d) in q's dtype.
 /// With `differentiable`, gradients flow to q, k and v through a fused backward pass that
 /// recomputes the probabilities block by block (no (t, t) tensor is ever stored).
-pub fn causal_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<usize>, differentiable: bool) -> Result<Tensor> {
+pub fn causal_attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    window: Option<usize>,
+    differentiable: bool,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
     let group = q.dim(2)? / k.dim(2)?;
     let op = CausalAttention { scale: scale as f32, group, window };
     let (q, k, v) = (f32c(q)?, f32c(k)?, f32c(v)?);
-    let y = if differentiable { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
+    let y =
+        if differentiable { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
     Ok(y.to_dtype(dtype)?)
 }
 
@@ -523,10 +744,21 @@ mod tests {
         let tr = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
         let (q, k, v) = (tr(q), tr(k), tr(v));
         // repeat kv heads: head j uses kv head j / rep
-        let expand = |x: &Tensor| x.unsqueeze(2).unwrap().broadcast_as((b, nkv, rep, t, d)).unwrap().reshape((b, nh, t, d)).unwrap();
+        let expand = |x: &Tensor| {
+            x.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((b, nkv, rep, t, d))
+                .unwrap()
+                .reshape((b, nh, t, d))
+                .unwrap()
+        };
         let (k, v) = (expand(&k), expand(&v));
         let w = window.unwrap_or(usize::MAX);
-        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i && i - j < w { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..t).map(move |j| if j <= i && i - j < w { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
         let mask = Tensor::from_vec(mask, (t, t), q.device()).unwrap();
         let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap().broadcast_add(&mask).unwrap();
         let m = s.max_keepdim(candle_core::D::Minus1).unwrap().detach();
@@ -540,23 +772,44 @@ mod tests {
         use candle_core::{Device, Var};
         let (b, t, nh, nkv, d) = (2, 70, 4, 2, 8); // t > QUERY_BLOCK: several blocks
         let mut rng = crate::rng::Rng::new(3);
-        let mut var = |n: usize, shape: (usize, usize, usize, usize)| Var::from_tensor(&Tensor::from_vec(rng.normal_vec(n, 1.0), shape, &Device::Cpu).unwrap()).unwrap();
+        let mut var = |n: usize, shape: (usize, usize, usize, usize)| {
+            Var::from_tensor(
+                &Tensor::from_vec(rng.normal_vec(n, 1.0), shape, &Device::Cpu).unwrap(),
+            )
+            .unwrap()
+        };
         let q = var(b * t * nh * d, (b, t, nh, d));
         let k = var(b * t * nkv * d, (b, t, nkv, d));
         let v = var(b * t * nkv * d, (b, t, nkv, d));
-        let w = Tensor::from_vec(crate::rng::Rng::new(4).normal_vec(b * t * nh * d, 1.0), (b, t, nh, d), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(
+            crate::rng::Rng::new(4).normal_vec(b * t * nh * d, 1.0),
+            (b, t, nh, d),
+            &Device::Cpu,
+        )
+        .unwrap();
         for window in [None, Some(9)] {
             let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, true).unwrap();
             let generic = reference(&q, &k, &v, 0.3, window);
-            let fwd = (&fused - &generic).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let fwd = (&fused - &generic)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(fwd < 1e-5, "forward differs by {fwd}");
             let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let gg = (generic * &w).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
                 let (a, c) = (gf.get(x.as_tensor()).unwrap(), gg.get(x.as_tensor()).unwrap());
-                let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff =
+                    (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 let scale = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-4 * scale.max(1.0), "d{name} (window {window:?}) differs by {diff} (scale {scale})");
+                assert!(
+                    diff < 1e-4 * scale.max(1.0),
+                    "d{name} (window {window:?}) differs by {diff} (scale {scale})"
+                );
             }
         }
     }
@@ -573,16 +826,42 @@ mod tests {
         let mut rng = crate::rng::Rng::new(8);
         // 37 rows: not a multiple of NORM_ROWS; h = 24.
         let (b, t, h) = (1, 37, 24);
-        let mut var = |shape: (usize, usize, usize), s: f64| Var::from_tensor(&Tensor::from_vec(rng.normal_vec(shape.0 * shape.1 * shape.2, s), shape, &Device::Cpu).unwrap()).unwrap();
+        let mut var = |shape: (usize, usize, usize), s: f64| {
+            Var::from_tensor(
+                &Tensor::from_vec(
+                    rng.normal_vec(shape.0 * shape.1 * shape.2, s),
+                    shape,
+                    &Device::Cpu,
+                )
+                .unwrap(),
+            )
+            .unwrap()
+        };
         let (x, gate, up) = (var((b, t, h), 2.0), var((b, t, h), 3.0), var((b, t, h), 1.0));
-        let weight = Var::from_tensor(&Tensor::from_vec(crate::rng::Rng::new(9).normal_vec(h, 1.0), h, &Device::Cpu).unwrap()).unwrap();
-        let probe = Tensor::from_vec(crate::rng::Rng::new(10).normal_vec(b * t * h, 1.0), (b, t, h), &Device::Cpu).unwrap();
+        let weight = Var::from_tensor(
+            &Tensor::from_vec(crate::rng::Rng::new(9).normal_vec(h, 1.0), h, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let probe = Tensor::from_vec(
+            crate::rng::Rng::new(10).normal_vec(b * t * h, 1.0),
+            (b, t, h),
+            &Device::Cpu,
+        )
+        .unwrap();
         let eps = 1e-5;
         let fused = rms_norm_cpu(&x, &weight, eps).unwrap();
-        let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps).unwrap().sqrt().unwrap().recip().unwrap();
+        let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .recip()
+            .unwrap();
         let generic = x.broadcast_mul(&inv).unwrap().broadcast_mul(&weight).unwrap();
         assert!(rel_diff(&fused, &generic) < 1e-6, "rms_norm forward");
-        let (gf, gg) = ((fused * &probe).unwrap().sum_all().unwrap().backward().unwrap(), (generic * &probe).unwrap().sum_all().unwrap().backward().unwrap());
+        let (gf, gg) = (
+            (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap(),
+            (generic * &probe).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
         for (name, p) in [("x", &x), ("weight", &weight)] {
             let d = rel_diff(gf.get(p.as_tensor()).unwrap(), gg.get(p.as_tensor()).unwrap());
             assert!(d < 1e-5, "rms_norm d{name} differs by {d}");
@@ -590,13 +869,21 @@ mod tests {
         let fused = silu_mul_cpu(&gate, &up, true).unwrap();
         let generic = (gate.silu().unwrap() * up.as_tensor()).unwrap();
         assert!(rel_diff(&fused, &generic) < 1e-6, "swiglu forward");
-        let (gf, gg) = ((fused * &probe).unwrap().sum_all().unwrap().backward().unwrap(), (generic * &probe).unwrap().sum_all().unwrap().backward().unwrap());
+        let (gf, gg) = (
+            (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap(),
+            (generic * &probe).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
         for (name, p) in [("gate", &gate), ("up", &up)] {
             let d = rel_diff(gf.get(p.as_tensor()).unwrap(), gg.get(p.as_tensor()).unwrap());
             assert!(d < 1e-5, "swiglu d{name} differs by {d}");
         }
         // Without `differentiable`, no gradient flows.
-        let g = (silu_mul_cpu(&gate, &up, false).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = (silu_mul_cpu(&gate, &up, false).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         assert!(g.get(gate.as_tensor()).is_none());
     }
 
@@ -608,7 +895,11 @@ mod tests {
         silu_mul_slices(&g, &u, &mut out);
         for i in 0..100 {
             let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
-            assert!((out[i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{i}: {} vs {want}", out[i]);
+            assert!(
+                (out[i] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{i}: {} vs {want}",
+                out[i]
+            );
         }
     }
 

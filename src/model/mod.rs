@@ -80,7 +80,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: DeviceSpec::Cpu, dtype: ComputeDType::F32, max_length: 0, head_seed: 0 }
+        LoadOptions {
+            device: DeviceSpec::Cpu,
+            dtype: ComputeDType::F32,
+            max_length: 0,
+            head_seed: 0,
+        }
     }
 }
 
@@ -111,13 +116,21 @@ impl RewardModel {
         let mut tensors = checkpoint::read_tensors(&checkpoint::weight_files(dir)?)?;
         let device = opts.device.open()?;
         let lm_head = match tensors.remove(decoder::names::LM_HEAD) {
-            Some(t) if !config.tie_word_embeddings => Some(t.to_dtype(opts.dtype.to_candle())?.to_device(&device)?),
+            Some(t) if !config.tie_word_embeddings => {
+                Some(t.to_dtype(opts.dtype.to_candle())?.to_device(&device)?)
+            }
             _ => None,
         };
-        let (params, head_source) =
-            checkpoint::params_from_tensors(&config, tensors, &device, opts.dtype.to_candle(), opts.head_seed)
-                .map_err(|e| e.context(dir.display()))?;
-        let mut model = Self::from_params(config, params, head_source, device, opts.dtype, opts.max_length)?;
+        let (params, head_source) = checkpoint::params_from_tensors(
+            &config,
+            tensors,
+            &device,
+            opts.dtype.to_candle(),
+            opts.head_seed,
+        )
+        .map_err(|e| e.context(dir.display()))?;
+        let mut model =
+            Self::from_params(config, params, head_source, device, opts.dtype, opts.max_length)?;
         model.lm_head = lm_head;
         Ok(model)
     }
@@ -135,7 +148,17 @@ impl RewardModel {
         let weights = DecoderWeights::new(&config, &params)?;
         let inference_weights = weights.detached();
         let rope = Rope::new(&config, max_length, dtype.to_candle(), &device)?;
-        Ok(RewardModel { config, params, weights, inference_weights, rope, device, dtype, head_source, lm_head: None })
+        Ok(RewardModel {
+            config,
+            params,
+            weights,
+            inference_weights,
+            rope,
+            device,
+            dtype,
+            head_source,
+            lm_head: None,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -161,15 +184,29 @@ impl RewardModel {
     /// A copy for training: parameters `trainable` selects get their own storage, the rest are
     /// shared with `self`, and the reward head is re-initialised from `head_seed` with `heads`
     /// rows. Ensemble members differ only in this seed (and their data order).
-    pub fn fork_for_training(&self, trainable: impl Fn(&str) -> bool, heads: usize, head_seed: u64) -> Result<RewardModel> {
+    pub fn fork_for_training(
+        &self,
+        trainable: impl Fn(&str) -> bool,
+        heads: usize,
+        head_seed: u64,
+    ) -> Result<RewardModel> {
         let mut params = self.params.fork(|n| trainable(n) && n != decoder::names::HEAD)?;
-        let head = checkpoint::fresh_head(&self.config, heads, head_seed)?.to_dtype(self.dtype.to_candle())?.to_device(&self.device)?;
+        let head = checkpoint::fresh_head(&self.config, heads, head_seed)?
+            .to_dtype(self.dtype.to_candle())?
+            .to_device(&self.device)?;
         params.replace(decoder::names::HEAD, &head)?;
         let mut config = self.config.clone();
         if let Some(obj) = config.raw.as_object_mut() {
             obj.insert(config::ENSEMBLE_HEADS_KEY.into(), serde_json::Value::from(heads));
         }
-        let mut model = Self::from_params(config, params, HeadSource::Fresh { seed: head_seed }, self.device.clone(), self.dtype, self.max_length())?;
+        let mut model = Self::from_params(
+            config,
+            params,
+            HeadSource::Fresh { seed: head_seed },
+            self.device.clone(),
+            self.dtype,
+            self.max_length(),
+        )?;
         model.lm_head = self.lm_head.clone();
         Ok(model)
     }
@@ -177,7 +214,10 @@ impl RewardModel {
     /// A copy whose parameters named in `overrides` take the given values (in new variables)
     /// while every other parameter is shared with `self`. MetaRM evaluates the preference loss
     /// at such moved weights without touching the weights scorers read.
-    pub fn with_overrides(&self, overrides: &std::collections::HashMap<String, Tensor>) -> Result<RewardModel> {
+    pub fn with_overrides(
+        &self,
+        overrides: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<RewardModel> {
         let mut params = self.params.fork(|_| false)?;
         for (name, value) in overrides {
             params.replace(name, value)?;
@@ -260,8 +300,22 @@ impl RewardModel {
 
     /// Features from hidden states `x` (b, t, h) entering layer `first` (see
     /// [`Self::hidden_before_layer`]): (b, h).
-    pub fn features_from(&self, x: Tensor, first: usize, pool_index: &[usize], pass: Pass) -> Result<Tensor> {
-        decoder::pooled_features_from(&self.config, self.weights_for(pass), &self.rope, x, first, pool_index, pass)
+    pub fn features_from(
+        &self,
+        x: Tensor,
+        first: usize,
+        pool_index: &[usize],
+        pass: Pass,
+    ) -> Result<Tensor> {
+        decoder::pooled_features_from(
+            &self.config,
+            self.weights_for(pass),
+            &self.rope,
+            x,
+            first,
+            pool_index,
+            pass,
+        )
     }
 
     /// Rewards: (b,) float32. A multi-head ensemble gives the mean over its heads.
@@ -287,10 +341,20 @@ impl RewardModel {
     /// Next-token logits of a causal LM at every position: (b, t, vocab) float32. Uses
     /// `lm_head.weight` when the checkpoint had one, else the (tied) embeddings.
     pub fn lm_logits(&self, batch: &Batch) -> Result<Tensor> {
-        let hidden = decoder::final_hidden_states(&self.config, &self.inference_weights, &self.rope, batch, Pass::Inference)?;
+        let hidden = decoder::final_hidden_states(
+            &self.config,
+            &self.inference_weights,
+            &self.rope,
+            batch,
+            Pass::Inference,
+        )?;
         let (b, t, h) = hidden.dims3()?;
         let lm_head = self.lm_head.as_ref().unwrap_or(self.inference_weights.embed());
-        Ok(hidden.reshape((b * t, h))?.matmul(&lm_head.t()?)?.reshape((b, t, ()))?.to_dtype(DType::F32)?)
+        Ok(hidden
+            .reshape((b * t, h))?
+            .matmul(&lm_head.t()?)?
+            .reshape((b, t, ()))?
+            .to_dtype(DType::F32)?)
     }
 
     /// Checks token ids against the vocabulary and the length limit.
@@ -299,19 +363,32 @@ impl RewardModel {
             return Err(Error::invalid("empty token sequence"));
         }
         if ids.len() > self.max_length() {
-            return Err(Error::invalid(format!("sequence of {} tokens exceeds max_length {}", ids.len(), self.max_length())));
+            return Err(Error::invalid(format!(
+                "sequence of {} tokens exceeds max_length {}",
+                ids.len(),
+                self.max_length()
+            )));
         }
-        if let Some((pos, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.config.vocab_size) {
+        if let Some((pos, &id)) =
+            ids.iter().enumerate().find(|(_, &id)| id as usize >= self.config.vocab_size)
+        {
             return Err(Error::new(
                 crate::ErrorKind::OutOfVocab,
-                format!("token id {id} at position {pos} is outside the vocabulary (size {})", self.config.vocab_size),
+                format!(
+                    "token id {id} at position {pos} is outside the vocabulary (size {})",
+                    self.config.vocab_size
+                ),
             ));
         }
         Ok(())
     }
 
     /// [`Self::validate_ids`] on every sequence; an error names the sequence as `{what} {i}`.
-    pub fn validate_sequences<'a>(&self, seqs: impl IntoIterator<Item = &'a [u32]>, what: &str) -> Result<()> {
+    pub fn validate_sequences<'a>(
+        &self,
+        seqs: impl IntoIterator<Item = &'a [u32]>,
+        what: &str,
+    ) -> Result<()> {
         for (i, s) in seqs.into_iter().enumerate() {
             self.validate_ids(s).map_err(|e| e.context(format!("{what} {i}")))?;
         }
@@ -320,8 +397,14 @@ impl RewardModel {
 
     /// Writes the model as a Hugging Face `*ForSequenceClassification` checkpoint.
     pub fn save(&self, dir: &Path, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();
-        checkpoint::save_checkpoint(dir, &self.config.to_reward_model_json(self.num_heads()), &tensors, extra_files)
+        let tensors: Vec<(String, Tensor)> =
+            self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();
+        checkpoint::save_checkpoint(
+            dir,
+            &self.config.to_reward_model_json(self.num_heads()),
+            &tensors,
+            extra_files,
+        )
     }
 }
 
@@ -330,7 +413,9 @@ fn resolve_max_length(config: &ModelConfig, requested: usize) -> Result<usize> {
     match requested {
         // The model's own limit, within rewardkit's cap on one sequence.
         0 => Ok(limit.min(crate::limits::MAX_SEQUENCE_TOKENS)),
-        n if n > limit => Err(Error::invalid(format!("max_length {n} exceeds the model's max_position_embeddings {limit}"))),
+        n if n > limit => Err(Error::invalid(format!(
+            "max_length {n} exceeds the model's max_position_embeddings {limit}"
+        ))),
         n => crate::limits::capped(n, crate::limits::MAX_SEQUENCE_TOKENS, "max_length"),
     }
 }

@@ -28,10 +28,9 @@ impl ParamStore {
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.vars
-            .get(name)
-            .map(|v| v.as_tensor())
-            .ok_or_else(|| Error::new(ErrorKind::Internal, format!("parameter `{name}` is not loaded")))
+        self.vars.get(name).map(|v| v.as_tensor()).ok_or_else(|| {
+            Error::new(ErrorKind::Internal, format!("parameter `{name}` is not loaded"))
+        })
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -76,7 +75,8 @@ impl ParamStore {
     pub fn fork(&self, copy: impl Fn(&str) -> bool) -> Result<ParamStore> {
         let mut out = ParamStore::new();
         for (name, var) in &self.vars {
-            let var = if copy(name) { Var::from_tensor(&var.as_tensor().copy()?)? } else { var.clone() };
+            let var =
+                if copy(name) { Var::from_tensor(&var.as_tensor().copy()?)? } else { var.clone() };
             out.vars.insert(name.clone(), var);
         }
         Ok(out)
@@ -85,7 +85,10 @@ impl ParamStore {
     /// Replaces the value of one parameter with a new variable (not shared with any fork).
     pub fn replace(&mut self, name: &str, value: &Tensor) -> Result<()> {
         if !self.vars.contains_key(name) {
-            return Err(Error::new(ErrorKind::Internal, format!("parameter `{name}` is not loaded")));
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("parameter `{name}` is not loaded"),
+            ));
         }
         self.insert(name, value)
     }

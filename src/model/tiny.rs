@@ -61,7 +61,11 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tokenizer>
         .vocab_size(vocab_size)
         .min_frequency(2)
         .show_progress(false)
-        .special_tokens(vec![AddedToken::from(PAD, true), AddedToken::from(BOS, true), AddedToken::from(EOS, true)])
+        .special_tokens(vec![
+            AddedToken::from(PAD, true),
+            AddedToken::from(BOS, true),
+            AddedToken::from(EOS, true),
+        ])
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build()
         .into();
@@ -125,6 +129,22 @@ pub fn random_params(cfg: &ModelConfig, seed: u64) -> Result<ParamStore> {
     Ok(params)
 }
 
+/// A float32 CPU reward model of `spec`'s shape with seeded random weights (no tokenizer): what
+/// the tests train when they need a model small enough to check by hand.
+pub fn random_model(spec: &TinySpec, seed: u64) -> Result<RewardModel> {
+    let cfg = tiny_config(spec)?;
+    let params = random_params(&cfg, seed)?;
+    let max_length = cfg.max_position_embeddings;
+    RewardModel::from_params(
+        cfg,
+        params,
+        HeadSource::Fresh { seed },
+        Device::Cpu,
+        ComputeDType::F32,
+        max_length,
+    )
+}
+
 /// Builds the tiny reward model from `corpus` and writes it to `out_dir` as a Hugging Face
 /// checkpoint (config.json, model.safetensors, tokenizer.json).
 pub fn create_tiny_model(out_dir: &Path, corpus: &[String], spec: &TinySpec) -> Result<()> {
@@ -134,7 +154,14 @@ pub fn create_tiny_model(out_dir: &Path, corpus: &[String], spec: &TinySpec) -> 
     let tokenizer = train_tokenizer(corpus, spec.vocab_size)?;
     let cfg = tiny_config(spec)?;
     let params = random_params(&cfg, spec.seed)?;
-    let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: spec.seed }, Device::Cpu, ComputeDType::F32, 0)?;
+    let model = RewardModel::from_params(
+        cfg,
+        params,
+        HeadSource::Fresh { seed: spec.seed },
+        Device::Cpu,
+        ComputeDType::F32,
+        0,
+    )?;
     let tokenizer_json = tokenizer.to_string(false).map_err(tok_err)?;
     model.save(out_dir, &[(TOKENIZER_FILE, tokenizer_json.into_bytes())])
 }
@@ -146,7 +173,9 @@ pub fn corpus_from_jsonl(path: &Path) -> Result<Vec<String>> {
         for key in ["chosen", "rejected", "text", "prompt", "response"] {
             match row.get(key) {
                 Some(serde_json::Value::String(s)) => texts.push(s.clone()),
-                Some(_) => return Err(Error::invalid(format!("line {line}: `{key}` is not a string"))),
+                Some(_) => {
+                    return Err(Error::invalid(format!("line {line}: `{key}` is not a string")))
+                }
                 None => {}
             }
         }

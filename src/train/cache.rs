@@ -24,7 +24,12 @@ pub struct HiddenCache {
 
 impl HiddenCache {
     /// Runs the frozen bottom over `seqs` (validated ids) in token-budget batches.
-    pub fn build(shared: &SharedModel, seqs: &[&[u32]], first: usize, mut progress: impl FnMut(usize) + Send) -> Result<HiddenCache> {
+    pub fn build(
+        shared: &SharedModel,
+        seqs: &[&[u32]],
+        first: usize,
+        mut progress: impl FnMut(usize) + Send,
+    ) -> Result<HiddenCache> {
         let model = shared.read()?;
         let n_layers = model.config().num_hidden_layers;
         if first > n_layers {
@@ -55,7 +60,11 @@ impl HiddenCache {
             }
             Ok(())
         })?;
-        Ok(HiddenCache { first, hidden: hidden.into_iter().map(|h| h.expect("every sequence batched")).collect(), pool })
+        Ok(HiddenCache {
+            first,
+            hidden: hidden.into_iter().map(|h| h.expect("every sequence batched")).collect(),
+            pool,
+        })
     }
 
     /// Rows (positions) cached for sequence `i`: its length, or 1 when only the pooled row is
@@ -75,17 +84,32 @@ impl HiddenCache {
     /// Writes the cache to a safetensors file (`h.<i>` per sequence, `pool`, `first` in the
     /// metadata), so that later runs over the same sequences skip the frozen layers.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = self.hidden.iter().enumerate().map(|(i, t)| Ok((format!("h.{i}"), t.to_device(&candle_core::Device::Cpu)?))).collect::<Result<_>>()?;
-        tensors.push(("pool".into(), Tensor::from_vec(self.pool.iter().map(|&p| p as u32).collect::<Vec<_>>(), self.pool.len(), &candle_core::Device::Cpu)?));
-        let metadata: HashMap<String, String> = [("first".to_string(), self.first.to_string())].into();
-        safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))
+        let mut tensors: Vec<(String, Tensor)> = self
+            .hidden
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Ok((format!("h.{i}"), t.to_device(&candle_core::Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        tensors.push((
+            "pool".into(),
+            Tensor::from_vec(
+                self.pool.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                self.pool.len(),
+                &candle_core::Device::Cpu,
+            )?,
+        ));
+        let metadata: HashMap<String, String> =
+            [("first".to_string(), self.first.to_string())].into();
+        safetensors::serialize_to_file(tensors, Some(metadata), path)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))
     }
 
     /// Reads a cache written by [`Self::save`] (onto the CPU), checking that every pooled
     /// position lies inside its sequence.
     pub fn load(path: &Path) -> Result<HiddenCache> {
         let bytes = crate::limits::read_file(path, crate::limits::MAX_WEIGHT_FILE_BYTES)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::corrupt(path, e))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::corrupt(path, e))?;
         let first = meta
             .metadata()
             .as_ref()
@@ -93,15 +117,26 @@ impl HiddenCache {
             .and_then(|f| f.parse::<usize>().ok())
             .filter(|&f| f <= crate::limits::MAX_LAYERS)
             .ok_or_else(|| Error::corrupt(path, "no valid `first` in the metadata"))?;
-        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| Error::corrupt(path, e))?;
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
+            .map_err(|e| Error::corrupt(path, e))?;
         let pool = tensors.remove("pool").ok_or_else(|| Error::corrupt(path, "no `pool`"))?;
-        let pool: Vec<usize> = pool.to_vec1::<u32>().map_err(|e| Error::corrupt(path, format!("`pool`: {e}")))?.into_iter().map(|p| p as usize).collect();
+        let pool: Vec<usize> = pool
+            .to_vec1::<u32>()
+            .map_err(|e| Error::corrupt(path, format!("`pool`: {e}")))?
+            .into_iter()
+            .map(|p| p as usize)
+            .collect();
         let hidden: Vec<Tensor> = (0..pool.len())
             .map(|i| {
-                let h = tensors.remove(&format!("h.{i}")).ok_or_else(|| Error::corrupt(path, format!("no `h.{i}`")))?;
+                let h = tensors
+                    .remove(&format!("h.{i}"))
+                    .ok_or_else(|| Error::corrupt(path, format!("no `h.{i}`")))?;
                 match h.dims() {
                     [rows, _] if pool[i] < *rows => Ok(h),
-                    dims => Err(Error::corrupt(path, format!("`h.{i}` has shape {dims:?}, pooled position {}", pool[i]))),
+                    dims => Err(Error::corrupt(
+                        path,
+                        format!("`h.{i}` has shape {dims:?}, pooled position {}", pool[i]),
+                    )),
                 }
             })
             .collect::<Result<_>>()?;
@@ -115,7 +150,13 @@ impl HiddenCache {
 
     /// Right-padded (b, t, h) hidden states and pool indices of sequences `ids`.
     pub(super) fn batch(&self, ids: &[usize]) -> Result<(Tensor, Vec<usize>)> {
-        let t = ids.iter().map(|&i| self.hidden[i].dim(0)).collect::<candle_core::Result<Vec<_>>>()?.into_iter().max().unwrap_or(0);
+        let t = ids
+            .iter()
+            .map(|&i| self.hidden[i].dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
         let rows = ids
             .iter()
             .map(|&i| Ok(self.hidden[i].pad_with_zeros(0, 0, t - self.hidden[i].dim(0)?)?))

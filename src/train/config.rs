@@ -34,7 +34,9 @@ impl std::str::FromStr for Trainable {
                 .strip_prefix("top:")
                 .and_then(|n| n.parse().ok())
                 .map(|layers| Trainable::TopLayers { layers })
-                .ok_or_else(|| Error::invalid(format!("unknown trainable set `{s}` (all, head, top:N)"))),
+                .ok_or_else(|| {
+                    Error::invalid(format!("unknown trainable set `{s}` (all, head, top:N)"))
+                }),
         }
     }
 }
@@ -84,7 +86,11 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             optimizer: AdamWConfig::default(),
-            schedule: LrSchedule { kind: ScheduleKind::InverseSqrt, warmup_steps: 0, total_steps: 0 },
+            schedule: LrSchedule {
+                kind: ScheduleKind::InverseSqrt,
+                warmup_steps: 0,
+                total_steps: 0,
+            },
             max_grad_norm: Some(1.0),
             grad_accum: 1,
             dropout: 0.0,
@@ -102,10 +108,17 @@ impl TrainConfig {
         self.optimizer.validate()?;
         self.noise.validate()?;
         if !(1..=crate::limits::MAX_GRAD_ACCUM).contains(&self.grad_accum) {
-            return Err(Error::invalid(format!("grad_accum {} must be in 1..={}", self.grad_accum, crate::limits::MAX_GRAD_ACCUM)));
+            return Err(Error::invalid(format!(
+                "grad_accum {} must be in 1..={}",
+                self.grad_accum,
+                crate::limits::MAX_GRAD_ACCUM
+            )));
         }
         if !(self.meta_lr.is_finite() && self.meta_lr >= 0.0) {
-            return Err(Error::invalid(format!("meta_lr {} must be a finite number >= 0", self.meta_lr)));
+            return Err(Error::invalid(format!(
+                "meta_lr {} must be a finite number >= 0",
+                self.meta_lr
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::invalid(format!("dropout {} must be in [0, 1)", self.dropout)));
@@ -120,7 +133,9 @@ impl TrainConfig {
         }
         if let Trainable::TopLayers { layers } = self.trainable {
             if layers > num_layers {
-                return Err(Error::invalid(format!("cannot train the top {layers} layers of a {num_layers}-layer model")));
+                return Err(Error::invalid(format!(
+                    "cannot train the top {layers} layers of a {num_layers}-layer model"
+                )));
             }
         }
         Ok(())

@@ -83,7 +83,12 @@ impl ContrastiveConfig {
         let (kind, beta) = match method {
             ContrastiveMethod::SimCse => (ContrastiveKind::SimCse { temperature: 0.05 }, 1.0),
             ContrastiveMethod::Swav => (
-                ContrastiveKind::Swav { prototypes: if diff { 20 } else { 50 }, temperature: 0.1, sinkhorn_iterations: 3, epsilon: 0.05 },
+                ContrastiveKind::Swav {
+                    prototypes: if diff { 20 } else { 50 },
+                    temperature: 0.1,
+                    sinkhorn_iterations: 3,
+                    epsilon: 0.05,
+                },
                 if diff { 0.5 } else { 0.1 },
             ),
         };
@@ -113,7 +118,11 @@ impl ContrastiveConfig {
             "simcse-diff" => (ContrastiveMethod::SimCse, ContrastiveItems::Differences),
             "swav" => (ContrastiveMethod::Swav, ContrastiveItems::Pairs),
             "swav-diff" => (ContrastiveMethod::Swav, ContrastiveItems::Differences),
-            other => return Err(Error::invalid(format!("unknown contrastive term `{other}` (none, simcse, simcse-diff, swav, swav-diff)"))),
+            other => {
+                return Err(Error::invalid(format!(
+                "unknown contrastive term `{other}` (none, simcse, simcse-diff, swav, swav-diff)"
+            )))
+            }
         };
         Ok(Some(Self::paper(method, items)))
     }
@@ -123,7 +132,9 @@ impl ContrastiveConfig {
         self.beta = o.beta.unwrap_or(self.beta);
         self.dropout = o.dropout.unwrap_or(self.dropout);
         match &mut self.kind {
-            ContrastiveKind::SimCse { temperature } => *temperature = o.temperature.unwrap_or(*temperature),
+            ContrastiveKind::SimCse { temperature } => {
+                *temperature = o.temperature.unwrap_or(*temperature)
+            }
             ContrastiveKind::Swav { prototypes, temperature, sinkhorn_iterations, epsilon } => {
                 *temperature = o.temperature.unwrap_or(*temperature);
                 *prototypes = o.prototypes.unwrap_or(*prototypes);
@@ -230,7 +241,14 @@ pub fn sinkhorn(scores: &Tensor, epsilon: f32, iterations: usize) -> Result<Tens
 
 /// SwAV swapped prediction: `(ℓ(z1, q2) + ℓ(z2, q1)) / 2`, averaged over items; prototypes
 /// (K, h) are L2-normalised here.
-pub fn swav_loss(z1: &Tensor, z2: &Tensor, prototypes: &Tensor, temperature: f32, epsilon: f32, iterations: usize) -> Result<Tensor> {
+pub fn swav_loss(
+    z1: &Tensor,
+    z2: &Tensor,
+    prototypes: &Tensor,
+    temperature: f32,
+    epsilon: f32,
+    iterations: usize,
+) -> Result<Tensor> {
     let c = l2_normalize(&prototypes.to_dtype(DType::F32)?)?;
     let s1 = l2_normalize(z1)?.matmul(&c.t()?)?; // (N, K)
     let s2 = l2_normalize(z2)?.matmul(&c.t()?)?;
@@ -242,7 +260,12 @@ pub fn swav_loss(z1: &Tensor, z2: &Tensor, prototypes: &Tensor, temperature: f32
 }
 
 /// The contrastive loss of two views of (2n, h) features.
-pub fn contrastive_loss(cfg: &ContrastiveConfig, view1: &Tensor, view2: &Tensor, prototypes: Option<&Tensor>) -> Result<Tensor> {
+pub fn contrastive_loss(
+    cfg: &ContrastiveConfig,
+    view1: &Tensor,
+    view2: &Tensor,
+    prototypes: Option<&Tensor>,
+) -> Result<Tensor> {
     let (z1, z2) = (items(view1, cfg.items)?, items(view2, cfg.items)?);
     match cfg.kind {
         ContrastiveKind::SimCse { temperature } => info_nce(&z1, &z2, temperature),
@@ -255,13 +278,20 @@ pub fn contrastive_loss(cfg: &ContrastiveConfig, view1: &Tensor, view2: &Tensor,
 
 /// Seeded initial prototypes (K, h): N(0, 1) rows (normalised when used).
 pub fn init_prototypes(k: usize, hidden: usize, seed: u64, device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(crate::rng::Rng::new(seed).normal_vec(k * hidden, 1.0), (k, hidden), device)?)
+    Ok(Tensor::from_vec(
+        crate::rng::Rng::new(seed).normal_vec(k * hidden, 1.0),
+        (k, hidden),
+        device,
+    )?)
 }
 
 /// Mean cosine distance between chosen and rejected features of the same pairs: a separation
 /// measure (0 = identical directions, up to 2).
 pub fn chosen_rejected_distance(chosen: &Tensor, rejected: &Tensor) -> Result<f64> {
-    let (c, r) = (l2_normalize(&chosen.to_dtype(DType::F32)?)?, l2_normalize(&rejected.to_dtype(DType::F32)?)?);
+    let (c, r) = (
+        l2_normalize(&chosen.to_dtype(DType::F32)?)?,
+        l2_normalize(&rejected.to_dtype(DType::F32)?)?,
+    );
     let cos = (c * r)?.sum(D::Minus1)?;
     Ok(1.0 - cos.mean_all()?.to_scalar::<f32>()? as f64)
 }
@@ -321,16 +351,27 @@ mod tests {
 
     #[test]
     fn gradients_reach_prototypes_and_features() {
-        let f = Var::new(&[[0.3f32, 0.1, -0.2], [0.5, -0.4, 0.2], [0.1, 0.9, 0.3], [-0.6, 0.2, 0.4]], &Device::Cpu).unwrap();
+        let f = Var::new(
+            &[[0.3f32, 0.1, -0.2], [0.5, -0.4, 0.2], [0.1, 0.9, 0.3], [-0.6, 0.2, 0.4]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let c = Var::from_tensor(&init_prototypes(5, 3, 1, &Device::Cpu).unwrap()).unwrap();
         let view2 = (f.as_tensor() * 1.1).unwrap();
-        let loss = contrastive_loss(&ContrastiveConfig::swav_diff(), f.as_tensor(), &view2, Some(c.as_tensor())).unwrap();
+        let loss = contrastive_loss(
+            &ContrastiveConfig::swav_diff(),
+            f.as_tensor(),
+            &view2,
+            Some(c.as_tensor()),
+        )
+        .unwrap();
         let g = loss.backward().unwrap();
         for v in [f.as_tensor(), c.as_tensor()] {
             let n = g.get(v).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(n > 0.0 && n.is_finite());
         }
-        let loss = contrastive_loss(&ContrastiveConfig::simcse(), f.as_tensor(), &view2, None).unwrap();
+        let loss =
+            contrastive_loss(&ContrastiveConfig::simcse(), f.as_tensor(), &view2, None).unwrap();
         assert!(loss.backward().unwrap().get(f.as_tensor()).is_some());
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::train::loss::PairTreatment;
 use crate::handle::SharedModel;
+use crate::train::loss::PairTreatment;
 use crate::train::{fit, is_trainable, FitEvent, FitOptions, PairSet, TrainConfig, Trainer};
 
 /// Member `m`'s seed: `base + m`.
@@ -16,7 +16,12 @@ pub fn member_seed(base: u64, m: usize) -> u64 {
 
 /// A fresh member (or multi-head model) forked from `base`: trained parameters copied, frozen
 /// ones shared, head re-initialised from `head_seed`.
-fn fork(base: &SharedModel, cfg: &TrainConfig, heads: usize, head_seed: u64) -> Result<Arc<SharedModel>> {
+fn fork(
+    base: &SharedModel,
+    cfg: &TrainConfig,
+    heads: usize,
+    head_seed: u64,
+) -> Result<Arc<SharedModel>> {
     let model = {
         let b = base.read()?;
         let n = b.config().num_hidden_layers;
@@ -42,7 +47,10 @@ pub fn train_ensemble(
         let seed = member_seed(cfg.seed, m);
         let member = fork(base, cfg, 1, seed)?;
         let cfg_m = TrainConfig { seed, ..cfg.clone() };
-        let opts_m = FitOptions { out_dir: opts.out_dir.as_ref().map(|d| d.join(format!("member-{m}"))), ..opts.clone() };
+        let opts_m = FitOptions {
+            out_dir: opts.out_dir.as_ref().map(|d| d.join(format!("member-{m}"))),
+            ..opts.clone()
+        };
         let mut trainer = Trainer::new(member.clone(), cfg_m)?;
         fit(&mut trainer, train, treatments, None, &opts_m, |e| on_event(m, e))?;
         out.push(member);

@@ -28,7 +28,14 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { epochs: 1, batch_pairs: 8, eval_every: 0, save_every: 0, keep_checkpoints: 2, out_dir: None }
+        FitOptions {
+            epochs: 1,
+            batch_pairs: 8,
+            eval_every: 0,
+            save_every: 0,
+            keep_checkpoints: 2,
+            out_dir: None,
+        }
     }
 }
 
@@ -36,7 +43,10 @@ impl Default for FitOptions {
 pub enum FitEvent<'a> {
     Step(&'a StepStats),
     /// Held-out metrics after optimizer step `step`.
-    Eval { step: u64, metrics: PairMetrics },
+    Eval {
+        step: u64,
+        metrics: PairMetrics,
+    },
     Saved(&'a Path),
 }
 
@@ -59,9 +69,20 @@ pub fn quick_eval(shared: &SharedModel, set: &PairSet) -> Result<PairMetrics> {
 
 /// Trains over `train` for `opts.epochs`, resuming after the trainer's recorded micro-steps.
 /// `treatments` are aligned with `train`.
-pub fn fit(trainer: &mut Trainer, train: &PairSet, treatments: &[PairTreatment], eval: Option<&PairSet>, opts: &FitOptions, mut on_event: impl FnMut(FitEvent)) -> Result<()> {
+pub fn fit(
+    trainer: &mut Trainer,
+    train: &PairSet,
+    treatments: &[PairTreatment],
+    eval: Option<&PairSet>,
+    opts: &FitOptions,
+    mut on_event: impl FnMut(FitEvent),
+) -> Result<()> {
     if treatments.len() != train.len() {
-        return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), train.len())));
+        return Err(Error::invalid(format!(
+            "{} treatments for {} pairs",
+            treatments.len(),
+            train.len()
+        )));
     }
     let batches = micro_batches(train.len(), opts.epochs, opts.batch_pairs, trainer.config().seed);
     let done = trainer.micro_steps() as usize;
@@ -73,10 +94,16 @@ pub fn fit(trainer: &mut Trainer, train: &PairSet, treatments: &[PairTreatment],
         if !stats.applied {
             continue;
         }
-        if let (Some(eval), true) = (eval, opts.eval_every > 0 && stats.step % opts.eval_every == 0) {
-            on_event(FitEvent::Eval { step: stats.step, metrics: quick_eval(trainer.model(), eval)? });
+        if let (Some(eval), true) = (eval, opts.eval_every > 0 && stats.step % opts.eval_every == 0)
+        {
+            on_event(FitEvent::Eval {
+                step: stats.step,
+                metrics: quick_eval(trainer.model(), eval)?,
+            });
         }
-        if let (Some(out), true) = (&opts.out_dir, opts.save_every > 0 && stats.step % opts.save_every == 0) {
+        if let (Some(out), true) =
+            (&opts.out_dir, opts.save_every > 0 && stats.step % opts.save_every == 0)
+        {
             let dir = out.join(format!("checkpoint-{}", stats.step));
             trainer.save(&dir)?;
             on_event(FitEvent::Saved(&dir));
@@ -88,7 +115,10 @@ pub fn fit(trainer: &mut Trainer, train: &PairSet, treatments: &[PairTreatment],
         }
     }
     if let Some(eval) = eval {
-        on_event(FitEvent::Eval { step: trainer.steps(), metrics: quick_eval(trainer.model(), eval)? });
+        on_event(FitEvent::Eval {
+            step: trainer.steps(),
+            metrics: quick_eval(trainer.model(), eval)?,
+        });
     }
     if let Some(out) = &opts.out_dir {
         let dir = out.join("final");

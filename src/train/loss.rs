@@ -76,7 +76,11 @@ impl std::str::FromStr for MarginMode {
             "raw" => MarginMode::Raw,
             "clamp" | "clamp-zero" | "clamp_zero" => MarginMode::ClampZero,
             "abs" => MarginMode::Abs,
-            other => return Err(Error::invalid(format!("unknown margin mode `{other}` (raw, clamp, abs)"))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown margin mode `{other}` (raw, clamp, abs)"
+                )))
+            }
         })
     }
 }
@@ -149,7 +153,9 @@ impl NoiseConfig {
     pub fn validate(&self) -> Result<()> {
         let alpha_ok = |a: f32| (0.0..=1.0).contains(&a);
         match self.smooth {
-            SmoothRule::Constant { alpha } | SmoothRule::NegativeOnly { alpha } if !alpha_ok(alpha) => {
+            SmoothRule::Constant { alpha } | SmoothRule::NegativeOnly { alpha }
+                if !alpha_ok(alpha) =>
+            {
                 return Err(Error::invalid(format!("smoothing alpha {alpha} must be in [0, 1]")))
             }
             _ => {}
@@ -170,7 +176,10 @@ impl NoiseConfig {
             }
         }
         if !(self.centering.is_finite() && self.centering >= 0.0) {
-            return Err(Error::invalid(format!("centering coefficient {} must be >= 0", self.centering)));
+            return Err(Error::invalid(format!(
+                "centering coefficient {} must be >= 0",
+                self.centering
+            )));
         }
         Ok(())
     }
@@ -179,10 +188,19 @@ impl NoiseConfig {
     /// vote) are required by flip, negative-only smoothing and margin rules; `alphas` by
     /// per-pair smoothing. `LowestFraction` ranks within the pairs given, so pass the whole
     /// dataset at once.
-    pub fn treatments(&self, n: usize, strengths: Option<&[f32]>, alphas: Option<&[f32]>) -> Result<Vec<PairTreatment>> {
+    pub fn treatments(
+        &self,
+        n: usize,
+        strengths: Option<&[f32]>,
+        alphas: Option<&[f32]>,
+    ) -> Result<Vec<PairTreatment>> {
         self.validate()?;
         let strength = |what: &str| -> Result<&[f32]> {
-            let s = strengths.ok_or_else(|| Error::invalid(format!("{what} needs per-pair preference strengths (from `rewardkit vote`)")))?;
+            let s = strengths.ok_or_else(|| {
+                Error::invalid(format!(
+                    "{what} needs per-pair preference strengths (from `rewardkit vote`)"
+                ))
+            })?;
             if s.len() != n {
                 return Err(Error::invalid(format!("{} strengths for {n} pairs", s.len())));
             }
@@ -218,13 +236,17 @@ impl NoiseConfig {
                 }
             }
             SmoothRule::PerPair => {
-                let a = alphas.ok_or_else(|| Error::invalid("per-pair smoothing needs an alpha for every pair"))?;
+                let a = alphas.ok_or_else(|| {
+                    Error::invalid("per-pair smoothing needs an alpha for every pair")
+                })?;
                 if a.len() != n {
                     return Err(Error::invalid(format!("{} alphas for {n} pairs", a.len())));
                 }
                 for (i, (t, &alpha)) in out.iter_mut().zip(a).enumerate() {
                     if !(0.0..=1.0).contains(&alpha) {
-                        return Err(Error::invalid(format!("alpha {alpha} of pair {i} must be in [0, 1]")));
+                        return Err(Error::invalid(format!(
+                            "alpha {alpha} of pair {i} must be in [0, 1]"
+                        )));
                     }
                     t.alpha = alpha;
                 }
@@ -241,7 +263,10 @@ impl NoiseConfig {
                 };
             }
             if let Some(i) = out.iter().position(|t| !t.margin.is_finite()) {
-                return Err(Error::invalid(format!("the margin of pair {i} (scale {} x its strength) is not finite", rule.scale)));
+                return Err(Error::invalid(format!(
+                    "the margin of pair {i} (scale {} x its strength) is not finite",
+                    rule.scale
+                )));
             }
         }
         Ok(out)
@@ -262,7 +287,12 @@ pub fn pair_loss(delta: f64, t: &PairTreatment) -> f64 {
 }
 
 /// The mean loss over pairs, with autograd. `r_chosen`, `r_rejected`: (n,) float32.
-pub fn preference_loss(r_chosen: &Tensor, r_rejected: &Tensor, treatments: &[PairTreatment], centering: f64) -> Result<Tensor> {
+pub fn preference_loss(
+    r_chosen: &Tensor,
+    r_rejected: &Tensor,
+    treatments: &[PairTreatment],
+    centering: f64,
+) -> Result<Tensor> {
     let n = treatments.len();
     let device: &Device = r_chosen.device();
     let col = |f: &dyn Fn(&PairTreatment) -> f32| -> Result<Tensor> {
@@ -337,13 +367,18 @@ mod tests {
     fn selectors_pick_the_right_pairs() {
         let s = [0.5, -0.2, 1.5, -1.0, 0.0];
         let cfg = NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() };
-        let flips: Vec<bool> = cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.flip).collect();
+        let flips: Vec<bool> =
+            cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.flip).collect();
         assert_eq!(flips, [false, true, false, true, false]);
-        let cfg = NoiseConfig { flip: FlipRule::LowestFraction { fraction: 0.4 }, ..Default::default() };
-        let flips: Vec<bool> = cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.flip).collect();
+        let cfg =
+            NoiseConfig { flip: FlipRule::LowestFraction { fraction: 0.4 }, ..Default::default() };
+        let flips: Vec<bool> =
+            cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.flip).collect();
         assert_eq!(flips, [false, true, false, true, false]);
-        let cfg = NoiseConfig { smooth: SmoothRule::NegativeOnly { alpha: 0.1 }, ..Default::default() };
-        let alphas: Vec<f32> = cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.alpha).collect();
+        let cfg =
+            NoiseConfig { smooth: SmoothRule::NegativeOnly { alpha: 0.1 }, ..Default::default() };
+        let alphas: Vec<f32> =
+            cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.alpha).collect();
         assert_eq!(alphas, [0.0, 0.1, 0.0, 0.1, 0.0]);
         // Margin follows a flip's sign; clamp and abs modes.
         let cfg = NoiseConfig {
@@ -351,10 +386,15 @@ mod tests {
             margin: Some(MarginRule { scale: 2.0, mode: MarginMode::Raw }),
             ..Default::default()
         };
-        let m: Vec<f32> = cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.margin).collect();
+        let m: Vec<f32> =
+            cfg.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.margin).collect();
         assert_eq!(m, [1.0, 0.4, 3.0, 2.0, 0.0]);
-        let clamp = NoiseConfig { margin: Some(MarginRule { scale: 1.0, mode: MarginMode::ClampZero }), ..Default::default() };
-        let m: Vec<f32> = clamp.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.margin).collect();
+        let clamp = NoiseConfig {
+            margin: Some(MarginRule { scale: 1.0, mode: MarginMode::ClampZero }),
+            ..Default::default()
+        };
+        let m: Vec<f32> =
+            clamp.treatments(5, Some(&s), None).unwrap().iter().map(|t| t.margin).collect();
         assert_eq!(m, [0.5, 0.0, 1.5, 0.0, 0.0]);
         // Rules that need strengths say so.
         assert!(cfg.treatments(5, None, None).unwrap_err().message().contains("strengths"));

@@ -63,8 +63,13 @@ impl PolicyBatch {
     }
 
     /// From token ids checked against `model`'s vocabulary and length.
-    pub fn from_checked_ids(model: &SharedModel, groups: Vec<Vec<Vec<u32>>>) -> Result<PolicyBatch> {
-        model.read()?.validate_sequences(groups.iter().flatten().map(Vec::as_slice), "policy sequence")?;
+    pub fn from_checked_ids(
+        model: &SharedModel,
+        groups: Vec<Vec<Vec<u32>>>,
+    ) -> Result<PolicyBatch> {
+        model
+            .read()?
+            .validate_sequences(groups.iter().flatten().map(Vec::as_slice), "policy sequence")?;
         Self::from_ids(groups)
     }
 
@@ -74,10 +79,16 @@ impl PolicyBatch {
         }
         for (p, g) in self.groups.iter().enumerate() {
             if g.len() < 2 {
-                return Err(Error::invalid(format!("policy prompt {p} has {} responses; the difference loss needs k >= 2", g.len())));
+                return Err(Error::invalid(format!(
+                    "policy prompt {p} has {} responses; the difference loss needs k >= 2",
+                    g.len()
+                )));
             }
             if let Some(&i) = g.iter().find(|&&i| i >= self.seqs.len()) {
-                return Err(Error::invalid(format!("policy prompt {p} refers to sequence {i} of {}", self.seqs.len())));
+                return Err(Error::invalid(format!(
+                    "policy prompt {p} refers to sequence {i} of {}",
+                    self.seqs.len()
+                )));
             }
         }
         Ok(())
@@ -98,7 +109,8 @@ pub fn difference_loss(rewards: &Tensor, groups: &[Vec<usize>]) -> Result<Tensor
             let idx = Tensor::from_vec(g.iter().map(|&i| i as u32).collect::<Vec<_>>(), k, device)?;
             let r = rewards.index_select(&idx, 0)?; // (k,)
             let diff = r.unsqueeze(1)?.broadcast_sub(&r.unsqueeze(0)?)?.abs()?; // (k, k)
-            let upper: Vec<f32> = (0..k).flat_map(|i| (0..k).map(move |j| if j > i { 1.0 } else { 0.0 })).collect();
+            let upper: Vec<f32> =
+                (0..k).flat_map(|i| (0..k).map(move |j| if j > i { 1.0 } else { 0.0 })).collect();
             let upper = Tensor::from_vec(upper, (k, k), device)?;
             let s = (candle_nn::ops::sigmoid(&diff)? * upper)?.sum_all()?;
             Ok((s * (2.0 / (k * k) as f64))?)
@@ -136,7 +148,8 @@ pub fn difference_value(shared: &SharedModel, policy: &PolicyBatch) -> Result<f6
     policy.validate()?;
     let r = policy.seqs.rewards(shared, &policy.all())?;
     let device = candle_core::Device::Cpu;
-    Ok(difference_loss(&Tensor::from_vec(r, policy.all().len(), &device)?, &remap(&policy.groups))?.to_scalar::<f32>()? as f64)
+    Ok(difference_loss(&Tensor::from_vec(r, policy.all().len(), &device)?, &remap(&policy.groups))?
+        .to_scalar::<f32>()? as f64)
 }
 
 /// Groups renumbered 0.. in the order `PolicyBatch::all` lists their sequences.
@@ -156,7 +169,13 @@ impl Trainer {
     /// One MetaRM step: ascend J on `policy` by `meta_lr`, take the preference gradient on
     /// pairs `idx` of `pref` at the moved weights, and feed it to the optimizer at the current
     /// weights (counted as one micro-step of gradient accumulation).
-    pub fn meta_step(&mut self, pref: &PairSet, idx: &[usize], treatments: &[PairTreatment], policy: &PolicyBatch) -> Result<MetaStepStats> {
+    pub fn meta_step(
+        &mut self,
+        pref: &PairSet,
+        idx: &[usize],
+        treatments: &[PairTreatment],
+        policy: &PolicyBatch,
+    ) -> Result<MetaStepStats> {
         let started = Instant::now();
         policy.validate()?;
         let pass = self.pass();
@@ -171,7 +190,12 @@ impl Trainer {
         drop(model);
         // 4. Applied at θ by the trainer's optimizer.
         let step = self.finish_micro_step(g, started)?;
-        Ok(MetaStepStats { j_before: ascent.j_before, j_after: ascent.j_after, meta_grad_norm: ascent.meta_grad_norm, step })
+        Ok(MetaStepStats {
+            j_before: ascent.j_before,
+            j_after: ascent.j_after,
+            meta_grad_norm: ascent.meta_grad_norm,
+            step,
+        })
     }
 
     /// Steps 1 and 2 of a meta step: ∇J at θ, and θ' = θ + meta_lr ∇J in separate tensors
@@ -180,7 +204,12 @@ impl Trainer {
         let meta_lr = self.config().meta_lr;
         let first = self.first_trainable_layer();
         let local = remap(&policy.groups);
-        let r = model.rewards_from_features(&policy.seqs.features(model, &policy.all(), first, pass)?)?;
+        let r = model.rewards_from_features(&policy.seqs.features(
+            model,
+            &policy.all(),
+            first,
+            pass,
+        )?)?;
         let j = difference_loss(&r, &local)?;
         let j_before = j.to_scalar::<f32>()? as f64;
         let meta_grads = self.grads_of(model, &j)?;
@@ -198,7 +227,12 @@ impl Trainer {
             moved_values.insert(name.to_string(), moved);
         }
         let moved = model.with_overrides(&moved_values)?;
-        let r_after = moved.rewards_from_features(&policy.seqs.features(&moved, &policy.all(), first, Pass::Inference)?)?;
+        let r_after = moved.rewards_from_features(&policy.seqs.features(
+            &moved,
+            &policy.all(),
+            first,
+            Pass::Inference,
+        )?)?;
         let j_after = difference_loss(&r_after, &local)?.to_scalar::<f32>()? as f64;
         Ok(Ascent { moved, j_before, j_after, meta_grad_norm })
     }
@@ -261,7 +295,11 @@ pub fn fit(
     mut on_round: impl FnMut(&MetaRound),
 ) -> Result<Vec<MetaRound>> {
     if treatments.len() != train.len() {
-        return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), train.len())));
+        return Err(Error::invalid(format!(
+            "{} treatments for {} pairs",
+            treatments.len(),
+            train.len()
+        )));
     }
     policy.validate()?;
     let per_epoch = train.len().div_ceil(opts.batch_pairs.max(1)).max(1);
@@ -279,11 +317,20 @@ pub fn fit(
             next += 1;
             let mut chosen: Vec<usize> = (0..policy.groups.len()).collect();
             rng.shuffle(&mut chosen);
-            chosen.truncate(if opts.policy_prompts == 0 { chosen.len() } else { opts.policy_prompts.min(chosen.len()) });
-            let sub = PolicyBatch { seqs: policy.seqs.clone(), groups: chosen.iter().map(|&g| policy.groups[g].clone()).collect() };
+            chosen.truncate(if opts.policy_prompts == 0 {
+                chosen.len()
+            } else {
+                opts.policy_prompts.min(chosen.len())
+            });
+            let sub = PolicyBatch {
+                seqs: policy.seqs.clone(),
+                groups: chosen.iter().map(|&g| policy.groups[g].clone()).collect(),
+            };
             let t: Vec<PairTreatment> = idx.iter().map(|&i| treatments[i]).collect();
             let s = trainer.meta_step(train, idx, &t, &sub)?;
-            for (sum, x) in sums.iter_mut().zip([s.j_before, s.j_after, s.step.loss, s.step.accuracy]) {
+            for (sum, x) in
+                sums.iter_mut().zip([s.j_before, s.j_after, s.step.loss, s.step.accuracy])
+            {
                 *sum += x;
             }
         }
@@ -309,7 +356,12 @@ pub fn fit(
 impl Trainer {
     /// One MetaRM step on preference pairs given as token ids (how the C ABI and the bindings
     /// call).
-    pub fn meta_step_pairs(&mut self, pairs: Vec<super::pairs::PairIds>, labels: super::pairs::PairLabels, policy: &PolicyBatch) -> Result<MetaStepStats> {
+    pub fn meta_step_pairs(
+        &mut self,
+        pairs: Vec<super::pairs::PairIds>,
+        labels: super::pairs::PairLabels,
+        policy: &PolicyBatch,
+    ) -> Result<MetaStepStats> {
         let (set, treatments) = self.batch(pairs, labels)?;
         let idx: Vec<usize> = (0..set.len()).collect();
         self.meta_step(&set, &idx, &treatments, policy)
@@ -330,7 +382,9 @@ mod tests {
         assert!((j - want).abs() < 1e-6, "{j} vs {want}");
         assert!((difference_loss_scalar(&[0.0, 1.0, 3.0]) - want).abs() < 1e-12);
         // k differs per prompt; equal rewards give σ(0) = 0.5 per pair: 2/4 * 0.5 = 0.25.
-        let j2 = difference_loss(&r, &[vec![0, 1, 2], vec![3, 4]]).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let j2 =
+            difference_loss(&r, &[vec![0, 1, 2], vec![3, 4]]).unwrap().to_scalar::<f32>().unwrap()
+                as f64;
         assert!((j2 - (want + 0.25) / 2.0).abs() < 1e-6);
     }
 

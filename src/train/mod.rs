@@ -26,5 +26,7 @@ pub mod step;
 pub use cache::HiddenCache;
 pub use config::{first_trainable_layer, is_trainable, TrainConfig, Trainable};
 pub use fit::{fit, micro_batches, quick_eval, FitEvent, FitOptions};
-pub use pairs::{check_pairs, encode_text_pairs, tokenize_pairs, PairIds, PairLabels, PairSet, SeqSource};
+pub use pairs::{
+    check_pairs, encode_text_pairs, tokenize_pairs, PairIds, PairLabels, PairSet, SeqSource,
+};
 pub use step::{StepStats, Trainer, TrainerState};

@@ -25,7 +25,9 @@ impl Default for AdamWConfig {
 
 impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
-        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay].iter().all(|x| x.is_finite());
+        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay]
+            .iter()
+            .all(|x| x.is_finite());
         let ok = finite
             && self.lr >= 0.0
             && (0.0..1.0).contains(&self.beta1)
@@ -79,7 +81,9 @@ impl std::str::FromStr for ScheduleKind {
             "inverse-sqrt" | "inverse_sqrt" => ScheduleKind::InverseSqrt,
             "cosine" => ScheduleKind::Cosine,
             "linear" => ScheduleKind::Linear,
-            other => return Err(Error::invalid(format!("unknown schedule `{other}` ({})", Self::NAMES))),
+            other => {
+                return Err(Error::invalid(format!("unknown schedule `{other}` ({})", Self::NAMES)))
+            }
         })
     }
 }
@@ -127,20 +131,23 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     for g in grads {
         sum += match borrow_f32(g) {
             // One parallel pass instead of three tensor ops and a parameter-sized temporary.
-            Some(data) => data.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum(),
+            Some(data) => data
+                .par_chunks(1 << 14)
+                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .sum(),
             None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
         };
     }
     Ok(sum.sqrt())
 }
 
-/// Whether every value of `t` is finite (NaN and infinities make `x - x` NaN).
+/// Whether every value of `t` is finite (NaN and infinities make `0 * x` NaN).
 pub fn all_finite(t: &Tensor) -> Result<bool> {
     Ok(match borrow_f32(t) {
         Some(data) => data.par_chunks(1 << 14).all(|c| c.iter().all(|x| x.is_finite())),
         None => {
             let t = t.to_dtype(DType::F32)?;
-            (&t - &t)?.sum_all()?.to_scalar::<f32>()?.is_finite()
+            t.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?.is_finite()
         }
     })
 }
@@ -173,7 +180,13 @@ struct AdamWStep {
 
 impl AdamWStep {
     /// Any device, as tensor operations.
-    fn with_tensor_ops(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn with_tensor_ops(
+        &self,
+        theta: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let scaled;
         let g = if self.grad_scale == 1.0 {
             g
@@ -191,11 +204,18 @@ impl AdamWStep {
     /// Whether the update of (θ, g, m, v) gives finite θ', m' and v', computed without storing
     /// anything: one read-only pass on the CPU, the tensor ops elsewhere.
     fn stays_finite(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<bool> {
-        if let (true, Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (theta.device().is_cpu(), borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v)) {
+        if let (true, Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (
+            theta.device().is_cpu(),
+            borrow_f32(theta),
+            borrow_f32(g),
+            borrow_f32(m),
+            borrow_f32(v),
+        ) {
             let n = theta_in.len();
             if [g.len(), m_in.len(), v_in.len()] == [n; 3] {
                 let k = self.kernel();
-                let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) = (&theta_in, &g, &m_in, &v_in);
+                let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) =
+                    (&theta_in, &g, &m_in, &v_in);
                 return Ok((0..n).into_par_iter().with_min_len(1 << 14).all(|j| {
                     let (t, m, v) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
                     t.is_finite() && m.is_finite() && v.is_finite()
@@ -222,28 +242,42 @@ impl AdamWStep {
 
     /// Contiguous float32 CPU tensors, in one parallel pass: the tensor-op version makes about
     /// fifteen passes, each allocating a parameter-sized tensor. `None` for any other input.
-    fn on_cpu(&self, theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    fn on_cpu(
+        &self,
+        theta: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
         if !theta.device().is_cpu() {
             return Ok(None);
         }
-        let (Some(theta_in), Some(g), Some(m_in), Some(v_in)) = (borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v)) else {
+        let (Some(theta_in), Some(g), Some(m_in), Some(v_in)) =
+            (borrow_f32(theta), borrow_f32(g), borrow_f32(m), borrow_f32(v))
+        else {
             return Ok(None);
         };
         let n = theta.elem_count();
         if [g.len(), m_in.len(), v_in.len()] != [n; 3] {
             return Ok(None);
         }
-        let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) = (&theta_in, &g, &m_in, &v_in);
+        let (theta_in, g, m_in, v_in): (&[f32], &[f32], &[f32], &[f32]) =
+            (&theta_in, &g, &m_in, &v_in);
         let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         let k = self.kernel();
         const CHUNK: usize = 1 << 14;
-        theta_out.par_chunks_mut(CHUNK).zip(m_out.par_chunks_mut(CHUNK)).zip(v_out.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((t_out, m_out), v_out))| {
-            let at = c * CHUNK;
-            for i in 0..t_out.len() {
-                let j = at + i;
-                (t_out[i], m_out[i], v_out[i]) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
-            }
-        });
+        theta_out
+            .par_chunks_mut(CHUNK)
+            .zip(m_out.par_chunks_mut(CHUNK))
+            .zip(v_out.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((t_out, m_out), v_out))| {
+                let at = c * CHUNK;
+                for i in 0..t_out.len() {
+                    let j = at + i;
+                    (t_out[i], m_out[i], v_out[i]) = k.apply(theta_in[j], g[j], m_in[j], v_in[j]);
+                }
+            });
         let shape = theta.shape();
         let tensor = |data: Vec<f32>| Tensor::from_vec(data, shape, &Device::Cpu);
         Ok(Some((tensor(theta_out)?, tensor(m_out)?, tensor(v_out)?)))
@@ -270,7 +304,12 @@ impl AdamWKernel {
         let g = g * self.grad_scale;
         let m = self.b1 * m + (1.0 - self.b1) * g;
         let v = self.b2 * v + (1.0 - self.b2) * g * g;
-        (theta * self.decay - self.lr * ((m * self.inv_bias1) / ((v * self.inv_bias2).sqrt() + self.eps)), m, v)
+        (
+            theta * self.decay
+                - self.lr * ((m * self.inv_bias1) / ((v * self.inv_bias2).sqrt() + self.eps)),
+            m,
+            v,
+        )
     }
 }
 
@@ -290,7 +329,11 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                let master = if var.dtype() == DType::F32 { None } else { Some(var.as_tensor().to_dtype(DType::F32)?) };
+                let master = if var.dtype() == DType::F32 {
+                    None
+                } else {
+                    Some(var.as_tensor().to_dtype(DType::F32)?)
+                };
                 Ok(Slot { name, var, master, m: zeros.clone(), v: zeros })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -314,15 +357,32 @@ impl AdamW {
     fn next_step(&self, lr: f64, grad_scale: f64) -> Result<AdamWStep> {
         let t = self.t + 1;
         if t > crate::limits::MAX_STEPS {
-            return Err(Error::invalid(format!("the optimizer has taken {} steps, rewardkit's limit", self.t)));
+            return Err(Error::invalid(format!(
+                "the optimizer has taken {} steps, rewardkit's limit",
+                self.t
+            )));
         }
         if !(lr.is_finite() && lr >= 0.0 && grad_scale.is_finite() && grad_scale >= 0.0) {
-            return Err(Error::new(ErrorKind::NonFinite, format!("learning rate {lr} or gradient scale {grad_scale} is not a finite number >= 0")));
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!(
+                    "learning rate {lr} or gradient scale {grad_scale} is not a finite number >= 0"
+                ),
+            ));
         }
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         // powf, not powi(t as i32): the exponent must not wrap at 2^31 steps.
         let (bias1, bias2) = (1.0 - b1.powf(t as f64), 1.0 - b2.powf(t as f64));
-        Ok(AdamWStep { b1, b2, bias1, bias2, eps: self.cfg.eps, lr, decay: 1.0 - lr * self.cfg.weight_decay, grad_scale })
+        Ok(AdamWStep {
+            b1,
+            b2,
+            bias1,
+            bias2,
+            eps: self.cfg.eps,
+            lr,
+            decay: 1.0 - lr * self.cfg.weight_decay,
+            grad_scale,
+        })
     }
 
     fn theta(slot: &Slot) -> Tensor {
@@ -338,14 +398,21 @@ impl AdamW {
     /// while the optimizer and the model are still as they were.
     pub fn check(&self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
-            return Err(Error::invalid(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
+            return Err(Error::invalid(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            )));
         }
         let step = self.next_step(lr, grad_scale)?;
         for (slot, g) in self.slots.iter().zip(grads) {
             if !step.stays_finite(&Self::theta(slot), &g.to_dtype(DType::F32)?, &slot.m, &slot.v)? {
                 return Err(Error::new(
                     ErrorKind::NonFinite,
-                    format!("the update would make `{}` non-finite (lr {lr}); nothing was changed", slot.name),
+                    format!(
+                        "the update would make `{}` non-finite (lr {lr}); nothing was changed",
+                        slot.name
+                    ),
                 ));
             }
         }
@@ -401,9 +468,19 @@ impl AdamW {
     }
 
     /// Restores state saved by [`Self::state_tensors`] after `steps` optimizer steps.
-    pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, steps: u64) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        steps: u64,
+    ) -> Result<()> {
         if steps > crate::limits::MAX_STEPS {
-            return Err(Error::new(ErrorKind::CorruptFile, format!("optimizer step {steps} is above rewardkit's limit of {}", crate::limits::MAX_STEPS)));
+            return Err(Error::new(
+                ErrorKind::CorruptFile,
+                format!(
+                    "optimizer step {steps} is above rewardkit's limit of {}",
+                    crate::limits::MAX_STEPS
+                ),
+            ));
         }
         // Everything is read and checked before anything is replaced: a state that does not
         // fit leaves this optimizer exactly as it was.
@@ -418,15 +495,34 @@ impl AdamW {
         for s in &self.slots {
             let get = |prefix: &str| -> Result<Tensor> {
                 let key = format!("{prefix}.{}", s.name);
-                let t = tensors.get(&key).ok_or_else(|| Error::invalid(format!("optimizer state lacks `{key}`")))?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::invalid(format!("optimizer state lacks `{key}`")))?;
                 if t.dims() != s.var.dims() {
-                    return Err(Error::new(crate::ErrorKind::ShapeMismatch, format!("optimizer state `{key}` has shape {:?}, parameter has {:?}", t.dims(), s.var.dims())));
+                    return Err(Error::new(
+                        crate::ErrorKind::ShapeMismatch,
+                        format!(
+                            "optimizer state `{key}` has shape {:?}, parameter has {:?}",
+                            t.dims(),
+                            s.var.dims()
+                        ),
+                    ));
                 }
                 let t = t.to_dtype(DType::F32)?;
                 // A negative second moment is a NaN at the next step's square root.
-                let in_range = if prefix == "exp_avg_sq" { t.min_all()?.to_scalar::<f32>()? >= 0.0 } else { true };
+                let in_range = if prefix == "exp_avg_sq" {
+                    t.min_all()?.to_scalar::<f32>()? >= 0.0
+                } else {
+                    true
+                };
                 if !all_finite(&t)? || !in_range {
-                    return Err(Error::new(ErrorKind::CorruptFile, format!("optimizer state `{key}` holds non-finite{} values", if prefix == "exp_avg_sq" { " or negative" } else { "" })));
+                    return Err(Error::new(
+                        ErrorKind::CorruptFile,
+                        format!(
+                            "optimizer state `{key}` holds non-finite{} values",
+                            if prefix == "exp_avg_sq" { " or negative" } else { "" }
+                        ),
+                    ));
                 }
                 Ok(t.to_device(s.var.device())?)
             };
@@ -473,18 +569,33 @@ mod tests {
     #[test]
     fn a_non_finite_update_is_refused_and_changes_nothing() {
         let var = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig { lr: 0.1, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            vec![("w".into(), var.clone())],
+            AdamWConfig { lr: 0.1, ..Default::default() },
+        )
+        .unwrap();
         let g = || Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap();
         let new = opt.prepare(vec![g()], 0.1, 1.0).unwrap();
         opt.commit(&new).unwrap();
-        let state = opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).collect::<Vec<_>>();
+        let state = opt
+            .state_tensors()
+            .into_iter()
+            .map(|(_, t)| t.to_vec1::<f32>().unwrap())
+            .collect::<Vec<_>>();
         // f32 overflow of the update, and of the square of a huge gradient.
-        for (grad, lr) in [(g(), 1e300), (Tensor::new(&[3e38f32, 0.0], &Device::Cpu).unwrap(), 0.1)] {
+        for (grad, lr) in [(g(), 1e300), (Tensor::new(&[3e38f32, 0.0], &Device::Cpu).unwrap(), 0.1)]
+        {
             let e = opt.prepare(vec![grad], lr, 1.0).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::NonFinite, "{e}");
         }
         assert_eq!(opt.steps_taken(), 1);
-        assert_eq!(opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).collect::<Vec<_>>(), state);
+        assert_eq!(
+            opt.state_tensors()
+                .into_iter()
+                .map(|(_, t)| t.to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>(),
+            state
+        );
         // A step count past 2^31 is fine (the bias correction no longer wraps).
         opt.t = 1 << 40;
         let new = opt.prepare(vec![g()], 0.1, 1.0).unwrap();
@@ -495,11 +606,19 @@ mod tests {
     fn the_clipping_scale_multiplies_the_gradient() {
         let run = |g: f32, scale: f64| {
             let var = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
-            let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig { lr: 0.1, ..Default::default() }).unwrap();
+            let mut opt = AdamW::new(
+                vec![("w".into(), var.clone())],
+                AdamWConfig { lr: 0.1, ..Default::default() },
+            )
+            .unwrap();
             let grad = Tensor::new(&[g, 3.0 * g], &Device::Cpu).unwrap();
             let new = opt.prepare(vec![grad], 0.1, scale).unwrap();
             opt.commit(&new).unwrap();
-            opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).chain([var.as_tensor().to_vec1::<f32>().unwrap()]).collect::<Vec<_>>()
+            opt.state_tensors()
+                .into_iter()
+                .map(|(_, t)| t.to_vec1::<f32>().unwrap())
+                .chain([var.as_tensor().to_vec1::<f32>().unwrap()])
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(0.5, 0.25), run(0.125, 1.0));
         assert_ne!(run(0.5, 0.25), run(0.5, 1.0));
@@ -507,16 +626,35 @@ mod tests {
 
     #[test]
     fn the_cpu_pass_matches_the_tensor_ops() {
-        let step = AdamWStep { b1: 0.9, b2: 0.95, bias1: 1.0 - 0.9f64.powi(3), bias2: 1.0 - 0.95f64.powi(3), eps: 1e-6, lr: 1e-3, decay: 1.0 - 1e-3 * 0.1, grad_scale: 0.7 };
+        let step = AdamWStep {
+            b1: 0.9,
+            b2: 0.95,
+            bias1: 1.0 - 0.9f64.powi(3),
+            bias2: 1.0 - 0.95f64.powi(3),
+            eps: 1e-6,
+            lr: 1e-3,
+            decay: 1.0 - 1e-3 * 0.1,
+            grad_scale: 0.7,
+        };
         let mut rng = crate::rng::Rng::new(5);
         // Not a multiple of the chunk size, and narrowed views that start at an offset.
         let n = (1 << 14) * 2 + 77;
-        let mut t = |scale: f32| Tensor::from_vec((0..n + 3).map(|_| scale * (rng.next_f32() - 0.3)).collect::<Vec<_>>(), n + 3, &Device::Cpu).unwrap().narrow(0, 3, n).unwrap();
+        let mut t = |scale: f32| {
+            Tensor::from_vec(
+                (0..n + 3).map(|_| scale * (rng.next_f32() - 0.3)).collect::<Vec<_>>(),
+                n + 3,
+                &Device::Cpu,
+            )
+            .unwrap()
+            .narrow(0, 3, n)
+            .unwrap()
+        };
         let (theta, g, m, v) = (t(1.0), t(0.1), t(0.01), t(0.001).abs().unwrap());
         let fused = step.on_cpu(&theta, &g, &m, &v).unwrap().expect("contiguous f32 on the CPU");
         let ops = step.with_tensor_ops(&theta, &g, &m, &v).unwrap();
         for (a, b) in [(&fused.0, &ops.0), (&fused.1, &ops.1), (&fused.2, &ops.2)] {
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff =
+                (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-6, "{diff}");
         }
         // A strided view takes the tensor-op path.

@@ -60,7 +60,13 @@ impl SeqSource {
     /// Features (n, h) of sequences `idx`. Layers below `first` run with the inference
     /// kernels and no autograd (they are frozen); the rest with `pass`. A cache must start at
     /// `first`.
-    pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
+    pub fn features(
+        &self,
+        model: &RewardModel,
+        idx: &[usize],
+        first: usize,
+        pass: Pass,
+    ) -> Result<Tensor> {
         match self {
             SeqSource::Ids(all) => {
                 let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
@@ -73,7 +79,10 @@ impl SeqSource {
             }
             SeqSource::Cached(cache) => {
                 if cache.first != first {
-                    return Err(Error::invalid(format!("cached hidden states enter layer {}, not layer {first}", cache.first)));
+                    return Err(Error::invalid(format!(
+                        "cached hidden states enter layer {}, not layer {first}",
+                        cache.first
+                    )));
                 }
                 let (x, pool) = cache.batch(idx)?;
                 model.features_from(x, first, &pool, pass)
@@ -100,7 +109,9 @@ impl SeqSource {
             for batch in plan_batches(&lengths, shared.batch_options()) {
                 let seqs: Vec<usize> = batch.iter().map(|&r| idx[r]).collect();
                 let features = self.features(&model, &seqs, self.first_layer(), Pass::Inference)?;
-                for (&r, heads) in batch.iter().zip(model.head_rewards_from_features(&features)?.to_vec2::<f32>()?) {
+                for (&r, heads) in
+                    batch.iter().zip(model.head_rewards_from_features(&features)?.to_vec2::<f32>()?)
+                {
                     out[r] = heads;
                 }
             }
@@ -111,9 +122,16 @@ impl SeqSource {
 
     /// Rewards of sequences `idx` (inference; a multi-head model gives the mean of its heads).
     pub fn rewards(&self, shared: &SharedModel, idx: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.head_rewards(shared, idx)?.into_iter().map(|h| h.iter().sum::<f32>() / h.len() as f32).collect())
+        Ok(self
+            .head_rewards(shared, idx)?
+            .into_iter()
+            .map(|h| h.iter().sum::<f32>() / h.len() as f32)
+            .collect())
     }
 }
+
+/// Every head's reward on each of a set's pairs: `[pair][head]`.
+pub type HeadScores = Vec<Vec<f32>>;
 
 /// Preference pairs over a set of sequences: pair i is (chosen, rejected) sequence indices.
 #[derive(Clone)]
@@ -127,15 +145,27 @@ impl PairSet {
     pub fn from_ids(pairs: Vec<PairIds>) -> PairSet {
         let n = pairs.len();
         let seqs: Vec<Vec<u32>> = pairs.into_iter().flat_map(|p| [p.chosen, p.rejected]).collect();
-        PairSet { seqs: SeqSource::Ids(Arc::new(seqs)), pairs: (0..n).map(|i| (2 * i, 2 * i + 1)).collect() }
+        PairSet {
+            seqs: SeqSource::Ids(Arc::new(seqs)),
+            pairs: (0..n).map(|i| (2 * i, 2 * i + 1)).collect(),
+        }
     }
 
     /// Pairs whose frozen bottom (layers below `first`) has run once; sequences 2i and 2i+1
     /// of the cache are pair i.
-    pub fn cached(shared: &SharedModel, pairs: &[PairIds], first: usize, progress: impl FnMut(usize) + Send) -> Result<PairSet> {
-        let seqs: Vec<&[u32]> = pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
+    pub fn cached(
+        shared: &SharedModel,
+        pairs: &[PairIds],
+        first: usize,
+        progress: impl FnMut(usize) + Send,
+    ) -> Result<PairSet> {
+        let seqs: Vec<&[u32]> =
+            pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
         let cache = HiddenCache::build(shared, &seqs, first, progress)?;
-        Ok(PairSet { seqs: SeqSource::Cached(Arc::new(cache)), pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect() })
+        Ok(PairSet {
+            seqs: SeqSource::Cached(Arc::new(cache)),
+            pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -147,8 +177,18 @@ impl PairSet {
     }
 
     /// Features of pairs `idx`: (2n, h), chosen rows first, then rejected.
-    pub fn features(&self, model: &RewardModel, idx: &[usize], first: usize, pass: Pass) -> Result<Tensor> {
-        let seqs: Vec<usize> = idx.iter().map(|&i| self.pairs[i].0).chain(idx.iter().map(|&i| self.pairs[i].1)).collect();
+    pub fn features(
+        &self,
+        model: &RewardModel,
+        idx: &[usize],
+        first: usize,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let seqs: Vec<usize> = idx
+            .iter()
+            .map(|&i| self.pairs[i].0)
+            .chain(idx.iter().map(|&i| self.pairs[i].1))
+            .collect();
         self.seqs.features(model, &seqs, first, pass)
     }
 
@@ -170,7 +210,7 @@ impl PairSet {
     }
 
     /// (chosen, rejected) rewards of every head on every pair: `[pair][head]`.
-    pub fn head_scores(&self, shared: &SharedModel) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn head_scores(&self, shared: &SharedModel) -> Result<(HeadScores, HeadScores)> {
         let mut r = self.seqs.head_rewards(shared, &self.sides())?;
         let rejected = r.split_off(self.len());
         Ok((r, rejected))
@@ -178,19 +218,39 @@ impl PairSet {
 }
 
 /// Token ids of preference pairs, as the model scores them; errors name the source line.
-pub fn tokenize_pairs(shared: &SharedModel, pairs: &[crate::io::data::PreferencePair]) -> Result<Vec<PairIds>> {
+pub fn tokenize_pairs(
+    shared: &SharedModel,
+    pairs: &[crate::io::data::PreferencePair],
+) -> Result<Vec<PairIds>> {
     pairs
         .iter()
-        .map(|p| encode_pair(shared, &p.prompt, &p.chosen, &p.rejected).map_err(|e| e.context(format!("line {}", p.line))))
+        .map(|p| {
+            encode_pair(shared, &p.prompt, &p.chosen, &p.rejected)
+                .map_err(|e| e.context(format!("line {}", p.line)))
+        })
         .collect()
 }
 
 /// Token ids of (prompt, chosen, rejected) text triples; errors name the pair.
-pub fn encode_text_pairs(shared: &SharedModel, triples: &[(&str, &str, &str)]) -> Result<Vec<PairIds>> {
-    triples.iter().enumerate().map(|(i, (p, c, r))| encode_pair(shared, p, c, r).map_err(|e| e.context(format!("pair {i}")))).collect()
+pub fn encode_text_pairs(
+    shared: &SharedModel,
+    triples: &[(&str, &str, &str)],
+) -> Result<Vec<PairIds>> {
+    triples
+        .iter()
+        .enumerate()
+        .map(|(i, (p, c, r))| {
+            encode_pair(shared, p, c, r).map_err(|e| e.context(format!("pair {i}")))
+        })
+        .collect()
 }
 
-fn encode_pair(shared: &SharedModel, prompt: &str, chosen: &str, rejected: &str) -> Result<PairIds> {
+fn encode_pair(
+    shared: &SharedModel,
+    prompt: &str,
+    chosen: &str,
+    rejected: &str,
+) -> Result<PairIds> {
     let mut ids = shared.encode_pairs(&[(prompt, chosen), (prompt, rejected)])?;
     let rejected = ids.pop().expect("two sequences");
     Ok(PairIds { chosen: ids.pop().expect("two sequences"), rejected })

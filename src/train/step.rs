@@ -66,16 +66,24 @@ pub struct TrainerState {
 impl TrainerState {
     /// Parses trainer_state.json, checking the counters against `limits::MAX_STEPS`.
     pub fn from_json(bytes: &[u8]) -> Result<TrainerState> {
-        let state: TrainerState = serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorKind::CorruptFile, e.to_string()))?;
-        if state.step > crate::limits::MAX_STEPS || state.micro_step > crate::limits::MAX_STEPS || state.step > state.micro_step {
-            return Err(Error::new(ErrorKind::CorruptFile, format!("step {} / micro-step {} out of range", state.step, state.micro_step)));
+        let state: TrainerState = serde_json::from_slice(bytes)
+            .map_err(|e| Error::new(ErrorKind::CorruptFile, e.to_string()))?;
+        if state.step > crate::limits::MAX_STEPS
+            || state.micro_step > crate::limits::MAX_STEPS
+            || state.step > state.micro_step
+        {
+            return Err(Error::new(
+                ErrorKind::CorruptFile,
+                format!("step {} / micro-step {} out of range", state.step, state.micro_step),
+            ));
         }
         state.config.validate(usize::MAX)?;
         Ok(state)
     }
 
     fn read(path: &Path) -> Result<TrainerState> {
-        Self::from_json(&crate::limits::read_file(path, crate::limits::MAX_JSON_FILE_BYTES)?).map_err(|e| e.context(path.display()))
+        Self::from_json(&crate::limits::read_file(path, crate::limits::MAX_JSON_FILE_BYTES)?)
+            .map_err(|e| e.context(path.display()))
     }
 }
 
@@ -132,7 +140,15 @@ impl Trainer {
         match built {
             Ok(optimizer) => {
                 let accum = vec![None; optimizer.names().count()];
-                Ok(Trainer { model, cfg, optimizer, num_layers, accum, accum_count: 0, micro_step: 0 })
+                Ok(Trainer {
+                    model,
+                    cfg,
+                    optimizer,
+                    num_layers,
+                    accum,
+                    accum_count: 0,
+                    micro_step: 0,
+                })
             }
             Err(e) => {
                 if new_prototypes.is_some() {
@@ -175,7 +191,12 @@ impl Trainer {
 
     /// Forward and backward on pairs `idx` of `set`; the optimizer steps when a
     /// gradient-accumulation cycle completes. `treatments` are aligned with `idx`.
-    pub fn step(&mut self, set: &PairSet, idx: &[usize], treatments: &[PairTreatment]) -> Result<StepStats> {
+    pub fn step(
+        &mut self,
+        set: &PairSet,
+        idx: &[usize],
+        treatments: &[PairTreatment],
+    ) -> Result<StepStats> {
         let started = Instant::now();
         let pass = self.pass();
         let shared = self.model.clone();
@@ -187,26 +208,42 @@ impl Trainer {
 
     /// The dropout setting of the current micro-step.
     pub(super) fn pass(&self) -> Pass {
-        Pass::Train { dropout: self.cfg.dropout, dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D) }
+        Pass::Train {
+            dropout: self.cfg.dropout,
+            dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D),
+        }
     }
 
     /// Gradients of the preference loss on pairs `idx` with respect to `model`'s copies of the
     /// trained parameters (aligned with the optimizer), already divided by `grad_accum`, with
     /// the loss and metrics of the batch. `model` is the trainer's model, or a copy with moved
     /// weights (MetaRM).
-    pub(super) fn preference_grads(&self, model: &RewardModel, set: &PairSet, idx: &[usize], treatments: &[PairTreatment], pass: Pass) -> Result<PreferenceGrads> {
+    pub(super) fn preference_grads(
+        &self,
+        model: &RewardModel,
+        set: &PairSet,
+        idx: &[usize],
+        treatments: &[PairTreatment],
+        pass: Pass,
+    ) -> Result<PreferenceGrads> {
         if idx.is_empty() {
             return Err(Error::invalid("a training step needs at least one pair"));
         }
         if treatments.len() != idx.len() {
-            return Err(Error::invalid(format!("{} treatments for {} pairs", treatments.len(), idx.len())));
+            return Err(Error::invalid(format!(
+                "{} treatments for {} pairs",
+                treatments.len(),
+                idx.len()
+            )));
         }
         let n = idx.len();
         let first = self.first_trainable_layer();
         let contrastive = self.cfg.contrastive.as_ref();
         // Two dropout views when a contrastive term is on; the reward loss reads the first.
         let view_pass = |stream: u64| match (pass, contrastive) {
-            (Pass::Train { dropout, dropout_seed }, Some(c)) => Pass::Train { dropout: dropout.max(c.dropout), dropout_seed: dropout_seed ^ stream },
+            (Pass::Train { dropout, dropout_seed }, Some(c)) => {
+                Pass::Train { dropout: dropout.max(c.dropout), dropout_seed: dropout_seed ^ stream }
+            }
             _ => pass,
         };
         let features = set.features(model, idx, first, view_pass(0))?;
@@ -214,15 +251,26 @@ impl Trainer {
             Some(c) => {
                 let second = set.features(model, idx, first, view_pass(0xA5A5_5A5A))?;
                 let prototypes = model.params().get(crate::train::contrastive::PROTOTYPES).ok();
-                Some((crate::train::contrastive::contrastive_loss(c, &features, &second, prototypes)? * c.beta)?)
+                Some(
+                    (crate::train::contrastive::contrastive_loss(
+                        c, &features, &second, prototypes,
+                    )? * c.beta)?,
+                )
             }
             None => None,
         };
         let heads = model.head_rewards_from_features(&features)?; // (2n, heads)
-        // A shared-backbone ensemble trains every head on its own loss.
+                                                                  // A shared-backbone ensemble trains every head on its own loss.
         let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
         let loss = (0..heads.dim(1)?)
-            .map(|h| preference_loss(&rc.get_on_dim(1, h)?, &rr.get_on_dim(1, h)?, treatments, self.cfg.noise.centering))
+            .map(|h| {
+                preference_loss(
+                    &rc.get_on_dim(1, h)?,
+                    &rr.get_on_dim(1, h)?,
+                    treatments,
+                    self.cfg.noise.centering,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut loss = Tensor::stack(&loss, 0)?.mean_all()?;
         if let Some(cl) = cl_loss {
@@ -230,7 +278,10 @@ impl Trainer {
         }
         let value = loss.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
-            return Err(Error::new(ErrorKind::NonFinite, format!("loss is {value}; weights left unchanged")));
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!("loss is {value}; weights left unchanged"),
+            ));
         }
         let grads = self.grads_of(model, &(&loss / self.cfg.grad_accum as f64)?)?;
         let margins: Vec<f32> = (rc.mean(1)? - rr.mean(1)?)?.to_vec1()?;
@@ -261,10 +312,17 @@ impl Trainer {
     /// the end of an accumulation cycle the optimizer applies the sum. A refused update (a
     /// non-finite gradient or weight) returns an error with the buffer, the counters and the
     /// weights exactly as they were before this micro-step.
-    pub(super) fn finish_micro_step(&mut self, g: PreferenceGrads, started: Instant) -> Result<StepStats> {
+    pub(super) fn finish_micro_step(
+        &mut self,
+        g: PreferenceGrads,
+        started: Instant,
+    ) -> Result<StepStats> {
         let PreferenceGrads { grads, loss, metrics } = g;
         if self.micro_step >= crate::limits::MAX_STEPS {
-            return Err(Error::invalid(format!("the trainer has taken {} micro-steps, rewardkit's limit", self.micro_step)));
+            return Err(Error::invalid(format!(
+                "the trainer has taken {} micro-steps, rewardkit's limit",
+                self.micro_step
+            )));
         }
         let lr = self.current_lr();
         let completes = self.accum_count + 1 >= self.cfg.grad_accum;
@@ -275,10 +333,12 @@ impl Trainer {
                 .accum
                 .iter()
                 .zip(grads)
-                .map(|(prev, g)| Ok(match prev {
-                    Some(prev) => (prev + g)?,
-                    None => g,
-                }))
+                .map(|(prev, g)| {
+                    Ok(match prev {
+                        Some(prev) => (prev + g)?,
+                        None => g,
+                    })
+                })
                 .collect::<Result<_>>()?;
             grad_norm = Some(self.apply(total, lr)?);
             self.accum.iter_mut().for_each(|g| *g = None);
@@ -316,17 +376,22 @@ impl Trainer {
     fn apply(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<f64> {
         let (optimizer, max_norm) = (&mut self.optimizer, self.cfg.max_grad_norm);
         let device = grads.first().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
-        let (norm, new_values) = crate::profile::phase("optimizer (clip, AdamW)", &device, || self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
-            let norm = global_norm(&grads)?;
-            if !norm.is_finite() {
-                return Err(Error::new(ErrorKind::NonFinite, format!("gradient norm is {norm}; weights left unchanged")));
-            }
-            let scale = match max_norm {
-                Some(max) if norm > max => max / (norm + 1e-6),
-                _ => 1.0,
-            };
-            Ok((norm, optimizer.prepare(grads, lr, scale)?))
-        }))?;
+        let (norm, new_values) = crate::profile::phase("optimizer (clip, AdamW)", &device, || {
+            self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
+                let norm = global_norm(&grads)?;
+                if !norm.is_finite() {
+                    return Err(Error::new(
+                        ErrorKind::NonFinite,
+                        format!("gradient norm is {norm}; weights left unchanged"),
+                    ));
+                }
+                let scale = match max_norm {
+                    Some(max) if norm > max => max / (norm + 1e-6),
+                    _ => 1.0,
+                };
+                Ok((norm, optimizer.prepare(grads, lr, scale)?))
+            })
+        })?;
         let _exclusive = self.model.write()?;
         self.optimizer.commit(&new_values)?;
         Ok(norm)
@@ -336,12 +401,26 @@ impl Trainer {
     /// the optimizer state and the trainer state, atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let opt_bytes = {
-            let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-            let tensors: Vec<(String, Tensor)> = self.optimizer.state_tensors().into_iter().map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?))).collect::<Result<_>>()?;
-            safetensors::serialize(tensors, Some(metadata)).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?
+            let metadata: HashMap<String, String> =
+                [("format".to_string(), "pt".to_string())].into();
+            let tensors: Vec<(String, Tensor)> = self
+                .optimizer
+                .state_tensors()
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?)))
+                .collect::<Result<_>>()?;
+            safetensors::serialize(tensors, Some(metadata))
+                .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?
         };
-        let state = TrainerState { step: self.optimizer.steps_taken(), micro_step: self.micro_step, config: self.cfg.clone() };
-        let mut extra = vec![(OPTIMIZER_FILE, opt_bytes), (TRAINER_STATE_FILE, serde_json::to_vec_pretty(&state).expect("serializable"))];
+        let state = TrainerState {
+            step: self.optimizer.steps_taken(),
+            micro_step: self.micro_step,
+            config: self.cfg.clone(),
+        };
+        let mut extra = vec![
+            (OPTIMIZER_FILE, opt_bytes),
+            (TRAINER_STATE_FILE, serde_json::to_vec_pretty(&state).expect("serializable")),
+        ];
         if let Some(tok) = self.model.tokenizer_json()? {
             extra.push((crate::model::checkpoint::TOKENIZER_FILE, tok));
         }
@@ -364,7 +443,11 @@ impl Trainer {
 impl Trainer {
     /// The pairs as a set this trainer runs, every sequence checked against the model, with the
     /// noise-aware treatment of each pair from its labels.
-    pub fn batch(&self, pairs: Vec<PairIds>, labels: PairLabels) -> Result<(PairSet, Vec<PairTreatment>)> {
+    pub fn batch(
+        &self,
+        pairs: Vec<PairIds>,
+        labels: PairLabels,
+    ) -> Result<(PairSet, Vec<PairTreatment>)> {
         check_pairs(&self.model, &pairs)?;
         let treatments = self.cfg.noise.treatments(pairs.len(), labels.strengths, labels.alphas)?;
         Ok((PairSet::from_ids(pairs), treatments))
@@ -381,25 +464,39 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ComputeDType, HeadSource};
     use crate::handle::SharedModelOptions;
+    use crate::model::tiny::{random_model, TinySpec};
     use crate::train::optim::AdamWConfig;
-    use crate::model::tiny::{random_params, tiny_config, TinySpec};
 
     fn small() -> Arc<SharedModel> {
-        let spec = TinySpec { vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, ..Default::default() };
-        let cfg = tiny_config(&spec).unwrap();
-        let params = random_params(&cfg, 1).unwrap();
-        let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 1 }, candle_core::Device::Cpu, ComputeDType::F32, 64).unwrap();
-        Arc::new(SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap())
+        let spec = TinySpec {
+            vocab_size: 64,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            max_position_embeddings: 64,
+            ..Default::default()
+        };
+        let opts = SharedModelOptions { n_threads: 1, ..Default::default() };
+        Arc::new(SharedModel::from_model(random_model(&spec, 1).unwrap(), None, &opts).unwrap())
     }
 
     fn pairs() -> Vec<PairIds> {
-        vec![PairIds { chosen: vec![1, 2, 3, 4], rejected: vec![1, 5, 6] }, PairIds { chosen: vec![7, 8], rejected: vec![9, 10, 11] }]
+        vec![
+            PairIds { chosen: vec![1, 2, 3, 4], rejected: vec![1, 5, 6] },
+            PairIds { chosen: vec![7, 8], rejected: vec![9, 10, 11] },
+        ]
     }
 
     fn weights(m: &SharedModel) -> Vec<Vec<f32>> {
-        m.read().unwrap().params().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect()
+        m.read()
+            .unwrap()
+            .params()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
     }
 
     #[test]
@@ -409,15 +506,27 @@ mod tests {
         let mut t = Trainer::new(model.clone(), cfg).unwrap();
         t.step_pairs(pairs(), PairLabels::default()).unwrap(); // accumulated, not applied
         let before = weights(&model);
-        let accumulated: Vec<Vec<f32>> = t.accum.iter().map(|g| g.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let accumulated: Vec<Vec<f32>> = t
+            .accum
+            .iter()
+            .map(|g| g.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
         // A cycle whose sum overflows: refused at the optimizer.
-        let inf: Vec<Tensor> = t.accum.iter().map(|g| (g.as_ref().unwrap().ones_like().unwrap() * f64::INFINITY).unwrap()).collect();
+        let inf: Vec<Tensor> = t
+            .accum
+            .iter()
+            .map(|g| (g.as_ref().unwrap().ones_like().unwrap() * f64::INFINITY).unwrap())
+            .collect();
         let g = PreferenceGrads { grads: inf, loss: 0.0, metrics: PairMetrics::from_margins(&[]) };
         let e = t.finish_micro_step(g, Instant::now()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NonFinite);
         assert_eq!((t.micro_steps(), t.steps(), t.accum_count), (1, 0, 1));
         assert_eq!(weights(&model), before);
-        let still: Vec<Vec<f32>> = t.accum.iter().map(|g| g.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let still: Vec<Vec<f32>> = t
+            .accum
+            .iter()
+            .map(|g| g.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
         assert_eq!(still, accumulated);
         // The cycle then completes normally.
         let s = t.step_pairs(pairs(), PairLabels::default()).unwrap();
@@ -428,10 +537,17 @@ mod tests {
     #[test]
     fn a_learning_rate_that_overflows_is_refused_before_weights_change() {
         let model = small();
-        let cfg = TrainConfig { optimizer: AdamWConfig { lr: 1e300, ..Default::default() }, max_grad_norm: None, ..Default::default() };
+        let cfg = TrainConfig {
+            optimizer: AdamWConfig { lr: 1e300, ..Default::default() },
+            max_grad_norm: None,
+            ..Default::default()
+        };
         let mut t = Trainer::new(model.clone(), cfg).unwrap();
         let before = weights(&model);
-        assert_eq!(t.step_pairs(pairs(), PairLabels::default()).unwrap_err().kind(), ErrorKind::NonFinite);
+        assert_eq!(
+            t.step_pairs(pairs(), PairLabels::default()).unwrap_err().kind(),
+            ErrorKind::NonFinite
+        );
         assert_eq!(weights(&model), before);
         assert_eq!((t.steps(), t.micro_steps()), (0, 0));
     }
@@ -439,7 +555,10 @@ mod tests {
     #[test]
     fn a_refused_swav_trainer_leaves_no_prototypes() {
         let model = small();
-        let mut swav = TrainConfig { contrastive: Some(crate::train::contrastive::ContrastiveConfig::swav()), ..Default::default() };
+        let mut swav = TrainConfig {
+            contrastive: Some(crate::train::contrastive::ContrastiveConfig::swav()),
+            ..Default::default()
+        };
         swav.optimizer.eps = 0.0; // refused by validation
         assert!(Trainer::new(model.clone(), swav.clone()).is_err());
         assert!(!model.read().unwrap().params().contains(crate::train::contrastive::PROTOTYPES));
@@ -454,9 +573,19 @@ mod tests {
 
     #[test]
     fn trainer_state_counters_are_checked() {
-        let state = |step: &str, micro: &str| format!(r#"{{"step": {step}, "micro_step": {micro}, "config": {}}}"#, serde_json::to_string(&TrainConfig::default()).unwrap());
+        let state = |step: &str, micro: &str| {
+            format!(
+                r#"{{"step": {step}, "micro_step": {micro}, "config": {}}}"#,
+                serde_json::to_string(&TrainConfig::default()).unwrap()
+            )
+        };
         assert!(TrainerState::from_json(state("4294967295", "4294967295").as_bytes()).is_ok());
-        for (a, b) in [("18446744073709551615", "18446744073709551615"), ("5", "4"), ("-1", "0"), ("1.5", "2")] {
+        for (a, b) in [
+            ("18446744073709551615", "18446744073709551615"),
+            ("5", "4"),
+            ("-1", "0"),
+            ("1.5", "2"),
+        ] {
             assert!(TrainerState::from_json(state(a, b).as_bytes()).is_err(), "{a} {b}");
         }
     }

@@ -670,6 +670,12 @@ static int c_tokenizer_files(const void *arg) {
     symlink("/dev/zero", tok);
     EXPECT(rk_model_load(dir, NULL, &m), RK_ERR_IO);
     unlink(tok);
+    /* Inputs that made the tokenizers crate panic (found by the tokenizer_json fuzz target). */
+    write_text(tok, "{\"version\": \"1.0\", \"decoder\": {\"type\": \"Strip\", \"content\": \"a\x01\"}, \"model\": {\"type\": \"BPE\"}}");
+    EXPECT(rk_model_load(dir, NULL, &m), RK_ERR_CORRUPT_FILE);
+    write_text(tok, "{\"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": 5}, \"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}");
+    EXPECT(rk_model_load(dir, NULL, &m), RK_ERR_UNSUPPORTED_MODEL);
+    unlink(tok);
     sparse_file(tok, (off_t)2 << 30);
     EXPECT(rk_model_load(dir, NULL, &m), RK_ERR_CORRUPT_FILE);
     unlink(tok);
@@ -1781,7 +1787,7 @@ static void register_cases(void) {
     add("safetensors: non-finite weights", c_weight_nan, NULL);
     add("safetensors: shapes against the config", c_weight_shapes, NULL);
     add("index: corrupt, traversal, missing, many shards, oversized", c_index_files, NULL);
-    add("tokenizer.json: corrupt, empty, /dev/zero, oversized, absent", c_tokenizer_files, NULL);
+    add("tokenizer.json: corrupt, empty, /dev/zero, panicking inputs, oversized, absent", c_tokenizer_files, NULL);
     add("score texts: arguments", c_score_texts_args, NULL);
     add("score texts: empty strings", c_score_empty_texts, NULL);
     add("score texts: 10 MB prompt", c_score_huge_prompt, NULL);

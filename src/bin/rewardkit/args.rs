@@ -7,13 +7,18 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use rewardkit::io::data::{attach_strengths, read_preferences, split_pairs, OnBadRow, PreferencePair, PreferenceReadOptions};
+use rewardkit::io::data::{
+    attach_strengths, read_preferences, split_pairs, OnBadRow, PreferencePair,
+    PreferenceReadOptions,
+};
 use rewardkit::model::ComputeDType;
 use rewardkit::train::contrastive::{ContrastiveConfig, ContrastiveOverrides};
 use rewardkit::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
 use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::train::{FitOptions, TrainConfig, Trainable};
-use rewardkit::{BatchOptions, DeviceSpec, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions};
+use rewardkit::{
+    BatchOptions, DeviceSpec, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions,
+};
 
 fn train_defaults() -> TrainConfig {
     TrainConfig::default()
@@ -67,9 +72,17 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     pub fn options(&self) -> SharedModelOptions {
         SharedModelOptions {
-            load: LoadOptions { device: self.device, dtype: self.dtype, max_length: self.max_length, head_seed: self.head_seed },
+            load: LoadOptions {
+                device: self.device,
+                dtype: self.dtype,
+                max_length: self.max_length,
+                head_seed: self.head_seed,
+            },
             text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
-            batch: BatchOptions { token_budget: self.batch_tokens, max_batch_size: self.batch_size },
+            batch: BatchOptions {
+                token_budget: self.batch_tokens,
+                max_batch_size: self.batch_size,
+            },
             n_threads: self.threads,
         }
     }
@@ -78,7 +91,11 @@ impl RuntimeArgs {
     pub fn load(&self, dir: &Path) -> Result<SharedModel> {
         let model = SharedModel::load(dir, &self.options())?;
         if model.info()?.head_is_fresh {
-            eprintln!("note: {} has no reward head; a fresh head was initialised (seed {})", dir.display(), self.head_seed);
+            eprintln!(
+                "note: {} has no reward head; a fresh head was initialised (seed {})",
+                dir.display(),
+                self.head_seed
+            );
         }
         Ok(model)
     }
@@ -128,7 +145,12 @@ impl DataArgs {
         };
         let (pairs, report) = read_preferences(path, &opts)?;
         if !report.skipped.is_empty() {
-            eprintln!("{}: skipped {} of {} rows:", path.display(), report.skipped.len(), report.rows);
+            eprintln!(
+                "{}: skipped {} of {} rows:",
+                path.display(),
+                report.skipped.len(),
+                report.rows
+            );
             for (line, why) in report.skipped.iter().take(10) {
                 eprintln!("  line {line}: {why}");
             }
@@ -297,8 +319,18 @@ impl TrainArgs {
     pub fn config(&self, n_train: usize) -> Result<TrainConfig> {
         let micro = self.epochs * n_train.div_ceil(self.batch_pairs.max(1));
         Ok(TrainConfig {
-            optimizer: AdamWConfig { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.adam_eps, weight_decay: self.weight_decay },
-            schedule: LrSchedule { kind: self.schedule, warmup_steps: self.warmup_steps, total_steps: micro / self.grad_accum.max(1) },
+            optimizer: AdamWConfig {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.adam_eps,
+                weight_decay: self.weight_decay,
+            },
+            schedule: LrSchedule {
+                kind: self.schedule,
+                warmup_steps: self.warmup_steps,
+                total_steps: micro / self.grad_accum.max(1),
+            },
             max_grad_norm: (self.max_grad_norm != 0.0).then_some(self.max_grad_norm),
             grad_accum: self.grad_accum,
             dropout: self.dropout,

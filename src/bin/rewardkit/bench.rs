@@ -15,17 +15,39 @@ use rewardkit::{Error, Result};
 use crate::args::ModelArgs;
 use crate::score::load_rows;
 
+/// "path (architecture, N params, dtype, device, T threads)".
+fn model_line(path: &Path, info: &rewardkit::ModelInfo) -> String {
+    format!(
+        "{} ({}, {} params, {}, {}, {} threads)",
+        path.display(),
+        info.architecture,
+        info.num_parameters,
+        info.dtype.as_str(),
+        info.device,
+        info.n_threads
+    )
+}
+
 fn percentile(sorted: &[usize], q: f64) -> usize {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-pub fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_ids: Option<&Path>, as_json: bool, profile: bool) -> Result<()> {
+pub fn bench(
+    args: &ModelArgs,
+    input: &Path,
+    limit: usize,
+    repeats: usize,
+    dump_ids: Option<&Path>,
+    as_json: bool,
+    profile: bool,
+) -> Result<()> {
     let model = args.load()?;
     let info = model.info()?;
     let rows = load_rows(&model, input, Some(limit))?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     if let Some(path) = dump_ids {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
         for s in &seqs {
             writeln!(f, "{}", serde_json::to_string(s).expect("ids serialize"))?;
         }
@@ -46,19 +68,40 @@ pub fn bench(args: &ModelArgs, input: &Path, limit: usize, repeats: usize, dump_
     let median = sorted[sorted.len() / 2];
     let batch = model.batch_options();
     println!("rewardkit scoring benchmark");
-    println!("  model     {} ({}, {} params, {}, {}, {} threads)", args.model.display(), info.architecture, info.num_parameters, info.dtype.as_str(), info.device, info.n_threads);
+    println!("  model     {}", model_line(&args.model, &info));
     println!(
         "  input     {}: {} sequences, {} tokens (length mean {:.0}, p50 {}, p90 {}, max {})",
-        input.display(), seqs.len(), tokens, tokens as f64 / seqs.len() as f64,
-        percentile(&lengths, 0.5), percentile(&lengths, 0.9), lengths[lengths.len() - 1]
+        input.display(),
+        seqs.len(),
+        tokens,
+        tokens as f64 / seqs.len() as f64,
+        percentile(&lengths, 0.5),
+        percentile(&lengths, 0.9),
+        lengths[lengths.len() - 1]
     );
-    println!("  batching  {} sequences max, {} padded tokens max per forward pass", if batch.max_batch_size == 0 { "no".to_string() } else { batch.max_batch_size.to_string() }, batch.token_budget);
+    println!(
+        "  batching  {} sequences max, {} padded tokens max per forward pass",
+        if batch.max_batch_size == 0 { "no".to_string() } else { batch.max_batch_size.to_string() },
+        batch.token_budget
+    );
     println!();
     println!("  {:<8} {:>10} {:>12} {:>12}", "run", "seconds", "pairs/s", "tokens/s");
     for (i, t) in times.iter().enumerate() {
-        println!("  {:<8} {:>10.3} {:>12.2} {:>12.0}", i + 1, t, seqs.len() as f64 / t, tokens as f64 / t);
+        println!(
+            "  {:<8} {:>10.3} {:>12.2} {:>12.0}",
+            i + 1,
+            t,
+            seqs.len() as f64 / t,
+            tokens as f64 / t
+        );
     }
-    println!("  {:<8} {:>10.3} {:>12.2} {:>12.0}", "median", median, seqs.len() as f64 / median, tokens as f64 / median);
+    println!(
+        "  {:<8} {:>10.3} {:>12.2} {:>12.0}",
+        "median",
+        median,
+        seqs.len() as f64 / median,
+        tokens as f64 / median
+    );
     if as_json {
         println!(
             "{}",
@@ -90,7 +133,17 @@ fn print_profile(what: &str, tokens: usize, job: impl FnOnce() -> Result<()>) ->
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: usize, steps: usize, trainable: Trainable, dump_ids: Option<&Path>, as_json: bool, profile: bool) -> Result<()> {
+pub fn bench_train(
+    margs: &ModelArgs,
+    input: &Path,
+    limit: usize,
+    batch_pairs: usize,
+    steps: usize,
+    trainable: Trainable,
+    dump_ids: Option<&Path>,
+    as_json: bool,
+    profile: bool,
+) -> Result<()> {
     let model = Arc::new(margs.load()?);
     let info = model.info()?;
     let read = PreferenceReadOptions { on_bad_row: OnBadRow::Skip, ..Default::default() };
@@ -99,7 +152,8 @@ pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: u
     let ids = tokenize_pairs(&model, &pairs)?;
     if let Some(path) = dump_ids {
         use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
         for p in &ids {
             writeln!(f, "{}", json!({"chosen": p.chosen, "rejected": p.rejected}))?;
         }
@@ -107,9 +161,15 @@ pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: u
     let set = PairSet::from_ids(ids);
     // The defaults, with a learning rate small enough that the weights barely move between
     // the timed steps.
-    let cfg = TrainConfig { optimizer: AdamWConfig { lr: 1e-7, ..Default::default() }, trainable, ..Default::default() };
+    let cfg = TrainConfig {
+        optimizer: AdamWConfig { lr: 1e-7, ..Default::default() },
+        trainable,
+        ..Default::default()
+    };
     let mut trainer = Trainer::new(model.clone(), cfg)?;
-    let batches: Vec<Vec<usize>> = (0..=steps).map(|s| (0..batch_pairs).map(|i| (s * batch_pairs + i) % pairs.len()).collect()).collect();
+    let batches: Vec<Vec<usize>> = (0..=steps)
+        .map(|s| (0..batch_pairs).map(|i| (s * batch_pairs + i) % pairs.len()).collect())
+        .collect();
     let sync = || -> Result<()> { Ok(model.read()?.device().synchronize()?) };
     let t = vec![Default::default(); batch_pairs];
     trainer.step(&set, &batches[0], &t)?; // warm-up
@@ -121,21 +181,35 @@ pub fn bench_train(margs: &ModelArgs, input: &Path, limit: usize, batch_pairs: u
         trainer.step(&set, b, &t)?;
         sync()?;
         times.push(started.elapsed().as_secs_f64());
-        tokens += b.iter().map(|&i| set.pairs[i]).map(|(c, r)| match &set.seqs {
-            rewardkit::train::SeqSource::Ids(s) => s[c].len() + s[r].len(),
-            _ => 0,
-        }).sum::<usize>();
+        tokens += b
+            .iter()
+            .map(|&i| set.pairs[i])
+            .map(|(c, r)| match &set.seqs {
+                rewardkit::train::SeqSource::Ids(s) => s[c].len() + s[r].len(),
+                _ => 0,
+            })
+            .sum::<usize>();
     }
     let total: f64 = times.iter().sum();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     println!("rewardkit training benchmark");
-    println!("  model     {} ({}, {} params, {}, {}, {} threads), trainable {trainable}", margs.model.display(), info.architecture, info.num_parameters, info.dtype.as_str(), info.device, info.n_threads);
-    println!("  steps     {steps} x {batch_pairs} pairs (forward + backward + AdamW), {tokens} tokens");
-    println!("  median step {:.4}s   pairs/s {:.2}   tokens/s {:.0}", sorted[sorted.len() / 2], (steps * batch_pairs) as f64 / total, tokens as f64 / total);
+    println!("  model     {}, trainable {trainable}", model_line(&margs.model, &info));
+    println!(
+        "  steps     {steps} x {batch_pairs} pairs (forward + backward + AdamW), {tokens} tokens"
+    );
+    println!(
+        "  median step {:.4}s   pairs/s {:.2}   tokens/s {:.0}",
+        sorted[sorted.len() / 2],
+        (steps * batch_pairs) as f64 / total,
+        tokens as f64 / total
+    );
     if as_json {
-        println!("{}", json!({"engine": "rewardkit", "steps": steps, "batch_pairs": batch_pairs, "tokens": tokens, "seconds": total,
-            "pairs_per_s": (steps * batch_pairs) as f64 / total, "tokens_per_s": tokens as f64 / total}));
+        println!(
+            "{}",
+            json!({"engine": "rewardkit", "steps": steps, "batch_pairs": batch_pairs, "tokens": tokens, "seconds": total,
+            "pairs_per_s": (steps * batch_pairs) as f64 / total, "tokens_per_s": tokens as f64 / total})
+        );
     }
     if profile {
         print_profile("steps", tokens, || {

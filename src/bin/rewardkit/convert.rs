@@ -22,6 +22,11 @@ pub fn init_tiny(out: &Path, corpus: &Path, seed: u64) -> Result<()> {
     let texts = corpus_from_jsonl(corpus)?;
     let spec = TinySpec { seed, ..TinySpec::default() };
     create_tiny_model(out, &texts, &spec)?;
-    eprintln!("wrote {} (tokenizer trained on {} texts, seed {seed}) in {:.1}s", out.display(), texts.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} (tokenizer trained on {} texts, seed {seed}) in {:.1}s",
+        out.display(),
+        texts.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

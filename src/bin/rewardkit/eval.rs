@@ -9,7 +9,12 @@ use rewardkit::{Error, Result};
 use crate::args::{DataArgs, ModelArgs};
 use crate::train::report;
 
-pub fn eval(margs: &ModelArgs, data: &DataArgs, buckets: usize, json_out: Option<&Path>) -> Result<()> {
+pub fn eval(
+    margs: &ModelArgs,
+    data: &DataArgs,
+    buckets: usize,
+    json_out: Option<&Path>,
+) -> Result<()> {
     let model = margs.load()?;
     let (train, held_out) = data.load()?;
     // With a held-out split, evaluate on it; otherwise on every pair given.
@@ -18,7 +23,8 @@ pub fn eval(margs: &ModelArgs, data: &DataArgs, buckets: usize, json_out: Option
     let r = report(&model, &set, &pairs, buckets)?;
     println!("{}", r.table());
     if let Some(p) = json_out {
-        std::fs::write(p, serde_json::to_vec_pretty(&r).expect("serializable")).map_err(|e| Error::io(p, e))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&r).expect("serializable"))
+            .map_err(|e| Error::io(p, e))?;
     }
     Ok(())
 }

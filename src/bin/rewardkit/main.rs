@@ -21,7 +21,11 @@ use rewardkit::train::meta::MetaFitOptions;
 use rewardkit::train::Trainable;
 
 #[derive(Parser)]
-#[command(name = "rewardkit", version, about = "Reward models for RLHF: score, train, vote, evaluate")]
+#[command(
+    name = "rewardkit",
+    version,
+    about = "Reward models for RLHF: score, train, vote, evaluate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -227,20 +231,61 @@ fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Score { model, input, output, limit } => score::score(&model, &input, output.as_deref(), limit),
-        Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => bench::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile),
-        Command::Info { model } => score::info(&model),
-        Command::BenchTrain { model, input, limit, batch_pairs, steps, trainable, dump_ids, json, profile } => {
-            bench::bench_train(&model, &input, limit, batch_pairs, steps, trainable, dump_ids.as_deref(), json, profile)
+        Command::Score { model, input, output, limit } => {
+            score::score(&model, &input, output.as_deref(), limit)
         }
+        Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => {
+            bench::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile)
+        }
+        Command::Info { model } => score::info(&model),
+        Command::BenchTrain {
+            model,
+            input,
+            limit,
+            batch_pairs,
+            steps,
+            trainable,
+            dump_ids,
+            json,
+            profile,
+        } => bench::bench_train(
+            &model,
+            &input,
+            limit,
+            batch_pairs,
+            steps,
+            trainable,
+            dump_ids.as_deref(),
+            json,
+            profile,
+        ),
         Command::InitTiny { out, corpus, seed } => convert::init_tiny(&out, &corpus, seed),
         Command::Train { model, data, train } => train::train(&model, &data, &train),
-        Command::Ensemble { model, data, train, members, shared_backbone, buckets } => vote::ensemble(&model, &data, &train, members, shared_backbone, buckets),
-        Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => vote::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band),
-        Command::Eval { model, data, buckets, json } => eval::eval(&model, &data, buckets, json.as_deref()),
+        Command::Ensemble { model, data, train, members, shared_backbone, buckets } => {
+            vote::ensemble(&model, &data, &train, members, shared_backbone, buckets)
+        }
+        Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => {
+            vote::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band)
+        }
+        Command::Eval { model, data, buckets, json } => {
+            eval::eval(&model, &data, buckets, json.as_deref())
+        }
         Command::ImportGguf { gguf, out } => convert::import_gguf(&gguf, &out),
-        Command::MetaTrain { model, data, train, policy, rounds, steps_per_round, policy_prompts } => {
-            let opts = MetaFitOptions { rounds, steps_per_round, policy_prompts, ..MetaFitOptions::default() };
+        Command::MetaTrain {
+            model,
+            data,
+            train,
+            policy,
+            rounds,
+            steps_per_round,
+            policy_prompts,
+        } => {
+            let opts = MetaFitOptions {
+                rounds,
+                steps_per_round,
+                policy_prompts,
+                ..MetaFitOptions::default()
+            };
             meta::meta_train(&model, &data, &train, &policy, &opts)
         }
     };
@@ -249,4 +294,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-

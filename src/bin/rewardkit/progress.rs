@@ -4,7 +4,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    pb.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}").expect("template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
     pb.set_prefix(what.to_string());
     pb
 }

@@ -20,7 +20,9 @@ fn row_sequences(model: &SharedModel, row: &ScoreRow) -> Result<Vec<Vec<u32>>> {
             model.read()?.validate_ids(ids)?;
             Ok(vec![ids.clone()])
         }
-        ScoreRow::Preference { chosen, rejected } => model.encode_pairs(&[(&chosen.0, &chosen.1), (&rejected.0, &rejected.1)]),
+        ScoreRow::Preference { chosen, rejected } => {
+            model.encode_pairs(&[(&chosen.0, &chosen.1), (&rejected.0, &rejected.1)])
+        }
     }
 }
 
@@ -51,7 +53,12 @@ pub fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Res
         .collect()
 }
 
-pub fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Option<usize>) -> Result<()> {
+pub fn score(
+    args: &ModelArgs,
+    input: &Path,
+    output: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<()> {
     let model = args.load()?;
     let rows = load_rows(&model, input, limit)?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
@@ -60,7 +67,9 @@ pub fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Optio
     let elapsed = started.elapsed().as_secs_f64();
 
     let mut out: Box<dyn Write> = match output {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Error::io(p, e))?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| Error::io(p, e))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut next = rewards.iter().copied();
@@ -84,10 +93,18 @@ pub fn score(args: &ModelArgs, input: &Path, output: Option<&Path>, limit: Optio
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();
     eprintln!(
         "scored {} sequences ({} tokens) from {} rows in {:.2}s: {:.1} sequences/s, {:.0} tokens/s",
-        seqs.len(), tokens, rows.len(), elapsed, seqs.len() as f64 / elapsed, tokens as f64 / elapsed
+        seqs.len(),
+        tokens,
+        rows.len(),
+        elapsed,
+        seqs.len() as f64 / elapsed,
+        tokens as f64 / elapsed
     );
     if pairs > 0 {
-        eprintln!("preference pairs: {pairs}, chosen scored higher: {correct} ({:.1}%)", 100.0 * correct as f64 / pairs as f64);
+        eprintln!(
+            "preference pairs: {pairs}, chosen scored higher: {correct} ({:.1}%)",
+            100.0 * correct as f64 / pairs as f64
+        );
     }
     Ok(())
 }

@@ -6,14 +6,23 @@ use std::time::Instant;
 
 use rewardkit::eval::{evaluate_rewards, EvalReport};
 use rewardkit::io::data::PreferencePair;
-use rewardkit::train::{fit, first_trainable_layer, tokenize_pairs, FitEvent, FitOptions, PairIds, PairSet, SeqSource, Trainer};
+use rewardkit::train::{
+    first_trainable_layer, fit, tokenize_pairs, FitEvent, FitOptions, PairIds, PairSet, SeqSource,
+    Trainer,
+};
 use rewardkit::{Result, SharedModel};
 
 use crate::args::{DataArgs, ModelArgs, TrainArgs};
 use crate::progress;
 
 /// Tokenizes pairs and, when the bottom of the model is frozen, runs it once over them.
-pub fn prepare(model: &SharedModel, pairs: &[PreferencePair], first: usize, cache: bool, what: &str) -> Result<PairSet> {
+pub fn prepare(
+    model: &SharedModel,
+    pairs: &[PreferencePair],
+    first: usize,
+    cache: bool,
+    what: &str,
+) -> Result<PairSet> {
     let ids: Vec<PairIds> = tokenize_pairs(model, pairs)?;
     if first == 0 || !cache {
         return Ok(PairSet::from_ids(ids));
@@ -37,8 +46,19 @@ pub fn alphas_of(pairs: &[PreferencePair]) -> Option<Vec<f32>> {
 }
 
 /// Runs `fit` with a progress bar; returns the final held-out line if any.
-fn run_fit(trainer: &mut Trainer, train: &PairSet, pairs: &[PreferencePair], eval: Option<&PairSet>, opts: &FitOptions, label: &str) -> Result<()> {
-    let treatments = trainer.config().noise.treatments(pairs.len(), strengths_of(pairs).as_deref(), alphas_of(pairs).as_deref())?;
+fn run_fit(
+    trainer: &mut Trainer,
+    train: &PairSet,
+    pairs: &[PreferencePair],
+    eval: Option<&PairSet>,
+    opts: &FitOptions,
+    label: &str,
+) -> Result<()> {
+    let treatments = trainer.config().noise.treatments(
+        pairs.len(),
+        strengths_of(pairs).as_deref(),
+        alphas_of(pairs).as_deref(),
+    )?;
     let flipped = treatments.iter().filter(|t| t.flip).count();
     if flipped > 0 {
         eprintln!("{label}: flipping {flipped} of {} pairs", pairs.len());
@@ -54,7 +74,12 @@ fn run_fit(trainer: &mut Trainer, train: &PairSet, pairs: &[PreferencePair], eva
             loss_sum += s.loss;
             acc_sum += s.accuracy;
             n += 1;
-            pb.set_message(format!("loss {:.4} acc {:.3} lr {:.2e}", loss_sum / n as f64, acc_sum / n as f64, s.lr));
+            pb.set_message(format!(
+                "loss {:.4} acc {:.3} lr {:.2e}",
+                loss_sum / n as f64,
+                acc_sum / n as f64,
+                s.lr
+            ));
         }
         FitEvent::Eval { step, metrics: m } => {
             progress::log(&pb, format!("{label} step {step:>6}  train loss {:.4}  held-out accuracy {:.4}  margin {:.4}  loss {:.4}", loss_sum / n.max(1) as f64, m.accuracy, m.mean_margin, m.loss));
@@ -69,12 +94,21 @@ fn run_fit(trainer: &mut Trainer, train: &PairSet, pairs: &[PreferencePair], eva
         "{label}: {} optimizer steps in {secs:.1}s: {:.1} pairs/s{}",
         trainer.steps(),
         done * opts.batch_pairs as f64 / secs,
-        if tokens > 0 { format!(", {:.0} tokens/s", tokens as f64 * opts.epochs as f64 / secs) } else { String::new() }
+        if tokens > 0 {
+            format!(", {:.0} tokens/s", tokens as f64 * opts.epochs as f64 / secs)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
 
-pub fn report(model: &SharedModel, set: &PairSet, pairs: &[PreferencePair], buckets: usize) -> Result<EvalReport> {
+pub fn report(
+    model: &SharedModel,
+    set: &PairSet,
+    pairs: &[PreferencePair],
+    buckets: usize,
+) -> Result<EvalReport> {
     let (c, r) = set.score_all(model)?;
     let strengths = strengths_of(pairs);
     let external: Vec<Option<bool>> = pairs.iter().map(|p| p.external_label).collect();
@@ -90,15 +124,35 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
     let cfg = targs.config(train_pairs.len())?;
     let n_layers = model.info()?.num_layers;
     let first = first_trainable_layer(cfg.trainable, n_layers);
-    eprintln!("training on {} pairs, {} held out; trainable: {} (layers {first}..{n_layers})", train_pairs.len(), eval_pairs.len(), targs.trainable);
+    eprintln!(
+        "training on {} pairs, {} held out; trainable: {} (layers {first}..{n_layers})",
+        train_pairs.len(),
+        eval_pairs.len(),
+        targs.trainable
+    );
     let train_set = prepare(&model, &train_pairs, first, !targs.no_cache, "train")?;
-    let eval_set = if eval_pairs.is_empty() { None } else { Some(prepare(&model, &eval_pairs, first, !targs.no_cache, "held-out")?) };
+    let eval_set = if eval_pairs.is_empty() {
+        None
+    } else {
+        Some(prepare(&model, &eval_pairs, first, !targs.no_cache, "held-out")?)
+    };
     let mut trainer = Trainer::new(model.clone(), cfg)?;
     if let Some(dir) = &targs.resume {
         let done = trainer.resume(dir)?;
-        eprintln!("resumed from {} after {done} micro-batches ({} optimizer steps)", dir.display(), trainer.steps());
+        eprintln!(
+            "resumed from {} after {done} micro-batches ({} optimizer steps)",
+            dir.display(),
+            trainer.steps()
+        );
     }
-    run_fit(&mut trainer, &train_set, &train_pairs, eval_set.as_ref(), &targs.fit_options(targs.out.clone()), "train")?;
+    run_fit(
+        &mut trainer,
+        &train_set,
+        &train_pairs,
+        eval_set.as_ref(),
+        &targs.fit_options(targs.out.clone()),
+        "train",
+    )?;
     if let Some(eval_set) = &eval_set {
         println!("{}", report(&model, eval_set, &eval_pairs, 10)?.table());
     }

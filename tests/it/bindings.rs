@@ -3,17 +3,21 @@
 //! the Python package's tests. scripts/test.sh provides cmake and a Python with pytest and
 //! numpy (REWARDKIT_PYTHON).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{lib_dir, repo, run, scratch, tiny_model};
+use crate::common::{lib_dir, repo, run, scratch, tiny_model};
 
 #[test]
 fn exported_symbols_match_the_committed_list() {
-    let nm = run(Command::new("nm").args(["-D", "--defined-only"]).arg(lib_dir().join("librewardkit.so")));
-    let mut exported: Vec<&str> = nm.lines().filter_map(|l| l.split_whitespace().nth(2)).filter(|s| s.starts_with("rk_")).collect();
+    let nm = run(Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib_dir().join("librewardkit.so")));
+    let mut exported: Vec<&str> = nm
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| s.starts_with("rk_"))
+        .collect();
     exported.sort();
     let committed = std::fs::read_to_string(repo().join("include/rewardkit.symbols")).unwrap();
     let committed: Vec<&str> = committed.lines().collect();
@@ -24,7 +28,10 @@ fn exported_symbols_match_the_committed_list() {
     // Every exported function is declared in the header.
     let header = std::fs::read_to_string(repo().join("include/rewardkit.h")).unwrap();
     for s in &exported {
-        assert!(header.contains(&format!(" {s}(")) || header.contains(&format!("*{s}(")), "{s} is exported but not in rewardkit.h");
+        assert!(
+            header.contains(&format!(" {s}(")) || header.contains(&format!("*{s}(")),
+            "{s} is exported but not in rewardkit.h"
+        );
     }
 }
 
@@ -41,17 +48,36 @@ fn installed_package_works_with_pkg_config_and_cmake() {
     let dir = scratch("install");
     let prefix = dir.join("prefix");
     install(&prefix);
-    for f in ["include/rewardkit.h", "include/rewardkit.hpp", "lib/librewardkit.so.0.2", "lib/librewardkit.a", "lib/pkgconfig/rewardkit.pc", "lib/cmake/rewardkit/rewardkitConfig.cmake", "bin/rewardkit"] {
+    for f in [
+        "include/rewardkit.h",
+        "include/rewardkit.hpp",
+        "lib/librewardkit.so.0.2",
+        "lib/librewardkit.a",
+        "lib/pkgconfig/rewardkit.pc",
+        "lib/cmake/rewardkit/rewardkitConfig.cmake",
+        "bin/rewardkit",
+    ] {
         assert!(prefix.join(f).exists(), "{f} not installed");
     }
-    let pc = |arg: &str| run(Command::new("pkg-config").args([arg, "rewardkit"]).env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")));
+    let pc = |arg: &str| {
+        run(Command::new("pkg-config")
+            .args([arg, "rewardkit"])
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")))
+    };
     assert_eq!(pc("--modversion").trim(), env!("CARGO_PKG_VERSION"));
     assert!(pc("--libs").contains("-lrewardkit") && pc("--cflags").contains("/include"));
 
     let build = dir.join("build");
-    run(Command::new("cmake").arg("-S").arg(repo().join("examples/cpp")).arg("-B").arg(&build).arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg(repo().join("examples/cpp"))
+        .arg("-B")
+        .arg(&build)
+        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
     run(Command::new("cmake").arg("--build").arg(&build));
-    let out = run(Command::new(build.join("score")).arg(tiny_model()).arg(repo().join("examples/data/pairs.tsv")));
+    let out = run(Command::new(build.join("score"))
+        .arg(tiny_model())
+        .arg(repo().join("examples/data/pairs.tsv")));
     assert!(out.contains("threads agree: yes") && out.lines().count() == 13, "{out}");
     let out = run(Command::new(build.join("iterative_rlhf")).arg(tiny_model()).arg("2").arg("2"));
     assert!(out.contains("caught: RK_ERR_INVALID_ARGUMENT"), "{out}");
@@ -64,22 +90,51 @@ fn cpp_examples_and_wrapper_tests_are_clean_under_address_and_ub_sanitizers() {
     let dir = scratch("asan");
     let lib = lib_dir();
     let programs: [(&str, PathBuf, Vec<PathBuf>); 3] = [
-        ("score", repo().join("examples/cpp/score.cpp"), vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")]),
-        ("iterative_rlhf", repo().join("examples/cpp/iterative_rlhf.cpp"), vec![tiny_model().to_path_buf(), "2".into(), "2".into(), dir.join("checkpoint")]),
-        ("wrapper_test", repo().join("tests/cpp/wrapper_test.cpp"), vec![tiny_model().to_path_buf(), dir.clone()]),
+        (
+            "score",
+            repo().join("examples/cpp/score.cpp"),
+            vec![tiny_model().to_path_buf(), repo().join("examples/data/pairs.tsv")],
+        ),
+        (
+            "iterative_rlhf",
+            repo().join("examples/cpp/iterative_rlhf.cpp"),
+            vec![tiny_model().to_path_buf(), "2".into(), "2".into(), dir.join("checkpoint")],
+        ),
+        (
+            "wrapper_test",
+            repo().join("tests/cpp/wrapper_test.cpp"),
+            vec![tiny_model().to_path_buf(), dir.clone()],
+        ),
     ];
     for (name, source, args) in programs {
         let exe = dir.join(name);
         run(Command::new("c++")
-            .args(["-std=c++17", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
+            .args([
+                "-std=c++17",
+                "-g",
+                "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=undefined",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-I",
+            ])
             .arg(repo().join("include"))
             .arg("-I")
             .arg(repo().join("bindings/cpp"))
             .arg(source)
-            .arg("-L").arg(&lib).arg("-lrewardkit").arg("-pthread")
+            .arg("-L")
+            .arg(&lib)
+            .arg("-lrewardkit")
+            .arg("-pthread")
             .arg(format!("-Wl,-rpath,{}", lib.display()))
-            .arg("-o").arg(&exe));
-        let out = run(Command::new(&exe).args(&args).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1").env("UBSAN_OPTIONS", "print_stacktrace=1"));
+            .arg("-o")
+            .arg(&exe));
+        let out = run(Command::new(&exe)
+            .args(&args)
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1"));
         if name == "wrapper_test" {
             assert!(out.contains("wrapper: all checks passed"), "{out}");
         }

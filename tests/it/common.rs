@@ -10,7 +10,9 @@ use rewardkit::model::tiny::{corpus_from_jsonl, create_tiny_model, TinySpec};
 /// The repository root: where the tests were built, unless REWARDKIT_REPO says otherwise (test
 /// binaries carried to another machine, e.g. the GPU host).
 pub fn repo() -> PathBuf {
-    std::env::var_os("REWARDKIT_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    std::env::var_os("REWARDKIT_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -23,7 +25,9 @@ pub fn hh_data() -> PathBuf {
 
 /// A scratch directory for this test binary, emptied on first use.
 pub fn scratch(name: &str) -> PathBuf {
-    let base = std::env::var_os("REWARDKIT_TEST_TMP").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let base = std::env::var_os("REWARDKIT_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     let dir = base.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -48,7 +52,8 @@ pub fn hh_pairs(n: usize) -> Vec<(String, String)> {
         .into_iter()
         .take(n)
         .map(|(_, row)| {
-            let (p, r) = rewardkit::io::data::split_hh_dialogue(row["chosen"].as_str().unwrap()).unwrap();
+            let (p, r) =
+                rewardkit::io::data::split_hh_dialogue(row["chosen"].as_str().unwrap()).unwrap();
             (p.to_string(), r.to_string())
         })
         .collect()
@@ -57,7 +62,11 @@ pub fn hh_pairs(n: usize) -> Vec<(String, String)> {
 pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (|diff| {} > {tol})", (g - w).abs());
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: got {g}, want {w} (|diff| {} > {tol})",
+            (g - w).abs()
+        );
     }
 }
 
@@ -69,24 +78,40 @@ pub fn lib_dir() -> PathBuf {
     [deps.clone(), deps.parent().unwrap().to_path_buf()]
         .into_iter()
         .find(|d| d.join("librewardkit.so").exists() || d.join("librewardkit.dylib").exists())
-        .unwrap_or_else(|| panic!("no librewardkit shared library in {} or its parent", deps.display()))
+        .unwrap_or_else(|| {
+            panic!("no librewardkit shared library in {} or its parent", deps.display())
+        })
 }
 
 /// Runs a command that must succeed; returns its stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run the tests through scripts/test.sh, which installs cmake and pytest)"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Four training steps of 4 real HH-RLHF pairs (up to 128 tokens) on the tiny model on `device`
 /// in `dtype` (f32 master weights and AdamW state below f32); checks that every parameter moved.
 /// Returns the losses, and the scores of the 16 pairs' chosen and rejected sides afterwards.
-pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::ComputeDType) -> (Vec<f64>, Vec<f32>) {
+pub fn train_tiny_on_hh(
+    device: rewardkit::DeviceSpec,
+    dtype: rewardkit::ComputeDType,
+) -> (Vec<f64>, Vec<f32>) {
     use rewardkit::train::{PairSet, TrainConfig, Trainer};
-    let opts = rewardkit::SharedModelOptions { load: rewardkit::LoadOptions { device, dtype, ..Default::default() }, ..Default::default() };
+    let opts = rewardkit::SharedModelOptions {
+        load: rewardkit::LoadOptions { device, dtype, ..Default::default() },
+        ..Default::default()
+    };
     let model = std::sync::Arc::new(rewardkit::SharedModel::load(tiny_model(), &opts).unwrap());
-    let read = rewardkit::io::data::PreferenceReadOptions { on_bad_row: rewardkit::io::data::OnBadRow::Skip, ..Default::default() };
+    let read = rewardkit::io::data::PreferenceReadOptions {
+        on_bad_row: rewardkit::io::data::OnBadRow::Skip,
+        ..Default::default()
+    };
     let (mut pairs, _) = rewardkit::io::data::read_preferences(&hh_data(), &read).unwrap();
     pairs.truncate(16);
     let mut ids = rewardkit::train::tokenize_pairs(&model, &pairs).unwrap();
@@ -96,7 +121,10 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
     }
     let set = PairSet::from_ids(ids);
     let before = weights(&model);
-    let cfg = TrainConfig { optimizer: rewardkit::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
+    let cfg = TrainConfig {
+        optimizer: rewardkit::train::optim::AdamWConfig { lr: 1e-3, ..Default::default() },
+        ..Default::default()
+    };
     let mut trainer = Trainer::new(model.clone(), cfg).unwrap();
     let losses = (0..4)
         .map(|step| {
@@ -106,7 +134,10 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
         .collect();
     drop(trainer);
     for ((name, a), (_, b)) in before.iter().zip(&weights(&model)) {
-        assert!(a.iter().zip(b).any(|(x, y)| x != y), "{dtype:?} on {device:?}: {name} did not move");
+        assert!(
+            a.iter().zip(b).any(|(x, y)| x != y),
+            "{dtype:?} on {device:?}: {name} did not move"
+        );
     }
     let (chosen, rejected) = set.score_all(&model).unwrap();
     (losses, [chosen, rejected].concat())
@@ -114,7 +145,14 @@ pub fn train_tiny_on_hh(device: rewardkit::DeviceSpec, dtype: rewardkit::Compute
 
 /// A low-precision run (`losses`, `scores`) follows the f32 reference: each loss within
 /// `loss_tol` relative, scores within `score_tol` of the reference's score scale.
-pub fn assert_tracks(ref_losses: &[f64], ref_scores: &[f32], losses: &[f64], scores: &[f32], loss_tol: f64, score_tol: f32) {
+pub fn assert_tracks(
+    ref_losses: &[f64],
+    ref_scores: &[f32],
+    losses: &[f64],
+    scores: &[f32],
+    loss_tol: f64,
+    score_tol: f32,
+) {
     for (a, b) in ref_losses.iter().zip(losses) {
         assert!((a - b).abs() < loss_tol * a.abs().max(1.0), "loss f32 {a} vs {b}");
     }
@@ -126,11 +164,47 @@ pub fn assert_tracks(ref_losses: &[f64], ref_scores: &[f32], losses: &[f64], sco
 /// Every parameter of `model` as f32 values on the host, by name, in the store's order.
 pub fn weights(model: &rewardkit::SharedModel) -> Vec<(String, Vec<f32>)> {
     let m = model.read().unwrap();
-    m.params().iter().map(|(n, v)| (n.to_string(), v.as_tensor().to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())).collect()
+    m.params()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                v.as_tensor()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// max |a - b| relative to the largest |b| (the score scale).
 pub fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+}
+
+/// A two-layer model shape (hidden 32, GQA 4/2, vocab 64, 64 positions) for tests that train by
+/// hand.
+pub fn two_layer_spec(seed: u64) -> TinySpec {
+    TinySpec {
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 64,
+        seed,
+    }
+}
+
+/// A shared handle (one thread) over `spec`'s shape with seeded random weights.
+pub fn random_shared(spec: &TinySpec, seed: u64) -> std::sync::Arc<rewardkit::SharedModel> {
+    let model = rewardkit::model::tiny::random_model(spec, seed).unwrap();
+    let opts = rewardkit::SharedModelOptions { n_threads: 1, ..Default::default() };
+    std::sync::Arc::new(rewardkit::SharedModel::from_model(model, None, &opts).unwrap())
 }

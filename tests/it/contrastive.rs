@@ -1,34 +1,34 @@
 //! Contrastive training: views, gradients, prototypes in checkpoints, composition.
 
-mod common;
-
 use std::sync::Arc;
 
-use candle_core::Device;
-use common::scratch;
+use crate::common::scratch;
+use rewardkit::model::Pass;
 use rewardkit::train::contrastive::{ContrastiveConfig, PROTOTYPES};
 use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
 use rewardkit::train::meta::PolicyBatch;
-use rewardkit::model::checkpoint::HeadSource;
-use rewardkit::model::Pass;
 use rewardkit::train::optim::AdamWConfig;
-use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
 use rewardkit::train::{PairIds, PairSet, TrainConfig, Trainer};
-use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
+use rewardkit::{SharedModel, SharedModelOptions};
 
 fn model() -> Arc<SharedModel> {
-    let spec = TinySpec { vocab_size: 64, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, seed: 2 };
-    let cfg = tiny_config(&spec).unwrap();
-    let m = RewardModel::from_params(cfg.clone(), random_params(&cfg, 2).unwrap(), HeadSource::Fresh { seed: 2 }, Device::Cpu, ComputeDType::F32, 0).unwrap();
-    Arc::new(SharedModel::from_model(m, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap())
+    crate::common::random_shared(&crate::common::two_layer_spec(2), 2)
 }
 
 fn pairs(n: u32) -> PairSet {
-    PairSet::from_ids((0..n).map(|i| PairIds { chosen: vec![1, 10 + i, 20, 3], rejected: vec![1, 10 + i, 21, 7] }).collect())
+    PairSet::from_ids(
+        (0..n)
+            .map(|i| PairIds { chosen: vec![1, 10 + i, 20, 3], rejected: vec![1, 10 + i, 21, 7] })
+            .collect(),
+    )
 }
 
 fn cfg(c: ContrastiveConfig) -> TrainConfig {
-    TrainConfig { optimizer: AdamWConfig { lr: 1e-2, ..Default::default() }, contrastive: Some(c), ..Default::default() }
+    TrainConfig {
+        optimizer: AdamWConfig { lr: 1e-2, ..Default::default() },
+        contrastive: Some(c),
+        ..Default::default()
+    }
 }
 
 fn param(m: &SharedModel, name: &str) -> Vec<f32> {
@@ -49,7 +49,11 @@ fn dropout_views_differ_in_training_and_scoring_is_deterministic() {
     let seqs: [&[u32]; 2] = [&[1, 10, 20, 3], &[1, 11, 21, 7]];
     let before = m.score_ids(&seqs).unwrap();
     let trainer = Trainer::new(m.clone(), cfg(ContrastiveConfig::swav())).unwrap();
-    assert_eq!(m.score_ids(&seqs).unwrap(), before, "configuring a contrastive term changes scores");
+    assert_eq!(
+        m.score_ids(&seqs).unwrap(),
+        before,
+        "configuring a contrastive term changes scores"
+    );
     assert_eq!(m.score_ids(&seqs).unwrap(), m.score_ids(&seqs).unwrap());
     drop(trainer);
 }
@@ -71,8 +75,15 @@ fn swav_trains_prototypes_and_backbone_and_they_persist() {
     let dir = scratch("swav").join("ckpt");
     trainer.save(&dir).unwrap();
     drop(trainer);
-    let loaded = Arc::new(SharedModel::load(&dir, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap());
-    assert_eq!(param(&loaded, PROTOTYPES), p1, "prototypes are saved and loaded with the checkpoint");
+    let loaded = Arc::new(
+        SharedModel::load(&dir, &SharedModelOptions { n_threads: 1, ..Default::default() })
+            .unwrap(),
+    );
+    assert_eq!(
+        param(&loaded, PROTOTYPES),
+        p1,
+        "prototypes are saved and loaded with the checkpoint"
+    );
     // A resumed SwAV trainer keeps them (no re-initialisation).
     let mut resumed = Trainer::new(loaded.clone(), cfg(ContrastiveConfig::swav_diff())).unwrap();
     resumed.resume(&dir).unwrap();
@@ -86,13 +97,19 @@ fn swav_trains_prototypes_and_backbone_and_they_persist() {
 fn simcse_works_at_the_smallest_batch_and_composes() {
     let m = model();
     let noise = NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() };
-    let mut trainer = Trainer::new(m.clone(), TrainConfig { noise, meta_lr: 0.05, ..cfg(ContrastiveConfig::simcse()) }).unwrap();
+    let mut trainer = Trainer::new(
+        m.clone(),
+        TrainConfig { noise, meta_lr: 0.05, ..cfg(ContrastiveConfig::simcse()) },
+    )
+    .unwrap();
     let set = pairs(2);
     // One pair = two items: the smallest batch the in-batch loss accepts.
     let t = noise.treatments(1, Some(&[-0.3]), None).unwrap();
     let s = trainer.step(&set, &[0], &t).unwrap();
     assert!(s.loss.is_finite() && s.applied);
     let policy = PolicyBatch::from_ids(vec![vec![vec![1, 30, 31], vec![1, 32]]]).unwrap();
-    let m2 = trainer.meta_step(&set, &[0, 1], &noise.treatments(2, Some(&[0.4, -0.2]), None).unwrap(), &policy).unwrap();
+    let m2 = trainer
+        .meta_step(&set, &[0, 1], &noise.treatments(2, Some(&[0.4, -0.2]), None).unwrap(), &policy)
+        .unwrap();
     assert!(m2.step.loss.is_finite() && m2.j_after > m2.j_before);
 }

@@ -1,11 +1,9 @@
 //! The C header and examples: the committed header is what cbindgen generates, it compiles as
 //! C99 and C++17, and examples/c/score.c builds against the library and agrees with Rust.
 
-mod common;
-
 use std::process::Command;
 
-use common::{lib_dir, repo, run, scratch, tiny_model};
+use crate::common::{lib_dir, repo, run, scratch, tiny_model};
 
 #[test]
 fn committed_header_matches_the_code() {
@@ -15,7 +13,9 @@ fn committed_header_matches_the_code() {
         generated == committed,
         "include/rewardkit.h is stale: regenerate it with `REWARDKIT_WRITE_HEADER=1 cargo build --release` and commit it"
     );
-    assert!(committed.contains(&format!("#define RK_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION"))));
+    assert!(
+        committed.contains(&format!("#define RK_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION")))
+    );
 }
 
 #[test]
@@ -24,11 +24,22 @@ fn header_compiles_as_c99_and_cpp17() {
     let dir = scratch("header");
     let c = dir.join("h.c");
     std::fs::write(&c, "#include \"rewardkit.h\"\nint main(void) { rk_model_params p; if (rk_model_params_init(&p, sizeof p) != RK_OK) return 1; return (int)p.dtype; }\n").unwrap();
-    run(Command::new("cc").args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"]).arg(&include).arg(&c));
+    run(Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
+        .arg(&include)
+        .arg(&c));
     let cpp = dir.join("h.cpp");
     std::fs::write(&cpp, "#include \"rewardkit.h\"\nint main() { rk_model_params p; rk_status s = rk_model_params_init(&p, sizeof p); return (int)p.dtype + (int)s; }\n").unwrap();
-    run(Command::new("c++").args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"]).arg("-I").arg(&include).arg(&cpp)
-        .arg("-L").arg(lib_dir()).arg("-lrewardkit").arg("-o").arg(dir.join("h_cpp")));
+    run(Command::new("c++")
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .arg("-I")
+        .arg(&include)
+        .arg(&cpp)
+        .arg("-L")
+        .arg(lib_dir())
+        .arg("-lrewardkit")
+        .arg("-o")
+        .arg(dir.join("h_cpp")));
 }
 
 #[test]
@@ -40,12 +51,16 @@ fn c_score_example_builds_runs_and_agrees_with_rust() {
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
         .arg(repo().join("include"))
         .arg(repo().join("examples/c/score.c"))
-        .arg("-L").arg(&lib).arg("-lrewardkit")
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lrewardkit")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o").arg(&exe));
+        .arg("-o")
+        .arg(&exe));
     let tsv = repo().join("examples/data/pairs.tsv");
     let stdout = run(Command::new(&exe).arg(tiny_model()).arg(&tsv).arg("2"));
-    let got: Vec<f32> = stdout.lines().map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect();
+    let got: Vec<f32> =
+        stdout.lines().map(|l| l.split('\t').nth(1).unwrap().parse().unwrap()).collect();
     assert_eq!(got.len(), 12);
 
     // The same pairs scored in Rust.
@@ -61,7 +76,12 @@ fn c_score_example_builds_runs_and_agrees_with_rust() {
         .collect();
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
     let model = rewardkit::SharedModel::load(tiny_model(), &Default::default()).unwrap();
-    common::assert_close(&got, &model.score_pairs(&refs).unwrap(), 1e-5, "C example vs Rust");
+    crate::common::assert_close(
+        &got,
+        &model.score_pairs(&refs).unwrap(),
+        1e-5,
+        "C example vs Rust",
+    );
 
     // A bad model path: a clean error message and a non-zero exit, not a crash.
     let out = Command::new(&exe).arg("/no/model").arg(&tsv).output().unwrap();
@@ -78,17 +98,30 @@ fn c_train_vote_example_builds_and_runs() {
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
         .arg(repo().join("include"))
         .arg(repo().join("examples/c/train_vote.c"))
-        .arg("-L").arg(&lib).arg("-lrewardkit").arg("-lm")
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lrewardkit")
+        .arg("-lm")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o").arg(&exe));
+        .arg("-o")
+        .arg(&exe));
     let stdout = run(Command::new(&exe).arg(tiny_model()).arg(dir.join("saved")));
     let value = |key: &str| -> f64 {
-        stdout.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no `{key}` in:\n{stdout}")).trim().parse().unwrap()
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no `{key}` in:\n{stdout}"))
+            .trim()
+            .parse()
+            .unwrap()
     };
     assert!(value("loss_last ") < value("loss_first "), "{stdout}");
     assert!(stdout.contains("second trainer on one model: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("vote pair")).count(), 4);
-    assert!(dir.join("saved/optimizer.safetensors").exists() && dir.join("saved/tokenizer.json").exists());
+    assert!(
+        dir.join("saved/optimizer.safetensors").exists()
+            && dir.join("saved/tokenizer.json").exists()
+    );
 }
 
 #[test]
@@ -102,10 +135,14 @@ fn cpp_iterative_rlhf_example_builds_and_runs() {
         .arg("-I")
         .arg(repo().join("bindings/cpp"))
         .arg(repo().join("examples/cpp/iterative_rlhf.cpp"))
-        .arg("-L").arg(&lib).arg("-lrewardkit")
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lrewardkit")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o").arg(&exe));
-    let stdout = run(Command::new(&exe).arg(tiny_model()).arg("3").arg("2").arg(dir.join("checkpoint")));
+        .arg("-o")
+        .arg(&exe));
+    let stdout =
+        run(Command::new(&exe).arg(tiny_model()).arg("3").arg("2").arg(dir.join("checkpoint")));
     let rows: Vec<Vec<f64>> = stdout
         .lines()
         .filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<u32>().is_ok()))
@@ -114,7 +151,12 @@ fn cpp_iterative_rlhf_example_builds_and_runs() {
     assert_eq!(rows.len(), 3, "{stdout}");
     for r in &rows {
         // J of k = 4 samples lies in [0.375, 0.75]; accuracy in [0, 1]; everything finite.
-        assert!((0.375..=0.75).contains(&r[1]) && (0.0..=1.0).contains(&r[2]) && r.iter().all(|x| x.is_finite()), "{r:?}");
+        assert!(
+            (0.375..=0.75).contains(&r[1])
+                && (0.0..=1.0).contains(&r[2])
+                && r.iter().all(|x| x.is_finite()),
+            "{r:?}"
+        );
     }
     assert!(stdout.contains("caught: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
     // 3 rounds of 2 meta steps, saved and taken back by a restarted trainer.

@@ -1,29 +1,33 @@
 //! Training: loss goes down, determinism, gradients, checkpoints and resume, ensembles.
 
-mod common;
-
 use std::sync::Arc;
 
-use candle_core::Device;
-use common::{scratch, weights};
-use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
-use rewardkit::model::checkpoint::HeadSource;
+use crate::common::{scratch, weights};
+use rewardkit::model::tiny::TinySpec;
 use rewardkit::model::Pass;
-use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::rng::Rng;
-use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
-use rewardkit::train::{fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer};
-use rewardkit::{ComputeDType, RewardModel, SharedModel, SharedModelOptions};
+use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
+use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
+use rewardkit::train::{
+    fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer,
+};
+use rewardkit::{ComputeDType, SharedModel, SharedModelOptions};
 
 fn small_spec() -> TinySpec {
-    TinySpec { vocab_size: 64, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 3, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, seed: 3 }
+    TinySpec {
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 64,
+        seed: 3,
+    }
 }
 
 fn small_model() -> Arc<SharedModel> {
-    let cfg = tiny_config(&small_spec()).unwrap();
-    let params = random_params(&cfg, 3).unwrap();
-    let model = RewardModel::from_params(cfg, params, HeadSource::Fresh { seed: 4 }, Device::Cpu, ComputeDType::F32, 0).unwrap();
-    Arc::new(SharedModel::from_model(model, None, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap())
+    crate::common::random_shared(&small_spec(), 3)
 }
 
 /// A learnable task: after a random shared prompt, the chosen response ends in one of the
@@ -61,7 +65,15 @@ fn training_drives_the_loss_down() {
     let (acc0, loss0) = (m0.accuracy, m0.loss);
     let mut trainer = Trainer::new(model.clone(), config(0)).unwrap();
     let t = vec![PairTreatment::default(); 64];
-    fit(&mut trainer, &train, &t, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
+    fit(
+        &mut trainer,
+        &train,
+        &t,
+        None,
+        &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() },
+        |_| {},
+    )
+    .unwrap();
     let m1 = quick_eval(&model, &held_out).unwrap();
     let (acc1, loss1) = (m1.accuracy, m1.loss);
     assert!(loss1 < 0.5 * loss0, "held-out loss {loss0} -> {loss1}");
@@ -73,9 +85,21 @@ fn training_drives_the_loss_down() {
 fn same_seed_same_weights_other_seed_other_weights() {
     let run = |seed: u64| {
         let model = small_model();
-        let mut trainer = Trainer::new(model.clone(), TrainConfig { dropout: 0.1, grad_accum: 2, ..config(seed) }).unwrap();
+        let mut trainer = Trainer::new(
+            model.clone(),
+            TrainConfig { dropout: 0.1, grad_accum: 2, ..config(seed) },
+        )
+        .unwrap();
         let train = PairSet::from_ids(task(24, 5));
-        fit(&mut trainer, &train, &vec![PairTreatment::default(); 24], None, &FitOptions { epochs: 1, batch_pairs: 4, ..Default::default() }, |_| {}).unwrap();
+        fit(
+            &mut trainer,
+            &train,
+            &vec![PairTreatment::default(); 24],
+            None,
+            &FitOptions { epochs: 1, batch_pairs: 4, ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
         drop(trainer);
         weights(&model)
     };
@@ -87,12 +111,16 @@ fn same_seed_same_weights_other_seed_other_weights() {
 fn every_trainable_parameter_moves_and_frozen_ones_do_not() {
     for (trainable, frozen_prefixes) in [
         (Trainable::All, vec![]),
-        (Trainable::TopLayers { layers: 1 }, vec!["model.embed_tokens", "model.layers.0.", "model.layers.1."]),
+        (
+            Trainable::TopLayers { layers: 1 },
+            vec!["model.embed_tokens", "model.layers.0.", "model.layers.1."],
+        ),
         (Trainable::HeadOnly, vec!["model."]),
     ] {
         let model = small_model();
         let before = weights(&model);
-        let mut trainer = Trainer::new(model.clone(), TrainConfig { trainable, ..config(0) }).unwrap();
+        let mut trainer =
+            Trainer::new(model.clone(), TrainConfig { trainable, ..config(0) }).unwrap();
         let set = PairSet::from_ids(task(8, 9));
         let idx: Vec<usize> = (0..8).collect();
         let stats = trainer.step(&set, &idx, &[PairTreatment::default(); 8]).unwrap();
@@ -122,7 +150,9 @@ fn cached_frozen_bottom_matches_running_it() {
     let a = ids.features(&m, &idx, 2, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
     let b = cached.features(&m, &idx, 2, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
     let full = ids.features(&m, &idx, 0, Pass::Inference).unwrap();
-    let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| {
+        (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
     assert!(diff(&a, &b) < 1e-5 && diff(&a, &full) < 1e-4, "{} {}", diff(&a, &b), diff(&a, &full));
 }
 
@@ -131,7 +161,14 @@ fn checkpoint_roundtrip_and_resume_equal_an_uninterrupted_run() {
     let dir = scratch("resume");
     let train = PairSet::from_ids(task(32, 6));
     let t = vec![PairTreatment::default(); 32];
-    let opts = |epochs| FitOptions { epochs, batch_pairs: 4, save_every: 4, keep_checkpoints: 1, out_dir: Some(dir.join("run")), ..Default::default() };
+    let opts = |epochs| FitOptions {
+        epochs,
+        batch_pairs: 4,
+        save_every: 4,
+        keep_checkpoints: 1,
+        out_dir: Some(dir.join("run")),
+        ..Default::default()
+    };
     // Straight: 2 epochs = 16 steps.
     let straight = small_model();
     let mut trainer = Trainer::new(straight.clone(), config(1)).unwrap();
@@ -139,7 +176,11 @@ fn checkpoint_roundtrip_and_resume_equal_an_uninterrupted_run() {
     drop(trainer);
     // Saved final checkpoint scores like the model in memory.
     let seqs: Vec<&[u32]> = vec![&[1, 20, 9, 7], &[1, 30, 31, 9, 8]];
-    let reloaded = SharedModel::load(&dir.join("run/final"), &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap();
+    let reloaded = SharedModel::load(
+        &dir.join("run/final"),
+        &SharedModelOptions { n_threads: 1, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(straight.score_ids(&seqs).unwrap(), reloaded.score_ids(&seqs).unwrap());
     // Only the newest periodic checkpoint is kept.
     assert!(dir.join("run/checkpoint-16").exists() && !dir.join("run/checkpoint-12").exists());
@@ -151,7 +192,10 @@ fn checkpoint_roundtrip_and_resume_equal_an_uninterrupted_run() {
     fit(&mut trainer, &train, &t, None, &half, |_| {}).unwrap();
     drop(trainer);
     let ckpt = dir.join("half/checkpoint-8");
-    let resumed = Arc::new(SharedModel::load(&ckpt, &SharedModelOptions { n_threads: 1, ..Default::default() }).unwrap());
+    let resumed = Arc::new(
+        SharedModel::load(&ckpt, &SharedModelOptions { n_threads: 1, ..Default::default() })
+            .unwrap(),
+    );
     let mut trainer = Trainer::new(resumed.clone(), config(1)).unwrap();
     assert_eq!(trainer.resume(&ckpt).unwrap(), 8);
     fit(&mut trainer, &train, &t, None, &FitOptions { out_dir: None, ..opts(2) }, |_| {}).unwrap();
@@ -179,10 +223,19 @@ fn label_flipping_recovers_from_flipped_labels() {
         let model = small_model();
         let treat = noise.treatments(48, Some(&strengths), None).unwrap();
         let mut trainer = Trainer::new(model.clone(), TrainConfig { noise, ..config(0) }).unwrap();
-        fit(&mut trainer, &PairSet::from_ids(noisy.clone()), &treat, None, &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() }, |_| {}).unwrap();
+        fit(
+            &mut trainer,
+            &PairSet::from_ids(noisy.clone()),
+            &treat,
+            None,
+            &FitOptions { epochs: 3, batch_pairs: 8, ..Default::default() },
+            |_| {},
+        )
+        .unwrap();
         quick_eval(&model, &held_out).unwrap().accuracy
     };
-    let flipped = run(NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() });
+    let flipped =
+        run(NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() });
     assert!(flipped > 0.95, "accuracy with flipping {flipped}");
 }
 
@@ -201,13 +254,25 @@ fn ensemble_members_differ_and_vote() {
     let train = PairSet::from_ids(task(32, 12));
     let t = vec![PairTreatment::default(); 32];
     let cfg = TrainConfig { trainable: Trainable::TopLayers { layers: 1 }, ..config(20) };
-    let members = rewardkit::train::ensemble::train_ensemble(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_, _| {}).unwrap();
+    let members = rewardkit::train::ensemble::train_ensemble(
+        &base,
+        &train,
+        &t,
+        &cfg,
+        &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() },
+        3,
+        |_, _| {},
+    )
+    .unwrap();
     let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
     let test = PairSet::from_ids(task(16, 13));
     let vote = rewardkit::eval::vote::vote(&refs, &test).unwrap();
     let (mean, std) = vote.strength();
     assert_eq!((vote.members(), vote.pairs()), (3, 16));
-    assert!(mean.iter().all(|&m| m > 0.0), "trained members agree the chosen side is better: {mean:?}");
+    assert!(
+        mean.iter().all(|&m| m > 0.0),
+        "trained members agree the chosen side is better: {mean:?}"
+    );
     assert!(std.iter().any(|&s| s > 0.0), "members differ");
     // The frozen bottom is shared, not copied.
     let a = members[0].read().unwrap();
@@ -219,12 +284,23 @@ fn ensemble_members_differ_and_vote() {
     drop((a, b));
 
     // The cheap variant: one backbone, three heads.
-    let multi = rewardkit::train::ensemble::train_multi_head(&base, &train, &t, &cfg, &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() }, 3, |_| {}).unwrap();
+    let multi = rewardkit::train::ensemble::train_multi_head(
+        &base,
+        &train,
+        &t,
+        &cfg,
+        &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() },
+        3,
+        |_| {},
+    )
+    .unwrap();
     let heads = rewardkit::eval::vote::vote(&[&multi], &test).unwrap();
     assert_eq!(heads.members(), 3);
     assert!(heads.strength().0.iter().all(|&m| m > 0.0));
     // Heads and whole models mix: 3 heads + 2 models = 5 members, the heads' rows first.
-    let mixed = rewardkit::eval::vote::vote(&[&multi, members[0].as_ref(), members[1].as_ref()], &test).unwrap();
+    let mixed =
+        rewardkit::eval::vote::vote(&[&multi, members[0].as_ref(), members[1].as_ref()], &test)
+            .unwrap();
     assert_eq!(mixed.members(), 5);
     assert_eq!(mixed.chosen[..3], heads.chosen[..]);
     assert_eq!(mixed.chosen[3..], vote.chosen[..2]);
@@ -235,8 +311,8 @@ fn ensemble_members_differ_and_vote() {
 #[test]
 fn bf16_training_tracks_f32() {
     use rewardkit::DeviceSpec;
-    let (l32, s32) = common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::F32);
-    let (l16, s16) = common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::BF16);
+    let (l32, s32) = crate::common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::F32);
+    let (l16, s16) = crate::common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::BF16);
     println!("losses f32 {l32:?} bf16 {l16:?}");
-    common::assert_tracks(&l32, &s32, &l16, &s16, 2e-2, 5e-2);
+    crate::common::assert_tracks(&l32, &s32, &l16, &s16, 2e-2, 5e-2);
 }

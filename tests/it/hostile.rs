@@ -4,22 +4,29 @@
 //! run twice: plainly (under an address-space limit, so a runaway allocation fails its case)
 //! and under AddressSanitizer + UBSan.
 
-mod common;
-
 use std::process::Command;
 
-use common::{lib_dir, repo, scratch, tiny_model};
+use crate::common::{lib_dir, repo, scratch, tiny_model};
 
 fn build(out: &std::path::Path, sanitize: bool) {
     let lib = lib_dir();
     let mut cc = Command::new("cc");
     cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-format-truncation", "-O1", "-g"]);
     if sanitize {
-        cc.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]);
+        cc.args([
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined",
+        ]);
     }
     cc.arg("-I").arg(repo().join("include")).arg(repo().join("tests/hostile/hostile.c"));
-    cc.arg("-L").arg(&lib).args(["-lrewardkit", "-lpthread", "-lm"]).arg(format!("-Wl,-rpath,{}", lib.display())).arg("-o").arg(out);
-    common::run(&mut cc);
+    cc.arg("-L")
+        .arg(&lib)
+        .args(["-lrewardkit", "-lpthread", "-lm"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(out);
+    crate::common::run(&mut cc);
 }
 
 /// Runs the suite; returns (passed, failed) and prints its report.
@@ -36,7 +43,10 @@ fn run_suite(exe: &std::path::Path, name: &str, sanitize: bool) -> (usize, usize
     println!("{name}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let last = stdout.lines().last().unwrap_or_default();
     let mut words = last.split_whitespace();
-    let passed = words.next().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    let passed = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
     let failed = words.nth(1).and_then(|w| w.parse().ok()).unwrap();
     (passed, failed)
 }

@@ -1,15 +1,16 @@
 //! Loading, scoring invariants, gradients, errors and thread safety of the Rust API.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::common::{assert_close, fixture, hh_pairs, scratch, tiny_model};
 use candle_core::{Tensor, Var};
-use common::{assert_close, fixture, hh_pairs, scratch, tiny_model};
 use rewardkit::model::checkpoint::HeadSource;
 use rewardkit::model::Pass;
-use rewardkit::{BatchOptions, ComputeDType, ErrorKind, LoadOptions, RewardModel, SharedModel, SharedModelOptions};
+use rewardkit::{
+    BatchOptions, ComputeDType, ErrorKind, LoadOptions, RewardModel, SharedModel,
+    SharedModelOptions,
+};
 
 fn load(dir: &Path) -> SharedModel {
     SharedModel::load(dir, &SharedModelOptions::default()).unwrap()
@@ -19,17 +20,30 @@ fn load(dir: &Path) -> SharedModel {
 fn every_parameter_gets_a_nonzero_gradient() {
     for name in ["llama_gqa", "llama_tied_bias", "qwen2_bias", "mistral_window"] {
         let model = RewardModel::load(&fixture(name), &LoadOptions::default()).unwrap();
-        let seqs: [&[u32]; 3] = [&[1, 5, 9, 33, 100, 7, 8, 9, 10, 11, 12], &[1, 200, 300], &[1, 17, 18, 19, 20, 21]];
+        let seqs: [&[u32]; 3] =
+            [&[1, 5, 9, 33, 100, 7, 8, 9, 10, 11, 12], &[1, 200, 300], &[1, 17, 18, 19, 20, 21]];
         let batch = model.make_batch(&seqs).unwrap();
         let rewards = model.rewards(&batch, Pass::Train { dropout: 0.0, dropout_seed: 0 }).unwrap();
         // A Bradley-Terry-like loss on the rewards: every weight influences it.
-        let loss = candle_nn::ops::sigmoid(&rewards).unwrap().log().unwrap().neg().unwrap().sum_all().unwrap();
+        let loss = candle_nn::ops::sigmoid(&rewards)
+            .unwrap()
+            .log()
+            .unwrap()
+            .neg()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let mut checked = 0;
         for (pname, var) in model.params().iter() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient of {pname} has squared norm {norm}");
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: gradient of {pname} has squared norm {norm}"
+            );
             checked += 1;
         }
         assert_eq!(checked, model.params().len());
@@ -56,7 +70,10 @@ fn token_budget_and_batch_size_do_not_change_scores() {
     let pairs = hh_pairs(10);
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
     let reference = load(tiny_model()).score_pairs(&refs).unwrap();
-    for batch in [BatchOptions { token_budget: 1, max_batch_size: 0 }, BatchOptions { token_budget: 100_000, max_batch_size: 3 }] {
+    for batch in [
+        BatchOptions { token_budget: 1, max_batch_size: 0 },
+        BatchOptions { token_budget: 100_000, max_batch_size: 3 },
+    ] {
         let opts = SharedModelOptions { batch, ..Default::default() };
         let got = SharedModel::load(tiny_model(), &opts).unwrap().score_pairs(&refs).unwrap();
         assert_close(&got, &reference, 1e-5, &format!("{batch:?}"));
@@ -65,7 +82,10 @@ fn token_budget_and_batch_size_do_not_change_scores() {
 
 #[test]
 fn long_inputs_keep_the_response_end() {
-    let opts = SharedModelOptions { load: LoadOptions { max_length: 32, ..Default::default() }, ..Default::default() };
+    let opts = SharedModelOptions {
+        load: LoadOptions { max_length: 32, ..Default::default() },
+        ..Default::default()
+    };
     let model = SharedModel::load(tiny_model(), &opts).unwrap();
     let prompt = "\n\nHuman: tell me a very long story about everything you know. ".repeat(20);
     let ids = model.encode_pairs(&[(&prompt, " The end.")]).unwrap().remove(0);
@@ -78,7 +98,10 @@ fn long_inputs_keep_the_response_end() {
 #[test]
 fn append_eos_and_separator_are_options() {
     let plain = load(tiny_model());
-    let opts = SharedModelOptions { text: rewardkit::TextOptions { append_eos: true, separator: "\n".into() }, ..Default::default() };
+    let opts = SharedModelOptions {
+        text: rewardkit::TextOptions { append_eos: true, separator: "\n".into() },
+        ..Default::default()
+    };
     let moss = SharedModel::load(tiny_model(), &opts).unwrap();
     let a = plain.encode_pairs(&[("Q?", " A.")]).unwrap().remove(0);
     let b = moss.encode_pairs(&[("Q?", " A.")]).unwrap().remove(0);
@@ -121,7 +144,10 @@ fn bf16_and_f16_compute_stay_close_to_f32() {
     let f32_scores = load(tiny_model()).score_pairs(&refs).unwrap();
     let scale = f32_scores.iter().map(|x| x.abs()).fold(0f32, f32::max);
     for dtype in [ComputeDType::BF16, ComputeDType::F16] {
-        let opts = SharedModelOptions { load: LoadOptions { dtype, ..Default::default() }, ..Default::default() };
+        let opts = SharedModelOptions {
+            load: LoadOptions { dtype, ..Default::default() },
+            ..Default::default()
+        };
         let got = SharedModel::load(tiny_model(), &opts).unwrap().score_pairs(&refs).unwrap();
         assert_close(&got, &f32_scores, 0.05 * scale, &format!("{dtype:?}"));
     }
@@ -133,24 +159,38 @@ fn save_then_load_gives_identical_scores() {
     let dir = scratch("roundtrip").join("ckpt");
     model.save(&dir, &[]).unwrap();
     let seqs: [&[u32]; 2] = [&[1, 2, 3, 4, 5], &[1, 9, 8]];
-    let before = model.rewards(&model.make_batch(&seqs).unwrap(), Pass::Inference).unwrap().to_vec1::<f32>().unwrap();
+    let before = model
+        .rewards(&model.make_batch(&seqs).unwrap(), Pass::Inference)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let again = RewardModel::load(&dir, &LoadOptions::default()).unwrap();
     assert_eq!(again.head_source(), &HeadSource::Loaded("score.weight".into()));
-    let after = again.rewards(&again.make_batch(&seqs).unwrap(), Pass::Inference).unwrap().to_vec1::<f32>().unwrap();
+    let after = again
+        .rewards(&again.make_batch(&seqs).unwrap(), Pass::Inference)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(before, after);
 }
 
 /// Writes a copy of a fixture with its tensors edited by `edit`.
-fn edited_fixture(name: &str, tag: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> std::path::PathBuf {
+fn edited_fixture(
+    name: &str,
+    tag: &str,
+    edit: impl FnOnce(&mut Vec<(String, Tensor)>),
+) -> std::path::PathBuf {
     let src = fixture(name);
-    let mut tensors: Vec<(String, Tensor)> = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut tensors);
     let dir = scratch(tag).join("model");
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
     rewardkit::model::checkpoint::save_checkpoint(&dir, &config, &tensors, &[]).unwrap();
     dir
 }
@@ -159,7 +199,8 @@ fn edited_fixture(name: &str, tag: &str, edit: impl FnOnce(&mut Vec<(String, Ten
 fn causal_lm_checkpoint_gets_a_seeded_fresh_head() {
     let dir = edited_fixture("llama_gqa", "nohead", |t| t.retain(|(n, _)| n != "score.weight"));
     let seeded = |seed| {
-        let m = RewardModel::load(&dir, &LoadOptions { head_seed: seed, ..Default::default() }).unwrap();
+        let m = RewardModel::load(&dir, &LoadOptions { head_seed: seed, ..Default::default() })
+            .unwrap();
         assert_eq!(m.head_source(), &HeadSource::Fresh { seed });
         m.params().get("score.weight").unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
@@ -184,22 +225,29 @@ fn other_head_names_load() {
 
 #[test]
 fn load_errors_are_clear() {
-    let missing = RewardModel::load(Path::new("/no/such/model"), &LoadOptions::default()).err().unwrap();
+    let missing =
+        RewardModel::load(Path::new("/no/such/model"), &LoadOptions::default()).err().unwrap();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
     assert!(missing.message().contains("/no/such/model"), "{missing}");
 
     let shape = edited_fixture("llama_gqa", "shape", |t| {
         for (n, v) in t.iter_mut() {
             if n == "model.layers.1.mlp.up_proj.weight" {
-                *v = Tensor::zeros((3, 64), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+                *v = Tensor::zeros((3, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
+                    .unwrap();
             }
         }
     });
     let e = RewardModel::load(&shape, &LoadOptions::default()).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::ShapeMismatch);
-    assert!(e.message().contains("model.layers.1.mlp.up_proj.weight") && e.message().contains("[3, 64]"), "{e}");
+    assert!(
+        e.message().contains("model.layers.1.mlp.up_proj.weight")
+            && e.message().contains("[3, 64]"),
+        "{e}"
+    );
 
-    let lacking = edited_fixture("llama_gqa", "lacking", |t| t.retain(|(n, _)| n != "model.norm.weight"));
+    let lacking =
+        edited_fixture("llama_gqa", "lacking", |t| t.retain(|(n, _)| n != "model.norm.weight"));
     let e = RewardModel::load(&lacking, &LoadOptions::default()).err().unwrap();
     assert!(e.message().contains("model.norm.weight"), "{e}");
 
@@ -211,7 +259,8 @@ fn load_errors_are_clear() {
     assert!(e.message().contains("model.safetensors"), "{e}");
 
     let arch = edited_fixture("llama_gqa", "arch", |_| {});
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(arch.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(arch.join("config.json")).unwrap()).unwrap();
     cfg["model_type"] = "gpt_neox".into();
     std::fs::write(arch.join("config.json"), cfg.to_string()).unwrap();
     let e = RewardModel::load(&arch, &LoadOptions::default()).err().unwrap();
@@ -219,7 +268,8 @@ fn load_errors_are_clear() {
     assert!(e.message().contains("gpt_neox"), "{e}");
 
     let no_weights = scratch("noweights");
-    std::fs::copy(fixture("llama_gqa").join("config.json"), no_weights.join("config.json")).unwrap();
+    std::fs::copy(fixture("llama_gqa").join("config.json"), no_weights.join("config.json"))
+        .unwrap();
     let e = RewardModel::load(&no_weights, &LoadOptions::default()).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.message().contains("model.safetensors"), "{e}");
@@ -241,10 +291,14 @@ fn bad_token_ids_are_rejected_not_crashed() {
 fn tiny_model_is_deterministic() {
     let a = tiny_model();
     let b = scratch("tiny-again").join("model");
-    let corpus = rewardkit::model::tiny::corpus_from_jsonl(&common::hh_data()).unwrap();
+    let corpus = rewardkit::model::tiny::corpus_from_jsonl(&crate::common::hh_data()).unwrap();
     rewardkit::model::tiny::create_tiny_model(&b, &corpus, &Default::default()).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs between two builds");
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between two builds"
+        );
     }
     let info = load(a).info().unwrap();
     assert_eq!((info.architecture, info.num_layers, info.hidden_size), ("llama", 4, 256));
@@ -273,18 +327,31 @@ fn reference_ids(tok: &rewardkit::RewardTokenizer, text: &str, keep: usize) -> V
 
 #[test]
 fn long_texts_are_cut_before_tokenizing_with_the_same_ids() {
-    let tiny = rewardkit::RewardTokenizer::from_file(&tiny_model().join("tokenizer.json"), Some(2)).unwrap();
-    let gqa = rewardkit::RewardTokenizer::from_file(&fixture("llama_gqa").join("tokenizer.json"), None).unwrap();
+    let tiny = rewardkit::RewardTokenizer::from_file(&tiny_model().join("tokenizer.json"), Some(2))
+        .unwrap();
+    let gqa =
+        rewardkit::RewardTokenizer::from_file(&fixture("llama_gqa").join("tokenizer.json"), None)
+            .unwrap();
     let dialogue: String = hh_pairs(60).iter().map(|(p, r)| format!("{p}{r}")).collect();
-    let unicode = "Ünïcödé 文字 naïve café — “quotes” 12345678 tabs\tand\nnewlines  double  spaces ".repeat(3000);
+    let unicode =
+        "Ünïcödé 文字 naïve café — “quotes” 12345678 tabs\tand\nnewlines  double  spaces "
+            .repeat(3000);
     let digits = "1234567890 ".repeat(20_000) + &"9".repeat(5000);
     let opts = rewardkit::TextOptions::default();
     for (name, tok) in [("tiny", &tiny), ("llama_gqa", &gqa)] {
-        for (what, prompt) in [("dialogue", dialogue.repeat(20)), ("unicode", unicode.clone()), ("digits", digits.clone())] {
+        for (what, prompt) in [
+            ("dialogue", dialogue.repeat(20)),
+            ("unicode", unicode.clone()),
+            ("digits", digits.clone()),
+        ] {
             for max_len in [16, 257, 2048] {
                 let response = " the end, where the reward is read.";
                 let got = tok.encode_pair(&prompt, response, &opts, max_len).unwrap();
-                let special = tok.inner().get_post_processor().map(|p| tokenizers::PostProcessor::added_tokens(p, false)).unwrap_or(0);
+                let special = tok
+                    .inner()
+                    .get_post_processor()
+                    .map(|p| tokenizers::PostProcessor::added_tokens(p, false))
+                    .unwrap_or(0);
                 let want = reference_ids(tok, &format!("{prompt}{response}"), max_len - special);
                 assert_eq!(got, want, "{name}, {what}, max_len {max_len}: {} bytes", prompt.len());
             }

@@ -1,0 +1,249 @@
+//! The `rewardkit` command line: scoring a file, errors that name the line.
+
+use std::process::Command;
+
+use crate::common::{hh_data, scratch, tiny_model};
+
+fn rewardkit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rewardkit"))
+}
+
+#[test]
+fn score_prints_one_line_per_row_in_order() {
+    let dir = scratch("cli-score");
+    let input = dir.join("rows.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"Q?\", \"response\": \" A.\", \"id\": \"a\"}\n\n{\"text\": \"whole text\"}\n{\"ids\": [1, 5, 9]}\n{\"prompt\": \"P\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n",
+    )
+    .unwrap();
+    let out = rewardkit()
+        .args(["score", "--threads", "1", "--model"])
+        .arg(tiny_model())
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!((lines[0]["line"].as_u64(), lines[0]["id"].as_str()), (Some(1), Some("a")));
+    assert_eq!(lines[1]["line"], 3);
+    assert!(lines[2]["reward"].is_f64());
+    let (c, r, m) = (
+        lines[3]["chosen_reward"].as_f64().unwrap(),
+        lines[3]["rejected_reward"].as_f64().unwrap(),
+        lines[3]["margin"].as_f64().unwrap(),
+    );
+    assert!((c - r - m).abs() < 1e-6);
+
+    // The same pair through the library gives the same reward.
+    let model = rewardkit::SharedModel::load(tiny_model(), &Default::default()).unwrap();
+    let want = model.score_pairs(&[("Q?", " A.")]).unwrap()[0] as f64;
+    assert!((lines[0]["reward"].as_f64().unwrap() - want).abs() < 1e-5);
+}
+
+#[test]
+fn score_errors_name_the_line() {
+    let dir = scratch("cli-errors");
+    for (content, needle) in [
+        ("{\"text\": \"ok\"}\n{\"prompt\": \"p\"}\n", "line 2"),
+        ("{\"text\": \"ok\"}\nnot json\n", "line 2"),
+        ("{\"ids\": [1, 999999]}\n", "line 1"),
+    ] {
+        let input = dir.join("bad.jsonl");
+        std::fs::write(&input, content).unwrap();
+        let out = rewardkit()
+            .args(["score", "--model"])
+            .arg(tiny_model())
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    }
+}
+
+#[test]
+fn readme_main_job_scores_real_hh_pairs() {
+    let out = rewardkit()
+        .args(["score", "--limit", "5", "--model"])
+        .arg(tiny_model())
+        .arg("--input")
+        .arg(hh_data())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 5);
+    assert!(text.lines().all(|l| l.contains("chosen_reward")));
+}
+
+#[test]
+fn train_vote_eval_and_meta_train_run_end_to_end() {
+    let dir = scratch("cli-train");
+    let data = hh_data();
+    let base = [
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "24",
+        "--skip-bad-rows",
+        "--threads",
+        "1",
+    ];
+    let ok = |args: &[&str]| {
+        let out = rewardkit().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out_dir = dir.join("run");
+    let table = ok(&[
+        &["train"],
+        &base[..],
+        &[
+            "--eval-fraction",
+            "0.25",
+            "--trainable",
+            "top:1",
+            "--lr",
+            "1e-4",
+            "--save-every",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    assert!(table.contains("accuracy") && out_dir.join("final/config.json").exists());
+    let ens = dir.join("ens");
+    let vote = ok(&[
+        &["ensemble"],
+        &base[..],
+        &["--members", "2", "--trainable", "head", "--lr", "1e-3", "--out", ens.to_str().unwrap()],
+    ]
+    .concat());
+    assert!(
+        vote.contains("likely wrong")
+            && ens.join("vote.jsonl").exists()
+            && ens.join("bucket_std.svg").exists()
+    );
+    let first = std::fs::read_to_string(ens.join("vote.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(row["chosen score list"].as_array().unwrap().len(), 2);
+    // Train again with the strengths, flipping pairs the vote disagrees with.
+    ok(&[
+        &["train"],
+        &base[..],
+        &[
+            "--trainable",
+            "head",
+            "--strengths",
+            ens.join("vote.jsonl").to_str().unwrap(),
+            "--flip-below",
+            "0",
+            "--margin-scale",
+            "0.5",
+        ],
+    ]
+    .concat());
+    let eval = ok(&[
+        "eval",
+        "--model",
+        out_dir.join("final").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "16",
+        "--skip-bad-rows",
+    ]);
+    assert!(eval.contains("reward min/mean/max/std"));
+    let policy = crate::common::repo().join("examples/data/policy_samples.jsonl");
+    let meta = ok(&[
+        &["meta-train"],
+        &base[..],
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--rounds",
+            "2",
+            "--steps-per-round",
+            "2",
+            "--trainable",
+            "top:1",
+            "--meta-lr",
+            "0.1",
+        ],
+    ]
+    .concat());
+    assert_eq!(meta.lines().count(), 3, "{meta}");
+}
+
+#[test]
+fn benchmarks_print_where_the_time_went() {
+    let model = tiny_model().to_str().unwrap().to_string();
+    let data = hh_data().to_str().unwrap().to_string();
+    let score = rewardkit()
+        .args([
+            "bench",
+            "--threads",
+            "1",
+            "--limit",
+            "8",
+            "--repeats",
+            "1",
+            "--profile",
+            "--model",
+            &model,
+            "--input",
+            &data,
+        ])
+        .output()
+        .unwrap();
+    let train = rewardkit()
+        .args([
+            "bench-train",
+            "--threads",
+            "1",
+            "--limit",
+            "8",
+            "--batch-pairs",
+            "2",
+            "--steps",
+            "2",
+            "--max-length",
+            "64",
+            "--profile",
+            "--model",
+            &model,
+            "--input",
+            &data,
+        ])
+        .output()
+        .unwrap();
+    for (out, phases) in [
+        (score, vec!["embed", "attention core", "mlp gate/up projections", "qkv projections"]),
+        (train, vec!["backward", "optimizer (clip, AdamW)", "attention core"]),
+    ] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("| phase |")).collect();
+        for phase in phases {
+            let row = table
+                .iter()
+                .find(|l| l.starts_with(&format!("| {phase} |")))
+                .unwrap_or_else(|| panic!("no `{phase}` row in\n{text}"));
+            let seconds: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+            assert!(seconds > 0.0, "{row}");
+        }
+        assert!(table.last().unwrap().starts_with("| total |"), "{text}");
+    }
+}

@@ -1,0 +1,20 @@
+//! The integration tests, one binary (the test build links candle once): the C ABI and its
+//! hostile-input suite, the bindings and packaging, the CLI, the model against transformers,
+//! training, MetaRM, contrastive terms, GGUF import, crash-safe saves, and the fuzz corpora.
+//! The CUDA device tests are tests/gpu.rs, built only with `--features cuda`.
+
+mod common;
+
+mod bindings;
+mod c_examples;
+mod cli;
+mod contrastive;
+mod crash_save;
+mod ffi;
+mod fuzz_replay;
+mod gguf;
+mod hostile;
+mod meta;
+mod model;
+mod parity;
+mod train;
