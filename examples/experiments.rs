@@ -314,7 +314,7 @@ fn main() -> Result<()> {
                 &plain,
                 &config(100 * s),
                 &fit_opts,
-                a.members,
+                0..a.members,
                 |_, _| {},
             )?;
             clock.0 += t.elapsed().as_secs_f64();

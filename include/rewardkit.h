@@ -145,6 +145,14 @@ typedef int32_t rk_status;
 typedef struct rk_model rk_model;
 
 /**
+ * The usable preference pairs of a file, in file order. Opaque; create with
+ * `rk_pairs_load`, release with `rk_pairs_free`.
+ *
+ * Thread safety: read-only after loading: any number of threads may read one handle.
+ */
+typedef struct rk_pairs rk_pairs;
+
+/**
  * A trainer updating one model's weights in place. Opaque; create with `rk_trainer_create`,
  * release with `rk_trainer_free`.
  *
@@ -348,6 +356,12 @@ typedef struct rk_trainer_params {
    * Appended in 0.2: with `RK_FLIP_LOWEST_FRACTION`, the fraction flipped (default 0.1).
    */
   float flip_fraction;
+  /**
+   * 1: keep each accumulation cycle's gradient for the caller instead of applying it
+   * (`rk_trainer_get_gradients`, `rk_trainer_set_gradients`, `rk_trainer_apply`): the
+   * pull-style data-parallel flow. Default 0.
+   */
+  uint8_t defer_apply;
 } rk_trainer_params;
 
 /**
@@ -431,6 +445,16 @@ typedef struct rk_step_stats {
    * 1 if this call updated the weights (the end of a gradient-accumulation cycle).
    */
   uint8_t applied;
+  /**
+   * Appended in 0.2: 1 when a deferred gradient waits for `rk_trainer_apply`.
+   */
+  uint8_t pending;
+  /**
+   * Appended in 0.2: the norm of this rank's gradient before the all-reduce (`grad_norm` is
+   * then the global one; outside a data-parallel run the two are equal); NaN when no step
+   * was applied. Loss, accuracy and margin are always this rank's own.
+   */
+  double local_grad_norm;
 } rk_step_stats;
 
 /**
@@ -483,7 +507,59 @@ typedef struct rk_meta_step_stats {
    * 1 if this call updated the weights.
    */
   uint8_t applied;
+  /**
+   * Appended in 0.2: as in `rk_step_stats`.
+   */
+  uint8_t pending;
+  double local_grad_norm;
 } rk_meta_step_stats;
+
+/**
+ * Where an all-reduce buffer lives.
+ */
+typedef int32_t rk_buffer_kind;
+
+/**
+ * Which point of a step asks for the reduction.
+ */
+typedef int32_t rk_sync_point;
+
+/**
+ * What an all-reduce call is about. Fields may be appended; read `struct_size` first.
+ */
+typedef struct rk_allreduce_info {
+  size_t struct_size;
+  /**
+   * One of `RK_BUFFER_*`.
+   */
+  rk_buffer_kind buffer_kind;
+  /**
+   * The CUDA device of a device buffer; 0 for host memory.
+   */
+  int32_t device_index;
+  /**
+   * One of `RK_SYNC_*`.
+   */
+  rk_sync_point sync_point;
+  /**
+   * As given to `rk_trainer_set_allreduce`.
+   */
+  uint32_t rank;
+  uint32_t world_size;
+  /**
+   * Optimizer steps taken before this one.
+   */
+  uint64_t step;
+} rk_allreduce_info;
+
+/**
+ * The host's all-reduce: `buffer` holds `n` float32 gradients of this rank, contiguous, in
+ * host memory or on the device `info` names; on return it must hold their mean over all ranks
+ * (for a device buffer: the work finished, e.g. its stream synchronized). Called on the thread
+ * that called the step. Return `RK_OK` (0), or any `rk_status` to fail the step with it (the
+ * weights are then left unchanged; an unknown code counts as `RK_ERR_INTERNAL`).
+ */
+typedef int32_t (*rk_allreduce_fn)(void *user_data, float *buffer, size_t n, const struct rk_allreduce_info *info);
 
 /**
  * float32 (the default).
@@ -611,6 +687,26 @@ typedef struct rk_meta_step_stats {
  * The differences f_c - f_r and f_r - f_c (the paper's "-diff" variants).
  */
 #define RK_ITEMS_DIFFERENCES 1
+
+/**
+ * Host memory.
+ */
+#define RK_BUFFER_HOST 0
+
+/**
+ * CUDA device memory (on `device_index`), for NCCL to reduce in place.
+ */
+#define RK_BUFFER_CUDA 1
+
+/**
+ * The gradient of an optimizer step, after accumulation, before clipping and AdamW.
+ */
+#define RK_SYNC_GRADIENT 0
+
+/**
+ * MetaRM: the ascent gradient of the difference loss, before the move to θ'.
+ */
+#define RK_SYNC_META_ASCENT 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -929,6 +1025,154 @@ RK_MUST_USE rk_status rk_vote_texts(const struct rk_model *const *models, size_t
  * last offset; outputs `n` floats each.
  */
 RK_MUST_USE rk_status rk_vote_tokens(const struct rk_model *const *models, size_t n_models, const uint32_t *chosen_ids, const size_t *chosen_offsets, const uint32_t *rejected_ids, const size_t *rejected_offsets, size_t n, float *out_mean, float *out_std);
+
+/**
+ * Joins a data-parallel run: from now on, the gradient of every optimizer step (and the ascent
+ * gradient of every MetaRM step) is handed to `fn` as one flat float32 buffer, which it
+ * replaces with the mean over the `world_size` ranks; this trainer is rank `rank`. Every rank
+ * then clips and applies the identical update, so weights stay bitwise identical across ranks.
+ * Dropout masks follow the layout: micro-step s of rank r draws those of micro-step
+ * `s * world_size + r` of one process. `fn` NULL leaves the run (one process). Refused while a
+ * gradient-accumulation cycle is in progress.
+ *
+ * Thread safety: serialised per trainer. `fn` is called on the thread that calls a step.
+ *
+ * # Safety
+ * `fn` and `user_data` must stay valid, and be usable from the threads that step this
+ * trainer, until the hook is replaced or the trainer freed.
+ */
+RK_MUST_USE rk_status rk_trainer_set_allreduce(struct rk_trainer *trainer, rk_allreduce_fn fn, void *user_data, uint32_t rank, uint32_t world_size);
+
+/**
+ * Scalars in the trained parameters: the length of the flat gradient and weight buffers.
+ *
+ * Thread safety: serialised per trainer.
+ *
+ * # Safety
+ * `out_n` writable.
+ */
+RK_MUST_USE rk_status rk_trainer_trained_size(struct rk_trainer *trainer, size_t *out_n);
+
+/**
+ * Pull-style data parallelism, with `defer_apply` set: copies the gradient a completed
+ * accumulation cycle left pending (`stats.pending`) into `out` (`n` = the trained size).
+ *
+ * Thread safety: serialised per trainer.
+ *
+ * # Safety
+ * `out` has room for `n` floats.
+ */
+RK_MUST_USE rk_status rk_trainer_get_gradients(struct rk_trainer *trainer, float *out, size_t n);
+
+/**
+ * Replaces the pending gradient with `values` (e.g. its mean over ranks); every value must be
+ * finite. Nothing changes on failure.
+ *
+ * Thread safety: serialised per trainer.
+ *
+ * # Safety
+ * `values` holds `n` floats.
+ */
+RK_MUST_USE rk_status rk_trainer_set_gradients(struct rk_trainer *trainer, const float *values, size_t n);
+
+/**
+ * Applies the pending gradient (clipping, AdamW) and clears it; `out_stats` (may be NULL)
+ * receives the step, gradient norm and learning rate (loss and accuracy are NaN: they belong
+ * to the step calls). A refused update keeps the gradient pending.
+ *
+ * Thread safety: serialised per trainer; scorers see the weights before or after.
+ *
+ * # Safety
+ * `out_stats` NULL or with `struct_size` set.
+ */
+RK_MUST_USE rk_status rk_trainer_apply(struct rk_trainer *trainer, struct rk_step_stats *out_stats);
+
+/**
+ * Drops the pending gradient without an update.
+ *
+ * Thread safety: serialised per trainer.
+ *
+ * # Safety
+ * `trainer` a live handle.
+ */
+RK_MUST_USE rk_status rk_trainer_discard_gradients(struct rk_trainer *trainer);
+
+/**
+ * Copies the trained weights (float32, flat, in the gradient's order) into `out`: what a host
+ * broadcasts from rank 0 so that every rank starts identical.
+ *
+ * Thread safety: serialised per trainer.
+ *
+ * # Safety
+ * `out` has room for `n` floats.
+ */
+RK_MUST_USE rk_status rk_trainer_get_weights(struct rk_trainer *trainer, float *out, size_t n);
+
+/**
+ * Sets the trained weights from `values` (every value finite; the optimizer's moments are
+ * kept). Scorers see the old or the new weights, never a mix. Nothing changes on failure.
+ *
+ * Thread safety: serialised per trainer; scoring concurrently is safe.
+ *
+ * # Safety
+ * `values` holds `n` floats.
+ */
+RK_MUST_USE rk_status rk_trainer_set_weights(struct rk_trainer *trainer, const float *values, size_t n);
+
+/**
+ * A 64-bit checksum (FNV-1a) of every parameter of the model, names and values: equal on two
+ * ranks exactly when their weights are bitwise equal (with overwhelming probability). Cheap
+ * next to a step: one read of the weights.
+ *
+ * Thread safety: as scoring.
+ *
+ * # Safety
+ * `out` writable.
+ */
+RK_MUST_USE rk_status rk_model_weights_checksum(const struct rk_model *model, uint64_t *out);
+
+/**
+ * Reads the preference pairs of `path`. With `skip_bad_rows` 1, unusable rows (invalid JSON,
+ * a missing field, two different prompts, a NUL byte in a text) are skipped and counted
+ * (`rk_pairs_count`); with 0 the first one fails the call with a message naming its line.
+ *
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `path` NUL-terminated; `out_pairs` writable.
+ */
+RK_MUST_USE rk_status rk_pairs_load(const char *path, uint8_t skip_bad_rows, struct rk_pairs **out_pairs);
+
+/**
+ * The number of pairs, and (`out_skipped`, may be NULL) of rows skipped.
+ *
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `out_n` writable; `out_skipped` NULL or writable.
+ */
+RK_MUST_USE rk_status rk_pairs_count(const struct rk_pairs *pairs, size_t *out_n, size_t *out_skipped);
+
+/**
+ * Pair `i`: its prompt, chosen and rejected texts (borrowed, NUL-terminated, valid until
+ * `rk_pairs_free`) and its 1-based source line (`out_line` may be NULL).
+ *
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * The three string outputs writable; `out_line` NULL or writable.
+ */
+RK_MUST_USE rk_status rk_pairs_get(const struct rk_pairs *pairs, size_t i, const char **out_prompt, const char **out_chosen, const char **out_rejected, size_t *out_line);
+
+/**
+ * Releases a dataset. NULL is a no-op.
+ *
+ * Thread safety: must not race with any other call on the same handle.
+ *
+ * # Safety
+ * `pairs` NULL or a handle from `rk_pairs_load` not yet freed.
+ */
+void rk_pairs_free(struct rk_pairs *pairs);
 
 #ifdef __cplusplus
 }  // extern "C"

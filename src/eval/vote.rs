@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::metrics::{equal_count_groups, mean_std};
 use crate::error::{Error, Result};
 use crate::handle::SharedModel;
-use crate::train::{check_pairs, PairIds, PairSet};
+use crate::train::{check_pairs, PairIds, PairSet, Shard};
 
 /// Scores of M members on n pairs.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,6 +222,110 @@ pub fn heads_vote(model: &SharedModel, set: &PairSet) -> Result<Vote> {
     let by_head =
         |rows: &[Vec<f32>]| (0..heads).map(|h| rows.iter().map(|row| row[h]).collect()).collect();
     Vote::new(by_head(&c), by_head(&r))
+}
+
+/// One shard's part of a vote (`rewardkit vote --shard i/n`): every member's scores on the
+/// sequences of the scoring planner's batches that the shard takes. The shards of one job
+/// merge ([`merge_shards`]) into exactly the vote one process computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoteShard {
+    pub shard: Shard,
+    pub pairs: usize,
+    /// Members (heads of every model, in vote order).
+    pub members: usize,
+    /// (row, one score per member): row `i < pairs` is pair i's chosen response, row
+    /// `pairs + i` its rejected one.
+    pub rows: Vec<(usize, Vec<f32>)>,
+}
+
+/// The shard `shard` of [`vote`]`(models, set)`.
+pub fn vote_shard(models: &[&SharedModel], set: &PairSet, shard: Shard) -> Result<VoteShard> {
+    if models.is_empty() {
+        return Err(Error::invalid("a vote needs at least one model"));
+    }
+    let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
+    let mut members = 0;
+    for (m, model) in models.iter().enumerate() {
+        let part = set.head_scores_of_shard(model, shard)?;
+        if m == 0 {
+            rows = part;
+        } else {
+            // Every member plans the same batches (same sequences, same token budget).
+            if part.len() != rows.len() || part.iter().zip(&rows).any(|(a, b)| a.0 != b.0) {
+                return Err(Error::invalid(format!(
+                    "models[{m}] batches the pairs differently from models[0]: give every member \
+                     the same token budget and batch size"
+                )));
+            }
+            for ((_, heads), (_, row)) in part.into_iter().zip(rows.iter_mut()) {
+                row.extend(heads);
+            }
+        }
+        members += model.read()?.num_heads();
+    }
+    Ok(VoteShard { shard, pairs: set.len(), members, rows })
+}
+
+/// The vote of all the shards of one job, in any order: every shard `0..n` exactly once,
+/// every sequence exactly once, all on the same pairs and members.
+pub fn merge_shards(shards: Vec<VoteShard>) -> Result<Vote> {
+    let first = shards.first().ok_or_else(|| Error::invalid("no vote shards to merge"))?;
+    let (count, pairs, members) = (first.shard.count, first.pairs, first.members);
+    let mut seen_shard = vec![false; count];
+    for s in &shards {
+        if (s.shard.count, s.pairs, s.members) != (count, pairs, members) {
+            return Err(Error::invalid(format!(
+                "shard {} ({} pairs, {} members) is not of the same job as shard {} ({pairs} \
+                 pairs, {members} members)",
+                s.shard, s.pairs, s.members, first.shard
+            )));
+        }
+        if std::mem::replace(&mut seen_shard[s.shard.index], true) {
+            return Err(Error::invalid(format!("shard {} given twice", s.shard)));
+        }
+    }
+    if let Some(i) = seen_shard.iter().position(|&x| !x) {
+        return Err(Error::invalid(format!("shard {i}/{count} is missing")));
+    }
+    // Sizes read from files: checked against the rows actually present before allocating.
+    let rows: usize = shards.iter().map(|s| s.rows.len()).sum();
+    if rows != pairs.saturating_mul(2) {
+        return Err(Error::invalid(format!(
+            "the shards hold {rows} rows; {pairs} pairs need {}",
+            pairs.saturating_mul(2)
+        )));
+    }
+    if let Some((s, (row, scores))) = shards
+        .iter()
+        .flat_map(|s| s.rows.iter().map(move |r| (s, r)))
+        .find(|(_, (row, scores))| *row >= 2 * pairs || scores.len() != members)
+    {
+        return Err(Error::invalid(format!(
+            "shard {}: row {row} with {} scores (expected a row below {} with {members})",
+            s.shard,
+            scores.len(),
+            2 * pairs
+        )));
+    }
+    let mut chosen = vec![vec![f32::NAN; pairs]; members];
+    let mut rejected = chosen.clone();
+    let mut seen_row = vec![false; 2 * pairs];
+    for s in shards {
+        for (row, scores) in s.rows {
+            if std::mem::replace(&mut seen_row[row], true) {
+                return Err(Error::invalid(format!("row {row} appears in two shards")));
+            }
+            let (side, i) =
+                if row < pairs { (&mut chosen, row) } else { (&mut rejected, row - pairs) };
+            for (m, x) in scores.into_iter().enumerate() {
+                side[m][i] = x;
+            }
+        }
+    }
+    if let Some(row) = seen_row.iter().position(|&x| !x) {
+        return Err(Error::invalid(format!("row {row} is in no shard")));
+    }
+    Vote::new(chosen, rejected)
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub struct rk_meta_step_stats {
     pub meta_grad_norm: f64,
     /// 1 if this call updated the weights.
     pub applied: u8,
+    /// Appended in 0.2: as in `rk_step_stats`.
+    pub pending: u8,
+    pub local_grad_norm: f64,
 }
 
 /// Policy samples from texts: prompt p has responses `responses[offsets[p] .. offsets[p+1]]`.
@@ -107,6 +110,8 @@ unsafe fn meta_common(
             j_after: s.j_after,
             meta_grad_norm: s.meta_grad_norm,
             applied: st.applied,
+            pending: st.pending,
+            local_grad_norm: st.local_grad_norm,
         });
     }
     Ok(())

@@ -6,7 +6,9 @@
 //! cbindgen (see build.rs).
 //!
 //! Files follow the C prefixes: `model` (`rk_model_*`), `trainer` (`rk_trainer_*`), `meta`
-//! (MetaRM steps and the difference loss), `vote` (`rk_vote_*`).
+//! (MetaRM steps and the difference loss), `vote` (`rk_vote_*`), `parallel` (data-parallel
+//! training: the all-reduce hook, gradient and weight buffers, checksums), `data`
+//! (`rk_pairs_*`: preference datasets through the library's reader).
 #![allow(non_camel_case_types)]
 
 // The declaration order is the header's order.
@@ -26,8 +28,14 @@ pub mod meta;
 
 pub mod vote;
 
+pub mod parallel;
+
+pub mod data;
+
+pub use data::*;
 pub use meta::*;
 pub use model::*;
+pub use parallel::*;
 pub use params::*;
 pub use status::*;
 pub use trainer::*;

@@ -192,6 +192,10 @@ pub struct rk_trainer_params {
     pub sinkhorn_epsilon: f32,
     /// Appended in 0.2: with `RK_FLIP_LOWEST_FRACTION`, the fraction flipped (default 0.1).
     pub flip_fraction: f32,
+    /// 1: keep each accumulation cycle's gradient for the caller instead of applying it
+    /// (`rk_trainer_get_gradients`, `rk_trainer_set_gradients`, `rk_trainer_apply`): the
+    /// pull-style data-parallel flow. Default 0.
+    pub defer_apply: u8,
 }
 
 /// The smallest `struct_size` accepted for `rk_trainer_params`: the layout before
@@ -441,6 +445,7 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         sinkhorn_iterations: 0,
         sinkhorn_epsilon: 0.0,
         flip_fraction,
+        defer_apply: c.defer_apply as u8,
     }
 }
 
@@ -504,6 +509,7 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
         },
         meta_lr: p.meta_lr,
         contrastive: contrastive_from_c(&p)?,
+        defer_apply: flag(p.defer_apply, "params->defer_apply")?,
     };
     Ok(config)
 }

@@ -74,6 +74,35 @@ pub(crate) fn status_of(kind: ErrorKind) -> rk_status {
     }
 }
 
+/// The error kind a host's status code stands for (an unknown code: `Internal`).
+pub(crate) fn kind_of(code: i32) -> ErrorKind {
+    match code {
+        1 => ErrorKind::InvalidArgument,
+        2 => ErrorKind::NullPointer,
+        3 => ErrorKind::InvalidUtf8,
+        4 => ErrorKind::NotFound,
+        5 => ErrorKind::Io,
+        6 => ErrorKind::UnsupportedModel,
+        7 => ErrorKind::ShapeMismatch,
+        8 => ErrorKind::CorruptFile,
+        9 => ErrorKind::Tokenizer,
+        10 => ErrorKind::OutOfVocab,
+        11 => ErrorKind::Device,
+        12 => ErrorKind::BufferTooSmall,
+        13 => ErrorKind::Poisoned,
+        14 => ErrorKind::Panic,
+        16 => ErrorKind::Exists,
+        17 => ErrorKind::NonFinite,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// The name of a status code, as Rust text.
+pub(crate) fn status_label(code: i32) -> &'static str {
+    // SAFETY: rk_status_name returns a static NUL-terminated ASCII string.
+    unsafe { CStr::from_ptr(rk_status_name(code)) }.to_str().unwrap_or("?")
+}
+
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }

@@ -42,6 +42,12 @@ pub struct rk_step_stats {
     pub seconds: f64,
     /// 1 if this call updated the weights (the end of a gradient-accumulation cycle).
     pub applied: u8,
+    /// Appended in 0.2: 1 when a deferred gradient waits for `rk_trainer_apply`.
+    pub pending: u8,
+    /// Appended in 0.2: the norm of this rank's gradient before the all-reduce (`grad_norm` is
+    /// then the global one; outside a data-parallel run the two are equal); NaN when no step
+    /// was applied. Loss, accuracy and margin are always this rank's own.
+    pub local_grad_norm: f64,
 }
 
 /// Evaluation on a set of pairs. `struct_size` as for `rk_step_stats`.
@@ -123,6 +129,8 @@ pub(crate) fn stats_to_c(s: &StepStats) -> rk_step_stats {
         lr: s.lr,
         seconds: s.seconds,
         applied: s.applied as u8,
+        pending: s.pending as u8,
+        local_grad_norm: s.local_grad_norm.unwrap_or(f64::NAN),
     }
 }
 

@@ -237,6 +237,25 @@ impl SharedModel {
         self.install(|| score_sequences(&model, seqs, &self.batch))
     }
 
+    /// A 64-bit FNV-1a checksum of every parameter, names and values (bit patterns, in name
+    /// order): equal on two handles exactly when their weights are bitwise equal, with
+    /// overwhelming probability. One read of the weights.
+    pub fn weights_checksum(&self) -> Result<u64> {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed =
+            |bytes: &[u8]| bytes.iter().for_each(|&b| h = (h ^ b as u64).wrapping_mul(PRIME));
+        let model = self.read()?;
+        for (name, var) in model.params().iter() {
+            feed(name.as_bytes());
+            let values = crate::host::host_f32(var.as_tensor())?;
+            for v in values.iter() {
+                feed(&v.to_bits().to_le_bytes());
+            }
+        }
+        Ok(h)
+    }
+
     pub fn info(&self) -> Result<ModelInfo> {
         let model = self.read()?;
         let cfg = model.config();

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     /// `L_rm + beta * L_cl` with a SimCSE or SwAV term on two dropout views.
     #[serde(default)]
     pub contrastive: Option<ContrastiveConfig>,
+    /// Keep each accumulation cycle's gradient for the caller instead of applying it: the
+    /// pull-style data-parallel flow (read it, all-reduce it, write it back, apply).
+    #[serde(default)]
+    pub defer_apply: bool,
 }
 
 fn default_meta_lr() -> f64 {
@@ -99,6 +103,7 @@ impl Default for TrainConfig {
             noise: NoiseConfig::default(),
             meta_lr: default_meta_lr(),
             contrastive: None,
+            defer_apply: false,
         }
     }
 }

@@ -31,19 +31,21 @@ fn fork(
     Ok(Arc::new(SharedModel::from_model(model, tokenizer, base.options())?))
 }
 
-/// Trains `members` models on `train`, each a fork of `base` with seed `cfg.seed + m`. With
-/// `opts.out_dir`, member m saves under `<out_dir>/member-<m>`.
+/// Trains ensemble members `members` (e.g. `0..M`, or one shard's `(i..M).step_by(n)`) on
+/// `train`, member m a fork of `base` with seed `member_seed(cfg.seed, m)`: a member is the
+/// same whichever process trains it. With `opts.out_dir`, member m saves under
+/// `<out_dir>/member-<m>`. `on_event` gets the member's index.
 pub fn train_ensemble(
     base: &SharedModel,
     train: &PairSet,
     treatments: &[PairTreatment],
     cfg: &TrainConfig,
     opts: &FitOptions,
-    members: usize,
+    members: impl IntoIterator<Item = usize>,
     mut on_event: impl FnMut(usize, FitEvent),
 ) -> Result<Vec<Arc<SharedModel>>> {
-    let mut out = Vec::with_capacity(members);
-    for m in 0..members {
+    let mut out = Vec::new();
+    for m in members {
         let seed = member_seed(cfg.seed, m);
         let member = fork(base, cfg, 1, seed)?;
         let cfg_m = TrainConfig { seed, ..cfg.clone() };

@@ -22,6 +22,7 @@ use super::fit::{micro_batches, quick_eval};
 use super::loss::PairTreatment;
 use super::optim::{all_finite, global_norm};
 use super::pairs::{PairSet, SeqSource};
+use super::parallel::SyncPoint;
 use super::step::{StepStats, Trainer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::eval::metrics::{mean_std, PairMetrics};
@@ -177,12 +178,19 @@ impl Trainer {
         policy: &PolicyBatch,
     ) -> Result<MetaStepStats> {
         let started = Instant::now();
+        self.check_no_pending()?;
         policy.validate()?;
         let pass = self.pass();
         let shared = self.model().clone();
         let model = shared.read()?;
+        // 1. ∇J at θ, all-reduced over the ranks of a data-parallel run (on this thread: the
+        //    host's collective may not run on a worker).
+        let (meta_grads, j_before) =
+            shared.install(|| self.ascent_gradient(&model, policy, pass))?;
+        let (meta_grads, _) = self.reduce(meta_grads, SyncPoint::MetaAscent)?;
         let (ascent, g) = shared.install(|| -> Result<_> {
-            let ascent = self.ascent(&model, policy, pass)?;
+            // 2. θ' = θ + meta_lr ∇J.
+            let ascent = self.ascend(&model, policy, &meta_grads, j_before)?;
             // 3. The preference gradient at θ'.
             let g = self.preference_grads(&ascent.moved, pref, idx, treatments, pass)?;
             Ok((ascent, g))
@@ -198,42 +206,63 @@ impl Trainer {
         })
     }
 
-    /// Steps 1 and 2 of a meta step: ∇J at θ, and θ' = θ + meta_lr ∇J in separate tensors
-    /// (the weights scorers read are untouched).
-    fn ascent(&self, model: &RewardModel, policy: &PolicyBatch, pass: Pass) -> Result<Ascent> {
-        let meta_lr = self.config().meta_lr;
+    /// Step 1 of a meta step: ∇J at θ on the policy batch, and J there.
+    fn ascent_gradient(
+        &self,
+        model: &RewardModel,
+        policy: &PolicyBatch,
+        pass: Pass,
+    ) -> Result<(Vec<Tensor>, f64)> {
         let first = self.first_trainable_layer();
-        let local = remap(&policy.groups);
         let r = model.rewards_from_features(&policy.seqs.features(
             model,
             &policy.all(),
             first,
             pass,
         )?)?;
-        let j = difference_loss(&r, &local)?;
+        let j = difference_loss(&r, &remap(&policy.groups))?;
         let j_before = j.to_scalar::<f32>()? as f64;
-        let meta_grads = self.grads_of(model, &j)?;
-        let meta_grad_norm = global_norm(&meta_grads)?;
+        Ok((self.grads_of(model, &j)?, j_before))
+    }
+
+    /// Step 2 of a meta step: θ' = θ + meta_lr ∇J in separate tensors (the weights scorers
+    /// read are untouched), and J at θ'.
+    fn ascend(
+        &self,
+        model: &RewardModel,
+        policy: &PolicyBatch,
+        meta_grads: &[Tensor],
+        j_before: f64,
+    ) -> Result<Ascent> {
+        let meta_lr = self.config().meta_lr;
+        let meta_grad_norm = global_norm(meta_grads)?;
         if !(j_before.is_finite() && meta_grad_norm.is_finite()) {
-            return Err(Error::new(ErrorKind::NonFinite, format!("difference loss {j_before} or its gradient norm {meta_grad_norm} is not finite; weights left unchanged")));
+            return Err(Error::new(
+                ErrorKind::NonFinite,
+                format!("difference loss {j_before} or its gradient norm {meta_grad_norm} is not finite; weights left unchanged"),
+            ));
         }
         let mut moved_values = HashMap::new();
-        for (name, g) in self.trained_names().zip(&meta_grads) {
+        for (name, g) in self.trained_names().zip(meta_grads) {
             let p = model.params().get(name)?;
             let moved = (p.to_dtype(DType::F32)? + (g * meta_lr)?)?.to_dtype(p.dtype())?;
             if !all_finite(&moved)? {
-                return Err(Error::new(ErrorKind::NonFinite, format!("the ascent step makes `{name}` non-finite (meta_lr {meta_lr}); weights left unchanged")));
+                return Err(Error::new(
+                    ErrorKind::NonFinite,
+                    format!("the ascent step makes `{name}` non-finite (meta_lr {meta_lr}); weights left unchanged"),
+                ));
             }
             moved_values.insert(name.to_string(), moved);
         }
         let moved = model.with_overrides(&moved_values)?;
+        let first = self.first_trainable_layer();
         let r_after = moved.rewards_from_features(&policy.seqs.features(
             &moved,
             &policy.all(),
             first,
             Pass::Inference,
         )?)?;
-        let j_after = difference_loss(&r_after, &local)?.to_scalar::<f32>()? as f64;
+        let j_after = difference_loss(&r_after, &remap(&policy.groups))?.to_scalar::<f32>()? as f64;
         Ok(Ascent { moved, j_before, j_after, meta_grad_norm })
     }
 }

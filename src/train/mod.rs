@@ -10,6 +10,7 @@
 //! - [`step`]: the `Trainer` (one micro-batch at a time) and its checkpoints.
 //! - [`fit`]: epochs over a dataset.
 //! - [`meta`]: MetaRM steps and rounds.
+//! - [`parallel`]: data-parallel training through the host's all-reduce.
 //! - [`ensemble`]: seed ensembles and multi-head ensembles for the vote.
 
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod loss;
 pub mod meta;
 pub mod optim;
 pub mod pairs;
+pub mod parallel;
 pub mod step;
 
 pub use cache::HiddenCache;
@@ -29,4 +31,5 @@ pub use fit::{fit, micro_batches, quick_eval, FitEvent, FitOptions};
 pub use pairs::{
     check_pairs, encode_text_pairs, tokenize_pairs, PairIds, PairLabels, PairSet, SeqSource,
 };
+pub use parallel::{DataParallel, FlatGradients, ReduceRequest, Shard, SyncPoint};
 pub use step::{StepStats, Trainer, TrainerState};

@@ -454,6 +454,31 @@ impl AdamW {
         Ok(())
     }
 
+    /// The trained weights in float32 (the master copies when the model computes in lower
+    /// precision), in parameter order.
+    pub fn values(&self) -> Result<Vec<Tensor>> {
+        self.slots.iter().map(|s| Ok(Self::theta(s).to_dtype(DType::F32)?)).collect()
+    }
+
+    /// Sets the trained weights (float32, shaped like the parameters), master copies included;
+    /// the moments are kept. The caller holds the model's write lock.
+    pub fn set_values(&mut self, values: Vec<Tensor>) -> Result<()> {
+        if values.len() != self.slots.len() {
+            return Err(Error::invalid(format!(
+                "{} values for {} parameters",
+                values.len(),
+                self.slots.len()
+            )));
+        }
+        for (slot, v) in self.slots.iter_mut().zip(values) {
+            slot.var.set(&v.to_dtype(slot.var.dtype())?.to_device(slot.var.device())?)?;
+            if slot.master.is_some() {
+                slot.master = Some(v.to_device(slot.var.device())?);
+            }
+        }
+        Ok(())
+    }
+
     /// Moments (and master weights) as named tensors, for checkpoints.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();

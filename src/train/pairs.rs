@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::cache::HiddenCache;
+use super::parallel::Shard;
 use crate::error::{Error, Result};
 use crate::handle::batch::plan_batches;
 use crate::handle::SharedModel;
@@ -102,18 +103,35 @@ impl SeqSource {
     /// Batched the one way scoring is batched: longest first under the handle's token budget
     /// (`handle::batch::plan_batches`), whatever the caller (evaluation, vote, C ABI).
     pub fn head_rewards(&self, shared: &SharedModel, idx: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let mut out = vec![Vec::new(); idx.len()];
+        for (r, heads) in self.head_rewards_of_shard(shared, idx, Shard::WHOLE)? {
+            out[r] = heads;
+        }
+        Ok(out)
+    }
+
+    /// The rows of [`head_rewards`](Self::head_rewards) that fall in the planner's batches
+    /// `b` with `shard.takes(b)`, as (row, heads). Every batch is computed exactly as in the
+    /// whole job (same rows, same padding), so the shards' rows together equal the whole
+    /// job's bit for bit; sharding single rows instead would change batch composition and
+    /// with it the last bits of the scores.
+    pub fn head_rewards_of_shard(
+        &self,
+        shared: &SharedModel,
+        idx: &[usize],
+        shard: Shard,
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
         let model = shared.read()?;
         let lengths: Vec<usize> = idx.iter().map(|&i| self.planned_len(i)).collect();
-        let mut out = vec![Vec::new(); idx.len()];
+        let mut out = Vec::new();
         shared.install(|| -> Result<()> {
-            for batch in plan_batches(&lengths, shared.batch_options()) {
+            let batches = plan_batches(&lengths, shared.batch_options());
+            for batch in batches.iter().enumerate().filter(|(b, _)| shard.takes(*b)).map(|(_, x)| x)
+            {
                 let seqs: Vec<usize> = batch.iter().map(|&r| idx[r]).collect();
                 let features = self.features(&model, &seqs, self.first_layer(), Pass::Inference)?;
-                for (&r, heads) in
-                    batch.iter().zip(model.head_rewards_from_features(&features)?.to_vec2::<f32>()?)
-                {
-                    out[r] = heads;
-                }
+                let heads = model.head_rewards_from_features(&features)?.to_vec2::<f32>()?;
+                out.extend(batch.iter().copied().zip(heads));
             }
             Ok(())
         })?;
@@ -210,6 +228,16 @@ impl PairSet {
     }
 
     /// (chosen, rejected) rewards of every head on every pair: `[pair][head]`.
+    /// The part of [`head_scores`](Self::head_scores) that `shard` computes, as (row, heads):
+    /// row `i < len()` is pair i's chosen response, row `len() + i` its rejected one.
+    pub fn head_scores_of_shard(
+        &self,
+        shared: &SharedModel,
+        shard: Shard,
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
+        self.seqs.head_rewards_of_shard(shared, &self.sides(), shard)
+    }
+
     pub fn head_scores(&self, shared: &SharedModel) -> Result<(HeadScores, HeadScores)> {
         let mut r = self.seqs.head_rewards(shared, &self.sides())?;
         let rejected = r.split_off(self.len());

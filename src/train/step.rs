@@ -12,17 +12,58 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::{first_trainable_layer, is_trainable, TrainConfig};
 use super::loss::{preference_loss, PairTreatment};
 use super::optim::{global_norm, AdamW};
 use super::pairs::{check_pairs, PairIds, PairLabels, PairSet};
+use super::parallel::{DataParallel, SyncPoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::eval::metrics::PairMetrics;
 use crate::handle::SharedModel;
 use crate::model::{Pass, RewardModel};
+
+fn no_pending() -> Error {
+    Error::invalid("no deferred gradient: set defer_apply and complete an accumulation cycle first")
+}
+
+/// Copies tensors (float32) one after another into `out`, whose length must match.
+fn copy_flat(tensors: &[Tensor], out: &mut [f32]) -> Result<()> {
+    let total: usize = tensors.iter().map(Tensor::elem_count).sum();
+    if out.len() != total {
+        return Err(Error::invalid(format!("buffer of {} floats for {total}", out.len())));
+    }
+    let mut at = 0;
+    for t in tensors {
+        let values = crate::host::host_f32(t)?;
+        out[at..at + values.len()].copy_from_slice(&values);
+        at += values.len();
+    }
+    Ok(())
+}
+
+/// `values` split into float32 tensors shaped and placed like `like`, after checking the
+/// length and that every value is finite.
+fn split_flat(values: &[f32], like: &[Tensor], what: &str) -> Result<Vec<Tensor>> {
+    let total: usize = like.iter().map(Tensor::elem_count).sum();
+    if values.len() != total {
+        return Err(Error::invalid(format!("{} {what} values for {total}", values.len())));
+    }
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        return Err(Error::new(ErrorKind::NonFinite, format!("{what} value {i} is not finite")));
+    }
+    let mut at = 0;
+    like.iter()
+        .map(|t| {
+            let n = t.elem_count();
+            let part = Tensor::from_slice(&values[at..at + n], t.shape(), t.device())?;
+            at += n;
+            Ok(part)
+        })
+        .collect()
+}
 
 /// One micro-batch's gradients of the preference loss, and what the batch measured.
 pub(super) struct PreferenceGrads {
@@ -45,12 +86,25 @@ pub struct StepStats {
     /// Fraction of pairs with r_chosen > r_rejected (data labels, before any flip).
     pub accuracy: f64,
     pub mean_margin: f64,
-    /// Gradient norm before clipping, when this call applied an optimizer step.
+    /// Gradient norm before clipping, when this call applied an optimizer step; in a
+    /// data-parallel run the norm of the all-reduced (global) gradient.
     pub grad_norm: Option<f64>,
+    /// The norm of this rank's gradient before the all-reduce (the same as `grad_norm` outside
+    /// a data-parallel run), when this call applied a step. Loss, accuracy and margin are
+    /// always this rank's own.
+    pub local_grad_norm: Option<f64>,
     pub lr: f64,
     /// Whether the optimizer stepped (the end of a gradient-accumulation cycle).
     pub applied: bool,
+    /// Whether a cycle's gradient waits for `apply_pending` (`TrainConfig::defer_apply`).
+    pub pending: bool,
     pub seconds: f64,
+}
+
+/// A completed accumulation cycle's gradient that waits to be applied (`defer_apply`).
+struct Pending {
+    grads: Vec<Tensor>,
+    lr: f64,
 }
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -96,6 +150,9 @@ pub struct Trainer {
     accum: Vec<Option<Tensor>>,
     accum_count: usize,
     micro_step: u64,
+    /// The host's all-reduce, in a data-parallel run.
+    dp: Option<DataParallel>,
+    pending: Option<Pending>,
 }
 
 impl Drop for Trainer {
@@ -148,6 +205,8 @@ impl Trainer {
                     accum,
                     accum_count: 0,
                     micro_step: 0,
+                    dp: None,
+                    pending: None,
                 })
             }
             Err(e) => {
@@ -198,6 +257,7 @@ impl Trainer {
         treatments: &[PairTreatment],
     ) -> Result<StepStats> {
         let started = Instant::now();
+        self.check_no_pending()?;
         let pass = self.pass();
         let shared = self.model.clone();
         let model = shared.read()?;
@@ -206,12 +266,58 @@ impl Trainer {
         self.finish_micro_step(g, started)
     }
 
-    /// The dropout setting of the current micro-step.
+    /// The dropout setting of the current micro-step. Dropout masks follow the global micro-step: in a data-parallel run, micro-step s of
+    /// rank r draws what micro-step `s * world_size + r` of one process draws.
     pub(super) fn pass(&self) -> Pass {
+        let global =
+            self.dp.as_ref().map_or(self.micro_step, |dp| dp.global_micro_step(self.micro_step));
         Pass::Train {
             dropout: self.cfg.dropout,
-            dropout_seed: self.cfg.seed ^ self.micro_step.wrapping_mul(0x2545_F491_4F6C_DD1D),
+            dropout_seed: self.cfg.seed ^ global.wrapping_mul(0x2545_F491_4F6C_DD1D),
         }
+    }
+
+    /// Joins a data-parallel run (`Some`) or leaves it (`None`): from now on every optimizer
+    /// step (and MetaRM ascent) first hands its gradient to the host's all-reduce. Refused
+    /// while an accumulation cycle or a deferred gradient is in progress.
+    pub fn set_data_parallel(&mut self, dp: Option<DataParallel>) -> Result<()> {
+        if self.accum_count > 0 || self.pending.is_some() {
+            return Err(Error::invalid(
+                "cannot change the data-parallel setting in the middle of an accumulation cycle",
+            ));
+        }
+        self.dp = dp;
+        Ok(())
+    }
+
+    /// `grads` all-reduced over the ranks (unchanged outside a data-parallel run), with this
+    /// rank's own norm before the reduction.
+    pub(super) fn reduce(
+        &mut self,
+        grads: Vec<Tensor>,
+        sync: SyncPoint,
+    ) -> Result<(Vec<Tensor>, Option<f64>)> {
+        let step = self.optimizer.steps_taken();
+        match &mut self.dp {
+            None => Ok((grads, None)),
+            Some(dp) => {
+                let device = grads.first().map(|g| g.device().clone()).unwrap_or(Device::Cpu);
+                crate::profile::phase("all-reduce (flatten, host hook, split)", &device, || {
+                    let local = global_norm(&grads)?;
+                    Ok((dp.reduce(grads, sync, step)?, Some(local)))
+                })
+            }
+        }
+    }
+
+    /// Refuses a step while a deferred gradient waits.
+    pub(super) fn check_no_pending(&self) -> Result<()> {
+        if self.pending.is_some() {
+            return Err(Error::invalid(
+                "a deferred gradient is waiting: apply it (or discard it) before the next step",
+            ));
+        }
+        Ok(())
     }
 
     /// Gradients of the preference loss on pairs `idx` with respect to `model`'s copies of the
@@ -324,9 +430,10 @@ impl Trainer {
                 self.micro_step
             )));
         }
+        self.check_no_pending()?;
         let lr = self.current_lr();
         let completes = self.accum_count + 1 >= self.cfg.grad_accum;
-        let mut grad_norm = None;
+        let (mut grad_norm, mut local_grad_norm) = (None, None);
         if completes {
             // The cycle's sum, built beside the buffer so that a refused update leaves it intact.
             let total: Vec<Tensor> = self
@@ -340,7 +447,13 @@ impl Trainer {
                     })
                 })
                 .collect::<Result<_>>()?;
-            grad_norm = Some(self.apply(total, lr)?);
+            if self.cfg.defer_apply {
+                self.pending = Some(Pending { grads: total, lr });
+            } else {
+                let (global, local) = self.reduce(total, SyncPoint::Gradient)?;
+                grad_norm = Some(self.apply(global, lr)?);
+                local_grad_norm = local.or(grad_norm);
+            }
             self.accum.iter_mut().for_each(|g| *g = None);
             self.accum_count = 0;
         } else {
@@ -360,10 +473,74 @@ impl Trainer {
             accuracy: metrics.accuracy,
             mean_margin: metrics.mean_margin,
             grad_norm,
+            local_grad_norm,
             lr,
             applied: grad_norm.is_some(),
+            pending: self.pending.is_some(),
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Scalars in the trained parameters: the length of the flat gradient and weight buffers.
+    pub fn trained_len(&self) -> usize {
+        self.optimizer.vars().map(|v| v.elem_count()).sum()
+    }
+
+    /// Copies the deferred gradient (flat, in optimizer order) into `out`.
+    pub fn pending_gradients(&self, out: &mut [f32]) -> Result<()> {
+        let p = self.pending.as_ref().ok_or_else(no_pending)?;
+        copy_flat(&p.grads, out)
+    }
+
+    /// Replaces the deferred gradient (e.g. by its all-reduced mean); checked finite first.
+    pub fn set_pending_gradients(&mut self, values: &[f32]) -> Result<()> {
+        let p = self.pending.as_ref().ok_or_else(no_pending)?;
+        let grads = split_flat(values, &p.grads, "gradient")?;
+        self.pending.as_mut().expect("checked above").grads = grads;
+        Ok(())
+    }
+
+    /// Applies the deferred gradient (clipping and AdamW); on failure it stays pending.
+    pub fn apply_pending(&mut self) -> Result<StepStats> {
+        let started = Instant::now();
+        let p = self.pending.as_ref().ok_or_else(no_pending)?;
+        let (grads, lr) = (p.grads.clone(), p.lr);
+        let norm = self.apply(grads, lr)?;
+        self.pending = None;
+        Ok(StepStats {
+            step: self.optimizer.steps_taken(),
+            micro_step: self.micro_step,
+            loss: f64::NAN,
+            accuracy: f64::NAN,
+            mean_margin: f64::NAN,
+            grad_norm: Some(norm),
+            local_grad_norm: None,
+            lr,
+            applied: true,
+            pending: false,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Drops the deferred gradient: the cycle counts as taken, without an update.
+    pub fn discard_pending(&mut self) -> Result<()> {
+        self.pending.take().map(drop).ok_or_else(no_pending)
+    }
+
+    /// Copies the trained weights (float32, flat, in optimizer order) into `out`: what a host
+    /// broadcasts so that every rank starts identical.
+    pub fn weights(&self, out: &mut [f32]) -> Result<()> {
+        copy_flat(&self.optimizer.values()?, out)
+    }
+
+    /// Sets the trained weights from a flat buffer (checked finite first); the optimizer's
+    /// moments are kept. Scorers see the old or the new weights, never a mix.
+    pub fn set_weights(&mut self, values: &[f32]) -> Result<()> {
+        self.check_no_pending()?;
+        let current = self.optimizer.values()?;
+        let new = split_flat(values, &current, "weight")?;
+        let _exclusive = self.model.write()?;
+        self.optimizer.set_values(new)
     }
 
     /// Names of the trained parameters, in optimizer order.

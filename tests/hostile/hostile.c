@@ -1229,6 +1229,193 @@ static int c_meta_non_finite(const void *arg) {
     return failed;
 }
 
+/* ---------- data parallelism ---------- */
+
+/* A host all-reduce that misbehaves as `*(int *)user` says. */
+enum { HOOK_STATUS, HOOK_NAN, HOOK_UNKNOWN_CODE, HOOK_IDENTITY };
+static int hook_mode, hook_calls;
+static int32_t hostile_hook(void *user, float *buffer, size_t n, const rk_allreduce_info *info) {
+    size_t i;
+    (void)user;
+    hook_calls++;
+    if (!info || info->struct_size < sizeof *info || info->buffer_kind != RK_BUFFER_HOST || info->world_size != 2) return RK_ERR_INVALID_ARGUMENT;
+    switch (hook_mode) {
+    case HOOK_STATUS:
+        for (i = 0; i < n; i++) buffer[i] = 1e30f;  /* a half-done reduction must not leak */
+        return RK_ERR_IO;
+    case HOOK_NAN:
+        buffer[n / 2] = NAN;
+        return RK_OK;
+    case HOOK_UNKNOWN_CODE:
+        return -7;
+    default:
+        return RK_OK;
+    }
+}
+
+static uint64_t checksum(const rk_model *m) {
+    uint64_t c = 0;
+    if (rk_model_weights_checksum(m, &c) != RK_OK) exit(3);
+    return c;
+}
+
+static int c_allreduce_args(const void *arg) {
+    rk_model *m = tiny();
+    rk_trainer_params p = trainer_params();
+    rk_trainer *t;
+    (void)arg;
+    p.grad_accum = 2;
+    t = trainer_on(m, &p);
+    EXPECT(rk_trainer_set_allreduce(NULL, hostile_hook, NULL, 0, 2), RK_ERR_NULL_POINTER);
+    EXPECT(rk_trainer_set_allreduce(t, hostile_hook, NULL, 0, 0), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_set_allreduce(t, hostile_hook, NULL, 2, 2), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_set_allreduce(t, hostile_hook, NULL, UINT32_MAX, UINT32_MAX), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_set_allreduce(t, NULL, NULL, 5, 0), RK_OK);  /* leaving: rank and size unused */
+    /* Half an accumulation cycle: joining now would mix local and global gradients. */
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    EXPECT(rk_trainer_set_allreduce(t, hostile_hook, NULL, 0, 2), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    hook_mode = HOOK_IDENTITY;
+    EXPECT(rk_trainer_set_allreduce(t, hostile_hook, NULL, 1, 2), RK_OK);
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    CHECK(hook_calls == 1, "one call per optimizer step, not per micro-step: %d", hook_calls);
+    CHECK(scores_ok(m, NULL), "still scores");
+    rk_trainer_free(t);
+    rk_model_free(m);
+    return failed;
+}
+
+static int c_allreduce_failures(const void *arg) {
+    rk_model *m = tiny();
+    rk_trainer_params p = trainer_params();
+    rk_trainer *t;
+    uint64_t before;
+    size_t offs[3] = {0, 3, 5};
+    (void)arg;
+    t = trainer_on(m, &p);
+    before = checksum(m);
+    EXPECT(rk_trainer_set_allreduce(t, hostile_hook, NULL, 0, 2), RK_OK);
+    hook_mode = HOOK_STATUS;
+    EXPECT(step(t, NULL, NULL), RK_ERR_IO);
+    CHECK(checksum(m) == before, "a failed hook changed the weights");
+    CHECK(strstr(rk_last_error_message(), "all-reduce") != NULL, "message names the hook: %s", rk_last_error_message());
+    EXPECT(rk_trainer_meta_step_texts(t, P, C, R, 2, NULL, NULL, PP, 2, PR, offs, NULL), RK_ERR_IO);
+    CHECK(checksum(m) == before, "a failed MetaRM hook changed the weights");
+    hook_mode = HOOK_NAN;
+    EXPECT(step(t, NULL, NULL), RK_ERR_NON_FINITE);
+    CHECK(checksum(m) == before, "a NaN from the hook reached the weights");
+    hook_mode = HOOK_UNKNOWN_CODE;
+    EXPECT(step(t, NULL, NULL), RK_ERR_INTERNAL);
+    CHECK(checksum(m) == before, "an unknown code changed the weights");
+    /* The trainer is not poisoned: a good hook steps. */
+    hook_mode = HOOK_IDENTITY;
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    CHECK(checksum(m) != before, "the good step trained");
+    CHECK(scores_ok(m, NULL), "still scores");
+    rk_trainer_free(t);
+    rk_model_free(m);
+    return failed;
+}
+
+static int c_pull_style_args(const void *arg) {
+    rk_model *m = tiny();
+    rk_trainer_params p = trainer_params();
+    rk_trainer *t;
+    size_t n = 0;
+    float *g, *w;
+    uint64_t before;
+    rk_step_stats st;
+    (void)arg;
+    p.defer_apply = 1;
+    t = trainer_on(m, &p);
+    EXPECT(rk_trainer_trained_size(NULL, &n), RK_ERR_NULL_POINTER);
+    EXPECT(rk_trainer_trained_size(t, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_trainer_trained_size(t, &n), RK_OK);
+    CHECK(n > 0, "trained size");
+    g = calloc(n, sizeof *g);
+    w = calloc(n, sizeof *w);
+    /* Nothing pending yet. */
+    EXPECT(rk_trainer_get_gradients(t, g, n), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_apply(t, NULL), RK_ERR_INVALID_ARGUMENT);
+    before = checksum(m);
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    CHECK(checksum(m) == before, "defer_apply changed the weights");
+    EXPECT(rk_trainer_get_gradients(t, NULL, n), RK_ERR_NULL_POINTER);
+    EXPECT(rk_trainer_get_gradients(t, g, n - 1), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_get_gradients(t, g, SIZE_MAX), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_get_gradients(t, g, n), RK_OK);
+    EXPECT(rk_trainer_set_gradients(t, g, SIZE_MAX / 2), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_set_gradients(t, NULL, n), RK_ERR_NULL_POINTER);
+    g[n - 1] = INFINITY;
+    EXPECT(rk_trainer_set_gradients(t, g, n), RK_ERR_NON_FINITE);
+    g[n - 1] = 0;
+    /* Pending: the weights are frozen until apply or discard. */
+    EXPECT(rk_trainer_get_weights(t, w, n), RK_OK);
+    EXPECT(rk_trainer_set_weights(t, w, n), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(step(t, NULL, NULL), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_set_gradients(t, g, n), RK_OK);
+    memset(&st, 0, sizeof st);
+    st.struct_size = 8; /* an old caller's tiny struct: written up to its size only */
+    EXPECT(rk_trainer_apply(t, &st), RK_OK);
+    CHECK(checksum(m) != before, "apply trained");
+    EXPECT(rk_trainer_apply(t, NULL), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(step(t, NULL, NULL), RK_OK);
+    EXPECT(rk_trainer_discard_gradients(t), RK_OK);
+    EXPECT(rk_trainer_discard_gradients(NULL), RK_ERR_NULL_POINTER);
+    /* Weights: lengths, NaN refused; a good set round-trips bitwise. */
+    EXPECT(rk_trainer_get_weights(t, w, n + 1), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_trainer_get_weights(t, NULL, n), RK_ERR_NULL_POINTER);
+    EXPECT(rk_trainer_get_weights(t, w, n), RK_OK);
+    before = checksum(m);
+    w[0] = NAN;
+    EXPECT(rk_trainer_set_weights(t, w, n), RK_ERR_NON_FINITE);
+    CHECK(checksum(m) == before, "a refused set_weights changed the weights");
+    EXPECT(rk_trainer_get_weights(t, w, n), RK_OK);
+    EXPECT(rk_trainer_set_weights(t, w, n), RK_OK);
+    CHECK(checksum(m) == before, "set_weights of the same values changed the checksum");
+    EXPECT(rk_model_weights_checksum(NULL, &before), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_weights_checksum(m, NULL), RK_ERR_NULL_POINTER);
+    CHECK(scores_ok(m, NULL), "still scores");
+    free(g);
+    free(w);
+    rk_trainer_free(t);
+    rk_model_free(m);
+    return failed;
+}
+
+static int c_pairs_files(const void *arg) {
+    rk_pairs *d = NULL;
+    size_t n = 0, skipped = 0, line = 0;
+    const char *pr, *ch, *rj;
+    char *bad = path_in(CASE_DIR, "bad.jsonl"), *good = path_in(CASE_DIR, "good.jsonl");
+    (void)arg;
+    write_text(bad, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\nnot json\n{\"chosen\": 3}\n\xff\xfe\n");
+    write_text(good, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n");
+    EXPECT(rk_pairs_load(NULL, 1, &d), RK_ERR_NULL_POINTER);
+    EXPECT(rk_pairs_load(good, 1, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_pairs_load(good, 2, &d), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_pairs_load(path_in(CASE_DIR, "missing.jsonl"), 1, &d), RK_ERR_NOT_FOUND);
+    CHECK(d == NULL, "a failed load wrote a handle");
+    EXPECT(rk_pairs_load(CASE_DIR, 1, &d), RK_ERR_IO);
+    EXPECT(rk_pairs_load("/dev/zero", 1, &d), RK_ERR_IO);
+    EXPECT(rk_pairs_load(bad, 0, &d), RK_ERR_CORRUPT_FILE);
+    CHECK(strstr(rk_last_error_message(), "line 2") != NULL, "message names the line: %s", rk_last_error_message());
+    EXPECT(rk_pairs_load(bad, 1, &d), RK_OK);
+    EXPECT(rk_pairs_count(d, NULL, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_pairs_count(NULL, &n, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_pairs_count(d, &n, &skipped), RK_OK);
+    CHECK(n == 1 && skipped == 3, "n %zu skipped %zu", n, skipped);
+    EXPECT(rk_pairs_get(d, 1, &pr, &ch, &rj, NULL), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_pairs_get(d, SIZE_MAX, &pr, &ch, &rj, NULL), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_pairs_get(d, 0, NULL, &ch, &rj, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_pairs_get(d, 0, &pr, &ch, &rj, &line), RK_OK);
+    CHECK(line == 1 && !strcmp(pr, "p") && !strcmp(ch, "a") && !strcmp(rj, "b"), "pair 0");
+    rk_pairs_free(d);
+    rk_pairs_free(NULL);
+    return failed;
+}
+
 /* ---------- vote ---------- */
 
 static int c_vote_args(const void *arg) {
@@ -1810,6 +1997,10 @@ static void register_cases(void) {
     add("meta step texts: arguments", c_meta_args, NULL);
     add("meta step tokens: arguments", c_meta_tokens, NULL);
     add("meta step: overflowing ascent", c_meta_non_finite, NULL);
+    add("all-reduce hook: arguments, joining mid-cycle, one call per optimizer step", c_allreduce_args, NULL);
+    add("all-reduce hook: error status, NaN, unknown code leave the weights unchanged", c_allreduce_failures, NULL);
+    add("pull-style gradients and weights: lengths, pending state, non-finite", c_pull_style_args, NULL);
+    add("pairs files: arguments, bad rows, missing, /dev/zero, directory", c_pairs_files, NULL);
     add("vote: arguments", c_vote_args, NULL);
     add("save: user files are never replaced", c_save_over_user_files, NULL);
     add("save: checkpoints are replaced atomically", c_save_replaces_checkpoints, NULL);

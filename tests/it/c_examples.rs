@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::common::{lib_dir, repo, run, scratch, tiny_model};
+use crate::common::{build_against_library, lib_dir, repo, run, scratch, tiny_model};
 
 #[test]
 fn committed_header_matches_the_code() {
@@ -46,17 +46,12 @@ fn header_compiles_as_c99_and_cpp17() {
 fn c_score_example_builds_runs_and_agrees_with_rust() {
     let dir = scratch("c-score");
     let exe = dir.join("score");
-    let lib = lib_dir();
-    run(Command::new("cc")
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("examples/c/score.c"))
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lrewardkit")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&exe));
+    build_against_library(
+        "cc",
+        &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        &repo().join("examples/c/score.c"),
+        &exe,
+    );
     let tsv = repo().join("examples/data/pairs.tsv");
     let stdout = run(Command::new(&exe).arg(tiny_model()).arg(&tsv).arg("2"));
     let got: Vec<f32> =
@@ -93,18 +88,12 @@ fn c_score_example_builds_runs_and_agrees_with_rust() {
 fn c_train_vote_example_builds_and_runs() {
     let dir = scratch("c-train");
     let exe = dir.join("train_vote");
-    let lib = lib_dir();
-    run(Command::new("cc")
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
-        .arg(repo().join("include"))
-        .arg(repo().join("examples/c/train_vote.c"))
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lrewardkit")
-        .arg("-lm")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&exe));
+    build_against_library(
+        "cc",
+        &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        &repo().join("examples/c/train_vote.c"),
+        &exe,
+    );
     let stdout = run(Command::new(&exe).arg(tiny_model()).arg(dir.join("saved")));
     let value = |key: &str| -> f64 {
         stdout
@@ -128,19 +117,12 @@ fn c_train_vote_example_builds_and_runs() {
 fn cpp_iterative_rlhf_example_builds_and_runs() {
     let dir = scratch("cpp-rlhf");
     let exe = dir.join("iterative_rlhf");
-    let lib = lib_dir();
-    run(Command::new("c++")
-        .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I"])
-        .arg(repo().join("include"))
-        .arg("-I")
-        .arg(repo().join("bindings/cpp"))
-        .arg(repo().join("examples/cpp/iterative_rlhf.cpp"))
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lrewardkit")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-o")
-        .arg(&exe));
+    build_against_library(
+        "c++",
+        &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        &repo().join("examples/cpp/iterative_rlhf.cpp"),
+        &exe,
+    );
     let stdout =
         run(Command::new(&exe).arg(tiny_model()).arg("3").arg("2").arg(dir.join("checkpoint")));
     let rows: Vec<Vec<f64>> = stdout

@@ -247,3 +247,106 @@ fn benchmarks_print_where_the_time_went() {
         assert!(table.last().unwrap().starts_with("| total |"), "{text}");
     }
 }
+
+/// Issue: sharded offline jobs. `ensemble --shard i/n` trains the members an unsharded run
+/// trains (bit for bit), and `vote --shard i/n` + `vote --merge` writes the unsharded vote file
+/// byte for byte, for any shard count and any merge order; a wrong set of shards is refused.
+#[test]
+fn sharded_ensemble_and_vote_merge_to_the_unsharded_files() {
+    let dir = scratch("cli-shard");
+    let data = hh_data();
+    let run = |args: &[&str]| {
+        let out = rewardkit().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fails = |args: &[&str], want: &str| {
+        let out = rewardkit().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    };
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (whole, sharded) = (dir.join("whole"), dir.join("sharded"));
+    let ensemble = |out: &std::path::Path, shard: Option<&str>| {
+        let mut args: Vec<String> = [
+            "ensemble",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--data",
+            &s(&data),
+            "--skip-bad-rows",
+            "--limit",
+            "24",
+            "--members",
+            "3",
+            "--epochs",
+            "1",
+            "--batch-pairs",
+            "8",
+            "--trainable",
+            "top:1",
+            "--threads",
+            "1",
+            "--out",
+            &s(out),
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(sh) = shard {
+            args.extend(["--shard".to_string(), sh.to_string()]);
+        }
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    ensemble(&whole, None);
+    assert!(ensemble(&sharded, Some("0/2")).contains("members [0, 2]"));
+    assert!(ensemble(&sharded, Some("1/2")).contains("members [1]"));
+    for m in 0..3 {
+        let w = std::fs::read(whole.join(format!("member-{m}/final/model.safetensors"))).unwrap();
+        let sh =
+            std::fs::read(sharded.join(format!("member-{m}/final/model.safetensors"))).unwrap();
+        assert!(w == sh, "member {m} differs between the sharded and the whole ensemble");
+    }
+    assert!(!sharded.join("vote.jsonl").exists(), "a shard of an ensemble votes on nothing");
+
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let mut vote: Vec<String> = vec!["vote".into()];
+    for m in 0..3 {
+        vote.extend(["--member".into(), s(&sharded.join(format!("member-{m}/final")))]);
+    }
+    // A small token budget: many scoring batches, so every shard scores several.
+    for a in ["--data", &s(&data), "--skip-bad-rows", "--limit", "24", "--batch-tokens", "600"] {
+        vote.push(a.into());
+    }
+    let with =
+        |extra: &[&str]| [vote.clone(), extra.iter().map(|x| x.to_string()).collect()].concat();
+    let one = s(&dir.join("vote.jsonl"));
+    run(&strs(&with(&["--output", &one])));
+    let want = std::fs::read(&one).unwrap();
+    assert_eq!(want.iter().filter(|&&b| b == b'\n').count(), 24);
+    for n in [2usize, 3] {
+        let parts: Vec<String> =
+            (0..n).map(|i| s(&dir.join(format!("shard-{i}-of-{n}.jsonl")))).collect();
+        for (i, p) in parts.iter().enumerate() {
+            run(&strs(&with(&["--shard", &format!("{i}/{n}"), "--output", p])));
+        }
+        let merged = s(&dir.join(format!("merged-{n}.jsonl")));
+        let mut merge: Vec<String> = vec!["vote".into(), "--merge".into()];
+        merge.extend(parts.iter().rev().cloned());
+        merge.extend(["--output".into(), merged.clone()]);
+        run(&strs(&merge));
+        assert!(std::fs::read(&merged).unwrap() == want, "{n} shards merge to a different file");
+    }
+    let p0 = s(&dir.join("shard-0-of-3.jsonl"));
+    let p1 = s(&dir.join("shard-1-of-3.jsonl"));
+    let out = s(&dir.join("bad.jsonl"));
+    fails(&["vote", "--merge", &p0, &p1, "--output", &out], "shard 2/3 is missing");
+    fails(&["vote", "--merge", &p0, &p1, &p0, "--output", &out], "given twice");
+    fails(
+        &["vote", "--merge", &p0, &s(&dir.join("shard-1-of-2.jsonl")), "--output", &out],
+        "not of the same job",
+    );
+    fails(&["vote", "--merge", &s(&data), "--output", &out], "not a vote shard");
+    fails(&strs(&with(&["--shard", "3/3", "--output", &out])), "need 0 <= i < n");
+}

@@ -208,3 +208,63 @@ pub fn random_shared(spec: &TinySpec, seed: u64) -> std::sync::Arc<rewardkit::Sh
     let opts = rewardkit::SharedModelOptions { n_threads: 1, ..Default::default() };
     std::sync::Arc::new(rewardkit::SharedModel::from_model(model, None, &opts).unwrap())
 }
+
+/// `n` synthetic preference pairs over a 64-token vocabulary: the chosen side ends in tokens
+/// 2..5, the rejected in 6..9 (a rule a small model learns).
+pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<rewardkit::train::PairIds> {
+    let mut rng = rewardkit::rng::Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let prompt: Vec<u32> = std::iter::once(1)
+                .chain((0..3 + rng.below(4)).map(|_| 10 + rng.below(40) as u32))
+                .collect();
+            let (mut c, mut r) = (prompt.clone(), prompt);
+            c.extend([60, 2 + rng.below(4) as u32]);
+            r.extend([60, 6 + rng.below(4) as u32]);
+            rewardkit::train::PairIds { chosen: c, rejected: r }
+        })
+        .collect()
+}
+
+/// Policy samples from a shifted distribution: longer responses of other tokens.
+pub fn synthetic_policy(
+    prompts: usize,
+    k: usize,
+    seed: u64,
+) -> rewardkit::train::meta::PolicyBatch {
+    let mut rng = rewardkit::rng::Rng::new(seed);
+    let groups = (0..prompts)
+        .map(|_| {
+            let prompt: Vec<u32> =
+                std::iter::once(1).chain((0..4).map(|_| 10 + rng.below(40) as u32)).collect();
+            (0..k + rng.below(2))
+                .map(|_| {
+                    let mut s = prompt.clone();
+                    s.extend((0..3 + rng.below(5)).map(|_| 50 + rng.below(14) as u32));
+                    s
+                })
+                .collect()
+        })
+        .collect();
+    rewardkit::train::meta::PolicyBatch::from_ids(groups).unwrap()
+}
+
+/// Compiles `source` into `exe` against the built library: the C header, the C++ wrapper,
+/// `-lrewardkit` with an rpath to it, and `flags` (language standard, warnings, sanitizers).
+/// `compiler` is cc, c++ or an MPI wrapper such as mpicxx.
+pub fn build_against_library(compiler: &str, flags: &[&str], source: &Path, exe: &Path) {
+    let lib = lib_dir();
+    run(Command::new(compiler)
+        .args(flags)
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg("-I")
+        .arg(repo().join("bindings/cpp"))
+        .arg(source)
+        .arg("-L")
+        .arg(&lib)
+        .args(["-lrewardkit", "-lm"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(exe));
+}

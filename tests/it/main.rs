@@ -16,5 +16,6 @@ mod gguf;
 mod hostile;
 mod meta;
 mod model;
+mod parallel;
 mod parity;
 mod train;

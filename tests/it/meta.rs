@@ -4,50 +4,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rewardkit::model::Pass;
-use rewardkit::rng::Rng;
 use rewardkit::train::loss::PairTreatment;
 use rewardkit::train::meta::{difference_loss, difference_value, PolicyBatch};
 use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
-use rewardkit::train::{quick_eval, PairIds, PairSet, TrainConfig, Trainable, Trainer};
+use rewardkit::train::{quick_eval, PairSet, TrainConfig, Trainable, Trainer};
 use rewardkit::{RewardModel, SharedModel};
 
 fn model(seed: u64) -> Arc<SharedModel> {
     crate::common::random_shared(&crate::common::two_layer_spec(seed), seed)
 }
 
-fn prefs(n: usize, seed: u64) -> Vec<PairIds> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|_| {
-            let prompt: Vec<u32> = std::iter::once(1)
-                .chain((0..3 + rng.below(4)).map(|_| 10 + rng.below(40) as u32))
-                .collect();
-            let (mut c, mut r) = (prompt.clone(), prompt);
-            c.extend([60, 2 + rng.below(4) as u32]);
-            r.extend([60, 6 + rng.below(4) as u32]);
-            PairIds { chosen: c, rejected: r }
-        })
-        .collect()
-}
-
-/// Policy samples from a shifted distribution: longer responses of other tokens.
-fn policy(prompts: usize, k: usize, seed: u64) -> PolicyBatch {
-    let mut rng = Rng::new(seed);
-    let groups = (0..prompts)
-        .map(|_| {
-            let prompt: Vec<u32> =
-                std::iter::once(1).chain((0..4).map(|_| 10 + rng.below(40) as u32)).collect();
-            (0..k + rng.below(2))
-                .map(|_| {
-                    let mut s = prompt.clone();
-                    s.extend((0..3 + rng.below(5)).map(|_| 50 + rng.below(14) as u32));
-                    s
-                })
-                .collect()
-        })
-        .collect();
-    PolicyBatch::from_ids(groups).unwrap()
-}
+use crate::common::{synthetic_pairs as prefs, synthetic_policy as policy};
 
 fn config(meta_lr: f64) -> TrainConfig {
     TrainConfig {

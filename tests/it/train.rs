@@ -260,7 +260,7 @@ fn ensemble_members_differ_and_vote() {
         &t,
         &cfg,
         &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() },
-        3,
+        0..3,
         |_, _| {},
     )
     .unwrap();

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ffi
 
-__all__ = ["Model", "Trainer", "RewardkitError", "InvalidArgumentError", "vote", "vote_tokens", "version"]
+__all__ = ["Model", "Trainer", "RewardkitError", "InvalidArgumentError", "DeviceBuffer", "vote", "vote_tokens", "read_pairs", "version"]
 
 _lib = _ffi.load_library()
 
@@ -180,6 +180,12 @@ class Model(_Handle):
         d["head_is_fresh"], d["has_tokenizer"] = bool(i.head_is_fresh), bool(i.has_tokenizer)
         return d
 
+    def weights_checksum(self):
+        """A 64-bit checksum of every parameter: equal across ranks exactly when the weights are."""
+        c = c_uint64()
+        _check(_lib.rk_model_weights_checksum(self._h, byref(c)))
+        return c.value
+
     def difference_loss(self, prompts, responses):
         """MetaRM's J on policy samples: prompts[p] with the k >= 2 strings in responses[p]."""
         p, n = _strs(prompts, "prompts")
@@ -228,6 +234,38 @@ def vote_tokens(models, chosen, rejected):
     return mean, std
 
 
+def read_pairs(path, skip_bad_rows=True):
+    """The usable preference pairs of a JSONL(.gz) file, in file order, read by the library's own
+    reader (HH-RLHF dialogues, prompt/chosen/rejected rows, lists of turns): a list of
+    (prompt, chosen, rejected) tuples."""
+    h = c_void_p()
+    _check(_lib.rk_pairs_load(str(path).encode(), 1 if skip_bad_rows else 0, byref(h)))
+    try:
+        n = c_size_t()
+        _check(_lib.rk_pairs_count(h, byref(n), None))
+        out = []
+        p, c, r = c_char_p(), c_char_p(), c_char_p()
+        for i in range(n.value):
+            _check(_lib.rk_pairs_get(h, i, byref(p), byref(c), byref(r), None))
+            out.append((p.value.decode(), c.value.decode(), r.value.decode()))
+        return out
+    finally:
+        _lib.rk_pairs_free(h)
+
+
+class DeviceBuffer:
+    """A CUDA gradient buffer handed to an all-reduce: `address`, `n` float32 values on CUDA
+    device `device_index`. `torch.as_tensor(buf, device=f"cuda:{buf.device_index}")` views it
+    without a copy (through `__cuda_array_interface__`)."""
+
+    def __init__(self, address, n, device_index):
+        self.address, self.n, self.device_index = address, n, device_index
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": (self.n,), "typestr": "<f4", "data": (self.address, False), "version": 3}
+
+
 def _text_pairs(prompts, chosen, rejected):
     p, n = _strs(prompts, "prompts")
     c, _ = _strs(chosen, "chosen")
@@ -260,14 +298,102 @@ class Trainer(_Handle):
                 value = self._NAMES[key][value]
             setattr(p, key, value)
         self._model = model  # the library keeps the weights alive; this keeps Python's handle too
+        self._hook, self._hook_error = None, None
         _check(_lib.rk_trainer_create(model._h, byref(p), byref(self._h)))
+
+    def _run(self, status):
+        """Checks a step's status; an exception the all-reduce raised comes out as itself."""
+        error, self._hook_error = self._hook_error, None
+        if error is not None:
+            raise error
+        _check(status)
+
+    def set_allreduce(self, fn, rank, world_size):
+        """Joins a data-parallel run as `rank` of `world_size`: `fn(buffer, info)` is called with
+        every optimizer step's flat float32 gradient (and MetaRM's ascent gradient) and must
+        replace it in place with the mean over ranks. `buffer` is a numpy view of host memory
+        (no copy; `torch.from_numpy(buffer)` shares it) or, on CUDA, a DeviceBuffer;
+        `info` has `sync_point` ("gradient" or "meta_ascent"), `rank`, `world_size`, `step`.
+        An exception fails the step (weights unchanged) and is raised by the step call.
+        `fn=None` leaves the run. For example, with torch.distributed:
+
+            def allreduce(buf, info):
+                t = torch.from_numpy(buf)
+                dist.all_reduce(t)
+                t /= info["world_size"]
+            trainer.set_allreduce(allreduce, dist.get_rank(), dist.get_world_size())
+        """
+        if fn is None:
+            _check(_lib.rk_trainer_set_allreduce(self._h, _ffi.ALLREDUCE_FN(), None, rank, world_size))
+            self._hook = None
+            return
+
+        def trampoline(_user, buf, n, info):
+            try:
+                i = info.contents
+                d = {"sync_point": _ffi.SYNC_POINTS.get(i.sync_point, i.sync_point), "rank": i.rank, "world_size": i.world_size, "step": i.step,
+                     "device_index": i.device_index}
+                if i.buffer_kind == _ffi.RK_BUFFER_HOST:
+                    view = np.ctypeslib.as_array(ctypes.cast(buf, POINTER(c_float)), shape=(n,))
+                else:
+                    view = DeviceBuffer(buf, n, i.device_index)
+                fn(view, d)
+                return _ffi.RK_OK
+            except BaseException as e:  # noqa: BLE001 - handed back to the step's caller
+                self._hook_error = e
+                return e.status if isinstance(e, RewardkitError) else _ffi.RK_ERR_INTERNAL
+
+        hook = _ffi.ALLREDUCE_FN(trampoline)
+        _check(_lib.rk_trainer_set_allreduce(self._h, hook, None, rank, world_size))
+        self._hook = hook  # kept alive while the library may call it
+
+    def trained_size(self):
+        """Scalars in the trained parameters: the length of gradients() and weights()."""
+        n = c_size_t()
+        _check(_lib.rk_trainer_trained_size(self._h, byref(n)))
+        return n.value
+
+    def _get_flat(self, fn):
+        out = np.zeros(self.trained_size(), dtype=np.float32)
+        _check(fn(self._h, out.ctypes.data_as(POINTER(c_float)), out.size))
+        return out
+
+    def _set_flat(self, fn, values):
+        v = np.ascontiguousarray(values, dtype=np.float32)
+        _check(fn(self._h, v.ctypes.data_as(POINTER(c_float)), v.size))
+
+    def gradients(self):
+        """Pull-style (defer_apply=1): the pending gradient, flat float32."""
+        return self._get_flat(_lib.rk_trainer_get_gradients)
+
+    def set_gradients(self, values):
+        """Replaces the pending gradient (e.g. by its mean over ranks); every value finite."""
+        self._set_flat(_lib.rk_trainer_set_gradients, values)
+
+    def apply(self):
+        """Applies the pending gradient (clipping, AdamW); returns the step statistics."""
+        st = _sized(_ffi.StepStats)
+        _check(_lib.rk_trainer_apply(self._h, byref(st)))
+        return _stats(st)
+
+    def discard_gradients(self):
+        """Drops the pending gradient without an update."""
+        _check(_lib.rk_trainer_discard_gradients(self._h))
+
+    def weights(self):
+        """The trained weights, flat float32 (broadcast them so that every rank starts identical)."""
+        return self._get_flat(_lib.rk_trainer_get_weights)
+
+    def set_weights(self, values):
+        """Sets the trained weights from a flat float32 buffer (e.g. rank 0's)."""
+        self._set_flat(_lib.rk_trainer_set_weights, values)
 
     def step(self, prompts, chosen, rejected, strengths=None, alphas=None):
         """One training step; returns the step statistics as a dict."""
         p, c, r, n = _text_pairs(prompts, chosen, rejected)
         (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.StepStats)
-        _check(_lib.rk_trainer_step_texts(self._h, p, c, r, n, s, a, byref(st)))
+        self._run(_lib.rk_trainer_step_texts(self._h, p, c, r, n, s, a, byref(st)))
         return _stats(st)
 
     def step_tokens(self, chosen, rejected, strengths=None, alphas=None):
@@ -275,7 +401,7 @@ class Trainer(_Handle):
         ci, co, ri, ro, n = _token_pairs(chosen, rejected)
         (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.StepStats)
-        _check(_lib.rk_trainer_step_tokens(self._h, ci, co, ri, ro, n, s, a, byref(st)))
+        self._run(_lib.rk_trainer_step_tokens(self._h, ci, co, ri, ro, n, s, a, byref(st)))
         return _stats(st)
 
     def meta_step(self, prompts, chosen, rejected, policy_prompts, policy_responses, strengths=None, alphas=None):
@@ -288,7 +414,7 @@ class Trainer(_Handle):
         pr, _ = _strs(flat, "policy_responses")
         (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.MetaStepStats)
-        _check(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, a, pp, m, pr, offsets, byref(st)))
+        self._run(_lib.rk_trainer_meta_step_texts(self._h, p, c, r, n, s, a, pp, m, pr, offsets, byref(st)))
         return _stats(st)
 
     def meta_step_tokens(self, chosen, rejected, policy, strengths=None, alphas=None):
@@ -299,7 +425,7 @@ class Trainer(_Handle):
         pi, po = _flat(seqs)
         (ks, s), (ka, a) = _floats(strengths, n, "strengths"), _floats(alphas, n, "alphas")
         st = _sized(_ffi.MetaStepStats)
-        _check(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, a, pi, po, group_offsets, len(group_offsets) - 1, byref(st)))
+        self._run(_lib.rk_trainer_meta_step_tokens(self._h, ci, co, ri, ro, n, s, a, pi, po, group_offsets, len(group_offsets) - 1, byref(st)))
         return _stats(st)
 
     def evaluate(self, prompts, chosen, rejected):
@@ -329,5 +455,5 @@ class Trainer(_Handle):
 
 def _stats(st):
     d = _as_dict(st)
-    d["applied"] = bool(d["applied"])
+    d["applied"], d["pending"] = bool(d["applied"]), bool(d["pending"])
     return d

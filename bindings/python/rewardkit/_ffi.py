@@ -12,6 +12,7 @@ ABI_VERSION = "0.2"
 RK_OK = 0
 RK_ERR_INVALID_ARGUMENT = 1
 RK_ERR_BUFFER_TOO_SMALL = 12
+RK_ERR_INTERNAL = 15
 DTYPES = {"f32": 0, "bf16": 1, "f16": 2}
 SCHEDULES = {"constant": 0, "inverse_sqrt": 1, "cosine": 2, "linear": 3}
 TRAINABLE = {"all": 0, "top_layers": 1, "head": 2}
@@ -91,6 +92,7 @@ class TrainerParams(ctypes.Structure):
         ("sinkhorn_iterations", c_uint32),
         ("sinkhorn_epsilon", c_float),
         ("flip_fraction", c_float),
+        ("defer_apply", c_uint8),
     ]
 
 
@@ -106,16 +108,38 @@ class StepStats(ctypes.Structure):
         ("lr", c_double),
         ("seconds", c_double),
         ("applied", c_uint8),
+        ("pending", c_uint8),
+        ("local_grad_norm", c_double),
     ]
 
 
 class MetaStepStats(ctypes.Structure):
-    _fields_ = StepStats._fields_[:-1] + [
+    _fields_ = StepStats._fields_[:-3] + [
         ("j_before", c_double),
         ("j_after", c_double),
         ("meta_grad_norm", c_double),
         ("applied", c_uint8),
+        ("pending", c_uint8),
+        ("local_grad_norm", c_double),
     ]
+
+
+class AllReduceInfo(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("buffer_kind", c_int32),
+        ("device_index", c_int32),
+        ("sync_point", c_int32),
+        ("rank", c_uint32),
+        ("world_size", c_uint32),
+        ("step", c_uint64),
+    ]
+
+
+RK_BUFFER_HOST, RK_BUFFER_CUDA = 0, 1
+SYNC_POINTS = {0: "gradient", 1: "meta_ascent"}
+# int32_t (*)(void *user_data, float *buffer, size_t n, const rk_allreduce_info *info)
+ALLREDUCE_FN = ctypes.CFUNCTYPE(c_int32, c_void_p, c_void_p, c_size_t, POINTER(AllReduceInfo))
 
 
 class EvalStats(ctypes.Structure):
@@ -139,6 +163,7 @@ STRUCTS = {
     "rk_step_stats": StepStats,
     "rk_meta_step_stats": MetaStepStats,
     "rk_eval_stats": EvalStats,
+    "rk_allreduce_info": AllReduceInfo,
 }
 
 _STRS = POINTER(c_char_p)
@@ -168,6 +193,19 @@ _SIGNATURES = {
     "rk_trainer_save": (c_int32, [c_void_p, c_char_p]),
     "rk_trainer_resume": (c_int32, [c_void_p, c_char_p, POINTER(c_uint64)]),
     "rk_vote_texts": (c_int32, [POINTER(c_void_p), c_size_t, _STRS, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(c_float)]),
+    "rk_trainer_set_allreduce": (c_int32, [c_void_p, ALLREDUCE_FN, c_void_p, c_uint32, c_uint32]),
+    "rk_trainer_trained_size": (c_int32, [c_void_p, POINTER(c_size_t)]),
+    "rk_trainer_get_gradients": (c_int32, [c_void_p, POINTER(c_float), c_size_t]),
+    "rk_trainer_set_gradients": (c_int32, [c_void_p, POINTER(c_float), c_size_t]),
+    "rk_trainer_apply": (c_int32, [c_void_p, POINTER(StepStats)]),
+    "rk_trainer_discard_gradients": (c_int32, [c_void_p]),
+    "rk_trainer_get_weights": (c_int32, [c_void_p, POINTER(c_float), c_size_t]),
+    "rk_trainer_set_weights": (c_int32, [c_void_p, POINTER(c_float), c_size_t]),
+    "rk_model_weights_checksum": (c_int32, [c_void_p, POINTER(c_uint64)]),
+    "rk_pairs_load": (c_int32, [c_char_p, c_uint8, POINTER(c_void_p)]),
+    "rk_pairs_count": (c_int32, [c_void_p, POINTER(c_size_t), POINTER(c_size_t)]),
+    "rk_pairs_get": (c_int32, [c_void_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p), POINTER(c_char_p), POINTER(c_size_t)]),
+    "rk_pairs_free": (None, [c_void_p]),
     "rk_vote_tokens": (c_int32, [POINTER(c_void_p), c_size_t, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_float)]),
 }
 

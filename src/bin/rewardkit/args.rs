@@ -137,6 +137,20 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// `path`, without a held-out split, strengths or labels.
+    pub fn only(data: PathBuf, limit: Option<usize>, skip_bad_rows: bool) -> DataArgs {
+        DataArgs {
+            data,
+            eval_data: None,
+            eval_fraction: 0.0,
+            split_seed: 0,
+            limit,
+            skip_bad_rows,
+            label_field: None,
+            strengths: None,
+        }
+    }
+
     /// The usable pairs of `path`, reporting skipped rows.
     pub fn read_pairs(&self, path: &Path) -> Result<Vec<PreferencePair>> {
         let opts = PreferenceReadOptions {
@@ -339,6 +353,7 @@ impl TrainArgs {
             noise: self.noise(),
             meta_lr: self.meta_lr,
             contrastive: self.contrastive()?,
+            defer_apply: false,
         })
     }
 

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use args::{DataArgs, ModelArgs, RuntimeArgs, TrainArgs};
 use rewardkit::train::meta::MetaFitOptions;
-use rewardkit::train::Trainable;
+use rewardkit::train::{Shard, Trainable};
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +100,11 @@ enum Command {
         /// of where their time went.
         #[arg(long)]
         profile: bool,
+        /// After the timed steps, the same steps again alternating a plain step and a step
+        /// through an identity all-reduce hook at world size 1 (data parallelism's own cost:
+        /// flattening, the hand-over, the finite check, splitting), with a side-by-side table.
+        #[arg(long)]
+        allreduce_overhead: bool,
     },
     /// Print a model's configuration summary as JSON.
     Info {
@@ -133,17 +138,37 @@ enum Command {
         /// Equal-count strength groups in the report.
         #[arg(long, default_value_t = 10)]
         buckets: usize,
+        /// Train only members i, i+n, i+2n, ... (`i/n`; one process per shard, any
+        /// scheduler), save them as OUT/member-<m>, and skip the vote: vote on all members
+        /// afterwards (`rewardkit vote --member ...`, itself shardable).
+        #[arg(long)]
+        shard: Option<Shard>,
     },
     /// Score pairs with M trained models (or one multi-head model) and report preference strength.
     Vote {
         /// Member checkpoint directories (repeat the flag), or one multi-head checkpoint.
-        #[arg(long = "member", required = true)]
+        #[arg(long = "member", required_unless_present = "merge")]
         members: Vec<PathBuf>,
         #[command(flatten)]
         rt: RuntimeArgs,
-        #[command(flatten)]
-        data: DataArgs,
-        /// Per-pair results in the authors' format (JSONL).
+        /// Preference pairs, JSONL or JSONL.gz (as for `train`).
+        #[arg(long, required_unless_present = "merge")]
+        data: Option<PathBuf>,
+        /// Use only the first N pairs of --data.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Skip (and count) unusable rows instead of stopping at the first.
+        #[arg(long)]
+        skip_bad_rows: bool,
+        /// Score only the scoring batches b with b % n == i (`i/n`) and write this shard's
+        /// scores to --output; `--merge` joins the n shard files into the vote file one
+        /// process would have written, byte for byte.
+        #[arg(long, conflicts_with = "merge")]
+        shard: Option<Shard>,
+        /// Shard files of one `--shard i/n` job (all n, any order) to merge into --output.
+        #[arg(long, num_args = 1.., conflicts_with_all = ["members", "shard"])]
+        merge: Vec<PathBuf>,
+        /// Per-pair results in the authors' format (JSONL); with --shard, the shard's scores.
         #[arg(long)]
         output: PathBuf,
         /// Write strength_histogram.svg and bucket_std.svg here.
@@ -227,8 +252,19 @@ fn keep_freed_memory() {
     }
 }
 
+/// `rewardkit vote ... | head` ends the process quietly, as other Unix tools do: Rust ignores
+/// SIGPIPE, so without this the first print after the pipe closes panics.
+fn exit_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    exit_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score { model, input, output, limit } => {
@@ -248,6 +284,7 @@ fn main() {
             dump_ids,
             json,
             profile,
+            allreduce_overhead,
         } => bench::bench_train(
             &model,
             &input,
@@ -255,17 +292,42 @@ fn main() {
             batch_pairs,
             steps,
             trainable,
+            allreduce_overhead,
             dump_ids.as_deref(),
             json,
             profile,
         ),
         Command::InitTiny { out, corpus, seed } => convert::init_tiny(&out, &corpus, seed),
         Command::Train { model, data, train } => train::train(&model, &data, &train),
-        Command::Ensemble { model, data, train, members, shared_backbone, buckets } => {
-            vote::ensemble(&model, &data, &train, members, shared_backbone, buckets)
+        Command::Ensemble { model, data, train, members, shared_backbone, buckets, shard } => {
+            vote::ensemble(&model, &data, &train, members, shared_backbone, buckets, shard)
         }
-        Command::Vote { members, rt, data, output, plot_dir, buckets, ambiguous_band } => {
-            vote::vote(&members, &rt, &data, &output, plot_dir.as_deref(), buckets, ambiguous_band)
+        Command::Vote {
+            members,
+            rt,
+            data,
+            limit,
+            skip_bad_rows,
+            shard,
+            merge,
+            output,
+            plot_dir,
+            buckets,
+            ambiguous_band,
+        } => {
+            let report =
+                vote::Report { plot_dir: plot_dir.as_deref(), buckets, band: ambiguous_band };
+            if !merge.is_empty() {
+                vote::merge(&merge, &output, &report)
+            } else {
+                match data {
+                    Some(data) => {
+                        let data = DataArgs::only(data, limit, skip_bad_rows);
+                        vote::vote(&members, &rt, &data, shard, &output, &report)
+                    }
+                    None => Err(rewardkit::Error::invalid("vote needs --data (or --merge)")),
+                }
+            }
         }
         Command::Eval { model, data, buckets, json } => {
             eval::eval(&model, &data, buckets, json.as_deref())

@@ -6,34 +6,39 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use rewardkit::eval::vote::Vote;
-use rewardkit::io::data::PreferencePair;
-use rewardkit::train::{first_trainable_layer, tokenize_pairs, FitEvent, PairSet};
-use rewardkit::{Error, Result, SharedModel};
+use rewardkit::eval::vote::{merge_shards, vote_shard, Vote, VoteShard};
+use rewardkit::io::data::read_jsonl;
+use rewardkit::train::{first_trainable_layer, tokenize_pairs, FitEvent, PairSet, Shard};
+use rewardkit::{Error, ErrorKind, Result, SharedModel};
 
 use crate::args::{DataArgs, ModelArgs, RuntimeArgs, TrainArgs};
 use crate::progress;
 use crate::train::{alphas_of, prepare, strengths_of};
 
-fn write_vote(
-    vote: &Vote,
-    pairs: &[PreferencePair],
-    output: &Path,
-    plot_dir: Option<&Path>,
-    buckets: usize,
-    band: Option<f32>,
-) -> Result<()> {
+/// How a vote is reported: plots, strength buckets, the ambiguity band.
+pub struct Report<'a> {
+    pub plot_dir: Option<&'a Path>,
+    pub buckets: usize,
+    pub band: Option<f32>,
+}
+
+fn create(output: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    Ok(std::io::BufWriter::new(std::fs::File::create(output).map_err(|e| Error::io(output, e))?))
+}
+
+/// Writes the per-pair rows (`lines[i]`: pair i's source line) and prints the report.
+fn write_vote(vote: &Vote, lines: &[usize], output: &Path, report: &Report) -> Result<()> {
     use std::io::Write;
-    let mut f =
-        std::io::BufWriter::new(std::fs::File::create(output).map_err(|e| Error::io(output, e))?);
-    for (row, p) in vote.export_rows().into_iter().zip(pairs) {
+    let mut f = create(output)?;
+    for (row, &line) in vote.export_rows().into_iter().zip(lines) {
         let mut row = row;
-        row["line"] = json!(p.line);
+        row["line"] = json!(line);
         writeln!(f, "{row}")?;
     }
     f.flush()?;
+    let (plot_dir, buckets) = (report.plot_dir, report.buckets);
     let (mean, _) = vote.strength();
-    let band = band.unwrap_or_else(|| vote.default_band());
+    let band = report.band.unwrap_or_else(|| vote.default_band());
     let cats = vote.categories(band);
     let count = |c| cats.iter().filter(|&&x| x == c).count();
     use rewardkit::eval::vote::Category::*;
@@ -86,8 +91,14 @@ pub fn ensemble(
     members: usize,
     shared_backbone: bool,
     buckets: usize,
+    shard: Option<Shard>,
 ) -> Result<()> {
     let out = targs.out.clone().ok_or_else(|| Error::invalid("ensemble needs --out"))?;
+    if shard.is_some() && shared_backbone {
+        return Err(Error::invalid(
+            "--shard splits separate members; a shared backbone is one model",
+        ));
+    }
     let base = margs.load()?;
     let (train_pairs, _) = data.load()?;
     let cfg = targs.config(train_pairs.len())?;
@@ -98,6 +109,46 @@ pub fn ensemble(
         strengths_of(&train_pairs).as_deref(),
         alphas_of(&train_pairs).as_deref(),
     )?;
+    if let Some(shard) = shard {
+        let mine: Vec<usize> = (0..members).filter(|&m| shard.takes(m)).collect();
+        if mine.is_empty() {
+            return Err(Error::invalid(format!("shard {shard} of {members} members has none")));
+        }
+        let started = Instant::now();
+        let pb = progress::bar(
+            (mine.len() * targs.epochs * train_pairs.len().div_ceil(targs.batch_pairs)) as u64,
+            "members",
+        );
+        rewardkit::train::ensemble::train_ensemble(
+            &base,
+            &set,
+            &treatments,
+            &cfg,
+            &targs.fit_options(Some(out.clone())),
+            mine.iter().copied(),
+            |_, e| {
+                if let FitEvent::Step(_) = e {
+                    pb.inc(1)
+                }
+            },
+        )?;
+        pb.finish_and_clear();
+        let dirs: Vec<String> =
+            mine.iter().map(|m| out.join(format!("member-{m}")).display().to_string()).collect();
+        println!(
+            "shard {shard}: trained members {mine:?} in {:.1}s -> {}",
+            started.elapsed().as_secs_f64(),
+            dirs.join(", ")
+        );
+        println!(
+            "when every shard is done: rewardkit vote --member {}/member-0 ... --member {}/member-{} \
+             --data ... --output vote.jsonl",
+            out.display(),
+            out.display(),
+            members - 1
+        );
+        return Ok(());
+    }
     let started = Instant::now();
     let vote = if shared_backbone {
         let pb = progress::bar(
@@ -130,7 +181,7 @@ pub fn ensemble(
             &treatments,
             &cfg,
             &targs.fit_options(Some(out.clone())),
-            members,
+            0..members,
             |_, e| {
                 if let FitEvent::Step(_) = e {
                     pb.inc(1)
@@ -146,27 +197,147 @@ pub fn ensemble(
         if shared_backbone { "heads" } else { "members" },
         started.elapsed().as_secs_f64()
     );
-    write_vote(&vote, &train_pairs, &out.join("vote.jsonl"), Some(&out), buckets, None)
+    let lines: Vec<usize> = train_pairs.iter().map(|p| p.line).collect();
+    let report = Report { plot_dir: Some(&out), buckets, band: None };
+    write_vote(&vote, &lines, &out.join("vote.jsonl"), &report)
 }
 
 pub fn vote(
     members: &[PathBuf],
     rt: &RuntimeArgs,
     data: &DataArgs,
+    shard: Option<Shard>,
     output: &Path,
-    plot_dir: Option<&Path>,
-    buckets: usize,
-    band: Option<f32>,
+    report: &Report,
 ) -> Result<()> {
     let models = members.iter().map(|m| rt.load(m)).collect::<Result<Vec<_>>>()?;
     let pairs = data.pairs()?;
     let set = PairSet::from_ids(tokenize_pairs(&models[0], &pairs)?);
     let refs: Vec<&SharedModel> = models.iter().collect();
+    let lines: Vec<usize> = pairs.iter().map(|p| p.line).collect();
+    if let Some(shard) = shard {
+        let part = vote_shard(&refs, &set, shard)?;
+        check_members(part.members)?;
+        write_shard(&part, &lines, output)?;
+        println!(
+            "vote shard {shard}: {} of {} scores ({} members x {} pairs) -> {}",
+            part.rows.len(),
+            2 * part.pairs,
+            part.members,
+            part.pairs,
+            output.display()
+        );
+        return Ok(());
+    }
     let vote = rewardkit::eval::vote::vote(&refs, &set)?;
-    if vote.members() < 2 {
+    check_members(vote.members())?;
+    write_vote(&vote, &lines, output, report)
+}
+
+fn check_members(members: usize) -> Result<()> {
+    if members < 2 {
         return Err(Error::invalid(
             "a vote needs two members or more: several --member models, or a multi-head model",
         ));
     }
-    write_vote(&vote, &pairs, output, plot_dir, buckets, band)
+    Ok(())
+}
+
+// A vote shard file (JSONL): a header row, then one row per scored sequence:
+//   {"rewardkit_vote_shard": {"shard": "0/2", "pairs": 500, "members": 3}}
+//   {"row": 17, "line": 18, "scores": [0.1234, ...]}
+// Row i < pairs is pair i's chosen response, row pairs + i its rejected one; `line` is the
+// pair's source line; `scores` has one float per member, written as the f64 of the f32, so it
+// reads back to the same bits.
+const SHARD_KEY: &str = "rewardkit_vote_shard";
+
+fn write_shard(part: &VoteShard, lines: &[usize], output: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = create(output)?;
+    let header = json!({SHARD_KEY: {"shard": part.shard.to_string(), "pairs": part.pairs, "members": part.members}});
+    writeln!(f, "{header}")?;
+    for (row, scores) in &part.rows {
+        let line = lines[row % part.pairs];
+        let scores: Vec<f64> = scores.iter().map(|&x| x as f64).collect();
+        writeln!(f, "{}", json!({"row": row, "line": line, "scores": scores}))?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A shard file back: the shard, and (row, line) of each score row.
+fn read_shard(path: &Path) -> Result<(VoteShard, Vec<(usize, usize)>)> {
+    let bad = |line: usize, what: &str| {
+        Error::new(ErrorKind::CorruptFile, format!("{} line {line}: {what}", path.display()))
+    };
+    let mut rows = read_jsonl(path)?.into_iter();
+    let (first_line, header) = rows.next().ok_or_else(|| bad(1, "empty; not a vote shard"))?;
+    let h = header.get(SHARD_KEY).ok_or_else(|| {
+        bad(first_line, "not a vote shard (written by `rewardkit vote --shard i/n`)")
+    })?;
+    let count = |key: &str| {
+        h.get(key)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| bad(first_line, &format!("header without a count `{key}`")))
+    };
+    let shard: Shard = h
+        .get("shard")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| bad(first_line, "header without `shard`"))?
+        .parse()
+        .map_err(|e: Error| bad(first_line, &e.to_string()))?;
+    let (pairs, members) = (count("pairs")?, count("members")?);
+    let mut out = VoteShard { shard, pairs, members, rows: Vec::new() };
+    let mut lines = Vec::new();
+    for (n, row) in rows {
+        let field = |key: &str| {
+            row.get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| bad(n, &format!("no `{key}`")))
+        };
+        let (r, line) = (field("row")?, field("line")?);
+        let scores = row
+            .get("scores")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad(n, "no `scores` list"))?
+            .iter()
+            .map(|x| match x.as_f64() {
+                Some(x) if x.is_finite() && x as f32 as f64 == x => Ok(x as f32),
+                _ => Err(bad(n, "a score that is not a finite float32")),
+            })
+            .collect::<Result<Vec<f32>>>()?;
+        out.rows.push((r, scores));
+        lines.push((r, line));
+    }
+    Ok((out, lines))
+}
+
+/// `vote --merge`: the shards of one `vote --shard i/n` job into the one-process vote file.
+pub fn merge(paths: &[PathBuf], output: &Path, report: &Report) -> Result<()> {
+    let mut shards = Vec::with_capacity(paths.len());
+    let mut row_lines = Vec::new();
+    for p in paths {
+        let (shard, lines) = read_shard(p)?;
+        shards.push(shard);
+        row_lines.extend(lines);
+    }
+    let pairs = shards.first().map_or(0, |s| s.pairs);
+    let vote = merge_shards(shards)?;
+    check_members(vote.members())?;
+    // merge_shards checked every row exactly once; both sides of a pair name the same line.
+    let mut lines = vec![None; pairs];
+    for (row, line) in row_lines {
+        let slot = &mut lines[row % pairs];
+        if slot.is_some_and(|l| l != line) {
+            return Err(Error::invalid(format!(
+                "pair {}: its two responses name different source lines",
+                row % pairs
+            )));
+        }
+        *slot = Some(line);
+    }
+    let lines: Vec<usize> = lines.into_iter().map(|l| l.unwrap_or(0)).collect();
+    write_vote(&vote, &lines, output, report)
 }
