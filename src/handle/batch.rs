@@ -52,7 +52,7 @@ pub fn score_sequences(
     let device = model.device();
     for batch in plan_batches(&lengths, opts) {
         let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
-        let ids = profile::phase("batch upload", device, || model.make_batch(&rows))?;
+        let ids = profile::phase("batch upload", device, || model.make_inference_batch(&rows))?;
         let rewards = model.rewards(&ids, Pass::Inference)?;
         let rewards = profile::phase("readback", device, || Ok(rewards.to_vec1::<f32>()?))?;
         for (&i, r) in batch.iter().zip(rewards) {

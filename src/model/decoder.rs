@@ -7,7 +7,9 @@
 //!
 //! Shapes in comments: b = batch, t = sequence length, h = hidden size, nh / nkv = query /
 //! key-value heads, d = head dim. Sequences are right-padded: with a causal mask, real tokens
-//! never attend to the padding after them, so padding cannot change a score.
+//! never attend to the padding after them, so padding cannot change a score. For inference on
+//! the CPU a batch may instead be packed ([`Packing`]): its sequences concatenated into one
+//! row, attention kept inside each and positions restarting at each, so no padding is computed.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -307,9 +309,23 @@ impl Rope {
     }
 
     /// Rotation on the projection layout x: (b, t, heads, d): candle's fused kernel for
-    /// inference, differentiable ops for training.
-    fn apply_thd(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let tables = self.tables(x.dim(1)?)?;
+    /// inference, differentiable ops for training. A packed row rotates each token to its
+    /// position within its own sequence.
+    fn apply_thd(&self, x: &Tensor, pass: Pass, packing: Option<&Packing>) -> Result<Tensor> {
+        let tables = match packing {
+            None => self.tables(x.dim(1)?)?,
+            Some(p) => {
+                let longest = p.positions.iter().max().map_or(0, |&m| m as usize + 1);
+                let at = Tensor::from_slice(&p.positions, p.positions.len(), x.device())?;
+                let t = self.tables(longest)?;
+                RopeTables {
+                    cos_half: t.cos_half.index_select(&at, 0)?,
+                    sin_half: t.sin_half.index_select(&at, 0)?,
+                    cos_full: t.cos_full.index_select(&at, 0)?,
+                    sin_full: t.sin_full.index_select(&at, 0)?,
+                }
+            }
+        };
         match pass {
             Pass::Inference => Ok(candle_nn::rotary_emb::rope_thd(
                 &x.contiguous()?,
@@ -425,6 +441,8 @@ struct Attention<'a> {
     rope: &'a Rope,
     /// The additive mask for the generic path; `None` selects the fused CPU kernel.
     mask: Option<Tensor>,
+    /// Packed sequences (fused CPU kernel only).
+    packing: Option<&'a Packing>,
 }
 
 impl Attention<'_> {
@@ -447,7 +465,8 @@ impl Attention<'_> {
             None => {
                 // CPU: the fused kernel; in training its backward pass gives q, k, v gradients.
                 let (q, k) = profile::phase("rope", dev, || {
-                    Ok((self.rope.apply_thd(&q, pass)?, self.rope.apply_thd(&k, pass)?))
+                    let rope = |x| self.rope.apply_thd(x, pass, self.packing);
+                    Ok((rope(&q)?, rope(&k)?))
                 })?;
                 let train = matches!(pass, Pass::Train { .. });
                 profile::phase("attention core", dev, || {
@@ -457,6 +476,7 @@ impl Attention<'_> {
                         &v.contiguous()?,
                         scale,
                         self.cfg.sliding_window,
+                        self.packing.map(|p| &p.seq_start),
                         train,
                     )
                 })?
@@ -508,12 +528,47 @@ fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
     profile::phase("mlp down projection", dev, || w.down.forward(&hidden))
 }
 
-/// One right-padded batch of token ids and, per row, the position the reward is read at.
+/// One batch of token ids and, per sequence, the position the reward is read at.
 pub struct Batch {
-    /// (b, t) u32
+    /// (b, t) u32: one right-padded row per sequence, or (1, total) for a packed batch.
     pub ids: Tensor,
-    /// Per row: the index of the pooled token (HF: the rightmost non-pad token).
+    /// Per sequence: the index of the pooled token (HF: the rightmost non-pad token) within its
+    /// row; in a packed batch, within the one row.
     pub pool_index: Vec<usize>,
+    /// Set for a packed batch.
+    pub packing: Option<Packing>,
+}
+
+/// Sequences concatenated into one row, without padding (inference on the CPU): attention
+/// stays inside each sequence and rotary positions restart at each, so every sequence gets
+/// the score it gets alone (to float rounding).
+pub struct Packing {
+    /// Per sequence: its first position in the row.
+    pub starts: Vec<usize>,
+    /// Per position: the first position of its sequence (what the attention kernel masks by).
+    pub seq_start: std::sync::Arc<[u32]>,
+    /// Per position: its position within its sequence (what rope rotates by).
+    pub positions: Vec<u32>,
+}
+
+impl Packing {
+    /// The layout of sequences of these lengths, in order.
+    pub fn new(lengths: &[usize]) -> Packing {
+        let total: usize = lengths.iter().sum();
+        let (mut starts, mut seq_start, mut positions) = (
+            Vec::with_capacity(lengths.len()),
+            Vec::with_capacity(total),
+            Vec::with_capacity(total),
+        );
+        let mut at = 0;
+        for &n in lengths {
+            starts.push(at);
+            seq_start.extend(std::iter::repeat(at as u32).take(n));
+            positions.extend(0..n as u32);
+            at += n;
+        }
+        Packing { starts, seq_start: seq_start.into(), positions }
+    }
 }
 
 /// Token embeddings: (b, t) ids -> (b, t, h).
@@ -532,6 +587,7 @@ pub fn run_layers(
     mut x: Tensor,
     range: std::ops::Range<usize>,
     pass: Pass,
+    packing: Option<&Packing>,
 ) -> Result<Tensor> {
     if range.is_empty() {
         return Ok(x);
@@ -539,12 +595,15 @@ pub fn run_layers(
     let t = x.dim(1)?;
     // On the CPU the fused attention kernel serves both passes; elsewhere the generic ops.
     let fused = x.device().is_cpu();
+    if packing.is_some() && !fused {
+        return Err(crate::Error::invalid("packed batches are scored on the CPU only"));
+    }
     let mask = if fused {
         None
     } else {
         Some(attention_mask(t, cfg.sliding_window, x.dtype(), x.device())?)
     };
-    let attention = Attention { cfg, rope, mask };
+    let attention = Attention { cfg, rope, mask, packing };
     let dev = x.device().clone();
     let norm = |x: &Tensor, weight: &Tensor| {
         profile::phase("rms norms", &dev, || rms_norm(x, weight, cfg.rms_norm_eps, pass))
@@ -599,6 +658,54 @@ fn last_layer_pooled(
     Ok((x + dropout(&y, pass, 2 * l as u64 + 1)?)?)
 }
 
+/// [`last_layer_pooled`] on a packed row x: (1, total, h) -> (n, h), one row per sequence.
+/// Keys and values are projected for the whole row; each sequence's query attends to its own
+/// visible keys, taken as a slice (no mask).
+fn last_layer_pooled_packed(
+    cfg: &ModelConfig,
+    layer: &LayerWeights,
+    rope: &Rope,
+    x: &Tensor,
+    pool: &[usize],
+    packing: &Packing,
+) -> Result<Tensor> {
+    let (_, total, h) = x.dims3()?;
+    let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let pass = Pass::Inference;
+    let xn = rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, pass)?;
+    let k = layer.k.forward(&xn)?.reshape((1, total, nkv, d))?;
+    let k = rope.apply_thd(&k, pass, Some(packing))?.squeeze(0)?.transpose(0, 1)?; // (nkv, total, d)
+    let v = layer.v.forward(&xn)?.reshape((total, nkv, d))?.transpose(0, 1)?; // (nkv, total, d)
+    let rows = Tensor::from_vec(
+        pool.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+        pool.len(),
+        x.device(),
+    )?;
+    let x_pooled = x.reshape((total, h))?.index_select(&rows, 0)?; // (n, h)
+    let q = layer.q.forward(&xn.reshape((total, h))?.index_select(&rows, 0)?)?.reshape((
+        pool.len(),
+        nh,
+        d,
+    ))?;
+    let within: Vec<usize> = pool.iter().zip(&packing.starts).map(|(&p, &s)| p - s).collect();
+    let q = rope.apply_at(&q, &within)?; // (n, nh, d)
+    let (rep, scale) = (nh / nkv, (d as f64).powf(-0.5));
+    let window = cfg.sliding_window.unwrap_or(usize::MAX);
+    let mut outputs = Vec::with_capacity(pool.len());
+    for (i, (&p, &start)) in pool.iter().zip(&packing.starts).enumerate() {
+        let first = start.max((p + 1).saturating_sub(window));
+        let (k, v) = (k.narrow(1, first, p + 1 - first)?, v.narrow(1, first, p + 1 - first)?);
+        let q = q.get(i)?.reshape((nkv, rep, d))?;
+        let scores = (q.matmul(&k.t()?)? * scale)?; // (nkv, rep, keys)
+        let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?;
+        outputs.push(probs.matmul(&v.contiguous()?)?.reshape(nh * d)?);
+    }
+    let y = layer.o.forward(&Tensor::stack(&outputs, 0)?)?; // (n, h)
+    let x = (x_pooled + y)?;
+    let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
+    Ok((x + y)?)
+}
+
 /// (b, 1, 1, t) additive mask for one query per row at position `pool[i]`.
 fn pooled_query_mask(
     pool: &[usize],
@@ -620,6 +727,7 @@ fn pooled_query_mask(
 /// Reward features from hidden states `x` (b, t, h) entering layer `first`: the remaining
 /// layers, the final norm, at each row's pooled position. `first == num_layers` means x holds
 /// the last layer's output. Returns (b, h) in the compute dtype.
+#[allow(clippy::too_many_arguments)]
 pub fn pooled_features_from(
     cfg: &ModelConfig,
     w: &DecoderWeights,
@@ -628,12 +736,17 @@ pub fn pooled_features_from(
     first: usize,
     pool: &[usize],
     pass: Pass,
+    packing: Option<&Packing>,
 ) -> Result<Tensor> {
     let n = w.layers.len();
+    if packing.is_some() && (pass != Pass::Inference || first >= n) {
+        return Err(crate::Error::invalid("packed batches are for inference through the layers"));
+    }
     let pooled = if first < n {
-        let x = run_layers(cfg, w, rope, x, first..n - 1, pass)?;
-        profile::phase("last layer, pooled rows only", x.device(), || {
-            last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass)
+        let x = run_layers(cfg, w, rope, x, first..n - 1, pass, packing)?;
+        profile::phase("last layer, pooled rows only", x.device(), || match packing {
+            None => last_layer_pooled(cfg, &w.layers[n - 1], rope, &x, pool, n - 1, pass),
+            Some(p) => last_layer_pooled_packed(cfg, &w.layers[n - 1], rope, &x, pool, p),
         })?
     } else {
         pooled_rows(&x, pool)?
@@ -652,7 +765,8 @@ pub fn pooled_features(
     batch: &Batch,
     pass: Pass,
 ) -> Result<Tensor> {
-    pooled_features_from(cfg, w, rope, embed(cfg, w, &batch.ids)?, 0, &batch.pool_index, pass)
+    let x = embed(cfg, w, &batch.ids)?;
+    pooled_features_from(cfg, w, rope, x, 0, &batch.pool_index, pass, batch.packing.as_ref())
 }
 
 /// Final-normed hidden states at every position: (b, t, h). For language-model logits.
@@ -663,7 +777,8 @@ pub fn final_hidden_states(
     batch: &Batch,
     pass: Pass,
 ) -> Result<Tensor> {
-    let x = run_layers(cfg, w, rope, embed(cfg, w, &batch.ids)?, 0..w.layers.len(), pass)?;
+    let x = embed(cfg, w, &batch.ids)?;
+    let x = run_layers(cfg, w, rope, x, 0..w.layers.len(), pass, batch.packing.as_ref())?;
     rms_norm(&x, &w.final_norm, cfg.rms_norm_eps, pass)
 }
 

@@ -17,6 +17,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::host::host_f32;
@@ -25,13 +26,16 @@ use crate::host::host_f32;
 /// in cache.
 const QUERY_BLOCK: usize = 64;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct CausalAttention {
     scale: f32,
     /// Query heads per key/value head (grouped-query attention).
     group: usize,
     /// Keys further back than this are invisible (Mistral's sliding window).
     window: Option<usize>,
+    /// Packed sequences (one batch row holding several): per position, the first position of
+    /// its sequence; queries never see keys before it.
+    seq_start: Option<Arc<[u32]>>,
 }
 
 /// The output buffer, shared by tasks that each write a disjoint set of rows.
@@ -73,6 +77,7 @@ impl CustomOp3 for CausalAttention {
         if [ql, kl, vl].iter().any(|l| !l.is_contiguous())
             || kl.shape() != vl.shape()
             || nkv * self.group != nh
+            || self.seq_start.as_ref().is_some_and(|s| b != 1 || s.len() != t)
         {
             candle_core::bail!(
                 "causal attention: bad shapes or layouts {:?} {:?} {:?}",
@@ -202,11 +207,16 @@ unsafe fn gemm_into(
 }
 
 impl CausalAttention {
-    /// The first key visible to query `i`.
+    /// The first key visible to query `i` (non-decreasing in `i`, which `probabilities`
+    /// relies on).
     fn first_key(&self, i: usize) -> usize {
-        match self.window {
+        let window = match self.window {
             Some(w) => (i + 1).saturating_sub(w),
             None => 0,
+        };
+        match &self.seq_start {
+            Some(starts) => window.max(starts[i] as usize),
+            None => window,
         }
     }
 
@@ -699,6 +709,8 @@ pub fn rms_norm_cpu(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Causal (optionally sliding-window) attention, `softmax(q k^T * scale + mask) v`, computed
 /// in float32 on the CPU. q: (b, t, nh, d); k, v: (b, t, nkv, d) -> (b, t, nh, d) in q's dtype.
+/// With `seq_start` (b = 1, one entry per position: the first position of that position's
+/// sequence), several sequences packed into one row attend only within themselves.
 /// With `differentiable`, gradients flow to q, k and v through a fused backward pass that
 /// recomputes the probabilities block by block (no (t, t) tensor is ever stored).
 pub fn causal_attention_cpu(
@@ -707,12 +719,13 @@ pub fn causal_attention_cpu(
     v: &Tensor,
     scale: f64,
     window: Option<usize>,
+    seq_start: Option<&Arc<[u32]>>,
     differentiable: bool,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
     let group = q.dim(2)? / k.dim(2)?;
-    let op = CausalAttention { scale: scale as f32, group, window };
+    let op = CausalAttention { scale: scale as f32, group, window, seq_start: seq_start.cloned() };
     let (q, k, v) = (f32c(q)?, f32c(k)?, f32c(v)?);
     let y =
         if differentiable { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
@@ -788,7 +801,7 @@ mod tests {
         )
         .unwrap();
         for window in [None, Some(9)] {
-            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, true).unwrap();
+            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, None, true).unwrap();
             let generic = reference(&q, &k, &v, 0.3, window);
             let fwd = (&fused - &generic)
                 .unwrap()
@@ -810,6 +823,60 @@ mod tests {
                     diff < 1e-4 * scale.max(1.0),
                     "d{name} (window {window:?}) differs by {diff} (scale {scale})"
                 );
+            }
+        }
+    }
+
+    /// Packed sequences in one row: each gets exactly what it gets alone, forward and
+    /// backward, with and without a window, with 64-query blocks straddling the boundaries.
+    #[test]
+    fn packed_attention_equals_each_sequence_alone() {
+        use candle_core::{Device, Var};
+        let (nh, nkv, d) = (4, 2, 8);
+        let lengths = [30usize, 70, 5, 64];
+        let t: usize = lengths.iter().sum();
+        let mut rng = crate::rng::Rng::new(5);
+        let mut var = |heads: usize| {
+            let shape = (1, t, heads, d);
+            Var::from_tensor(
+                &Tensor::from_vec(rng.normal_vec(t * heads * d, 1.0), shape, &Device::Cpu).unwrap(),
+            )
+            .unwrap()
+        };
+        let (q, k, v) = (var(nh), var(nkv), var(nkv));
+        let w = Tensor::from_vec(
+            crate::rng::Rng::new(6).normal_vec(t * nh * d, 1.0),
+            (1, t, nh, d),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut seq_start = Vec::new();
+        let mut at = 0;
+        for &n in &lengths {
+            seq_start.extend(std::iter::repeat(at as u32).take(n));
+            at += n;
+        }
+        let seq_start: Arc<[u32]> = seq_start.into();
+        for window in [None, Some(9)] {
+            let packed =
+                causal_attention_cpu(&q, &k, &v, 0.3, window, Some(&seq_start), true).unwrap();
+            let mut at = 0;
+            let mut parts = Vec::new();
+            for &n in &lengths {
+                let cut = |x: &Var| x.as_tensor().narrow(1, at, n).unwrap();
+                parts.push(
+                    causal_attention_cpu(&cut(&q), &cut(&k), &cut(&v), 0.3, window, None, true)
+                        .unwrap(),
+                );
+                at += n;
+            }
+            let alone = Tensor::cat(&parts, 1).unwrap();
+            assert!(rel_diff(&packed, &alone) < 1e-6, "forward, window {window:?}");
+            let gp = (packed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let ga = (alone * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let (a, b) = (gp.get(x.as_tensor()).unwrap(), ga.get(x.as_tensor()).unwrap());
+                assert!(rel_diff(a, b) < 1e-5, "d{name}, window {window:?}");
             }
         }
     }

@@ -262,7 +262,38 @@ impl RewardModel {
         Ok(Batch {
             ids: Tensor::from_vec(flat, (seqs.len(), t), &self.device)?,
             pool_index: seqs.iter().map(|s| self.pool_index(s)).collect(),
+            packing: None,
         })
+    }
+
+    /// Whether inference batches are packed: on the CPU, where the attention kernel keeps
+    /// packed sequences apart.
+    pub fn packs(&self) -> bool {
+        self.device.is_cpu()
+    }
+
+    /// Builds one packed batch for inference ([`decoder::Packing`]): the sequences
+    /// concatenated, no padding. Ids must already be validated.
+    pub fn make_packed_batch(&self, seqs: &[&[u32]]) -> Result<Batch> {
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let packing = decoder::Packing::new(&lengths);
+        let pool_index =
+            seqs.iter().zip(&packing.starts).map(|(s, &at)| at + self.pool_index(s)).collect();
+        let flat: Vec<u32> = seqs.concat();
+        Ok(Batch {
+            ids: Tensor::from_vec(flat, (1, lengths.iter().sum::<usize>()), &self.device)?,
+            pool_index,
+            packing: Some(packing),
+        })
+    }
+
+    /// The batch inference scores `seqs` with: packed where [`Self::packs`], else padded.
+    pub fn make_inference_batch(&self, seqs: &[&[u32]]) -> Result<Batch> {
+        if self.packs() {
+            self.make_packed_batch(seqs)
+        } else {
+            self.make_batch(seqs)
+        }
     }
 
     /// Pooled, final-normed hidden states: (b, h).
@@ -288,7 +319,7 @@ impl RewardModel {
     pub fn hidden_before_layer(&self, batch: &Batch, layer: usize, pass: Pass) -> Result<Tensor> {
         let w = self.weights_for(pass);
         let x = decoder::embed(&self.config, w, &batch.ids)?;
-        decoder::run_layers(&self.config, w, &self.rope, x, 0..layer, pass)
+        decoder::run_layers(&self.config, w, &self.rope, x, 0..layer, pass, batch.packing.as_ref())
     }
 
     fn weights_for(&self, pass: Pass) -> &DecoderWeights {
@@ -315,6 +346,7 @@ impl RewardModel {
             first,
             pool_index,
             pass,
+            None,
         )
     }
 

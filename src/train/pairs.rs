@@ -71,10 +71,14 @@ impl SeqSource {
         match self {
             SeqSource::Ids(all) => {
                 let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
-                let batch = model.make_batch(&seqs)?;
                 if first == 0 {
+                    let batch = match pass {
+                        Pass::Inference => model.make_inference_batch(&seqs)?,
+                        Pass::Train { .. } => model.make_batch(&seqs)?,
+                    };
                     return model.features(&batch, pass);
                 }
+                let batch = model.make_batch(&seqs)?;
                 let x = model.hidden_before_layer(&batch, first, Pass::Inference)?.detach();
                 model.features_from(x, first, &batch.pool_index, pass)
             }

@@ -358,3 +358,57 @@ fn long_texts_are_cut_before_tokenizing_with_the_same_ids() {
         }
     }
 }
+
+/// Packed inference batches (sequences concatenated, attention kept inside each, positions
+/// restarting) score like padded batches and like each sequence alone: with and without a
+/// sliding window, with pad == a real token (pooling before trailing pads), and with lengths
+/// around the attention kernel's 64-query blocks so that blocks straddle sequence boundaries.
+#[test]
+fn packed_batches_score_like_padded_ones_and_like_each_sequence_alone() {
+    use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
+    let spec = TinySpec { max_position_embeddings: 512, ..Default::default() };
+    for (window, pad) in [(None, None), (Some(7), Some(2)), (Some(100), None)] {
+        let mut cfg = tiny_config(&spec).unwrap();
+        cfg.sliding_window = window;
+        cfg.pad_token_id = pad;
+        let params = random_params(&cfg, 3).unwrap();
+        let model = RewardModel::from_params(
+            cfg,
+            params,
+            HeadSource::Fresh { seed: 3 },
+            candle_core::Device::Cpu,
+            ComputeDType::F32,
+            512,
+        )
+        .unwrap();
+        let mut rng = rewardkit::rng::Rng::new(9);
+        let seqs: Vec<Vec<u32>> = [1usize, 5, 63, 64, 65, 130, 17, 200, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut s: Vec<u32> =
+                    (0..n).map(|_| 3 + (rng.next_f32() * 4000.0) as u32).collect();
+                if pad.is_some() && i % 3 == 1 {
+                    s.extend([2, 2]); // trailing pads: pooled before them
+                }
+                s
+            })
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let score = |batch: rewardkit::model::Batch| -> Vec<f32> {
+            model.rewards(&batch, Pass::Inference).unwrap().to_vec1().unwrap()
+        };
+        let alone: Vec<f32> =
+            refs.iter().map(|&s| score(model.make_batch(&[s]).unwrap())[0]).collect();
+        let padded = score(model.make_batch(&refs).unwrap());
+        let packed = score(model.make_packed_batch(&refs).unwrap());
+        let what = format!("window {window:?}, pad {pad:?}");
+        assert_close(&padded, &alone, 1e-5, &format!("padded vs alone, {what}"));
+        assert_close(&packed, &alone, 1e-5, &format!("packed vs alone, {what}"));
+        // Reordered: each sequence keeps its score.
+        let reversed: Vec<&[u32]> = refs.iter().rev().copied().collect();
+        let mut back = score(model.make_packed_batch(&reversed).unwrap());
+        back.reverse();
+        assert_close(&back, &alone, 1e-5, &format!("packed, reversed, {what}"));
+    }
+}
