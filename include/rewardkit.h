@@ -362,6 +362,18 @@ typedef struct rk_trainer_params {
    * pull-style data-parallel flow. Default 0.
    */
   uint8_t defer_apply;
+  /**
+   * Appended in 0.2: the top layers in which the two contrastive views differ; the layers
+   * below run once and both views share them (on the CPU the second view then costs these
+   * layers only). 0 = every layer: two full forward passes. Default 2.
+   */
+  uint32_t contrastive_view_layers;
+  /**
+   * Appended in 0.2: 1 = a MetaRM step measures J after its ascent with a forward pass
+   * over the policy batch (about a quarter of a plain step more); 0 = it reports the
+   * first-order prediction J(θ) + meta_lr·‖∇J‖². Default 0.
+   */
+  uint8_t measure_j_after;
 } rk_trainer_params;
 
 /**
@@ -512,6 +524,12 @@ typedef struct rk_meta_step_stats {
    */
   uint8_t pending;
   double local_grad_norm;
+  /**
+   * Appended in 0.2: 1 if `j_after` was measured by a forward pass at θ'
+   * (`rk_trainer_params.measure_j_after`), 0 if it is the first-order prediction
+   * J(θ) + meta_lr·‖∇J‖².
+   */
+  uint8_t j_after_measured;
 } rk_meta_step_stats;
 
 /**

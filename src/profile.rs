@@ -67,6 +67,28 @@ pub fn phase<R>(name: &'static str, device: &Device, f: impl FnOnce() -> Result<
     Ok(out)
 }
 
+/// [`phase`] for host code that cannot fail and launches no device work (the CPU training
+/// engine's kernels): no synchronisation, no `Result`.
+pub fn host_phase<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
+    if !enabled() || DEPTH.get() > 0 {
+        return f();
+    }
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            DEPTH.set(0);
+        }
+    }
+    let started = Instant::now();
+    let out = {
+        DEPTH.set(1);
+        let _open = Open;
+        f()
+    };
+    record(name, started.elapsed().as_secs_f64());
+    out
+}
+
 fn record(name: &'static str, seconds: f64) {
     let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     match table.iter_mut().find(|(n, _, _)| *n == name) {

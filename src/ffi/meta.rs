@@ -40,6 +40,10 @@ pub struct rk_meta_step_stats {
     /// Appended in 0.2: as in `rk_step_stats`.
     pub pending: u8,
     pub local_grad_norm: f64,
+    /// Appended in 0.2: 1 if `j_after` was measured by a forward pass at θ'
+    /// (`rk_trainer_params.measure_j_after`), 0 if it is the first-order prediction
+    /// J(θ) + meta_lr·‖∇J‖².
+    pub j_after_measured: u8,
 }
 
 /// Policy samples from texts: prompt p has responses `responses[offsets[p] .. offsets[p+1]]`.
@@ -112,6 +116,7 @@ unsafe fn meta_common(
             applied: st.applied,
             pending: st.pending,
             local_grad_norm: st.local_grad_norm,
+            j_after_measured: s.j_after_measured as u8,
         });
     }
     Ok(())

@@ -196,6 +196,14 @@ pub struct rk_trainer_params {
     /// (`rk_trainer_get_gradients`, `rk_trainer_set_gradients`, `rk_trainer_apply`): the
     /// pull-style data-parallel flow. Default 0.
     pub defer_apply: u8,
+    /// Appended in 0.2: the top layers in which the two contrastive views differ; the layers
+    /// below run once and both views share them (on the CPU the second view then costs these
+    /// layers only). 0 = every layer: two full forward passes. Default 2.
+    pub contrastive_view_layers: u32,
+    /// Appended in 0.2: 1 = a MetaRM step measures J after its ascent with a forward pass
+    /// over the policy batch (about a quarter of a plain step more); 0 = it reports the
+    /// first-order prediction J(θ) + meta_lr·‖∇J‖². Default 0.
+    pub measure_j_after: u8,
 }
 
 /// The smallest `struct_size` accepted for `rk_trainer_params`: the layout before
@@ -398,6 +406,10 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         Trainable::HeadOnly => (RK_TRAIN_HEAD, 0),
     };
     // Contrastive fields hold the caller's overrides; 0 keeps the paper's value.
+    let view_layers = c
+        .contrastive
+        .as_ref()
+        .map_or(Some(ContrastiveConfig::DEFAULT_VIEW_LAYERS), |cl| cl.view_layers);
     let (contrastive, contrastive_items, contrastive_dropout) = match &c.contrastive {
         None => (RK_CONTRASTIVE_NONE, RK_ITEMS_PAIRS, ContrastiveConfig::DEFAULT_DROPOUT),
         Some(cl) => (
@@ -446,6 +458,8 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         sinkhorn_epsilon: 0.0,
         flip_fraction,
         defer_apply: c.defer_apply as u8,
+        contrastive_view_layers: view_layers.map_or(0, narrow),
+        measure_j_after: c.measure_j_after as u8,
     }
 }
 
@@ -510,6 +524,7 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
         meta_lr: p.meta_lr,
         contrastive: contrastive_from_c(&p)?,
         defer_apply: flag(p.defer_apply, "params->defer_apply")?,
+        measure_j_after: flag(p.measure_j_after, "params->measure_j_after")?,
     };
     Ok(config)
 }
@@ -535,6 +550,7 @@ fn contrastive_from_c(p: &rk_trainer_params) -> Result<Option<ContrastiveConfig>
         prototypes: count(p.swav_prototypes),
         sinkhorn_iterations: count(p.sinkhorn_iterations),
         epsilon: set(p.sinkhorn_epsilon),
+        view_layers: Some(p.contrastive_view_layers as usize),
     };
     Ok(Some(ContrastiveConfig::paper(method, items).with_overrides(&overrides)))
 }

@@ -30,22 +30,22 @@ pub enum Pass {
 
 #[derive(Clone)]
 pub struct LayerWeights {
-    input_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    post_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    pub(super) input_norm: Tensor,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) post_norm: Tensor,
+    pub(super) gate: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
 }
 
 /// `y = x W^T + b` on the last dimension.
 #[derive(Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    pub(super) weight: Tensor,
+    pub(super) bias: Option<Tensor>,
 }
 
 impl Linear {
@@ -67,9 +67,9 @@ impl Linear {
 /// Views of the parameters of one model, arranged for the forward pass. Cheap to build: the
 /// tensors share storage with the `ParamStore` they come from.
 pub struct DecoderWeights {
-    embed: Tensor,
-    layers: Vec<LayerWeights>,
-    final_norm: Tensor,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<LayerWeights>,
+    pub(super) final_norm: Tensor,
     /// (heads, h): the reward head; one row, or one per member of a multi-head ensemble.
     head: Tensor,
 }
@@ -308,6 +308,15 @@ impl Rope {
         }
     }
 
+    /// cos and sin (n, d/2) of positions `0..n` as host vectors (the CPU training engine).
+    pub(super) fn host_tables(&self, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let t = self.tables(n)?;
+        let host = |x: &Tensor| -> Result<Vec<f32>> {
+            Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok((host(&t.cos_half)?, host(&t.sin_half)?))
+    }
+
     /// Rotation on the projection layout x: (b, t, heads, d): candle's fused kernel for
     /// inference, differentiable ops for training. A packed row rotates each token to its
     /// position within its own sequence.
@@ -424,16 +433,25 @@ fn attention_mask(
 /// Inverted dropout with a mask drawn from a seeded generator (candle's own dropout draws
 /// from an unseeded one, which would break "same seed, same weights").
 fn dropout(x: &Tensor, pass: Pass, stream: u64) -> Result<Tensor> {
-    let Pass::Train { dropout: p, dropout_seed } = pass else { return Ok(x.clone()) };
+    match dropout_mask(pass, stream, x.elem_count()) {
+        None => Ok(x.clone()),
+        Some(mask) => {
+            let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+            Ok((x * mask)?)
+        }
+    }
+}
+
+/// The inverted-dropout mask (0 or 1 / (1 - p)) of `len` elements for random stream `stream`
+/// of the pass, in row-major order; `None` when the pass drops nothing.
+pub(super) fn dropout_mask(pass: Pass, stream: u64, len: usize) -> Option<Vec<f32>> {
+    let Pass::Train { dropout: p, dropout_seed } = pass else { return None };
     if p <= 0.0 {
-        return Ok(x.clone());
+        return None;
     }
     let mut rng = crate::rng::Rng::new(dropout_seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> =
-        (0..x.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { scale }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
+    Some((0..len).map(|_| if rng.next_f32() < p { 0.0 } else { scale }).collect())
 }
 
 struct Attention<'a> {

@@ -26,8 +26,11 @@ use crate::host::host_f32;
 /// in cache.
 const QUERY_BLOCK: usize = 64;
 
+/// The fewest rows of a backward task over packed sequences.
+const SEGMENT_ROWS: usize = 128;
+
 #[derive(Clone)]
-struct CausalAttention {
+pub(super) struct CausalAttention {
     scale: f32,
     /// Query heads per key/value head (grouped-query attention).
     group: usize,
@@ -89,26 +92,7 @@ impl CustomOp3 for CausalAttention {
         let q = &q[ql.start_offset()..][..b * t * nh * d];
         let k = &k[kl.start_offset()..][..b * t * nkv * d];
         let v = &v[vl.start_offset()..][..b * t * nkv * d];
-        let mut out = vec![0f32; b * t * nh * d];
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let blocks = t.div_ceil(QUERY_BLOCK);
-        (0..b * nh * blocks).into_par_iter().for_each(|task| {
-            let (bh, blk) = (task / blocks, task % blocks);
-            let (bi, h) = (bh / nh, bh % nh);
-            let heads = Heads {
-                q: &q[bi * t * nh * d + h * d..],
-                k: &k[bi * t * nkv * d + (h / self.group) * d..],
-                v: &v[bi * t * nkv * d + (h / self.group) * d..],
-                q_stride: nh * d,
-                kv_stride: nkv * d,
-                d,
-            };
-            let (i0, i1) = (blk * QUERY_BLOCK, ((blk + 1) * QUERY_BLOCK).min(t));
-            // SAFETY: this task alone writes rows i0..i1 of head h of batch row bi: elements
-            // (bi*t + i)*nh*d + h*d .. + d, all inside `out`, which outlives the loop.
-            let out = out_ptr.at((bi * t + i0) * nh * d + h * d);
-            self.block(&heads, i0, i1, out, nh * d);
-        });
+        let out = self.forward(q, k, v, (b, t, nh, nkv, d));
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
@@ -151,18 +135,18 @@ struct Heads<'a> {
 
 /// A raw f32 matrix view for the GEMM calls below: base pointer, row and column strides.
 #[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+pub(super) struct Mat {
+    pub(super) ptr: *const f32,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 impl Mat {
-    fn rows(ptr: *const f32, row_stride: usize) -> Mat {
+    pub(super) fn rows(ptr: *const f32, row_stride: usize) -> Mat {
         Mat { ptr, rs: row_stride as isize, cs: 1 }
     }
     /// The transpose of this view (no copy).
-    fn t(self) -> Mat {
+    pub(super) fn t(self) -> Mat {
         Mat { ptr: self.ptr, rs: self.cs, cs: self.rs }
     }
 }
@@ -207,6 +191,62 @@ unsafe fn gemm_into(
 }
 
 impl CausalAttention {
+    pub(super) fn new(
+        scale: f32,
+        group: usize,
+        window: Option<usize>,
+        seq_start: Option<Arc<[u32]>>,
+    ) -> Self {
+        CausalAttention { scale, group, window, seq_start }
+    }
+
+    /// q (b, t, nh, d), k and v (b, t, nkv, d), row-major -> attention output (b, t, nh, d).
+    pub(super) fn forward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (b, t, nh, nkv, d): (usize, usize, usize, usize, usize),
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; b * t * nh * d];
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let blocks = t.div_ceil(QUERY_BLOCK);
+        (0..b * nh * blocks).into_par_iter().for_each(|task| {
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (bi, h) = (bh / nh, bh % nh);
+            let heads = Heads {
+                q: &q[bi * t * nh * d + h * d..],
+                k: &k[bi * t * nkv * d + (h / self.group) * d..],
+                v: &v[bi * t * nkv * d + (h / self.group) * d..],
+                q_stride: nh * d,
+                kv_stride: nkv * d,
+                d,
+            };
+            let (i0, i1) = (blk * QUERY_BLOCK, ((blk + 1) * QUERY_BLOCK).min(t));
+            // SAFETY: this task alone writes rows i0..i1 of head h of batch row bi: elements
+            // (bi*t + i)*nh*d + h*d .. + d, all inside `out`, which outlives the loop.
+            let out = out_ptr.at((bi * t + i0) * nh * d + h * d);
+            self.block(&heads, i0, i1, out, nh * d);
+        });
+        out
+    }
+
+    /// Row ranges no query sees past: the whole row, or runs of whole packed sequences of
+    /// at least [`SEGMENT_ROWS`] rows (fewer, larger tasks amortise their scheduling).
+    fn segments(&self, t: usize) -> Vec<(usize, usize)> {
+        let Some(starts) = &self.seq_start else { return vec![(0, t)] };
+        let mut out = Vec::new();
+        let mut s0 = 0;
+        for i in 1..t {
+            if starts[i] as usize == i && i - s0 >= SEGMENT_ROWS {
+                out.push((s0, i));
+                s0 = i;
+            }
+        }
+        out.push((s0, t));
+        out
+    }
+
     /// The first key visible to query `i` (non-decreasing in `i`, which `probabilities`
     /// relies on).
     fn first_key(&self, i: usize) -> usize {
@@ -277,7 +317,8 @@ impl CausalAttention {
     }
 
     /// Gradients for query rows `i0..i1` of one head: writes dQ rows (row stride
-    /// `q_stride`) and adds into this kv head's dK and dV (rows 0..t, row stride d).
+    /// `q_stride`) and adds into this kv head's dK and dV (rows `base..`, row stride d: the
+    /// task's segment).
     /// Recomputes the probabilities instead of storing them (as FlashAttention does):
     /// dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = scale dS K, dK += scale dS^T Q,
     /// dV += P^T dO.
@@ -290,6 +331,7 @@ impl CausalAttention {
         i0: usize,
         i1: usize,
         dq: *mut f32,
+        base: usize,
         dk: &mut [f32],
         dv: &mut [f32],
     ) {
@@ -339,7 +381,7 @@ impl CausalAttention {
                 n,
                 d,
                 rows,
-                dk[lo * d..].as_mut_ptr(),
+                dk[(lo - base) * d..].as_mut_ptr(),
                 d,
                 true,
                 Mat::rows(ds.as_ptr(), n).t(),
@@ -350,7 +392,7 @@ impl CausalAttention {
                 n,
                 d,
                 rows,
-                dv[lo * d..].as_mut_ptr(),
+                dv[(lo - base) * d..].as_mut_ptr(),
                 d,
                 true,
                 Mat::rows(p.as_ptr(), n).t(),
@@ -362,7 +404,7 @@ impl CausalAttention {
 
     /// dQ, dK, dV for q (b, t, nh, d), k/v (b, t, nkv, d), output o and its gradient dout.
     #[allow(clippy::too_many_arguments)]
-    fn backward(
+    pub(super) fn backward(
         &self,
         q: &[f32],
         k: &[f32],
@@ -376,11 +418,19 @@ impl CausalAttention {
         let mut dv = vec![0f32; v.len()];
         let (dq_ptr, dk_ptr, dv_ptr) =
             (OutPtr(dq.as_mut_ptr()), OutPtr(dk.as_mut_ptr()), OutPtr(dv.as_mut_ptr()));
-        // One task per (batch row, kv head): it owns that kv head's dK/dV and the dQ rows of
-        // the query heads that read it, so no two tasks write the same element.
-        (0..b * nkv).into_par_iter().for_each(|task| {
-            let (bi, kh) = (task / nkv, task % nkv);
-            let (mut dk_loc, mut dv_loc) = (vec![0f32; t * d], vec![0f32; t * d]);
+        // One task per (batch row, kv head, segment): it owns that kv head's dK/dV rows of
+        // the segment and the dQ rows of the query heads that read them, so no two tasks write
+        // the same element. Segments are whole packed sequences (a query never sees a key of
+        // another sequence), which keeps every core busy when one row packs the whole batch.
+        let segments = self.segments(t);
+        let mut tasks = Vec::with_capacity(b * nkv * segments.len());
+        for bi in 0..b {
+            for kh in 0..nkv {
+                tasks.extend(segments.iter().map(|&s| (bi, kh, s)));
+            }
+        }
+        tasks.into_par_iter().for_each(|(bi, kh, (s0, s1))| {
+            let (mut dk_loc, mut dv_loc) = (vec![0f32; (s1 - s0) * d], vec![0f32; (s1 - s0) * d]);
             let kv_at = bi * t * nkv * d + kh * d;
             for h in kh * self.group..(kh + 1) * self.group {
                 let q_at = bi * t * nh * d + h * d;
@@ -392,8 +442,8 @@ impl CausalAttention {
                     kv_stride: nkv * d,
                     d,
                 };
-                for i0 in (0..t).step_by(QUERY_BLOCK) {
-                    let i1 = (i0 + QUERY_BLOCK).min(t);
+                for i0 in (s0..s1).step_by(QUERY_BLOCK) {
+                    let i1 = (i0 + QUERY_BLOCK).min(s1);
                     let dq_rows = dq_ptr.at(q_at + i0 * nh * d);
                     self.block_backward(
                         &heads,
@@ -402,17 +452,18 @@ impl CausalAttention {
                         i0,
                         i1,
                         dq_rows,
+                        s0,
                         &mut dk_loc,
                         &mut dv_loc,
                     );
                 }
             }
-            for j in 0..t {
+            for j in s0..s1 {
                 for (dst, loc) in [(dk_ptr, &dk_loc), (dv_ptr, &dv_loc)] {
                     // SAFETY: row j of kv head kh in batch row bi belongs to this task alone.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
-                            loc[j * d..].as_ptr(),
+                            loc[(j - s0) * d..].as_ptr(),
                             dst.at(kv_at + j * nkv * d),
                             d,
                         )
@@ -531,6 +582,31 @@ dispatch_simd!(silu_mul_backward_slices, silu_mul_backward_generic, (gate: &[f32
 // out = silu(gate) * up, elementwise.
 dispatch_simd!(silu_mul_slices, silu_mul_generic, (gate: &[f32], up: &[f32], out: &mut [f32]));
 
+/// Elements per parallel task of the elementwise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// `silu(gate) * up`, elementwise, in parallel chunks.
+pub(super) fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; gate.len()];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+        let at = i * CHUNK;
+        silu_mul_slices(&gate[at..at + o.len()], &up[at..at + o.len()], o);
+    });
+    out
+}
+
+/// Gradients of `silu(gate) * up` with respect to gate and up for the incoming gradient dy:
+/// d/dgate = dy·up·σ(g)·(1 + g·(1 - σ(g))), d/dup = dy·silu(g).
+pub(super) fn silu_mul_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
+    dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
+        let at = c * CHUNK;
+        let n = dg.len();
+        silu_mul_backward_slices(&gate[at..at + n], &up[at..at + n], &dy[at..at + n], dg, du);
+    });
+    (dg, du)
+}
+
 struct SiluMul;
 
 impl CustomOp2 for SiluMul {
@@ -538,7 +614,6 @@ impl CustomOp2 for SiluMul {
         "rewardkit-silu-mul"
     }
 
-    /// d/dgate = dy·up·σ(g)·(1 + g·(1 - σ(g))), d/dup = dy·silu(g).
     fn bwd(
         &self,
         gate: &Tensor,
@@ -547,15 +622,7 @@ impl CustomOp2 for SiluMul {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, u, dy) = (host_f32(gate)?, host_f32(up)?, host_f32(grad_res)?);
-        let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-        const CHUNK: usize = 1 << 14;
-        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(
-            |(c, (dg, du))| {
-                let at = c * CHUNK;
-                let n = dg.len();
-                silu_mul_backward_slices(&g[at..at + n], &u[at..at + n], &dy[at..at + n], dg, du);
-            },
-        );
+        let (dg, du) = silu_mul_backward(&g, &u, &dy);
         Ok((
             Some(Tensor::from_vec(dg, gate.shape(), gate.device())?),
             Some(Tensor::from_vec(du, up.shape(), up.device())?),
@@ -577,12 +644,7 @@ impl CustomOp2 for SiluMul {
         }
         let n = gl.shape().elem_count();
         let (g, u) = (&g[gl.start_offset()..][..n], &u[ul.start_offset()..][..n]);
-        let mut out = vec![0f32; n];
-        const CHUNK: usize = 1 << 14;
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
-            let at = i * CHUNK;
-            silu_mul_slices(&g[at..at + o.len()], &u[at..at + o.len()], o);
-        });
+        let out = silu_mul(g, u);
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }
@@ -642,21 +704,10 @@ impl CustomOp2 for RmsNorm {
         }
         let n = xl.shape().elem_count();
         let (x, w) = (&x[xl.start_offset()..][..n], &w[wl.start_offset()..][..h]);
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(h * NORM_ROWS).enumerate().for_each(|(c, block)| {
-            for (r, out_row) in block.chunks_mut(h).enumerate() {
-                let x_row = &x[(c * NORM_ROWS + r) * h..][..h];
-                let inv = inv_rms(x_row, self.eps);
-                for ((o, &xi), &wi) in out_row.iter_mut().zip(x_row).zip(w) {
-                    *o = xi * inv * wi;
-                }
-            }
-        });
+        let out = rms_norm_rows(x, w, self.eps);
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
-    /// With g = dy·w and s = Σ g·x over the row: dx = inv·g - x·inv³·s/h; dw = Σ over rows of
-    /// dy·x·inv.
     fn bwd(
         &self,
         x: &Tensor,
@@ -664,42 +715,71 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let h = weight.elem_count();
         let (xv, w, dy) = (host_f32(x)?, host_f32(weight)?, host_f32(grad_res)?);
-        let mut dx = vec![0f32; xv.len()];
-        let dw = dx
-            .par_chunks_mut(h * NORM_ROWS)
-            .enumerate()
-            .map(|(c, block)| {
-                let mut dw = vec![0f32; h];
-                for (r, dx_row) in block.chunks_mut(h).enumerate() {
-                    let at = (c * NORM_ROWS + r) * h;
-                    let (x_row, dy_row) = (&xv[at..at + h], &dy[at..at + h]);
-                    let inv = inv_rms(x_row, self.eps);
-                    let mut s = 0f32;
-                    for j in 0..h {
-                        s += dy_row[j] * w[j] * x_row[j];
-                        dw[j] += dy_row[j] * x_row[j] * inv;
-                    }
-                    let k = inv * inv * inv * s / h as f32;
-                    for j in 0..h {
-                        dx_row[j] = inv * dy_row[j] * w[j] - x_row[j] * k;
-                    }
-                }
-                dw
-            })
-            .reduce(
-                || vec![0f32; h],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        let (dx, dw) = rms_norm_rows_backward(&xv, &w, &dy, self.eps);
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
         ))
     }
+}
+
+/// RMSNorm of the rows of `x` (rows, h) scaled by `w` (h).
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let h = w.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(h * NORM_ROWS).enumerate().for_each(|(c, block)| {
+        for (r, out_row) in block.chunks_mut(h).enumerate() {
+            let x_row = &x[(c * NORM_ROWS + r) * h..][..h];
+            let inv = inv_rms(x_row, eps);
+            for ((o, &xi), &wi) in out_row.iter_mut().zip(x_row).zip(w) {
+                *o = xi * inv * wi;
+            }
+        }
+    });
+    out
+}
+
+/// Gradients of [`rms_norm_rows`] for the incoming gradient dy, with respect to x and w.
+/// With g = dy·w and s = Σ g·x over the row: dx = inv·g - x·inv³·s/h; dw = Σ over rows of
+/// dy·x·inv.
+pub(super) fn rms_norm_rows_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let h = w.len();
+    let mut dx = vec![0f32; x.len()];
+    let dw = dx
+        .par_chunks_mut(h * NORM_ROWS)
+        .enumerate()
+        .map(|(c, block)| {
+            let mut dw = vec![0f32; h];
+            for (r, dx_row) in block.chunks_mut(h).enumerate() {
+                let at = (c * NORM_ROWS + r) * h;
+                let (x_row, dy_row) = (&x[at..at + h], &dy[at..at + h]);
+                let inv = inv_rms(x_row, eps);
+                let mut s = 0f32;
+                for j in 0..h {
+                    s += dy_row[j] * w[j] * x_row[j];
+                    dw[j] += dy_row[j] * x_row[j] * inv;
+                }
+                let k = inv * inv * inv * s / h as f32;
+                for j in 0..h {
+                    dx_row[j] = inv * dy_row[j] * w[j] - x_row[j] * k;
+                }
+            }
+            dw
+        })
+        .reduce(
+            || vec![0f32; h],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    (dx, dw)
 }
 
 /// RMSNorm of float32 `x` (.., h) with float32 `weight` (h) on the CPU, differentiable in both.

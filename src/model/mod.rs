@@ -1,5 +1,6 @@
 //! The reward model: a Llama-family backbone plus a linear head read at the last non-pad token.
 
+pub mod backprop;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
@@ -299,6 +300,76 @@ impl RewardModel {
     /// Pooled, final-normed hidden states: (b, h).
     pub fn features(&self, batch: &Batch, pass: Pass) -> Result<Tensor> {
         decoder::pooled_features(&self.config, self.weights_for(pass), &self.rope, batch, pass)
+    }
+
+    /// Whether the CPU training engine ([`backprop`]) runs this model's training passes:
+    /// float32 weights on the CPU. Elsewhere training records candle's autograd graph.
+    pub fn engine_trains(&self) -> bool {
+        self.device.is_cpu() && self.dtype == ComputeDType::F32
+    }
+
+    /// The engine's forward pass from `input`: features (n, h) and the tape its backward reads.
+    pub fn engine_forward(
+        &self,
+        input: backprop::EngineInput,
+        pass: Pass,
+    ) -> Result<(Tensor, backprop::Tape)> {
+        let (features, tape) =
+            backprop::forward(&self.config, &self.inference_weights, &self.rope, input, pass)?;
+        Ok((backprop::features_tensor(features, self.config.hidden_size)?, tape))
+    }
+
+    /// A second view of `base`'s batch that shares its layers below `at` ([`backprop::branch`]).
+    pub fn engine_branch(
+        &self,
+        base: &backprop::Tape,
+        at: usize,
+        pass: Pass,
+    ) -> Result<(Tensor, backprop::Tape)> {
+        let (features, tape) =
+            backprop::branch(&self.config, &self.inference_weights, &self.rope, base, at, pass)?;
+        Ok((backprop::features_tensor(features, self.config.hidden_size)?, tape))
+    }
+
+    /// The engine's backward pass for a tape of this model's forward: the gradients of its
+    /// backbone parameters for `d_features` (n, h) added into `grads` (the embedding's only
+    /// when `embedding`), with a branch of the tape and its features' gradient joining in.
+    pub fn engine_backward(
+        &self,
+        tape: &backprop::Tape,
+        d_features: &Tensor,
+        embedding: bool,
+        grads: &mut backprop::Grads,
+        branch: Option<(&backprop::Tape, &Tensor)>,
+    ) -> Result<()> {
+        let d = crate::host::host_f32(d_features)?;
+        let db = branch.map(|(_, d)| crate::host::host_f32(d)).transpose()?;
+        let branch = branch.zip(db.as_deref()).map(|((t, _), d)| (t, d));
+        backprop::backward(
+            &self.config,
+            &self.inference_weights,
+            tape,
+            &d,
+            embedding,
+            grads,
+            branch,
+        )
+    }
+
+    /// The engine's input for token-id sequences: their embedding rows, or the frozen layers
+    /// below `first` run as one packed inference batch.
+    pub fn engine_input(&self, seqs: &[&[u32]], first: usize) -> Result<backprop::EngineInput> {
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let pool: Vec<usize> = seqs.iter().map(|s| self.pool_index(s)).collect();
+        let x = if first == 0 {
+            backprop::embed_rows(&self.inference_weights, &seqs.concat())?
+        } else {
+            let batch = self.make_packed_batch(seqs)?;
+            let x = self.hidden_before_layer(&batch, first, Pass::Inference)?;
+            x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+        };
+        let ids = (first == 0).then(|| seqs.concat());
+        Ok(backprop::EngineInput { first, x, lengths, pool, ids })
     }
 
     /// Adds a parameter the decoder does not read (e.g. SwAV prototypes), saved with the model.

@@ -163,4 +163,31 @@ impl HiddenCache {
             .collect::<Result<Vec<_>>>()?;
         Ok((Tensor::stack(&rows, 0)?, ids.iter().map(|&i| self.pool[i]).collect()))
     }
+
+    /// Refuses a run that starts at another layer than the one this cache enters.
+    pub(super) fn check_first(&self, first: usize) -> Result<()> {
+        if self.first != first {
+            return Err(Error::invalid(format!(
+                "cached hidden states enter layer {}, not layer {first}",
+                self.first
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sequences `ids` as the CPU training engine's input: rows one after another, no padding.
+    pub(super) fn engine_input(
+        &self,
+        ids: &[usize],
+    ) -> Result<crate::model::backprop::EngineInput> {
+        let mut x = Vec::new();
+        let mut lengths = Vec::with_capacity(ids.len());
+        for &i in ids {
+            let rows = crate::host::host_f32(&self.hidden[i])?;
+            lengths.push(self.hidden[i].dim(0)?);
+            x.extend_from_slice(&rows);
+        }
+        let pool = ids.iter().map(|&i| self.pool[i]).collect();
+        Ok(crate::model::backprop::EngineInput { first: self.first, x, lengths, pool, ids: None })
+    }
 }

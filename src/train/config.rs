@@ -78,6 +78,11 @@ pub struct TrainConfig {
     /// pull-style data-parallel flow (read it, all-reduce it, write it back, apply).
     #[serde(default)]
     pub defer_apply: bool,
+    /// MetaRM: measure J at the moved weights θ' with a forward pass over the policy batch
+    /// (about a quarter of a plain step more). Off, a meta step reports the first-order
+    /// prediction J(θ) + meta_lr·‖∇J‖², exact up to O(meta_lr²).
+    #[serde(default)]
+    pub measure_j_after: bool,
 }
 
 fn default_meta_lr() -> f64 {
@@ -104,6 +109,7 @@ impl Default for TrainConfig {
             meta_lr: default_meta_lr(),
             contrastive: None,
             defer_apply: false,
+            measure_j_after: false,
         }
     }
 }

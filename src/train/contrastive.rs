@@ -51,6 +51,12 @@ pub struct ContrastiveConfig {
     pub beta: f64,
     /// Dropout rate of the two views (the paper: 0.05).
     pub dropout: f32,
+    /// The top layers in which the two views differ. The layers below run once, with the
+    /// first view's masks, and both views share them: on the CPU engine the second view then
+    /// costs these layers only. `None`: every layer, two full forward passes (the paper's
+    /// description; also what a config saved before this option means).
+    #[serde(default)]
+    pub view_layers: Option<usize>,
 }
 
 /// The contrastive objective, before its settings.
@@ -66,6 +72,8 @@ pub struct ContrastiveOverrides {
     pub beta: Option<f64>,
     pub temperature: Option<f32>,
     pub dropout: Option<f32>,
+    /// 0: every layer.
+    pub view_layers: Option<usize>,
     pub prototypes: Option<usize>,
     pub sinkhorn_iterations: Option<usize>,
     pub epsilon: Option<f32>,
@@ -74,6 +82,8 @@ pub struct ContrastiveOverrides {
 impl ContrastiveConfig {
     /// Dropout of the two views (the paper: 0.05).
     pub const DEFAULT_DROPOUT: f32 = 0.05;
+    /// The top layers in which the two views differ by default (see `view_layers`).
+    pub const DEFAULT_VIEW_LAYERS: usize = 2;
 
     /// The paper's setting of `method` on `items`: SimCSE τ 0.05, β 1; SwAV τ 0.1, 3
     /// Sinkhorn iterations, ε 0.05, with K 50 and β 0.1 on pairs, K 20 and β 0.5 on differences
@@ -92,7 +102,13 @@ impl ContrastiveConfig {
                 if diff { 0.5 } else { 0.1 },
             ),
         };
-        ContrastiveConfig { kind, items, beta, dropout: Self::DEFAULT_DROPOUT }
+        ContrastiveConfig {
+            kind,
+            items,
+            beta,
+            dropout: Self::DEFAULT_DROPOUT,
+            view_layers: Some(Self::DEFAULT_VIEW_LAYERS),
+        }
     }
 
     /// The paper's SimCSE setting: pair items, β = 1, τ = 0.05.
@@ -131,6 +147,9 @@ impl ContrastiveConfig {
     pub fn with_overrides(mut self, o: &ContrastiveOverrides) -> Self {
         self.beta = o.beta.unwrap_or(self.beta);
         self.dropout = o.dropout.unwrap_or(self.dropout);
+        if let Some(k) = o.view_layers {
+            self.view_layers = (k > 0).then_some(k);
+        }
         match &mut self.kind {
             ContrastiveKind::SimCse { temperature } => {
                 *temperature = o.temperature.unwrap_or(*temperature)

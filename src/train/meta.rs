@@ -135,9 +135,12 @@ pub fn difference_loss_scalar(rewards: &[f32]) -> f64 {
 /// What one meta step did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetaStepStats {
-    /// J on the policy batch at the current weights, and after the ascent step.
+    /// J on the policy batch at the current weights, and after the ascent step: measured
+    /// when `j_after_measured` (`TrainConfig::measure_j_after`), else the first-order
+    /// prediction J(θ) + meta_lr·‖∇J‖².
     pub j_before: f64,
     pub j_after: f64,
+    pub j_after_measured: bool,
     /// Norm of ∇J.
     pub meta_grad_norm: f64,
     /// The preference step taken at the moved weights (loss and accuracy there).
@@ -201,6 +204,7 @@ impl Trainer {
         Ok(MetaStepStats {
             j_before: ascent.j_before,
             j_after: ascent.j_after,
+            j_after_measured: ascent.j_after_measured,
             meta_grad_norm: ascent.meta_grad_norm,
             step,
         })
@@ -214,15 +218,11 @@ impl Trainer {
         pass: Pass,
     ) -> Result<(Vec<Tensor>, f64)> {
         let first = self.first_trainable_layer();
-        let r = model.rewards_from_features(&policy.seqs.features(
-            model,
-            &policy.all(),
-            first,
-            pass,
-        )?)?;
+        let f = policy.seqs.train_features(model, &policy.all(), first, pass)?;
+        let r = model.rewards_from_features(&f.features)?;
         let j = difference_loss(&r, &remap(&policy.groups))?;
         let j_before = j.to_scalar::<f32>()? as f64;
-        Ok((self.grads_of(model, &j)?, j_before))
+        Ok((self.grads_of(model, &j, f.run.as_slice())?, j_before))
     }
 
     /// Step 2 of a meta step: θ' = θ + meta_lr ∇J in separate tensors (the weights scorers
@@ -254,16 +254,25 @@ impl Trainer {
             }
             moved_values.insert(name.to_string(), moved);
         }
-        let moved = model.with_overrides(&moved_values)?;
-        let first = self.first_trainable_layer();
-        let r_after = moved.rewards_from_features(&policy.seqs.features(
-            &moved,
-            &policy.all(),
-            first,
-            Pass::Inference,
-        )?)?;
-        let j_after = difference_loss(&r_after, &remap(&policy.groups))?.to_scalar::<f32>()? as f64;
-        Ok(Ascent { moved, j_before, j_after, meta_grad_norm })
+        let moved = crate::profile::phase("meta: moved model", model.device(), || {
+            model.with_overrides(&moved_values)
+        })?;
+        let measured = self.config().measure_j_after;
+        let j_after = if measured {
+            let first = self.first_trainable_layer();
+            let r_after = crate::profile::phase(
+                "meta: J after the ascent (inference)",
+                model.device(),
+                || {
+                    let f = policy.seqs.features(&moved, &policy.all(), first, Pass::Inference)?;
+                    moved.rewards_from_features(&f)
+                },
+            )?;
+            difference_loss(&r_after, &remap(&policy.groups))?.to_scalar::<f32>()? as f64
+        } else {
+            j_before + meta_lr * meta_grad_norm * meta_grad_norm
+        };
+        Ok(Ascent { moved, j_before, j_after, j_after_measured: measured, meta_grad_norm })
     }
 }
 
@@ -272,6 +281,7 @@ struct Ascent {
     moved: RewardModel,
     j_before: f64,
     j_after: f64,
+    j_after_measured: bool,
     meta_grad_norm: f64,
 }
 

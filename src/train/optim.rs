@@ -1,6 +1,6 @@
 //! AdamW with float32 master weights and state, learning-rate schedules, gradient clipping.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -285,7 +285,7 @@ impl AdamWStep {
 }
 
 /// [`AdamWStep`] in f32, for the CPU loops.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct AdamWKernel {
     b1: f32,
     b2: f32,
@@ -301,16 +301,128 @@ impl AdamWKernel {
     /// (θ, g, m, v) -> (θ', m', v') for one element.
     #[inline(always)]
     fn apply(&self, theta: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
-        let g = g * self.grad_scale;
-        let m = self.b1 * m + (1.0 - self.b1) * g;
-        let v = self.b2 * v + (1.0 - self.b2) * g * g;
-        (
-            theta * self.decay
-                - self.lr * ((m * self.inv_bias1) / ((v * self.inv_bias2).sqrt() + self.eps)),
-            m,
-            v,
-        )
+        let (m, v) = (self.first_moment(m, g), self.second_moment(v, g));
+        (self.theta(theta, m, v), m, v)
     }
+
+    #[inline(always)]
+    fn first_moment(&self, m: f32, g: f32) -> f32 {
+        self.b1 * m + (1.0 - self.b1) * (g * self.grad_scale)
+    }
+
+    #[inline(always)]
+    fn second_moment(&self, v: f32, g: f32) -> f32 {
+        let g = g * self.grad_scale;
+        self.b2 * v + (1.0 - self.b2) * g * g
+    }
+
+    /// θ' from θ and the updated moments.
+    #[inline(always)]
+    fn theta(&self, theta: f32, m: f32, v: f32) -> f32 {
+        theta * self.decay
+            - self.lr * ((m * self.inv_bias1) / ((v * self.inv_bias2).sqrt() + self.eps))
+    }
+}
+
+/// The three in-place passes of a CPU step (no parameter-sized temporaries): m and v from
+/// the gradient, then θ from m and v.
+#[derive(Clone, Copy)]
+enum InPlace {
+    FirstMoment(AdamWKernel),
+    SecondMoment(AdamWKernel),
+    Theta(AdamWKernel),
+}
+
+/// The float32 values a contiguous CPU storage holds under `layout`.
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("in-place AdamW: contiguous float32 expected"),
+    }
+}
+
+impl InPlace {
+    fn run(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        srcs: &[&[f32]],
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(d), Some((a, b))) = (dst, dst_l.contiguous_offsets()) else {
+            candle_core::bail!("in-place AdamW: contiguous float32 expected");
+        };
+        let dst = &mut d[a..b];
+        let wanted = if matches!(self, InPlace::Theta(_)) { 2 } else { 1 };
+        if srcs.len() != wanted || srcs.iter().any(|s| s.len() != dst.len()) {
+            candle_core::bail!("in-place AdamW: operands of different lengths");
+        }
+        const CHUNK: usize = 1 << 14;
+        dst.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+            let (at, len) = (c * CHUNK, out.len());
+            let src = |k: usize| &srcs[k][at..at + len];
+            match *self {
+                InPlace::FirstMoment(k) => {
+                    out.iter_mut().zip(src(0)).for_each(|(m, &g)| *m = k.first_moment(*m, g))
+                }
+                InPlace::SecondMoment(k) => {
+                    out.iter_mut().zip(src(0)).for_each(|(v, &g)| *v = k.second_moment(*v, g))
+                }
+                InPlace::Theta(k) => out
+                    .iter_mut()
+                    .zip(src(0).iter().zip(src(1)))
+                    .for_each(|(t, (&m, &v))| *t = k.theta(*t, m, v)),
+            }
+        });
+        Ok(())
+    }
+}
+
+impl InplaceOp2 for InPlace {
+    fn name(&self) -> &'static str {
+        "rewardkit-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> candle_core::Result<()> {
+        self.run(dst, dst_l, &[cpu_slice(src, src_l)?])
+    }
+}
+
+impl InplaceOp3 for InPlace {
+    fn name(&self) -> &'static str {
+        "rewardkit-adamw-theta"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        self.run(dst, dst_l, &[cpu_slice(m, m_l)?, cpu_slice(v, v_l)?])
+    }
+}
+
+/// One slot's part of a prepared step: new weights to write, or θ to update in place from
+/// moments already updated.
+#[derive(Debug)]
+enum SlotUpdate {
+    Value(Tensor),
+    InPlace(AdamWKernel),
+}
+
+/// A step computed by [`AdamW::prepare`], written by [`AdamW::commit`].
+#[derive(Debug)]
+pub struct PreparedStep {
+    updates: Vec<SlotUpdate>,
 }
 
 /// AdamW (decoupled weight decay, as torch.optim.AdamW). State and master weights are float32
@@ -328,13 +440,15 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                // Two allocations: the moments are updated in place, so they must not share one.
+                let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
                 let master = if var.dtype() == DType::F32 {
                     None
                 } else {
                     Some(var.as_tensor().to_dtype(DType::F32)?)
                 };
-                Ok(Slot { name, var, master, m: zeros.clone(), v: zeros })
+                let (m, v) = (zeros()?, zeros()?);
+                Ok(Slot { name, var, master, m, v })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW { cfg, slots, t: 0 })
@@ -419,13 +533,20 @@ impl AdamW {
         Ok(())
     }
 
-    /// Computes the updated weights for `grads · grad_scale` (aligned with the parameters; the
-    /// scale is gradient clipping's) at learning rate `lr`, advancing the moment estimates.
-    /// Returns the new weights in each variable's dtype; [`Self::commit`] writes them. Split in
-    /// two so that the caller can hold a write lock only for the commit. Each gradient is
-    /// dropped once used, and the scale is applied inside the update, so the peak memory is one
-    /// set of gradients, not two. A step that [`Self::check`] refuses changes nothing.
-    pub fn prepare(&mut self, grads: Vec<Tensor>, lr: f64, grad_scale: f64) -> Result<Vec<Tensor>> {
+    /// Computes the step for `grads · grad_scale` (aligned with the parameters; the scale is
+    /// gradient clipping's) at learning rate `lr`, advancing the moment estimates;
+    /// [`Self::commit`] writes the new weights. Split in two so that the caller can hold a
+    /// write lock only for the commit. A float32 CPU parameter is updated in place (its
+    /// moments here, its weights in the commit): no parameter-sized temporary. Otherwise the
+    /// new weights are computed here in each variable's dtype. Each gradient is dropped once
+    /// used, and the scale is applied inside the update. A step that [`Self::check`] refuses
+    /// changes nothing.
+    pub fn prepare(
+        &mut self,
+        grads: Vec<Tensor>,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<PreparedStep> {
         self.check(&grads, lr, grad_scale)?;
         let step = self.next_step(lr, grad_scale)?;
         self.t += 1;
@@ -433,6 +554,18 @@ impl AdamW {
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let g = g.to_dtype(DType::F32)?;
             let theta = Self::theta(slot);
+            let in_place = slot.master.is_none()
+                && theta.device().is_cpu()
+                && [&theta, &g, &slot.m, &slot.v]
+                    .iter()
+                    .all(|t| borrow_f32(t).is_some_and(|b| b.len() == theta.elem_count()));
+            if in_place {
+                let k = step.kernel();
+                slot.m.inplace_op2(&g, &InPlace::FirstMoment(k))?;
+                slot.v.inplace_op2(&g, &InPlace::SecondMoment(k))?;
+                out.push(SlotUpdate::InPlace(k));
+                continue;
+            }
             let (new, m, v) = match step.on_cpu(&theta, &g, &slot.m, &slot.v)? {
                 Some(updated) => updated,
                 None => step.with_tensor_ops(&theta, &g, &slot.m, &slot.v)?,
@@ -441,15 +574,20 @@ impl AdamW {
             if slot.master.is_some() {
                 slot.master = Some(new.clone());
             }
-            out.push(new.to_dtype(slot.var.dtype())?);
+            out.push(SlotUpdate::Value(new.to_dtype(slot.var.dtype())?));
         }
-        Ok(out)
+        Ok(PreparedStep { updates: out })
     }
 
-    /// Writes weights from [`Self::prepare`] into the variables, in place.
-    pub fn commit(&self, new_values: &[Tensor]) -> Result<()> {
-        for (slot, value) in self.slots.iter().zip(new_values) {
-            slot.var.set(value)?;
+    /// Writes the weights of a step from [`Self::prepare`] into the variables, in place.
+    pub fn commit(&self, step: &PreparedStep) -> Result<()> {
+        for (slot, update) in self.slots.iter().zip(&step.updates) {
+            match update {
+                SlotUpdate::Value(value) => slot.var.set(value)?,
+                SlotUpdate::InPlace(k) => {
+                    slot.var.as_tensor().inplace_op3(&slot.m, &slot.v, &InPlace::Theta(*k))?
+                }
+            }
         }
         Ok(())
     }
@@ -549,7 +687,9 @@ impl AdamW {
                         ),
                     ));
                 }
-                Ok(t.to_device(s.var.device())?)
+                // A copy: the optimizer updates its moments in place, so they must not share
+                // storage with the caller's tensors.
+                Ok(t.to_device(s.var.device())?.copy()?)
             };
             // f32 master copies exist only for low-precision weights; a state saved without
             // them (an f32 run) starts them from the loaded weights, as a new optimizer does.
@@ -624,7 +764,8 @@ mod tests {
         // A step count past 2^31 is fine (the bias correction no longer wraps).
         opt.t = 1 << 40;
         let new = opt.prepare(vec![g()], 0.1, 1.0).unwrap();
-        assert!(new[0].to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+        opt.commit(&new).unwrap();
+        assert!(var.as_tensor().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
     }
 
     #[test]
@@ -685,6 +826,35 @@ mod tests {
         // A strided view takes the tensor-op path.
         let strided = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap().t().unwrap();
         assert!(step.on_cpu(&strided, &strided, &strided, &strided).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_in_place_step_equals_the_computed_one() {
+        let mut rng = crate::rng::Rng::new(8);
+        let n = (1 << 14) + 5;
+        let mut values = |scale: f32| (0..n).map(|_| scale * (rng.next_f32() - 0.4)).collect();
+        let (theta0, g1, g2): (Vec<f32>, Vec<f32>, Vec<f32>) =
+            (values(1.0), values(0.1), values(0.3));
+        let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() };
+        let var = Var::from_vec(theta0.clone(), n, &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
+        let (mut theta, mut m, mut v) = (theta0, vec![0f32; n], vec![0f32; n]);
+        for (g, scale) in [(g1, 1.0), (g2, 0.5)] {
+            let step = opt.next_step(1e-2, scale).unwrap();
+            let prepared = opt
+                .prepare(vec![Tensor::from_vec(g.clone(), n, &Device::Cpu).unwrap()], 1e-2, scale)
+                .unwrap();
+            assert!(matches!(prepared.updates[0], SlotUpdate::InPlace(_)));
+            opt.commit(&prepared).unwrap();
+            let k = step.kernel();
+            for j in 0..n {
+                (theta[j], m[j], v[j]) = k.apply(theta[j], g[j], m[j], v[j]);
+            }
+        }
+        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), theta);
+        let state: Vec<Vec<f32>> =
+            opt.state_tensors().into_iter().map(|(_, t)| t.to_vec1::<f32>().unwrap()).collect();
+        assert!(state.contains(&m) && state.contains(&v));
     }
 
     #[test]

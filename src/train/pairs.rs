@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use super::cache::HiddenCache;
 use super::parallel::Shard;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::handle::batch::plan_batches;
 use crate::handle::SharedModel;
 use crate::model::{Pass, RewardModel};
@@ -83,16 +83,49 @@ impl SeqSource {
                 model.features_from(x, first, &batch.pool_index, pass)
             }
             SeqSource::Cached(cache) => {
-                if cache.first != first {
-                    return Err(Error::invalid(format!(
-                        "cached hidden states enter layer {}, not layer {first}",
-                        cache.first
-                    )));
-                }
+                cache.check_first(first)?;
                 let (x, pool) = cache.batch(idx)?;
                 model.features_from(x, first, &pool, pass)
             }
         }
+    }
+
+    /// Features (n, h) of sequences `idx` for a training pass, through the CPU engine
+    /// ([`crate::model::backprop`]) where it runs the model (its tape then comes along for the
+    /// backward pass), else through candle's autograd (as [`Self::features`]).
+    pub fn train_features(
+        &self,
+        model: &RewardModel,
+        idx: &[usize],
+        first: usize,
+        pass: Pass,
+    ) -> Result<TrainFeatures> {
+        let engine = model.engine_trains()
+            && first < model.config().num_hidden_layers
+            && matches!(pass, Pass::Train { .. });
+        if !engine {
+            return Ok(TrainFeatures {
+                features: self.features(model, idx, first, pass)?,
+                run: None,
+            });
+        }
+        let input = match self {
+            SeqSource::Ids(all) => {
+                let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
+                model.engine_input(&seqs, first)?
+            }
+            SeqSource::Cached(cache) => {
+                cache.check_first(first)?;
+                cache.engine_input(idx)?
+            }
+        };
+        // Timed phase by phase inside the engine (`engine forward: ...`).
+        let (features, tape) = model.engine_forward(input, pass)?;
+        let var = candle_core::Var::from_tensor(&features)?;
+        Ok(TrainFeatures {
+            features: var.as_tensor().clone(),
+            run: Some(EngineRun { var, tape, branch: None }),
+        })
     }
 
     /// The length a batch planner sees for sequence `i`: its tokens, or its cached rows.
@@ -152,6 +185,23 @@ impl SeqSource {
     }
 }
 
+/// Features for a training pass, and how their gradient reaches the backbone.
+pub struct TrainFeatures {
+    /// (n, h)
+    pub features: Tensor,
+    /// Set when the CPU engine computed the features: they are then a leaf of candle's graph,
+    /// and the engine's backward takes their gradient on to the backbone.
+    pub run: Option<EngineRun>,
+}
+
+/// One forward pass of the CPU engine: the leaf the loss reads, and the engine's tape; with a
+/// second view that branched off it (a contrastive term's), whose backward joins this one's.
+pub struct EngineRun {
+    pub var: candle_core::Var,
+    pub tape: crate::model::backprop::Tape,
+    pub branch: Option<(candle_core::Var, crate::model::backprop::Tape)>,
+}
+
 /// Every head's reward on each of a set's pairs: `[pair][head]`.
 pub type HeadScores = Vec<Vec<f32>>;
 
@@ -206,12 +256,23 @@ impl PairSet {
         first: usize,
         pass: Pass,
     ) -> Result<Tensor> {
-        let seqs: Vec<usize> = idx
-            .iter()
-            .map(|&i| self.pairs[i].0)
-            .chain(idx.iter().map(|&i| self.pairs[i].1))
-            .collect();
-        self.seqs.features(model, &seqs, first, pass)
+        self.seqs.features(model, &self.sides_of(idx), first, pass)
+    }
+
+    /// [`Self::features`] for a training pass ([`SeqSource::train_features`]).
+    pub fn train_features(
+        &self,
+        model: &RewardModel,
+        idx: &[usize],
+        first: usize,
+        pass: Pass,
+    ) -> Result<TrainFeatures> {
+        self.seqs.train_features(model, &self.sides_of(idx), first, pass)
+    }
+
+    /// Sequence indices of pairs `idx`: chosen sides, then rejected sides.
+    fn sides_of(&self, idx: &[usize]) -> Vec<usize> {
+        idx.iter().map(|&i| self.pairs[i].0).chain(idx.iter().map(|&i| self.pairs[i].1)).collect()
     }
 
     /// The layer inference on this set starts at.

@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 use super::config::{first_trainable_layer, is_trainable, TrainConfig};
 use super::loss::{preference_loss, PairTreatment};
 use super::optim::{global_norm, AdamW};
-use super::pairs::{check_pairs, PairIds, PairLabels, PairSet};
+use super::pairs::{check_pairs, EngineRun, PairIds, PairLabels, PairSet};
 use super::parallel::{DataParallel, SyncPoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::eval::metrics::PairMetrics;
 use crate::handle::SharedModel;
+use crate::model::backprop::Grads;
 use crate::model::{Pass, RewardModel};
 
 fn no_pending() -> Error {
@@ -352,10 +353,30 @@ impl Trainer {
             }
             _ => pass,
         };
-        let features = set.features(model, idx, first, view_pass(0))?;
+        let mut runs = Vec::new();
+        let mut first_view = set.train_features(model, idx, first, view_pass(0))?;
+        let features = first_view.features;
         let cl_loss = match contrastive {
             Some(c) => {
-                let second = set.features(model, idx, first, view_pass(0xA5A5_5A5A))?;
+                let n_layers = model.config().num_hidden_layers;
+                let second = match (first_view.run.as_mut(), c.view_layers) {
+                    // The views share the layers below the top `k`: the engine reuses their
+                    // activations and runs only the top again with the second view's masks.
+                    (Some(run), Some(k)) if n_layers.saturating_sub(k) > first => {
+                        let at = n_layers - k;
+                        let (f, tape) =
+                            model.engine_branch(&run.tape, at, view_pass(0xA5A5_5A5A))?;
+                        let var = candle_core::Var::from_tensor(&f)?;
+                        let features = var.as_tensor().clone();
+                        run.branch = Some((var, tape));
+                        features
+                    }
+                    _ => {
+                        let f = set.train_features(model, idx, first, view_pass(0xA5A5_5A5A))?;
+                        runs.extend(f.run);
+                        f.features
+                    }
+                };
                 let prototypes = model.params().get(crate::train::contrastive::PROTOTYPES).ok();
                 Some(
                     (crate::train::contrastive::contrastive_loss(
@@ -365,6 +386,7 @@ impl Trainer {
             }
             None => None,
         };
+        runs.extend(first_view.run);
         let heads = model.head_rewards_from_features(&features)?; // (2n, heads)
                                                                   // A shared-backbone ensemble trains every head on its own loss.
         let (rc, rr) = (heads.narrow(0, 0, n)?, heads.narrow(0, n, n)?);
@@ -389,21 +411,47 @@ impl Trainer {
                 format!("loss is {value}; weights left unchanged"),
             ));
         }
-        let grads = self.grads_of(model, &(&loss / self.cfg.grad_accum as f64)?)?;
+        let grads = self.grads_of(model, &(&loss / self.cfg.grad_accum as f64)?, &runs)?;
         let margins: Vec<f32> = (rc.mean(1)? - rr.mean(1)?)?.to_vec1()?;
         Ok(PreferenceGrads { grads, loss: value, metrics: PairMetrics::from_margins(&margins) })
     }
 
     /// d(objective)/d(trained parameters of `model`), float32, aligned with the optimizer; a
-    /// parameter the objective does not reach gets zeros.
-    pub(super) fn grads_of(&self, model: &RewardModel, objective: &Tensor) -> Result<Vec<Tensor>> {
+    /// parameter the objective does not reach gets zeros. candle's autograd runs from the
+    /// objective to its leaves; the features of each engine run in `runs` are such a leaf, and
+    /// the engine's backward takes their gradient on through the backbone.
+    pub(super) fn grads_of(
+        &self,
+        model: &RewardModel,
+        objective: &Tensor,
+        runs: &[EngineRun],
+    ) -> Result<Vec<Tensor>> {
         let device = objective.device();
-        let mut grads = crate::profile::phase("backward", device, || Ok(objective.backward()?))?;
+        let mut grads =
+            crate::profile::phase("backward (loss)", device, || Ok(objective.backward()?))?;
+        let mut engine = Grads::default();
+        // Timed phase by phase inside the engine (`engine backward: ...`).
+        for run in runs {
+            let zeros = || Tensor::zeros(run.var.shape(), DType::F32, run.var.device());
+            let d = grads.remove(run.var.as_tensor()).map_or_else(zeros, Ok)?;
+            let branch = match &run.branch {
+                Some((var, tape)) => {
+                    let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
+                    Some((tape, grads.remove(var.as_tensor()).map_or_else(zeros, Ok)?))
+                }
+                None => None,
+            };
+            let branch = branch.as_ref().map(|(t, d)| (*t, d));
+            model.engine_backward(&run.tape, &d, true, &mut engine, branch)?;
+        }
         crate::profile::phase("gradients to f32", device, || {
             self.optimizer
                 .names()
                 .map(|name| {
                     let p = model.params().get(name)?;
+                    if let Some(g) = engine.take(name) {
+                        return Ok(Tensor::from_vec(g, p.shape(), p.device())?);
+                    }
                     // Removed, not borrowed: each low-precision gradient is freed once converted.
                     Ok(match grads.remove(p) {
                         Some(g) => g.to_dtype(DType::F32)?,
@@ -554,7 +602,7 @@ impl Trainer {
         let (optimizer, max_norm) = (&mut self.optimizer, self.cfg.max_grad_norm);
         let device = grads.first().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
         let (norm, new_values) = crate::profile::phase("optimizer (clip, AdamW)", &device, || {
-            self.model.install(|| -> Result<(f64, Vec<Tensor>)> {
+            self.model.install(|| -> Result<(f64, super::optim::PreparedStep)> {
                 let norm = global_norm(&grads)?;
                 if !norm.is_finite() {
                     return Err(Error::new(

@@ -184,7 +184,20 @@ fn train_vote_eval_and_meta_train_run_end_to_end() {
         ],
     ]
     .concat());
-    assert_eq!(meta.lines().count(), 3, "{meta}");
+    let rounds = |out: &str| {
+        out.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).count()
+    };
+    assert_eq!(rounds(&meta), 2, "{meta}");
+    assert!(meta.contains("J after*") && meta.contains("first-order prediction"), "{meta}");
+    let measured = ok(&[
+        &["meta-train"],
+        &base[..],
+        &["--policy", policy.to_str().unwrap(), "--rounds", "1", "--steps-per-round", "1"],
+        &["--trainable", "top:1", "--meta-lr", "0.1", "--measure-j-after"],
+    ]
+    .concat());
+    assert_eq!(rounds(&measured), 1, "{measured}");
+    assert!(!measured.contains("J after*"), "{measured}");
 }
 
 #[test]
@@ -231,7 +244,18 @@ fn benchmarks_print_where_the_time_went() {
         .unwrap();
     for (out, phases) in [
         (score, vec!["embed", "attention core", "mlp gate/up projections", "qkv projections"]),
-        (train, vec!["backward", "optimizer (clip, AdamW)", "attention core"]),
+        (
+            train,
+            vec![
+                "engine forward: projections (GEMM)",
+                "engine forward: attention",
+                "engine backward: projections (GEMM)",
+                "engine backward: weight gradients (GEMM)",
+                "engine backward: attention",
+                "engine: norms, rope, SwiGLU, dropout, residuals",
+                "optimizer (clip, AdamW)",
+            ],
+        ),
     ] {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));

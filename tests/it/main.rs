@@ -5,6 +5,7 @@
 
 mod common;
 
+mod backprop;
 mod bindings;
 mod c_examples;
 mod cli;

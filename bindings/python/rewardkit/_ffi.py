@@ -93,6 +93,8 @@ class TrainerParams(ctypes.Structure):
         ("sinkhorn_epsilon", c_float),
         ("flip_fraction", c_float),
         ("defer_apply", c_uint8),
+        ("contrastive_view_layers", c_uint32),
+        ("measure_j_after", c_uint8),
     ]
 
 
@@ -121,6 +123,7 @@ class MetaStepStats(ctypes.Structure):
         ("applied", c_uint8),
         ("pending", c_uint8),
         ("local_grad_norm", c_double),
+        ("j_after_measured", c_uint8),
     ]
 
 

@@ -287,6 +287,10 @@ pub struct TrainArgs {
     /// Dropout of the two contrastive views.
     #[arg(long, default_value_t = ContrastiveConfig::DEFAULT_DROPOUT)]
     pub contrastive_dropout: f32,
+    /// The top layers in which the two contrastive views differ; the layers below run once
+    /// and both views share them. 0 = every layer (two full forward passes).
+    #[arg(long, default_value_t = ContrastiveConfig::DEFAULT_VIEW_LAYERS)]
+    pub contrastive_view_layers: usize,
     /// Override the number of SwAV prototypes.
     #[arg(long)]
     pub swav_prototypes: Option<usize>,
@@ -325,6 +329,7 @@ impl TrainArgs {
             prototypes: self.swav_prototypes,
             sinkhorn_iterations: self.sinkhorn_iterations,
             epsilon: self.sinkhorn_epsilon,
+            view_layers: Some(self.contrastive_view_layers),
         };
         Ok(ContrastiveConfig::from_name(&self.contrastive)?.map(|c| c.with_overrides(&overrides)))
     }
@@ -354,6 +359,7 @@ impl TrainArgs {
             meta_lr: self.meta_lr,
             contrastive: self.contrastive()?,
             defer_apply: false,
+            measure_j_after: false,
         })
     }
 

@@ -143,6 +143,7 @@ pub fn bench_train(
     steps: usize,
     trainable: Trainable,
     allreduce_overhead: bool,
+    compare_steps: bool,
     dump_ids: Option<&Path>,
     as_json: bool,
     profile: bool,
@@ -164,12 +165,7 @@ pub fn bench_train(
     let set = PairSet::from_ids(ids);
     // The defaults, with a learning rate small enough that the weights barely move between
     // the timed steps.
-    let cfg = TrainConfig {
-        optimizer: AdamWConfig { lr: 1e-7, ..Default::default() },
-        trainable,
-        ..Default::default()
-    };
-    let mut trainer = Trainer::new(model.clone(), cfg)?;
+    let mut trainer = Trainer::new(model.clone(), cfg_base(trainable))?;
     let batches: Vec<Vec<usize>> = (0..=steps)
         .map(|s| (0..batch_pairs).map(|i| (s * batch_pairs + i) % pairs.len()).collect())
         .collect();
@@ -214,8 +210,14 @@ pub fn bench_train(
             "pairs_per_s": (steps * batch_pairs) as f64 / total, "tokens_per_s": tokens as f64 / total})
         );
     }
+    print_memory(&model, &trainer, &set, &batches)?;
     if allreduce_overhead {
         print_allreduce_overhead(&mut trainer, &set, &batches[1..], &t)?;
+    }
+    if compare_steps {
+        drop(trainer);
+        print_step_kinds(&model, cfg_base(trainable), &set, &batches, &t)?;
+        return Ok(());
     }
     if profile {
         print_profile("steps", tokens, || {
@@ -224,6 +226,171 @@ pub fn bench_train(
             }
             Ok(())
         })?;
+    }
+    Ok(())
+}
+
+/// The memory a step needs against what the process used: weights, gradients and AdamW state
+/// of the trained parameters, and the activations the CPU engine keeps for the backward pass
+/// of the largest batch (its tape), against the peak resident set (VmHWM).
+fn print_memory(
+    model: &rewardkit::handle::SharedModel,
+    trainer: &Trainer,
+    set: &PairSet,
+    batches: &[Vec<usize>],
+) -> Result<()> {
+    let m = model.read()?;
+    let weights: usize =
+        m.params().iter().map(|(_, v)| v.elem_count() * v.dtype().size_in_bytes()).sum();
+    let trained = 4 * trainer.trained_len();
+    // Master copies exist for low-precision weights only.
+    let master = if m.dtype() == rewardkit::model::ComputeDType::F32 { 0 } else { trained };
+    let rewardkit::train::SeqSource::Ids(seqs) = &set.seqs else { return Ok(()) };
+    let mut tape = 0;
+    if m.engine_trains() {
+        let first = trainer.first_trainable_layer();
+        if first < m.config().num_hidden_layers {
+            for b in batches {
+                let rows: Vec<&[u32]> = b
+                    .iter()
+                    .flat_map(|&i| [set.pairs[i].0, set.pairs[i].1])
+                    .map(|s| seqs[s].as_slice())
+                    .collect();
+                let input = m.engine_input(&rows, first)?;
+                let pass = rewardkit::model::Pass::Train { dropout: 0.0, dropout_seed: 0 };
+                tape = tape.max(model.install(|| m.engine_forward(input, pass))?.1.bytes());
+            }
+        }
+    }
+    let need = weights + trained + 2 * trained + master + tape;
+    let mb = |b: usize| b as f64 / 1e6;
+    println!("\n  memory of a step (MB)");
+    println!("  | weights | gradients | AdamW m, v (+ master) | activations (largest tape) | sum | peak RSS | peak / sum |");
+    println!("  |---|---|---|---|---|---|---|");
+    match peak_rss() {
+        Some(peak) => println!(
+            "  | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+            mb(weights),
+            mb(trained),
+            mb(2 * trained + master),
+            mb(tape),
+            mb(need),
+            mb(peak),
+            peak as f64 / need as f64
+        ),
+        None => println!("  (no /proc/self/status here: peak RSS unknown)"),
+    }
+    Ok(())
+}
+
+/// The process's peak resident set in bytes (Linux: VmHWM).
+fn peak_rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The benchmark's training settings: the defaults, with a learning rate small enough that the
+/// weights barely move between the timed steps.
+fn cfg_base(trainable: Trainable) -> TrainConfig {
+    TrainConfig {
+        optimizer: AdamWConfig { lr: 1e-7, ..Default::default() },
+        trainable,
+        ..Default::default()
+    }
+}
+
+/// A plain step, a MetaRM step and the contrastive steps (SimCSE, SwAV) on the same batches,
+/// each kind after a warm-up step of its own, with the median of each and its ratio to the
+/// plain step. MetaRM's policy batch holds as many tokens as the preference batch: the
+/// batch's own chosen and rejected responses, one group of two per prompt.
+fn print_step_kinds(
+    model: &Arc<rewardkit::handle::SharedModel>,
+    base: TrainConfig,
+    set: &PairSet,
+    batches: &[Vec<usize>],
+    treatments: &[rewardkit::train::loss::PairTreatment],
+) -> Result<()> {
+    use rewardkit::train::contrastive::ContrastiveConfig;
+    use rewardkit::train::meta::PolicyBatch;
+    let rewardkit::train::SeqSource::Ids(seqs) = &set.seqs else {
+        return Err(Error::invalid("step comparison needs token ids"));
+    };
+    let policy_for = |b: &[usize]| -> Result<PolicyBatch> {
+        let groups = b
+            .iter()
+            .map(|&i| set.pairs[i])
+            .map(|(c, r)| vec![seqs[c].clone(), seqs[r].clone()])
+            .collect();
+        PolicyBatch::from_ids(groups)
+    };
+    // Plain steps run first and again last (their times pooled), so that a drift of the
+    // machine over the run does not favour the kinds in between.
+    let kinds: [(&str, TrainConfig, bool); 5] = [
+        ("plain (Bradley-Terry)", base.clone(), false),
+        ("MetaRM (ascent + step)", base.clone(), true),
+        (
+            "SimCSE",
+            TrainConfig { contrastive: Some(ContrastiveConfig::simcse()), ..base.clone() },
+            false,
+        ),
+        (
+            "SwAV",
+            TrainConfig { contrastive: Some(ContrastiveConfig::swav()), ..base.clone() },
+            false,
+        ),
+        ("plain (Bradley-Terry)", base.clone(), false),
+    ];
+    let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut profiles = Vec::new();
+    for (name, cfg, meta) in kinds {
+        let mut trainer = Trainer::new(model.clone(), cfg)?;
+        let mut times = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            // Phases are timed from the first timed step on (on the CPU this adds no
+            // synchronisation, so the step times stay comparable).
+            rewardkit::profile::reset();
+            rewardkit::profile::set_enabled(i > 0);
+            let started = Instant::now();
+            if meta {
+                trainer.meta_step(set, b, treatments, &policy_for(b)?)?;
+            } else {
+                trainer.step(set, b, treatments)?;
+            }
+            model.read()?.device().synchronize()?;
+            if i > 0 {
+                times.push(started.elapsed().as_secs_f64()); // the first is the warm-up
+            }
+        }
+        rewardkit::profile::set_enabled(false);
+        profiles.push((name, rewardkit::profile::report()));
+        drop(trainer);
+        // SwAV's prototypes stay with the model; remove them so the next kind starts clean.
+        model.write()?.remove_param(rewardkit::train::contrastive::PROTOTYPES);
+        match rows.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, earlier)) => earlier.extend(times),
+            None => rows.push((name, times)),
+        }
+    }
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let rows: Vec<(&str, f64)> = rows.into_iter().map(|(n, mut t)| (n, median(&mut t))).collect();
+    let plain = rows[0].1;
+    println!(
+        "\n  step kinds, {} timed steps each after a warm-up (plain: twice, first and last)",
+        batches.len() - 1
+    );
+    println!("  | step | median s | vs plain |");
+    println!("  |---|---|---|");
+    for (name, s) in rows {
+        println!("  | {name} | {s:.3} | {:.2}x |", s / plain);
+    }
+    for (name, report) in profiles.into_iter().take(4) {
+        println!("\n  where the time of the last {name} step went\n");
+        print!("{report}");
     }
     Ok(())
 }

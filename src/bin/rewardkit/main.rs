@@ -105,6 +105,11 @@ enum Command {
         /// flattening, the hand-over, the finite check, splitting), with a side-by-side table.
         #[arg(long)]
         allreduce_overhead: bool,
+        /// After the timed steps, a plain step, a MetaRM step (policy batch as large as the
+        /// preference batch) and the contrastive steps (SimCSE, SwAV) on the same batches,
+        /// with each one's median and its ratio to the plain step.
+        #[arg(long)]
+        compare_steps: bool,
     },
     /// Print a model's configuration summary as JSON.
     Info {
@@ -212,6 +217,10 @@ enum Command {
         /// Policy prompts per meta step (0: all).
         #[arg(long, default_value_t = MetaFitOptions::default().policy_prompts)]
         policy_prompts: usize,
+        /// Measure J after each ascent with a forward pass over the policy batch (about a
+        /// quarter of a plain step more) instead of its first-order prediction.
+        #[arg(long)]
+        measure_j_after: bool,
     },
     /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face checkpoint directory.
     ImportGguf {
@@ -285,6 +294,7 @@ fn main() {
             json,
             profile,
             allreduce_overhead,
+            compare_steps,
         } => bench::bench_train(
             &model,
             &input,
@@ -293,6 +303,7 @@ fn main() {
             steps,
             trainable,
             allreduce_overhead,
+            compare_steps,
             dump_ids.as_deref(),
             json,
             profile,
@@ -341,6 +352,7 @@ fn main() {
             rounds,
             steps_per_round,
             policy_prompts,
+            measure_j_after,
         } => {
             let opts = MetaFitOptions {
                 rounds,
@@ -348,7 +360,7 @@ fn main() {
                 policy_prompts,
                 ..MetaFitOptions::default()
             };
-            meta::meta_train(&model, &data, &train, &policy, &opts)
+            meta::meta_train(&model, &data, &train, &policy, &opts, measure_j_after)
         }
     };
     if let Err(e) = result {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rewardkit::io::data::read_policy;
 use rewardkit::train::meta::{fit, MetaFitOptions, PolicyBatch};
-use rewardkit::train::{first_trainable_layer, HiddenCache, SeqSource, Trainer};
+use rewardkit::train::{first_trainable_layer, HiddenCache, SeqSource, TrainConfig, Trainer};
 use rewardkit::Result;
 
 use crate::args::{DataArgs, ModelArgs, TrainArgs};
@@ -17,13 +17,14 @@ pub fn meta_train(
     targs: &TrainArgs,
     policy_path: &Path,
     opts: &MetaFitOptions,
+    measure_j_after: bool,
 ) -> Result<()> {
     let model = Arc::new(match &targs.resume {
         Some(dir) => margs.rt.load(dir)?,
         None => margs.load()?,
     });
     let (train_pairs, eval_pairs) = data.load()?;
-    let cfg = targs.config(train_pairs.len())?;
+    let cfg = TrainConfig { measure_j_after, ..targs.config(train_pairs.len())? };
     let first = first_trainable_layer(cfg.trainable, model.info()?.num_layers);
     let train_set = prepare(&model, &train_pairs, first, !targs.no_cache, "train")?;
     let eval_set = if eval_pairs.is_empty() {
@@ -58,7 +59,7 @@ pub fn meta_train(
         "{:>5} {:>10} {:>10} {:>10} {:>9} {:>12} {:>10} {:>12} {:>8}",
         "round",
         "J before",
-        "J after",
+        if measure_j_after { "J after" } else { "J after*" },
         "pref loss",
         "pref acc",
         "held-out acc",
@@ -66,6 +67,9 @@ pub fn meta_train(
         "reward std",
         "seconds"
     );
+    if !measure_j_after {
+        println!("(* J after: the first-order prediction J + meta_lr·|∇J|²; --measure-j-after measures it)");
+    }
     fit(&mut trainer, &train_set, &treatments, &policy, eval_set.as_ref(), &opts, |r| {
         let held = r.held_out.map_or("-".to_string(), |m| format!("{:.4}", m.accuracy));
         println!(

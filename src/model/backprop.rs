@@ -1,0 +1,859 @@
+//! The CPU training engine: the decoder's forward and backward pass written out op by op, in
+//! float32 (llm.c's approach). The forward keeps what the backward needs (a [`Tape`]), the
+//! backward adds each parameter's gradient into one preallocated buffer per parameter
+//! ([`Grads`]), and every projection is one GEMM on the model's thread pool. Nothing records a
+//! graph: candle's autograd, which starts each gradient as a zero tensor and adds per graph
+//! node, remains the reference the tests compare against (and the path for other devices and
+//! dtypes).
+//!
+//! Layout: the sequences of a batch are rows one after another, (rows, h), without padding;
+//! attention stays inside each sequence and rotary positions restart at each, as in a packed
+//! inference batch. The last layer runs only where the reward is read: keys and values for
+//! every row, everything else for one row per sequence.
+//!
+//! Shapes in comments: T = rows, n = sequences, h = hidden, i = intermediate, nh / nkv =
+//! query / key-value heads, d = head dim.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use super::config::ModelConfig;
+use super::decoder::{dropout_mask, names, DecoderWeights, LayerWeights, Linear, Pass, Rope};
+use super::fused::{self, CausalAttention, Mat};
+use crate::error::{Error, Result};
+use crate::host::{host_f32, HostF32};
+use crate::profile::host_phase;
+
+/// Where the engine's forward pass starts: hidden states entering layer `first`.
+pub struct EngineInput {
+    pub first: usize,
+    /// (T, h) row-major: the sequences one after another.
+    pub x: Vec<f32>,
+    /// Rows per sequence, in order (they sum to T).
+    pub lengths: Vec<usize>,
+    /// Per sequence: the row within the sequence the reward is read at.
+    pub pool: Vec<usize>,
+    /// The token id of every row when `first == 0`: the embedding's gradient lands by them.
+    pub ids: Option<Vec<u32>>,
+}
+
+/// What the backward pass needs from one forward pass.
+pub struct Tape {
+    first: usize,
+    pass: Pass,
+    rows: usize,
+    /// Per row: the first row of its sequence, and its position within the sequence.
+    seq_start: Arc<[u32]>,
+    positions: Vec<u32>,
+    /// Per sequence: the absolute row the reward is read at.
+    pool: Vec<usize>,
+    /// The input's sequence lengths and pooled rows within each (for a branch).
+    lengths: Vec<usize>,
+    pool_within: Vec<usize>,
+    ids: Option<Vec<u32>>,
+    /// Layers `first..`; the last one with `query_rows`.
+    layers: Vec<LayerTape>,
+    /// (n, h): the last layer's output at the pooled rows, before the final norm.
+    top: Vec<f32>,
+    /// Rotary tables (positions, d/2) covering every position of the batch.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Tape {
+    /// Bytes of activations this tape keeps for the backward pass.
+    pub fn bytes(&self) -> usize {
+        let per_layer = |l: &LayerTape| {
+            [&l.x, &l.xn1, &l.q, &l.k, &l.v, &l.att, &l.x_mid, &l.xn2, &l.gate, &l.up, &l.act]
+                .iter()
+                .map(|v| v.len())
+                .sum::<usize>()
+        };
+        let floats = self.layers.iter().map(per_layer).sum::<usize>()
+            + self.top.len()
+            + self.cos.len()
+            + self.sin.len();
+        4 * floats + 4 * (self.seq_start.len() + self.positions.len())
+    }
+}
+
+/// One layer's saved activations. Rows marked Tq are all T rows, or one per sequence in the
+/// last layer.
+struct LayerTape {
+    /// (T, h) the layer's input, and its normed copy.
+    x: Vec<f32>,
+    xn1: Vec<f32>,
+    /// (Tq, nh*d), (T, nkv*d), (T, nkv*d): after rotation.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// (Tq, nh*d) attention output, before the o projection.
+    att: Vec<f32>,
+    /// (Tq, h) the residual stream after attention, and its normed copy.
+    x_mid: Vec<f32>,
+    xn2: Vec<f32>,
+    /// (Tq, i)
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Gradients by parameter name (float32, shaped like the parameter, row-major), each in one
+/// buffer allocated on first use; backward passes add into them.
+#[derive(Default)]
+pub struct Grads {
+    by_name: HashMap<String, Vec<f32>>,
+}
+
+impl Grads {
+    fn slot(&mut self, name: &str, len: usize) -> &mut [f32] {
+        let v = self.by_name.entry(name.to_string()).or_insert_with(|| vec![0f32; len]);
+        debug_assert_eq!(v.len(), len);
+        v
+    }
+
+    /// Removes and returns the gradient of `name`, if a backward pass reached it.
+    pub fn take(&mut self, name: &str) -> Option<Vec<f32>> {
+        self.by_name.remove(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
+
+/// A projection's weights as host slices: W (out, in), b (out).
+struct LinearView<'a> {
+    w: HostF32<'a>,
+    b: Option<HostF32<'a>>,
+    out: usize,
+    inp: usize,
+}
+
+impl<'a> LinearView<'a> {
+    fn new(l: &'a Linear) -> Result<Self> {
+        let (out, inp) = l.weight.dims2()?;
+        Ok(LinearView {
+            w: host_f32(&l.weight)?,
+            b: l.bias.as_ref().map(host_f32).transpose()?,
+            out,
+            inp,
+        })
+    }
+
+    /// y (rows, out) = x (rows, in) W^T + b.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        host_phase("engine forward: projections (GEMM)", || self.forward_untimed(x, rows))
+    }
+
+    fn forward_untimed(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * self.out];
+        // W^T: W's rows read as columns.
+        matmul(
+            &mut y,
+            rows,
+            self.out,
+            self.inp,
+            rows_of(x, self.inp),
+            rows_of(&self.w, self.inp).t(),
+            false,
+        );
+        if let Some(b) = &self.b {
+            y.par_chunks_mut(self.out)
+                .for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
+        }
+        y
+    }
+
+    /// dx (rows, in) [+]= dy (rows, out) W.
+    fn backward_input(&self, dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
+        host_phase("engine backward: projections (GEMM)", || {
+            self.backward_input_untimed(dy, rows, dx, accumulate)
+        })
+    }
+
+    fn backward_input_untimed(&self, dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
+        matmul(
+            dx,
+            rows,
+            self.inp,
+            self.out,
+            rows_of(dy, self.out),
+            rows_of(&self.w, self.inp),
+            accumulate,
+        );
+    }
+
+    /// dW += dy^T x, db += Σ_rows dy, into the gradients of projection `name`.
+    fn backward_params(&self, name: &str, dy: &[f32], x: &[f32], rows: usize, grads: &mut Grads) {
+        host_phase("engine backward: weight gradients (GEMM)", || {
+            self.backward_params_untimed(name, dy, x, rows, grads)
+        })
+    }
+
+    fn backward_params_untimed(
+        &self,
+        name: &str,
+        dy: &[f32],
+        x: &[f32],
+        rows: usize,
+        grads: &mut Grads,
+    ) {
+        let dw = grads.slot(&format!("{name}.weight"), self.out * self.inp);
+        matmul(dw, self.out, self.inp, rows, rows_of(dy, self.out).t(), rows_of(x, self.inp), true);
+        if self.b.is_some() {
+            let db = grads.slot(&format!("{name}.bias"), self.out);
+            for row in dy.chunks(self.out) {
+                db.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+            }
+        }
+    }
+}
+
+/// The profile row of the engine's elementwise work (`bench-train --profile`).
+const ELEMENTWISE: &str = "engine: norms, rope, SwiGLU, dropout, residuals";
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    host_phase(ELEMENTWISE, || fused::rms_norm_rows(x, w, eps))
+}
+
+fn rms_norm_rows_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    host_phase(ELEMENTWISE, || fused::rms_norm_rows_backward(x, w, dy, eps))
+}
+
+fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    host_phase(ELEMENTWISE, || fused::silu_mul(gate, up))
+}
+
+fn silu_mul_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    host_phase(ELEMENTWISE, || fused::silu_mul_backward(gate, up, dy))
+}
+
+/// A matrix view and the length of the slice under it.
+#[derive(Clone, Copy)]
+struct View {
+    mat: Mat,
+    len: usize,
+}
+
+impl View {
+    fn t(self) -> View {
+        View { mat: self.mat.t(), len: self.len }
+    }
+
+    /// Whether a (rows, cols) matrix at this view's strides lies inside its slice.
+    fn spans(self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || {
+            let last = (rows - 1) as isize * self.mat.rs + (cols - 1) as isize * self.mat.cs;
+            self.mat.rs >= 0 && self.mat.cs >= 0 && (last as usize) < self.len
+        }
+    }
+}
+
+/// A row-major matrix view of `x` with `cols` columns.
+fn rows_of(x: &[f32], cols: usize) -> View {
+    View { mat: Mat::rows(x.as_ptr(), cols), len: x.len() }
+}
+
+/// dst (m, n) row-major = [dst +] a (m, k) · b (k, n), on the current thread pool. Each
+/// operand carries the length of the slice it views, checked against its shape and strides
+/// before any memory is read.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, a: View, b: View, accumulate: bool) {
+    assert!(dst.len() >= m * n && a.spans(m, k) && b.spans(k, n), "matmul: operand out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every view was checked to lie inside its slice above; dst is a distinct &mut.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.mat.ptr,
+            a.mat.cs,
+            a.mat.rs,
+            b.mat.ptr,
+            b.mat.cs,
+            b.mat.rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Rotates each head of rows x (rows, heads*d) in place to its row's position; `inverse`
+/// rotates back (the transpose, which is the backward pass of a rotation).
+fn rotate_rows(
+    x: &mut [f32],
+    d: usize,
+    positions: &[u32],
+    cos: &[f32],
+    sin: &[f32],
+    inverse: bool,
+) {
+    host_phase(ELEMENTWISE, || {
+        let half = d / 2;
+        let width = x.len() / positions.len().max(1);
+        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &p)| {
+            let (c, s) = (&cos[p as usize * half..][..half], &sin[p as usize * half..][..half]);
+            for head in row.chunks_mut(d) {
+                let (x1, x2) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (x1[j], x2[j]);
+                    let sj = if inverse { -s[j] } else { s[j] };
+                    x1[j] = a * c[j] - b * sj;
+                    x2[j] = b * c[j] + a * sj;
+                }
+            }
+        });
+    })
+}
+
+/// `x *= mask` elementwise with the dropout mask of `stream`, when the pass drops anything
+/// (its own backward pass: the same mask on the gradient).
+fn apply_dropout(x: &mut [f32], pass: Pass, stream: u64) {
+    host_phase(ELEMENTWISE, || {
+        if let Some(m) = dropout_mask(pass, stream, x.len()) {
+            x.par_chunks_mut(1 << 14).zip(m.par_chunks(1 << 14)).for_each(|(x, m)| {
+                x.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
+            });
+        }
+    })
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    host_phase(ELEMENTWISE, || {
+        dst.par_chunks_mut(1 << 14).zip(src.par_chunks(1 << 14)).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        });
+    })
+}
+
+/// Rows `rows` of x (.., width), gathered.
+fn gather(x: &[f32], width: usize, rows: &[usize]) -> Vec<f32> {
+    host_phase(ELEMENTWISE, || {
+        rows.iter().flat_map(|&r| x[r * width..(r + 1) * width].iter().copied()).collect()
+    })
+}
+
+/// dst rows `rows` += src (rows.len(), width).
+fn scatter_add(dst: &mut [f32], width: usize, rows: &[usize], src: &[f32]) {
+    host_phase(ELEMENTWISE, || {
+        for (i, &r) in rows.iter().enumerate() {
+            dst[r * width..(r + 1) * width]
+                .iter_mut()
+                .zip(&src[i * width..(i + 1) * width])
+                .for_each(|(d, s)| *d += s);
+        }
+    })
+}
+
+/// Per-layer constants of one pass.
+struct Ctx<'a> {
+    cfg: &'a ModelConfig,
+    pass: Pass,
+    rows: usize,
+    seq_start: &'a Arc<[u32]>,
+    positions: &'a [u32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    eps: f32,
+}
+
+impl Ctx<'_> {
+    fn dims(&self) -> (usize, usize, usize) {
+        (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim)
+    }
+
+    fn attention(&self) -> CausalAttention {
+        let (nh, nkv, d) = self.dims();
+        CausalAttention::new(
+            (d as f32).powf(-0.5),
+            nh / nkv,
+            self.cfg.sliding_window,
+            Some(self.seq_start.clone()),
+        )
+    }
+
+    /// The first key visible to the query at absolute row `r`.
+    fn first_key(&self, r: usize) -> usize {
+        let start = self.seq_start[r] as usize;
+        match self.cfg.sliding_window {
+            Some(w) => start.max((r + 1).saturating_sub(w)),
+            None => start,
+        }
+    }
+}
+
+/// The weights of one layer as host slices.
+struct LayerView<'a> {
+    input_norm: HostF32<'a>,
+    q: LinearView<'a>,
+    k: LinearView<'a>,
+    v: LinearView<'a>,
+    o: LinearView<'a>,
+    post_norm: HostF32<'a>,
+    gate: LinearView<'a>,
+    up: LinearView<'a>,
+    down: LinearView<'a>,
+}
+
+impl<'a> LayerView<'a> {
+    fn new(w: &'a LayerWeights) -> Result<Self> {
+        Ok(LayerView {
+            input_norm: host_f32(&w.input_norm)?,
+            q: LinearView::new(&w.q)?,
+            k: LinearView::new(&w.k)?,
+            v: LinearView::new(&w.v)?,
+            o: LinearView::new(&w.o)?,
+            post_norm: host_f32(&w.post_norm)?,
+            gate: LinearView::new(&w.gate)?,
+            up: LinearView::new(&w.up)?,
+            down: LinearView::new(&w.down)?,
+        })
+    }
+}
+
+/// One layer forward over x (T, h). With `query_rows` (the last layer), queries, attention
+/// output and MLP are computed at those rows only. Returns the tape and the output (Tq, h).
+fn layer_forward(
+    ctx: &Ctx,
+    w: &LayerView,
+    l: usize,
+    x: Vec<f32>,
+    query_rows: Option<&[usize]>,
+) -> (LayerTape, Vec<f32>) {
+    let (nh, nkv, d) = ctx.dims();
+    let t = ctx.rows;
+    let xn1 = rms_norm_rows(&x, &w.input_norm, ctx.eps);
+    let mut k = w.k.forward(&xn1, t);
+    let v = w.v.forward(&xn1, t);
+    rotate_rows(&mut k, d, ctx.positions, ctx.cos, ctx.sin, false);
+    let (mut q, att, x_res) = match query_rows {
+        None => {
+            let mut q = w.q.forward(&xn1, t);
+            rotate_rows(&mut q, d, ctx.positions, ctx.cos, ctx.sin, false);
+            let att = host_phase("engine forward: attention", || {
+                ctx.attention().forward(&q, &k, &v, (1, t, nh, nkv, d))
+            });
+            (q, att, None)
+        }
+        Some(rows) => {
+            let mut q = w.q.forward(&gather(&xn1, xn1.len() / t, rows), rows.len());
+            let pos: Vec<u32> = rows.iter().map(|&r| ctx.positions[r]).collect();
+            rotate_rows(&mut q, d, &pos, ctx.cos, ctx.sin, false);
+            let att =
+                host_phase("engine forward: attention", || pooled_attention(ctx, &q, &k, &v, rows));
+            (q, att, Some(gather(&x, x.len() / t, rows)))
+        }
+    };
+    let tq = query_rows.map_or(t, <[usize]>::len);
+    let mut y = w.o.forward(&att, tq);
+    apply_dropout(&mut y, ctx.pass, 2 * l as u64);
+    let mut x_mid = x_res.unwrap_or_else(|| x.clone());
+    add_into(&mut x_mid, &y);
+    let xn2 = rms_norm_rows(&x_mid, &w.post_norm, ctx.eps);
+    let gate = w.gate.forward(&xn2, tq);
+    let up = w.up.forward(&xn2, tq);
+    let act = silu_mul(&gate, &up);
+    let mut y = w.down.forward(&act, tq);
+    apply_dropout(&mut y, ctx.pass, 2 * l as u64 + 1);
+    let mut out = x_mid.clone();
+    add_into(&mut out, &y);
+    q.shrink_to_fit();
+    (LayerTape { x, xn1, q, k, v, att, x_mid, xn2, gate, up, act }, out)
+}
+
+/// One layer backward: from the gradient of its output (Tq, h) to the gradient of its input
+/// (T, h), adding the parameter gradients of layer `l` into `grads`.
+fn layer_backward(
+    ctx: &Ctx,
+    w: &LayerView,
+    l: usize,
+    tape: &LayerTape,
+    mut d_out: Vec<f32>,
+    query_rows: Option<&[usize]>,
+    grads: &mut Grads,
+) -> Vec<f32> {
+    let (nh, nkv, d) = ctx.dims();
+    let t = ctx.rows;
+    let tq = query_rows.map_or(t, <[usize]>::len);
+    let name = |rest: &str| names::layer(l, rest);
+    // MLP: out = x_mid + mask ⊙ down(silu(gate) ⊙ up)
+    let mut dy = d_out.clone();
+    apply_dropout(&mut dy, ctx.pass, 2 * l as u64 + 1);
+    w.down.backward_params(&name("mlp.down_proj"), &dy, &tape.act, tq, grads);
+    let mut d_act = vec![0f32; tq * w.down.inp];
+    w.down.backward_input(&dy, tq, &mut d_act, false);
+    let (d_gate, d_up) = silu_mul_backward(&tape.gate, &tape.up, &d_act);
+    drop(d_act);
+    w.gate.backward_params(&name("mlp.gate_proj"), &d_gate, &tape.xn2, tq, grads);
+    w.up.backward_params(&name("mlp.up_proj"), &d_up, &tape.xn2, tq, grads);
+    let mut d_xn2 = vec![0f32; tq * w.gate.inp];
+    w.gate.backward_input(&d_gate, tq, &mut d_xn2, false);
+    w.up.backward_input(&d_up, tq, &mut d_xn2, true);
+    let (d_mid, d_post) = rms_norm_rows_backward(&tape.x_mid, &w.post_norm, &d_xn2, ctx.eps);
+    add_into(grads.slot(&name("post_attention_layernorm.weight"), d_post.len()), &d_post);
+    add_into(&mut d_out, &d_mid); // now d x_mid
+                                  // Attention: x_mid = x + mask ⊙ o(attention(rope(q), rope(k), v))
+    let mut dy = d_out.clone();
+    apply_dropout(&mut dy, ctx.pass, 2 * l as u64);
+    w.o.backward_params(&name("self_attn.o_proj"), &dy, &tape.att, tq, grads);
+    let mut d_att = vec![0f32; tq * nh * d];
+    w.o.backward_input(&dy, tq, &mut d_att, false);
+    drop(dy);
+    let (mut dq, mut dk, dv) = host_phase("engine backward: attention", || match query_rows {
+        None => ctx.attention().backward(
+            &tape.q,
+            &tape.k,
+            &tape.v,
+            &tape.att,
+            &d_att,
+            (1, t, nh, nkv, d),
+        ),
+        Some(rows) => pooled_attention_backward(ctx, tape, &d_att, rows),
+    });
+    drop(d_att);
+    rotate_rows(&mut dk, d, ctx.positions, ctx.cos, ctx.sin, true);
+    let h = tape.x.len() / t;
+    let mut d_xn1 = vec![0f32; t * h];
+    w.k.backward_params(&name("self_attn.k_proj"), &dk, &tape.xn1, t, grads);
+    w.v.backward_params(&name("self_attn.v_proj"), &dv, &tape.xn1, t, grads);
+    w.k.backward_input(&dk, t, &mut d_xn1, false);
+    w.v.backward_input(&dv, t, &mut d_xn1, true);
+    match query_rows {
+        None => {
+            rotate_rows(&mut dq, d, ctx.positions, ctx.cos, ctx.sin, true);
+            w.q.backward_params(&name("self_attn.q_proj"), &dq, &tape.xn1, t, grads);
+            w.q.backward_input(&dq, t, &mut d_xn1, true);
+        }
+        Some(rows) => {
+            let pos: Vec<u32> = rows.iter().map(|&r| ctx.positions[r]).collect();
+            rotate_rows(&mut dq, d, &pos, ctx.cos, ctx.sin, true);
+            let xq = gather(&tape.xn1, h, rows);
+            w.q.backward_params(&name("self_attn.q_proj"), &dq, &xq, tq, grads);
+            let mut d_xq = vec![0f32; tq * h];
+            w.q.backward_input(&dq, tq, &mut d_xq, false);
+            scatter_add(&mut d_xn1, h, rows, &d_xq);
+        }
+    }
+    let (mut dx, d_in) = rms_norm_rows_backward(&tape.x, &w.input_norm, &d_xn1, ctx.eps);
+    add_into(grads.slot(&name("input_layernorm.weight"), d_in.len()), &d_in);
+    match query_rows {
+        None => add_into(&mut dx, &d_out),
+        Some(rows) => scatter_add(&mut dx, h, rows, &d_out),
+    }
+    dx
+}
+
+/// Attention of one query row per sequence (absolute rows `rows`) over its visible keys.
+/// q (n, nh*d); k, v (T, nkv*d) -> (n, nh*d).
+fn pooled_attention(ctx: &Ctx, q: &[f32], k: &[f32], v: &[f32], rows: &[usize]) -> Vec<f32> {
+    let (nh, nkv, d) = ctx.dims();
+    let mut out = vec![0f32; rows.len() * nh * d];
+    out.par_chunks_mut(nh * d).zip(rows.par_iter()).enumerate().for_each(|(i, (o, &r))| {
+        let first = ctx.first_key(r);
+        for hh in 0..nh {
+            let kh = hh / (nh / nkv);
+            let p = pooled_probs(ctx, &q[(i * nh + hh) * d..][..d], k, kh, first, r);
+            let o = &mut o[hh * d..(hh + 1) * d];
+            for (j, pj) in (first..=r).zip(&p) {
+                let vj = &v[(j * nkv + kh) * d..][..d];
+                o.iter_mut().zip(vj).for_each(|(o, v)| *o += pj * v);
+            }
+        }
+    });
+    out
+}
+
+/// softmax over keys `first..=r` of kv head `kh` of scale · q·k.
+fn pooled_probs(ctx: &Ctx, q: &[f32], k: &[f32], kh: usize, first: usize, r: usize) -> Vec<f32> {
+    let (_, nkv, d) = ctx.dims();
+    let scale = (d as f32).powf(-0.5);
+    let mut s: Vec<f32> = (first..=r)
+        .map(|j| {
+            scale * q.iter().zip(&k[(j * nkv + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f32>()
+        })
+        .collect();
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    s.iter_mut().for_each(|x| *x = (*x - max).exp());
+    let sum: f32 = s.iter().sum();
+    s.iter_mut().for_each(|x| *x /= sum);
+    s
+}
+
+/// Gradients of [`pooled_attention`]: dq (n, nh*d), dk and dv (T, nkv*d). Each sequence's
+/// visible keys are its own rows, so sequences are independent tasks.
+fn pooled_attention_backward(
+    ctx: &Ctx,
+    tape: &LayerTape,
+    d_att: &[f32],
+    rows: &[usize],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (nh, nkv, d) = ctx.dims();
+    let (t, kw) = (ctx.rows, nkv * d);
+    let scale = (d as f32).powf(-0.5);
+    let mut dq = vec![0f32; rows.len() * nh * d];
+    let (mut dk, mut dv) = (vec![0f32; t * kw], vec![0f32; t * kw]);
+    // Carve each sequence's key rows first..=r out of dk and dv (ascending, disjoint).
+    let mut tasks = Vec::with_capacity(rows.len());
+    let (mut rest_k, mut rest_v, mut at) = (&mut dk[..], &mut dv[..], 0usize);
+    for (&r, dq_i) in rows.iter().zip(dq.chunks_mut(nh * d)) {
+        let first = ctx.first_key(r);
+        let (_, k_tail) = std::mem::take(&mut rest_k).split_at_mut((first - at) * kw);
+        let (k_mine, k_rest) = k_tail.split_at_mut((r + 1 - first) * kw);
+        let (_, v_tail) = std::mem::take(&mut rest_v).split_at_mut((first - at) * kw);
+        let (v_mine, v_rest) = v_tail.split_at_mut((r + 1 - first) * kw);
+        tasks.push((r, first, dq_i, k_mine, v_mine));
+        (rest_k, rest_v, at) = (k_rest, v_rest, r + 1);
+    }
+    tasks.into_par_iter().enumerate().for_each(|(i, (r, first, dq_i, dk_i, dv_i))| {
+        for hh in 0..nh {
+            let kh = hh / (nh / nkv);
+            let q = &tape.q[(i * nh + hh) * d..][..d];
+            let (o, g) = (&tape.att[(i * nh + hh) * d..][..d], &d_att[(i * nh + hh) * d..][..d]);
+            let p = pooled_probs(ctx, q, &tape.k, kh, first, r);
+            let delta: f32 = o.iter().zip(g).map(|(a, b)| a * b).sum();
+            let dq_h = &mut dq_i[hh * d..(hh + 1) * d];
+            for (jj, (j, &pj)) in (first..=r).zip(&p).enumerate() {
+                let (kj, vj) =
+                    (&tape.k[(j * nkv + kh) * d..][..d], &tape.v[(j * nkv + kh) * d..][..d]);
+                let dp: f32 = g.iter().zip(vj).map(|(a, b)| a * b).sum();
+                let ds = pj * (dp - delta) * scale;
+                dq_h.iter_mut().zip(kj).for_each(|(a, b)| *a += ds * b);
+                let dk_j = &mut dk_i[jj * kw + kh * d..][..d];
+                dk_j.iter_mut().zip(q).for_each(|(a, b)| *a += ds * b);
+                let dv_j = &mut dv_i[jj * kw + kh * d..][..d];
+                dv_j.iter_mut().zip(g).for_each(|(a, b)| *a += pj * b);
+            }
+        }
+    });
+    (dq, dk, dv)
+}
+
+/// Forward from `input` through the remaining layers and the final norm: features (n, h) and
+/// the tape for [`backward`].
+pub fn forward(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    rope: &Rope,
+    input: EngineInput,
+    pass: Pass,
+) -> Result<(Vec<f32>, Tape)> {
+    let n_layers = w.layers.len();
+    let h = cfg.hidden_size;
+    let rows: usize = input.lengths.iter().sum();
+    if input.first >= n_layers
+        || input.x.len() != rows * h
+        || input.pool.len() != input.lengths.len()
+        || input.pool.iter().zip(&input.lengths).any(|(&p, &n)| p >= n)
+        || input.ids.as_ref().is_some_and(|ids| ids.len() != rows || input.first != 0)
+    {
+        return Err(Error::invalid("engine input: inconsistent rows, lengths or pooled rows"));
+    }
+    let longest = input.lengths.iter().copied().max().unwrap_or(0);
+    if longest > rope.max_len() {
+        return Err(Error::invalid(format!(
+            "a sequence of {longest} rows exceeds the model's {} positions",
+            rope.max_len()
+        )));
+    }
+    let (mut seq_start, mut positions, mut pool) =
+        (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::new());
+    let mut at = 0;
+    for (&n, &p) in input.lengths.iter().zip(&input.pool) {
+        seq_start.extend(std::iter::repeat(at as u32).take(n));
+        positions.extend(0..n as u32);
+        pool.push(at + p);
+        at += n;
+    }
+    let seq_start: Arc<[u32]> = seq_start.into();
+    let (cos, sin) = rope.host_tables(longest.max(1))?;
+    let ctx = Ctx {
+        cfg,
+        pass,
+        rows,
+        seq_start: &seq_start,
+        positions: &positions,
+        cos: &cos,
+        sin: &sin,
+        eps: cfg.rms_norm_eps as f32,
+    };
+    let mut layers = Vec::with_capacity(n_layers - input.first);
+    let mut x = input.x;
+    for l in input.first..n_layers {
+        let view = LayerView::new(&w.layers[l])?;
+        let last = l + 1 == n_layers;
+        let (tape, out) = layer_forward(&ctx, &view, l, x, last.then_some(&pool[..]));
+        layers.push(tape);
+        x = out;
+    }
+    let mut features = rms_norm_rows(&x, &host_f32(&w.final_norm)?, ctx.eps);
+    apply_dropout(&mut features, pass, u64::MAX);
+    let tape = Tape {
+        first: input.first,
+        pass,
+        rows,
+        seq_start,
+        positions,
+        pool,
+        lengths: input.lengths,
+        pool_within: input.pool,
+        ids: input.ids,
+        layers,
+        top: x,
+        cos,
+        sin,
+    };
+    Ok((features, tape))
+}
+
+/// A second view of the same batch that shares the layers below `at` with `base` (their
+/// activations are reused, not recomputed) and runs layers `at..` and the final norm again
+/// with the dropout masks of `pass`: features (n, h) and the branch's tape, for
+/// [`backward`]'s `branch`.
+pub fn branch(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    rope: &Rope,
+    base: &Tape,
+    at: usize,
+    pass: Pass,
+) -> Result<(Vec<f32>, Tape)> {
+    if at < base.first || at >= w.layers.len() {
+        return Err(Error::invalid(format!(
+            "a branch at layer {at} of a tape that starts at layer {}",
+            base.first
+        )));
+    }
+    let input = EngineInput {
+        first: at,
+        x: base.layers[at - base.first].x.clone(),
+        lengths: base.lengths.clone(),
+        pool: base.pool_within.clone(),
+        ids: None,
+    };
+    forward(cfg, w, rope, input, pass)
+}
+
+/// Backward from the gradient of the features (n, h): every parameter of layers `tape.first..`,
+/// the final norm, and the embedding when the tape started at the token ids and `embedding`
+/// is set, added into `grads` under their Hugging Face names. A `branch` ([`branch`] of this
+/// tape, with the gradient of its features) joins at the layer it left from.
+pub fn backward(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    tape: &Tape,
+    d_features: &[f32],
+    embedding: bool,
+    grads: &mut Grads,
+    branch: Option<(&Tape, &[f32])>,
+) -> Result<()> {
+    let join = match branch {
+        None => None,
+        Some((b, d)) => {
+            if b.rows != tape.rows || b.first < tape.first || b.pool != tape.pool {
+                return Err(Error::invalid("engine backward: the branch is not of this tape"));
+            }
+            Some((b.first, backward_layers(cfg, w, b, d, grads, None)?))
+        }
+    };
+    let dx = backward_layers(cfg, w, tape, d_features, grads, join)?;
+    let h = cfg.hidden_size;
+    if let (true, Some(ids)) = (embedding, &tape.ids) {
+        let vocab = w.embed.dim(0)?;
+        let de = grads.slot(names::EMBED, vocab * h);
+        host_phase("engine backward: embedding gradient", || {
+            for (r, &id) in ids.iter().enumerate() {
+                let row = &mut de[id as usize * h..][..h];
+                row.iter_mut().zip(&dx[r * h..][..h]).for_each(|(g, d)| *g += d);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The final norm and the layers of `tape`, top down; `join` = (layer, gradient) is added to
+/// the gradient of that layer's input. Returns the gradient of the tape's input (T, h).
+fn backward_layers(
+    cfg: &ModelConfig,
+    w: &DecoderWeights,
+    tape: &Tape,
+    d_features: &[f32],
+    grads: &mut Grads,
+    join: Option<(usize, Vec<f32>)>,
+) -> Result<Vec<f32>> {
+    let h = cfg.hidden_size;
+    if d_features.len() != tape.pool.len() * h {
+        return Err(Error::invalid("engine backward: gradient shape does not match the features"));
+    }
+    let ctx = Ctx {
+        cfg,
+        pass: tape.pass,
+        rows: tape.rows,
+        seq_start: &tape.seq_start,
+        positions: &tape.positions,
+        cos: &tape.cos,
+        sin: &tape.sin,
+        eps: cfg.rms_norm_eps as f32,
+    };
+    let mut d = d_features.to_vec();
+    apply_dropout(&mut d, tape.pass, u64::MAX);
+    let (mut dx, d_norm) =
+        rms_norm_rows_backward(&tape.top, &host_f32(&w.final_norm)?, &d, ctx.eps);
+    add_into(grads.slot(names::FINAL_NORM, h), &d_norm);
+    let n_layers = w.layers.len();
+    for (i, layer_tape) in tape.layers.iter().enumerate().rev() {
+        let l = tape.first + i;
+        let view = LayerView::new(&w.layers[l])?;
+        let rows = (l + 1 == n_layers).then_some(&tape.pool[..]);
+        dx = layer_backward(&ctx, &view, l, layer_tape, dx, rows, grads);
+        if let Some((_, g)) = join.as_ref().filter(|(at, _)| *at == l) {
+            add_into(&mut dx, g);
+        }
+    }
+    Ok(dx)
+}
+
+/// The embedding rows of `ids` as (T, h): the engine's input at layer 0.
+pub fn embed_rows(w: &DecoderWeights, ids: &[u32]) -> Result<Vec<f32>> {
+    let (vocab, h) = w.embed.dims2()?;
+    let table = host_f32(&w.embed)?;
+    let mut out = Vec::with_capacity(ids.len() * h);
+    for &id in ids {
+        if id as usize >= vocab {
+            return Err(Error::invalid(format!("token id {id} outside the vocabulary of {vocab}")));
+        }
+        out.extend_from_slice(&table[id as usize * h..][..h]);
+    }
+    Ok(out)
+}
+
+/// The features as a tensor (n, h) on the CPU.
+pub fn features_tensor(features: Vec<f32>, h: usize) -> Result<Tensor> {
+    let n = features.len() / h;
+    Ok(Tensor::from_vec(features, (n, h), &candle_core::Device::Cpu)?)
+}

@@ -1,0 +1,202 @@
+//! The CPU training engine (`model::backprop`) against candle's autograd of the same model:
+//! features and every parameter's gradient, over the configurations the decoder supports.
+
+use candle_core::{DType, Device, Tensor};
+use rewardkit::model::backprop::Grads;
+use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
+use rewardkit::model::{decoder::expected_shapes, ComputeDType, HeadSource, Pass, RewardModel};
+
+/// max |a - b| / max |b|: the error relative to the gradient's scale.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+struct Case {
+    window: Option<usize>,
+    biases: bool,
+    /// The first trained layer (0: the embedding trains too).
+    first: usize,
+    dropout: f32,
+    /// Sequences padded to one length (the autograd path's layout, so that dropout masks
+    /// line up), or packed without padding.
+    padded: bool,
+}
+
+fn model(case: &Case) -> RewardModel {
+    let spec = TinySpec {
+        vocab_size: 96,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 256,
+        seed: 0,
+    };
+    let mut cfg = tiny_config(&spec).unwrap();
+    cfg.sliding_window = case.window;
+    cfg.qkv_bias = case.biases;
+    cfg.o_bias = case.biases;
+    cfg.mlp_bias = case.biases;
+    cfg.pad_token_id = Some(0);
+    let params = random_params(&cfg, 11).unwrap();
+    RewardModel::from_params(
+        cfg,
+        params,
+        HeadSource::Fresh { seed: 5 },
+        Device::Cpu,
+        ComputeDType::F32,
+        256,
+    )
+    .unwrap()
+}
+
+fn check(case: &Case) {
+    let model = model(case);
+    let mut rng = rewardkit::rng::Rng::new(4);
+    // Lengths around the attention kernel's 64-query blocks; some end in pads (pooled before).
+    let mut seqs: Vec<Vec<u32>> = [3usize, 70, 64, 1, 129, 20]
+        .iter()
+        .map(|&n| (0..n).map(|_| 1 + (rng.next_f32() * 90.0) as u32).collect())
+        .collect();
+    seqs[1].extend([0, 0]);
+    if case.padded {
+        let t = seqs.iter().map(Vec::len).max().unwrap();
+        seqs.iter_mut().for_each(|s| s.resize(t, 0));
+    }
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let pass = Pass::Train { dropout: case.dropout, dropout_seed: 77 };
+    let h = model.config().hidden_size;
+    let weight: Vec<f32> = (0..seqs.len() * h).map(|_| rng.next_f32() - 0.5).collect();
+    let weight = Tensor::from_vec(weight, (seqs.len(), h), &Device::Cpu).unwrap();
+
+    // Reference: candle autograd on the padded batch.
+    let batch = model.make_batch(&refs).unwrap();
+    let want = if case.first == 0 {
+        model.features(&batch, pass).unwrap()
+    } else {
+        let x = model.hidden_before_layer(&batch, case.first, Pass::Inference).unwrap().detach();
+        model.features_from(x, case.first, &batch.pool_index, pass).unwrap()
+    };
+    let mut reference = (&want * &weight).unwrap().sum_all().unwrap().backward().unwrap();
+
+    // The engine.
+    let input = model.engine_input(&refs, case.first).unwrap();
+    let (got, tape) = model.engine_forward(input, pass).unwrap();
+    let what = format!(
+        "window {:?} biases {} first {} dropout {} padded {}",
+        case.window, case.biases, case.first, case.dropout, case.padded
+    );
+    let (g, w) = (
+        got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert!(rel_err(&g, &w) < 1e-5, "{what}: features differ by {}", rel_err(&g, &w));
+    let mut grads = Grads::default();
+    model.engine_backward(&tape, &weight, true, &mut grads, None).unwrap();
+
+    let mut trained = expected_shapes(model.config());
+    trained.retain(|(name, _)| {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        match layer {
+            Some(l) => l >= case.first,
+            None => case.first == 0 || !name.contains("embed"),
+        }
+    });
+    assert!(trained.len() >= 10, "{what}");
+    for (name, shape) in &trained {
+        let var = model.params().get(name).unwrap();
+        let want: Vec<f32> = reference
+            .remove(var)
+            .unwrap_or_else(|| panic!("{what}: autograd gave `{name}` no gradient"))
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = grads
+            .take(name)
+            .unwrap_or_else(|| panic!("{what}: the engine gave `{name}` no gradient"));
+        assert_eq!(got.len(), shape.iter().product::<usize>(), "{what}: `{name}`");
+        assert!(want.iter().any(|&x| x != 0.0), "{what}: `{name}` has a zero reference gradient");
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "{what}: `{name}` differs from autograd by {e}");
+    }
+}
+
+#[test]
+fn engine_gradients_match_autograd_on_every_parameter() {
+    for case in [
+        Case { window: None, biases: false, first: 0, dropout: 0.0, padded: false },
+        Case { window: Some(9), biases: true, first: 0, dropout: 0.0, padded: false },
+        Case { window: None, biases: true, first: 0, dropout: 0.2, padded: true },
+        Case { window: Some(40), biases: false, first: 1, dropout: 0.1, padded: true },
+        Case { window: None, biases: false, first: 2, dropout: 0.0, padded: false },
+    ] {
+        check(&case);
+    }
+}
+
+/// A second view that branches off at layer `at` (the contrastive views' shared trunk): the
+/// engine's joint backward equals autograd of the same two-view graph, where view 2 reads
+/// view 1's hidden states entering layer `at` and runs the layers above with its own masks.
+#[test]
+fn a_branch_joins_the_backward_like_autograd() {
+    let case = Case { window: None, biases: true, first: 0, dropout: 0.2, padded: true };
+    let model = model(&case);
+    let mut rng = rewardkit::rng::Rng::new(6);
+    let t = 40;
+    let seqs: Vec<Vec<u32>> =
+        (0..4).map(|_| (0..t).map(|_| 1 + (rng.next_f32() * 90.0) as u32).collect()).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let (pass1, pass2) = (
+        Pass::Train { dropout: 0.2, dropout_seed: 1 },
+        Pass::Train { dropout: 0.2, dropout_seed: 2 },
+    );
+    let h = model.config().hidden_size;
+    let mut weight = || {
+        let w: Vec<f32> = (0..seqs.len() * h).map(|_| rng.next_f32() - 0.5).collect();
+        Tensor::from_vec(w, (seqs.len(), h), &Device::Cpu).unwrap()
+    };
+    let (w1, w2) = (weight(), weight());
+    for at in [1, 2] {
+        let batch = model.make_batch(&refs).unwrap();
+        let f1 = model.features(&batch, pass1).unwrap();
+        let x_at = model.hidden_before_layer(&batch, at, pass1).unwrap();
+        let f2 = model.features_from(x_at, at, &batch.pool_index, pass2).unwrap();
+        let objective = ((&f1 * &w1).unwrap().sum_all().unwrap()
+            + (&f2 * &w2).unwrap().sum_all().unwrap())
+        .unwrap();
+        let mut reference = objective.backward().unwrap();
+
+        let input = model.engine_input(&refs, 0).unwrap();
+        let (g1, tape) = model.engine_forward(input, pass1).unwrap();
+        let (g2, branch) = model.engine_branch(&tape, at, pass2).unwrap();
+        for (got, want) in [(&g1, &f1), (&g2, &f2)] {
+            let (g, w) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(rel_err(&g, &w) < 1e-5, "branch at {at}: features differ");
+        }
+        let mut grads = Grads::default();
+        model.engine_backward(&tape, &w1, true, &mut grads, Some((&branch, &w2))).unwrap();
+        for (name, _) in expected_shapes(model.config()) {
+            let want: Vec<f32> = reference
+                .remove(model.params().get(&name).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = grads.take(&name).unwrap();
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-5, "branch at {at}: `{name}` differs from autograd by {e}");
+        }
+    }
+}
