@@ -195,7 +195,8 @@ typedef struct rk_model_params {
    */
   uint32_t max_length;
   /**
-   * Upper bound on padded tokens (rows x longest row) per forward pass. Default 4096.
+   * Upper bound on tokens per forward pass: real tokens in a packed CPU batch, rows x
+   * longest row in a padded (GPU) one. Default 4096.
    */
   uint32_t batch_token_budget;
   /**
@@ -215,6 +216,12 @@ typedef struct rk_model_params {
    * Seed for a fresh reward head when the checkpoint has none (a causal-LM checkpoint).
    */
   uint64_t head_seed;
+  /**
+   * Appended in 0.2: 1 = on the CPU, sequences of one scoring call that begin with the
+   * same tokens (a pair's prompt, a prompt's k samples) are batched with those tokens
+   * computed once; the scores are the same to float rounding. Default 1.
+   */
+  uint8_t share_prefixes;
 } rk_model_params;
 
 /**

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # rewardkit against transformers (PyTorch) on this machine, side by side in one run, on the
-# same token ids: scoring (rewardkit's packed token-budget batches; transformers with
-# length-sorted batches of 8, its best setting here) and a full training step (forward,
-# backward, AdamW over every parameter), then the ratios.
+# same token ids: scoring (rewardkit's packed token-budget batches, with and without the
+# shared prompt of a pair computed once; transformers with length-sorted batches of 8, its
+# best setting here) and a full training step (forward, backward, AdamW over every
+# parameter), then the ratios.
 #
 #   scripts/bench_vs_transformers.sh MODEL_DIR [PYTHON]
 #
@@ -28,6 +29,8 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(n
 # Scoring: the first $pairs pairs, chosen and rejected (2 x $pairs sequences).
 "$rk" bench --model "$model" --input "$data" --limit "$pairs" --threads "$threads" \
     --dump-ids "$tmp/ids.jsonl" --json | tee "$tmp/score_rk.txt"
+"$rk" bench --model "$model" --input "$data" --limit "$pairs" --threads "$threads" \
+    --no-shared-prefixes --json | tee "$tmp/score_rk_full.txt"
 "$py" "$root/scripts/bench_transformers.py" --model "$model" --ids "$tmp/ids.jsonl" \
     --threads "$threads" --batch-size 8 | tee "$tmp/score_tf.txt"
 # Training: the same steps, pairs in the same order.
@@ -45,7 +48,8 @@ def rate(name):
     return json.loads(lines[-1])["tokens_per_s"]
 print("\n| work | rewardkit tok/s | transformers tok/s | ratio |")
 print("|---|---|---|---|")
-for what, rk, tf in [("scoring", "score_rk.txt", "score_tf.txt"),
+for what, rk, tf in [("scoring (packed, shared prompts computed once)", "score_rk.txt", "score_tf.txt"),
+                     ("scoring (packed, every sequence in full)", "score_rk_full.txt", "score_tf.txt"),
                      ("training step (all parameters, AdamW)", "train_rk.txt", "train_tf.txt")]:
     a, b = rate(rk), rate(tf)
     print(f"| {what} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")

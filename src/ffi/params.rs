@@ -112,7 +112,8 @@ pub struct rk_model_params {
     /// Longest sequence in tokens; longer inputs lose tokens from the left (the prompt side).
     /// 0 = the model's `max_position_embeddings`, capped at 1,048,576.
     pub max_length: u32,
-    /// Upper bound on padded tokens (rows x longest row) per forward pass. Default 4096.
+    /// Upper bound on tokens per forward pass: real tokens in a packed CPU batch, rows x
+    /// longest row in a padded (GPU) one. Default 4096.
     pub batch_token_budget: u32,
     /// Upper bound on sequences per forward pass; 0 = bounded by the token budget only.
     pub max_batch_size: u32,
@@ -123,10 +124,15 @@ pub struct rk_model_params {
     pub separator: *const c_char,
     /// Seed for a fresh reward head when the checkpoint has none (a causal-LM checkpoint).
     pub head_seed: u64,
+    /// Appended in 0.2: 1 = on the CPU, sequences of one scoring call that begin with the
+    /// same tokens (a pair's prompt, a prompt's k samples) are batched with those tokens
+    /// computed once; the scores are the same to float rounding. Default 1.
+    pub share_prefixes: u8,
 }
 
-/// The smallest `struct_size` accepted for `rk_model_params` (the first published layout).
-const MODEL_PARAMS_MIN_SIZE: usize = std::mem::size_of::<rk_model_params>();
+/// The smallest `struct_size` accepted for `rk_model_params`: the first published layout,
+/// before `share_prefixes` was appended.
+const MODEL_PARAMS_MIN_SIZE: usize = std::mem::offset_of!(rk_model_params, share_prefixes);
 
 /// Options for `rk_trainer_create`. Fill with `rk_trainer_params_init(&p, sizeof p)`, then
 /// change fields. Defaults: MOSS-RLHF's AdamW (lr 5e-6, betas 0.9/0.95, eps 1e-6, no weight
@@ -315,6 +321,7 @@ fn model_params_from(o: &SharedModelOptions) -> rk_model_params {
         append_eos: o.text.append_eos as u8,
         separator: std::ptr::null(),
         head_seed: o.load.head_seed,
+        share_prefixes: o.batch.share_prefixes as u8,
     }
 }
 
@@ -346,6 +353,7 @@ pub(crate) unsafe fn model_options(p: *const rk_model_params) -> Result<SharedMo
         batch: BatchOptions {
             token_budget: p.batch_token_budget as usize,
             max_batch_size: p.max_batch_size as usize,
+            share_prefixes: flag(p.share_prefixes, "params->share_prefixes")?,
         },
         n_threads: p.n_threads as usize,
     };

@@ -495,6 +495,7 @@ impl Attention<'_> {
                         scale,
                         self.cfg.sliding_window,
                         self.packing.map(|p| &p.seq_start),
+                        self.packing.and_then(|p| p.shared_prefix.as_ref()),
                         train,
                     )
                 })?
@@ -559,33 +560,76 @@ pub struct Batch {
 
 /// Sequences concatenated into one row, without padding (inference on the CPU): attention
 /// stays inside each sequence and rotary positions restart at each, so every sequence gets
-/// the score it gets alone (to float rounding).
+/// the score it gets alone (to float rounding). Sequences that begin with the same tokens
+/// (a preference pair's prompt) may share them: the prefix is stored once, and each
+/// sequence's own tokens follow it, seeing the prefix and themselves but not each other.
 pub struct Packing {
-    /// Per sequence: its first position in the row.
+    /// Per sequence: the row where its own tokens (after any shared prefix) start.
     pub starts: Vec<usize>,
-    /// Per position: the first position of its sequence (what the attention kernel masks by).
+    /// Per sequence: the first row and the length of the prefix it shares (length 0: none).
+    pub prefixes: Vec<(usize, usize)>,
+    /// Per row: the first row of its segment (a shared prefix, or a sequence's own tokens):
+    /// what the attention kernel masks by.
     pub seq_start: std::sync::Arc<[u32]>,
-    /// Per position: its position within its sequence (what rope rotates by).
+    /// Per row: its position within its sequence (what rope rotates by).
     pub positions: Vec<u32>,
+    /// Per row: the shared-prefix rows it also sees (empty range: none); `None` when no
+    /// sequence shares a prefix.
+    pub shared_prefix: Option<std::sync::Arc<[(u32, u32)]>>,
 }
 
 impl Packing {
-    /// The layout of sequences of these lengths, in order.
+    /// The layout of sequences of these lengths, in order, nothing shared.
     pub fn new(lengths: &[usize]) -> Packing {
-        let total: usize = lengths.iter().sum();
-        let (mut starts, mut seq_start, mut positions) = (
-            Vec::with_capacity(lengths.len()),
-            Vec::with_capacity(total),
-            Vec::with_capacity(total),
-        );
+        let groups: Vec<(usize, Vec<usize>)> = lengths.iter().map(|&n| (0, vec![n])).collect();
+        Packing::shared(&groups)
+    }
+
+    /// The layout of groups (prefix length, full lengths of the group's sequences), in order:
+    /// each group's prefix rows, then each sequence's tokens after the prefix. Every length
+    /// must be at least its group's prefix.
+    pub fn shared(groups: &[(usize, Vec<usize>)]) -> Packing {
+        let total: usize =
+            groups.iter().map(|(p, ls)| p + ls.iter().map(|l| l - p).sum::<usize>()).sum();
+        let n: usize = groups.iter().map(|(_, ls)| ls.len()).sum();
+        let (mut starts, mut prefixes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut seq_start, mut positions) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        let mut shared = Vec::with_capacity(total);
         let mut at = 0;
-        for &n in lengths {
-            starts.push(at);
-            seq_start.extend(std::iter::repeat(at as u32).take(n));
-            positions.extend(0..n as u32);
-            at += n;
+        for (p, lengths) in groups {
+            let (group_start, p) = (at, *p);
+            seq_start.extend(std::iter::repeat(at as u32).take(p));
+            positions.extend(0..p as u32);
+            shared.extend(std::iter::repeat((0u32, 0u32)).take(p));
+            at += p;
+            for &len in lengths {
+                starts.push(at);
+                prefixes.push((group_start, p));
+                seq_start.extend(std::iter::repeat(at as u32).take(len - p));
+                positions.extend(p as u32..len as u32);
+                let range = (group_start as u32, (group_start + p) as u32);
+                shared.extend(std::iter::repeat(range).take(len - p));
+                at += len - p;
+            }
         }
-        Packing { starts, seq_start: seq_start.into(), positions }
+        let any_shared = groups.iter().any(|(p, _)| *p > 0);
+        Packing {
+            starts,
+            prefixes,
+            seq_start: seq_start.into(),
+            positions,
+            shared_prefix: any_shared.then(|| shared.into()),
+        }
+    }
+
+    /// The row of token `q` of sequence `i`.
+    pub fn row(&self, i: usize, q: usize) -> usize {
+        let (first, p) = self.prefixes[i];
+        if q < p {
+            first + q
+        } else {
+            self.starts[i] + q - p
+        }
     }
 }
 
@@ -615,6 +659,10 @@ pub fn run_layers(
     let fused = x.device().is_cpu();
     if packing.is_some() && !fused {
         return Err(crate::Error::invalid("packed batches are scored on the CPU only"));
+    }
+    if packing.is_some_and(|p| p.shared_prefix.is_some()) && cfg.sliding_window.is_some() {
+        // The kernel's window counts rows, and a shared prefix is not in the rows before.
+        return Err(crate::Error::invalid("shared prefixes need a model without sliding window"));
     }
     let mask = if fused {
         None
@@ -692,8 +740,8 @@ fn last_layer_pooled_packed(
     let pass = Pass::Inference;
     let xn = rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, pass)?;
     let k = layer.k.forward(&xn)?.reshape((1, total, nkv, d))?;
-    let k = rope.apply_thd(&k, pass, Some(packing))?.squeeze(0)?.transpose(0, 1)?; // (nkv, total, d)
-    let v = layer.v.forward(&xn)?.reshape((total, nkv, d))?.transpose(0, 1)?; // (nkv, total, d)
+    let k_all = rope.apply_thd(&k, pass, Some(packing))?.squeeze(0)?.transpose(0, 1)?; // (nkv, total, d)
+    let v_all = layer.v.forward(&xn)?.reshape((total, nkv, d))?.transpose(0, 1)?; // (nkv, total, d)
     let rows = Tensor::from_vec(
         pool.iter().map(|&p| p as u32).collect::<Vec<_>>(),
         pool.len(),
@@ -705,14 +753,22 @@ fn last_layer_pooled_packed(
         nh,
         d,
     ))?;
-    let within: Vec<usize> = pool.iter().zip(&packing.starts).map(|(&p, &s)| p - s).collect();
+    let within: Vec<usize> = pool.iter().map(|&p| packing.positions[p] as usize).collect();
     let q = rope.apply_at(&q, &within)?; // (n, nh, d)
     let (rep, scale) = (nh / nkv, (d as f64).powf(-0.5));
     let window = cfg.sliding_window.unwrap_or(usize::MAX);
     let mut outputs = Vec::with_capacity(pool.len());
-    for (i, (&p, &start)) in pool.iter().zip(&packing.starts).enumerate() {
-        let first = start.max((p + 1).saturating_sub(window));
-        let (k, v) = (k.narrow(1, first, p + 1 - first)?, v.narrow(1, first, p + 1 - first)?);
+    for (i, &p) in pool.iter().enumerate() {
+        let first = (packing.seq_start[p] as usize).max((p + 1).saturating_sub(window));
+        let (mut k, mut v) =
+            (k_all.narrow(1, first, p + 1 - first)?, v_all.narrow(1, first, p + 1 - first)?);
+        // A shared prefix the query also sees: its keys first.
+        if let Some(&(a, b)) = packing.shared_prefix.as_ref().map(|s| &s[p]).filter(|r| r.0 < r.1) {
+            let (a, n) = (a as usize, (b - a) as usize);
+            let (kp, vp) = (k_all.narrow(1, a, n)?, v_all.narrow(1, a, n)?);
+            k = Tensor::cat(&[&kp, &k], 1)?;
+            v = Tensor::cat(&[&vp, &v], 1)?;
+        }
         let q = q.get(i)?.reshape((nkv, rep, d))?;
         let scores = (q.matmul(&k.t()?)? * scale)?; // (nkv, rep, keys)
         let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?;

@@ -39,6 +39,9 @@ pub(super) struct CausalAttention {
     /// Packed sequences (one batch row holding several): per position, the first position of
     /// its sequence; queries never see keys before it.
     seq_start: Option<Arc<[u32]>>,
+    /// Sequences that share a prefix (inference only): per position, a range of earlier rows
+    /// (the shared prefix, stored once) it sees besides its own sequence; empty for none.
+    shared_prefix: Option<Arc<[(u32, u32)]>>,
 }
 
 /// The output buffer, shared by tasks that each write a disjoint set of rows.
@@ -81,6 +84,7 @@ impl CustomOp3 for CausalAttention {
             || kl.shape() != vl.shape()
             || nkv * self.group != nh
             || self.seq_start.as_ref().is_some_and(|s| b != 1 || s.len() != t)
+            || self.shared_prefix.as_ref().is_some_and(|s| b != 1 || s.len() != t)
         {
             candle_core::bail!(
                 "causal attention: bad shapes or layouts {:?} {:?} {:?}",
@@ -197,7 +201,7 @@ impl CausalAttention {
         window: Option<usize>,
         seq_start: Option<Arc<[u32]>>,
     ) -> Self {
-        CausalAttention { scale, group, window, seq_start }
+        CausalAttention { scale, group, window, seq_start, shared_prefix: None }
     }
 
     /// q (b, t, nh, d), k and v (b, t, nkv, d), row-major -> attention output (b, t, nh, d).
@@ -264,7 +268,13 @@ impl CausalAttention {
     /// (`lo` = the first key any row sees), row-major (rows, i1 - lo), masked entries 0.
     fn probabilities(&self, x: &Heads, i0: usize, i1: usize) -> (usize, Vec<f32>) {
         let (rows, d) = (i1 - i0, x.d);
-        let lo = self.first_key(i0);
+        let lo = match &self.shared_prefix {
+            None => self.first_key(i0),
+            Some(_) => (i0..i1)
+                .map(|i| self.prefix_of(i).map_or(self.first_key(i), |p| p.0))
+                .min()
+                .unwrap_or(i0),
+        };
         let n = i1 - lo;
         let mut p = vec![0f32; rows * n];
         // scores (rows, n) = q[i0..i1] (rows, d) . k[lo..i1]^T (d, n) * scale
@@ -287,11 +297,30 @@ impl CausalAttention {
             let i = i0 + r;
             let (first, last) = (self.first_key(i) - lo, i - lo); // visible keys, inclusive
             let row = &mut p[r * n..(r + 1) * n];
-            row[..first].fill(0.0);
-            softmax_in_place(&mut row[first..=last]);
+            match self.prefix_of(i) {
+                None => {
+                    row[..first].fill(0.0);
+                    softmax_in_place(&mut row[first..=last]);
+                }
+                Some((a, b)) => {
+                    // Visible: the shared prefix a..b and the row's own keys first..=last;
+                    // the rows between (other sequences on the same prefix) are masked out.
+                    let (a, b) = (a - lo, b - lo);
+                    row[..a].fill(0.0);
+                    row[b..first].fill(f32::NEG_INFINITY);
+                    softmax_in_place(&mut row[a..=last]);
+                    row[b..first].fill(0.0);
+                }
+            }
             row[last + 1..].fill(0.0);
         }
         (lo, p)
+    }
+
+    /// The shared-prefix rows `a..b` query `i` sees besides its own sequence, if any.
+    fn prefix_of(&self, i: usize) -> Option<(usize, usize)> {
+        let (a, b) = self.shared_prefix.as_ref()?[i];
+        (a < b).then_some((a as usize, b as usize))
     }
 
     /// Attention for query rows `i0..i1` of one head, written to `out` (row stride `out_stride`).
@@ -790,8 +819,9 @@ pub fn rms_norm_cpu(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Causal (optionally sliding-window) attention, `softmax(q k^T * scale + mask) v`, computed
 /// in float32 on the CPU. q: (b, t, nh, d); k, v: (b, t, nkv, d) -> (b, t, nh, d) in q's dtype.
 /// With `seq_start` (b = 1, one entry per position: the first position of that position's
-/// sequence), several sequences packed into one row attend only within themselves.
-/// With `differentiable`, gradients flow to q, k and v through a fused backward pass that
+/// sequence), several sequences packed into one row attend only within themselves; with
+/// `shared_prefix` as well (inference only), a position also sees the range of rows given for
+/// it: the prefix it shares with other sequences, stored once. With `differentiable`, gradients flow to q, k and v through a fused backward pass that
 /// recomputes the probabilities block by block (no (t, t) tensor is ever stored).
 pub fn causal_attention_cpu(
     q: &Tensor,
@@ -800,12 +830,22 @@ pub fn causal_attention_cpu(
     scale: f64,
     window: Option<usize>,
     seq_start: Option<&Arc<[u32]>>,
+    shared_prefix: Option<&Arc<[(u32, u32)]>>,
     differentiable: bool,
 ) -> Result<Tensor> {
+    if shared_prefix.is_some() && (differentiable || seq_start.is_none()) {
+        return Err(crate::Error::invalid("shared prefixes are for packed inference batches"));
+    }
     let dtype = q.dtype();
     let f32c = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
     let group = q.dim(2)? / k.dim(2)?;
-    let op = CausalAttention { scale: scale as f32, group, window, seq_start: seq_start.cloned() };
+    let op = CausalAttention {
+        scale: scale as f32,
+        group,
+        window,
+        seq_start: seq_start.cloned(),
+        shared_prefix: shared_prefix.cloned(),
+    };
     let (q, k, v) = (f32c(q)?, f32c(k)?, f32c(v)?);
     let y =
         if differentiable { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
@@ -881,7 +921,7 @@ mod tests {
         )
         .unwrap();
         for window in [None, Some(9)] {
-            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, None, true).unwrap();
+            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, None, None, true).unwrap();
             let generic = reference(&q, &k, &v, 0.3, window);
             let fwd = (&fused - &generic)
                 .unwrap()
@@ -939,14 +979,24 @@ mod tests {
         let seq_start: Arc<[u32]> = seq_start.into();
         for window in [None, Some(9)] {
             let packed =
-                causal_attention_cpu(&q, &k, &v, 0.3, window, Some(&seq_start), true).unwrap();
+                causal_attention_cpu(&q, &k, &v, 0.3, window, Some(&seq_start), None, true)
+                    .unwrap();
             let mut at = 0;
             let mut parts = Vec::new();
             for &n in &lengths {
                 let cut = |x: &Var| x.as_tensor().narrow(1, at, n).unwrap();
                 parts.push(
-                    causal_attention_cpu(&cut(&q), &cut(&k), &cut(&v), 0.3, window, None, true)
-                        .unwrap(),
+                    causal_attention_cpu(
+                        &cut(&q),
+                        &cut(&k),
+                        &cut(&v),
+                        0.3,
+                        window,
+                        None,
+                        None,
+                        true,
+                    )
+                    .unwrap(),
                 );
                 at += n;
             }

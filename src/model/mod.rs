@@ -276,13 +276,40 @@ impl RewardModel {
     /// Builds one packed batch for inference ([`decoder::Packing`]): the sequences
     /// concatenated, no padding. Ids must already be validated.
     pub fn make_packed_batch(&self, seqs: &[&[u32]]) -> Result<Batch> {
-        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let packing = decoder::Packing::new(&lengths);
-        let pool_index =
-            seqs.iter().zip(&packing.starts).map(|(s, &at)| at + self.pool_index(s)).collect();
-        let flat: Vec<u32> = seqs.concat();
+        let groups: Vec<(usize, Vec<&[u32]>)> = seqs.iter().map(|&s| (0, vec![s])).collect();
+        self.make_shared_batch(&groups)
+    }
+
+    /// Builds one packed batch whose groups (prefix length, sequences) share their first
+    /// tokens: each group's prefix is stored once. Every sequence of a group must begin with
+    /// the same `prefix length` tokens (checked), and the model must have no sliding window
+    /// when a prefix is shared. Ids must already be validated.
+    pub fn make_shared_batch(&self, groups: &[(usize, Vec<&[u32]>)]) -> Result<Batch> {
+        let mut flat = Vec::new();
+        for (p, seqs) in groups {
+            let Some(first) = seqs.first() else {
+                return Err(Error::invalid("an empty group of sequences"));
+            };
+            if seqs.iter().any(|s| s.len() < *p || s[..*p] != first[..*p]) {
+                return Err(Error::invalid("the sequences of a group do not share its prefix"));
+            }
+            flat.extend_from_slice(&first[..*p]);
+            for s in seqs {
+                flat.extend_from_slice(&s[*p..]);
+            }
+        }
+        let layout: Vec<(usize, Vec<usize>)> =
+            groups.iter().map(|(p, seqs)| (*p, seqs.iter().map(|s| s.len()).collect())).collect();
+        let packing = decoder::Packing::shared(&layout);
+        let pool_index = groups
+            .iter()
+            .flat_map(|(_, seqs)| seqs.iter())
+            .enumerate()
+            .map(|(i, s)| packing.row(i, self.pool_index(s)))
+            .collect();
+        let total = flat.len();
         Ok(Batch {
-            ids: Tensor::from_vec(flat, (1, lengths.iter().sum::<usize>()), &self.device)?,
+            ids: Tensor::from_vec(flat, (1, total), &self.device)?,
             pool_index,
             packing: Some(packing),
         })

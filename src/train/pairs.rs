@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use super::cache::HiddenCache;
 use super::parallel::Shard;
 use crate::error::Result;
-use crate::handle::batch::plan_batches;
+use crate::handle::batch::{batch_features, plan_batches, plan_scoring};
 use crate::handle::SharedModel;
 use crate::model::{Pass, RewardModel};
 
@@ -159,6 +159,20 @@ impl SeqSource {
         shard: Shard,
     ) -> Result<Vec<(usize, Vec<f32>)>> {
         let model = shared.read()?;
+        if let SeqSource::Ids(all) = self {
+            // Token ids: the one scoring plan (shared prompts stored once on the CPU).
+            let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
+            return shared.install(|| -> Result<_> {
+                let mut out = Vec::new();
+                let batches = plan_scoring(&model, &seqs, shared.batch_options());
+                for batch in batches.iter().enumerate().filter(|(b, _)| shard.takes(*b)) {
+                    let (rows, features) = batch_features(&model, &seqs, batch.1)?;
+                    let heads = model.head_rewards_from_features(&features)?.to_vec2::<f32>()?;
+                    out.extend(rows.into_iter().zip(heads));
+                }
+                Ok(out)
+            });
+        }
         let lengths: Vec<usize> = idx.iter().map(|&i| self.planned_len(i)).collect();
         let mut out = Vec::new();
         shared.install(|| -> Result<()> {

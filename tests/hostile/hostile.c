@@ -297,11 +297,16 @@ static int c_model_params_init(const void *arg) {
     EXPECT(rk_model_params_init(NULL, sizeof *p), RK_ERR_NULL_POINTER);
     memset(buf, 0xAB, sizeof buf);
     EXPECT(rk_model_params_init(p, 0), RK_ERR_INVALID_ARGUMENT);
-    EXPECT(rk_model_params_init(p, sizeof *p - 1), RK_ERR_INVALID_ARGUMENT);
+    /* Smaller than the first published layout (which ends before `share_prefixes`). */
+    EXPECT(rk_model_params_init(p, offsetof(rk_model_params, share_prefixes) - 1), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_model_params_init(p, sizeof *p + 1), RK_ERR_INVALID_ARGUMENT);
     EXPECT(rk_model_params_init(p, SIZE_MAX), RK_ERR_INVALID_ARGUMENT);
     CHECK(buf[0] == 0xAB, "a refused init writes nothing");
+    /* A caller built against the header before `share_prefixes`: only its bytes are written. */
+    EXPECT(rk_model_params_init(p, offsetof(rk_model_params, share_prefixes)), RK_OK);
+    CHECK(buf[offsetof(rk_model_params, share_prefixes)] == 0xAB, "old layout: nothing written past it");
     EXPECT(rk_model_params_init(p, sizeof *p), RK_OK);
-    CHECK(p->struct_size == sizeof *p && p->dtype == RK_DTYPE_F32 && p->batch_token_budget == 4096 && p->append_eos == 0, "defaults");
+    CHECK(p->struct_size == sizeof *p && p->dtype == RK_DTYPE_F32 && p->batch_token_budget == 4096 && p->append_eos == 0 && p->share_prefixes == 1, "defaults");
     CHECK(buf[sizeof *p] == 0xAB, "nothing written past the struct");
     return failed;
 }

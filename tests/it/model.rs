@@ -71,8 +71,8 @@ fn token_budget_and_batch_size_do_not_change_scores() {
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
     let reference = load(tiny_model()).score_pairs(&refs).unwrap();
     for batch in [
-        BatchOptions { token_budget: 1, max_batch_size: 0 },
-        BatchOptions { token_budget: 100_000, max_batch_size: 3 },
+        BatchOptions { token_budget: 1, max_batch_size: 0, share_prefixes: true },
+        BatchOptions { token_budget: 100_000, max_batch_size: 3, share_prefixes: false },
     ] {
         let opts = SharedModelOptions { batch, ..Default::default() };
         let got = SharedModel::load(tiny_model(), &opts).unwrap().score_pairs(&refs).unwrap();
@@ -411,4 +411,78 @@ fn packed_batches_score_like_padded_ones_and_like_each_sequence_alone() {
         back.reverse();
         assert_close(&back, &alone, 1e-5, &format!("packed, reversed, {what}"));
     }
+}
+
+/// Sequences that share their first tokens (a pair's prompt), packed with the prefix stored
+/// once, score like each sequence alone: groups of two and three, a sequence that is all
+/// prefix, trailing pads (pooled before them), and groups and singles in one batch. With a
+/// sliding window a shared prefix is refused, and the planner never shares one.
+#[test]
+fn shared_prefix_batches_score_like_each_sequence_alone() {
+    use rewardkit::handle::batch::{group_prefixes, plan_scoring, BatchOptions};
+    use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
+    let spec = TinySpec { max_position_embeddings: 512, ..Default::default() };
+    let build = |window: Option<usize>| {
+        let mut cfg = tiny_config(&spec).unwrap();
+        cfg.sliding_window = window;
+        cfg.pad_token_id = Some(2);
+        let params = random_params(&cfg, 4).unwrap();
+        RewardModel::from_params(
+            cfg,
+            params,
+            HeadSource::Fresh { seed: 4 },
+            candle_core::Device::Cpu,
+            ComputeDType::F32,
+            512,
+        )
+        .unwrap()
+    };
+    let model = build(None);
+    let mut rng = rewardkit::rng::Rng::new(12);
+    let mut tokens =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| 3 + (rng.next_f32() * 4000.0) as u32).collect() };
+    let (p1, p2) = (tokens(70), tokens(33));
+    let cat = |a: &[u32], b: &[u32]| [a, b].concat();
+    let seqs: Vec<Vec<u32>> = vec![
+        cat(&p1, &tokens(20)),
+        cat(&p1, &tokens(90)),
+        cat(&p2, &tokens(5)),
+        tokens(64),
+        cat(&p1, &[tokens(3), vec![2, 2]].concat()), // trailing pads
+        p2.clone(),                                  // all prefix
+        cat(&p2, &tokens(61)),
+    ];
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let alone: Vec<f32> = refs
+        .iter()
+        .map(|&s| model.rewards(&model.make_batch(&[s]).unwrap(), Pass::Inference).unwrap())
+        .map(|r| r.to_vec1::<f32>().unwrap()[0])
+        .collect();
+    let groups = group_prefixes(&refs);
+    assert!(groups.iter().any(|g| g.prefix == 70 && g.members.len() == 3), "{groups:?}");
+    assert!(groups.iter().any(|g| g.prefix == 33 && g.members.len() == 3), "{groups:?}");
+    let batch: Vec<(usize, Vec<&[u32]>)> =
+        groups.iter().map(|g| (g.prefix, g.members.iter().map(|&i| refs[i]).collect())).collect();
+    let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+    let got: Vec<f32> = model
+        .rewards(&model.make_shared_batch(&batch).unwrap(), Pass::Inference)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want: Vec<f32> = order.iter().map(|&i| alone[i]).collect();
+    assert_close(&got, &want, 1e-5, "shared prefixes vs alone");
+    // Through the scoring plan (small budget: several batches).
+    let opts = BatchOptions { token_budget: 200, max_batch_size: 0, share_prefixes: true };
+    let planned = rewardkit::handle::batch::score_sequences(&model, &refs, &opts).unwrap();
+    assert_close(&planned, &alone, 1e-5, "planned scoring vs alone");
+    assert!(plan_scoring(&model, &refs, &opts).iter().flatten().any(|g| g.prefix > 0));
+    let off = BatchOptions { share_prefixes: false, ..opts };
+    assert!(plan_scoring(&model, &refs, &off).iter().flatten().all(|g| g.prefix == 0));
+    // A group whose members do not share its prefix is refused.
+    assert!(model.make_shared_batch(&[(5, vec![refs[0], refs[3]])]).is_err());
+    // Sliding window: refused in the batch, never planned.
+    let windowed = build(Some(50));
+    let shared = windowed.make_shared_batch(&batch).unwrap();
+    assert!(windowed.rewards(&shared, Pass::Inference).is_err());
+    assert!(plan_scoring(&windowed, &refs, &opts).iter().flatten().all(|g| g.prefix == 0));
 }

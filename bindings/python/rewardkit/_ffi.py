@@ -35,6 +35,7 @@ class ModelParams(ctypes.Structure):
         ("append_eos", c_uint8),
         ("separator", c_char_p),
         ("head_seed", c_uint64),
+        ("share_prefixes", c_uint8),
     ]
 
 

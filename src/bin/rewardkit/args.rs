@@ -52,12 +52,17 @@ pub struct RuntimeArgs {
     /// Longest sequence in tokens (0 = the model's maximum); prompts are cut from the left.
     #[arg(long, default_value_t = LoadOptions::default().max_length)]
     pub max_length: usize,
-    /// Padded tokens per forward pass.
+    /// Tokens per forward pass: real tokens in a packed CPU batch, rows x longest row in a
+    /// padded (GPU) one.
     #[arg(long, default_value_t = BatchOptions::default().token_budget)]
     pub batch_tokens: usize,
     /// Sequences per forward pass (0 = limited by --batch-tokens only).
     #[arg(long, default_value_t = BatchOptions::default().max_batch_size)]
     pub batch_size: usize,
+    /// Compute every sequence in full, even where sequences begin with the same tokens (by
+    /// default, on the CPU, a shared prompt is computed once per batch).
+    #[arg(long)]
+    pub no_shared_prefixes: bool,
     /// Append EOS after each response (MOSS-RLHF's convention).
     #[arg(long)]
     pub append_eos: bool,
@@ -82,6 +87,7 @@ impl RuntimeArgs {
             batch: BatchOptions {
                 token_budget: self.batch_tokens,
                 max_batch_size: self.batch_size,
+                share_prefixes: !self.no_shared_prefixes,
             },
             n_threads: self.threads,
         }

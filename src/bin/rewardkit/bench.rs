@@ -82,9 +82,11 @@ pub fn bench(
         lengths[lengths.len() - 1]
     );
     println!(
-        "  batching  {} sequences max, {} padded tokens max per forward pass",
+        "  batching  {} sequences max, {} tokens max per forward pass ({}), shared prefixes {}",
         if batch.max_batch_size == 0 { "no".to_string() } else { batch.max_batch_size.to_string() },
-        batch.token_budget
+        batch.token_budget,
+        if info.device == "cpu" { "packed" } else { "padded" },
+        if batch.share_prefixes && info.device == "cpu" { "computed once" } else { "off" },
     );
     println!();
     println!("  {:<8} {:>10} {:>12} {:>12}", "run", "seconds", "pairs/s", "tokens/s");
