@@ -21,7 +21,9 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
-use super::decoder::{dropout_mask, names, DecoderWeights, LayerWeights, Linear, Pass, Rope};
+use super::decoder::{
+    dropout_mask, names, DecoderWeights, LayerWeights, Linear, Packing, Pass, Rope,
+};
 use super::fused::{self, CausalAttention, Mat};
 use crate::error::{Error, Result};
 use crate::host::{host_f32, HostF32};
@@ -30,11 +32,12 @@ use crate::profile::host_phase;
 /// Where the engine's forward pass starts: hidden states entering layer `first`.
 pub struct EngineInput {
     pub first: usize,
-    /// (T, h) row-major: the sequences one after another.
+    /// (T, h) row-major, laid out as [`Packing::shared`] lays out `groups`: each group's
+    /// shared prefix once, then each member's own tokens.
     pub x: Vec<f32>,
-    /// Rows per sequence, in order (they sum to T).
-    pub lengths: Vec<usize>,
-    /// Per sequence: the row within the sequence the reward is read at.
+    /// (prefix length, full lengths of the members) per group; a prefix of 0 shares nothing.
+    pub groups: Vec<(usize, Vec<usize>)>,
+    /// Per member (group by group): the token within its sequence the reward is read at.
     pub pool: Vec<usize>,
     /// The token id of every row when `first == 0`: the embedding's gradient lands by them.
     pub ids: Option<Vec<u32>>,
@@ -45,13 +48,14 @@ pub struct Tape {
     first: usize,
     pass: Pass,
     rows: usize,
-    /// Per row: the first row of its sequence, and its position within the sequence.
-    seq_start: Arc<[u32]>,
-    positions: Vec<u32>,
+    /// The rows' layout: sequences, shared prefixes, positions.
+    packing: Packing,
     /// Per sequence: the absolute row the reward is read at.
     pool: Vec<usize>,
-    /// The input's sequence lengths and pooled rows within each (for a branch).
-    lengths: Vec<usize>,
+    /// Per group: its rows and its members.
+    group_rows: Vec<(usize, usize, std::ops::Range<usize>)>,
+    /// The input's groups and pooled tokens within each member (for a branch).
+    groups: Vec<(usize, Vec<usize>)>,
     pool_within: Vec<usize>,
     ids: Option<Vec<u32>>,
     /// Layers `first..`; the last one with `query_rows`.
@@ -76,7 +80,7 @@ impl Tape {
             + self.top.len()
             + self.cos.len()
             + self.sin.len();
-        4 * floats + 4 * (self.seq_start.len() + self.positions.len())
+        4 * floats + 12 * self.packing.positions.len()
     }
 }
 
@@ -378,6 +382,9 @@ struct Ctx<'a> {
     rows: usize,
     seq_start: &'a Arc<[u32]>,
     positions: &'a [u32],
+    shared_prefix: Option<&'a Arc<[(u32, u32)]>>,
+    /// Per group: its rows and its members (the pooled backward's tasks).
+    group_rows: &'a [(usize, usize, std::ops::Range<usize>)],
     cos: &'a [f32],
     sin: &'a [f32],
     eps: f32,
@@ -395,7 +402,17 @@ impl Ctx<'_> {
             nh / nkv,
             self.cfg.sliding_window,
             Some(self.seq_start.clone()),
+            self.shared_prefix.cloned(),
         )
+    }
+
+    /// The keys the query at absolute row `r` sees: its shared prefix, then its own rows.
+    fn visible(&self, r: usize) -> impl Iterator<Item = usize> + Clone {
+        let prefix = match self.shared_prefix {
+            Some(s) if s[r].0 < s[r].1 => s[r].0 as usize..s[r].1 as usize,
+            _ => 0..0,
+        };
+        prefix.chain(self.first_key(r)..=r)
     }
 
     /// The first key visible to the query at absolute row `r`.
@@ -534,7 +551,7 @@ fn layer_backward(
             &d_att,
             (1, t, nh, nkv, d),
         ),
-        Some(rows) => pooled_attention_backward(ctx, tape, &d_att, rows),
+        Some(rows) => pooled_attention_backward(ctx, tape, &d_att, rows, ctx.group_rows),
     });
     drop(d_att);
     rotate_rows(&mut dk, d, ctx.positions, ctx.cos, ctx.sin, true);
@@ -575,12 +592,11 @@ fn pooled_attention(ctx: &Ctx, q: &[f32], k: &[f32], v: &[f32], rows: &[usize]) 
     let (nh, nkv, d) = ctx.dims();
     let mut out = vec![0f32; rows.len() * nh * d];
     out.par_chunks_mut(nh * d).zip(rows.par_iter()).enumerate().for_each(|(i, (o, &r))| {
-        let first = ctx.first_key(r);
         for hh in 0..nh {
             let kh = hh / (nh / nkv);
-            let p = pooled_probs(ctx, &q[(i * nh + hh) * d..][..d], k, kh, first, r);
+            let p = pooled_probs(ctx, &q[(i * nh + hh) * d..][..d], k, kh, r);
             let o = &mut o[hh * d..(hh + 1) * d];
-            for (j, pj) in (first..=r).zip(&p) {
+            for (j, pj) in ctx.visible(r).zip(&p) {
                 let vj = &v[(j * nkv + kh) * d..][..d];
                 o.iter_mut().zip(vj).for_each(|(o, v)| *o += pj * v);
             }
@@ -589,11 +605,12 @@ fn pooled_attention(ctx: &Ctx, q: &[f32], k: &[f32], v: &[f32], rows: &[usize]) 
     out
 }
 
-/// softmax over keys `first..=r` of kv head `kh` of scale · q·k.
-fn pooled_probs(ctx: &Ctx, q: &[f32], k: &[f32], kh: usize, first: usize, r: usize) -> Vec<f32> {
+/// softmax over the keys row `r` sees (kv head `kh`) of scale · q·k.
+fn pooled_probs(ctx: &Ctx, q: &[f32], k: &[f32], kh: usize, r: usize) -> Vec<f32> {
     let (_, nkv, d) = ctx.dims();
     let scale = (d as f32).powf(-0.5);
-    let mut s: Vec<f32> = (first..=r)
+    let mut s: Vec<f32> = ctx
+        .visible(r)
         .map(|j| {
             scale * q.iter().zip(&k[(j * nkv + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f32>()
         })
@@ -605,53 +622,78 @@ fn pooled_probs(ctx: &Ctx, q: &[f32], k: &[f32], kh: usize, first: usize, r: usi
     s
 }
 
-/// Gradients of [`pooled_attention`]: dq (n, nh*d), dk and dv (T, nkv*d). Each sequence's
-/// visible keys are its own rows, so sequences are independent tasks.
+/// Gradients of [`pooled_attention`]: dq (n, nh*d), dk and dv (T, nkv*d). The keys a
+/// query sees lie in its group's rows (its shared prefix and its own tokens), so groups are
+/// independent tasks.
 fn pooled_attention_backward(
     ctx: &Ctx,
     tape: &LayerTape,
     d_att: &[f32],
     rows: &[usize],
+    groups: &[(usize, usize, std::ops::Range<usize>)],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (nh, nkv, d) = ctx.dims();
     let (t, kw) = (ctx.rows, nkv * d);
     let scale = (d as f32).powf(-0.5);
     let mut dq = vec![0f32; rows.len() * nh * d];
     let (mut dk, mut dv) = (vec![0f32; t * kw], vec![0f32; t * kw]);
-    // Carve each sequence's key rows first..=r out of dk and dv (ascending, disjoint).
-    let mut tasks = Vec::with_capacity(rows.len());
-    let (mut rest_k, mut rest_v, mut at) = (&mut dk[..], &mut dv[..], 0usize);
-    for (&r, dq_i) in rows.iter().zip(dq.chunks_mut(nh * d)) {
-        let first = ctx.first_key(r);
-        let (_, k_tail) = std::mem::take(&mut rest_k).split_at_mut((first - at) * kw);
-        let (k_mine, k_rest) = k_tail.split_at_mut((r + 1 - first) * kw);
-        let (_, v_tail) = std::mem::take(&mut rest_v).split_at_mut((first - at) * kw);
-        let (v_mine, v_rest) = v_tail.split_at_mut((r + 1 - first) * kw);
-        tasks.push((r, first, dq_i, k_mine, v_mine));
-        (rest_k, rest_v, at) = (k_rest, v_rest, r + 1);
+    // Carve each group's rows g0..g1 out of dk and dv, and its members' rows out of dq
+    // (all ascending, disjoint).
+    let mut tasks = Vec::with_capacity(groups.len());
+    let (mut rest_k, mut rest_v, mut rest_q, mut at) = (&mut dk[..], &mut dv[..], &mut dq[..], 0);
+    for (g0, g1, members) in groups {
+        let (_, k_tail) = std::mem::take(&mut rest_k).split_at_mut((g0 - at) * kw);
+        let (k_mine, k_rest) = k_tail.split_at_mut((g1 - g0) * kw);
+        let (_, v_tail) = std::mem::take(&mut rest_v).split_at_mut((g0 - at) * kw);
+        let (v_mine, v_rest) = v_tail.split_at_mut((g1 - g0) * kw);
+        let (q_mine, q_rest) = std::mem::take(&mut rest_q).split_at_mut(members.len() * nh * d);
+        tasks.push((*g0, members.clone(), q_mine, k_mine, v_mine));
+        (rest_k, rest_v, rest_q, at) = (k_rest, v_rest, q_rest, *g1);
     }
-    tasks.into_par_iter().enumerate().for_each(|(i, (r, first, dq_i, dk_i, dv_i))| {
-        for hh in 0..nh {
-            let kh = hh / (nh / nkv);
-            let q = &tape.q[(i * nh + hh) * d..][..d];
-            let (o, g) = (&tape.att[(i * nh + hh) * d..][..d], &d_att[(i * nh + hh) * d..][..d]);
-            let p = pooled_probs(ctx, q, &tape.k, kh, first, r);
-            let delta: f32 = o.iter().zip(g).map(|(a, b)| a * b).sum();
-            let dq_h = &mut dq_i[hh * d..(hh + 1) * d];
-            for (jj, (j, &pj)) in (first..=r).zip(&p).enumerate() {
-                let (kj, vj) =
-                    (&tape.k[(j * nkv + kh) * d..][..d], &tape.v[(j * nkv + kh) * d..][..d]);
-                let dp: f32 = g.iter().zip(vj).map(|(a, b)| a * b).sum();
-                let ds = pj * (dp - delta) * scale;
-                dq_h.iter_mut().zip(kj).for_each(|(a, b)| *a += ds * b);
-                let dk_j = &mut dk_i[jj * kw + kh * d..][..d];
-                dk_j.iter_mut().zip(q).for_each(|(a, b)| *a += ds * b);
-                let dv_j = &mut dv_i[jj * kw + kh * d..][..d];
-                dv_j.iter_mut().zip(g).for_each(|(a, b)| *a += pj * b);
+    tasks.into_par_iter().for_each(|(g0, members, dq_g, dk_g, dv_g)| {
+        for (m, i) in members.clone().enumerate() {
+            let r = rows[i];
+            for hh in 0..nh {
+                let kh = hh / (nh / nkv);
+                let at = (i * nh + hh) * d;
+                let q = &tape.q[at..][..d];
+                let (o, g) = (&tape.att[at..][..d], &d_att[at..][..d]);
+                let p = pooled_probs(ctx, q, &tape.k, kh, r);
+                let delta: f32 = o.iter().zip(g).map(|(a, b)| a * b).sum();
+                let dq_h = &mut dq_g[(m * nh + hh) * d..][..d];
+                for (j, &pj) in ctx.visible(r).zip(&p) {
+                    let (kj, vj) =
+                        (&tape.k[(j * nkv + kh) * d..][..d], &tape.v[(j * nkv + kh) * d..][..d]);
+                    let dp: f32 = g.iter().zip(vj).map(|(a, b)| a * b).sum();
+                    let ds = pj * (dp - delta) * scale;
+                    dq_h.iter_mut().zip(kj).for_each(|(a, b)| *a += ds * b);
+                    let dk_j = &mut dk_g[(j - g0) * kw + kh * d..][..d];
+                    dk_j.iter_mut().zip(q).for_each(|(a, b)| *a += ds * b);
+                    let dv_j = &mut dv_g[(j - g0) * kw + kh * d..][..d];
+                    dv_j.iter_mut().zip(g).for_each(|(a, b)| *a += pj * b);
+                }
             }
         }
     });
     (dq, dk, dv)
+}
+
+/// Per group of `groups` laid out by `packing`: its first row, the row after its last, and
+/// its members' indices.
+fn group_rows(
+    groups: &[(usize, Vec<usize>)],
+    packing: &Packing,
+) -> Vec<(usize, usize, std::ops::Range<usize>)> {
+    let mut out = Vec::with_capacity(groups.len());
+    let mut member = 0;
+    for (p, lengths) in groups {
+        let first = packing.prefixes[member].0;
+        let last = member + lengths.len() - 1;
+        let end = packing.starts[last] + lengths[lengths.len() - 1] - p;
+        out.push((first, end, member..last + 1));
+        member = last + 1;
+    }
+    out
 }
 
 /// Forward from `input` through the remaining layers and the final norm: features (n, h) and
@@ -665,39 +707,42 @@ pub fn forward(
 ) -> Result<(Vec<f32>, Tape)> {
     let n_layers = w.layers.len();
     let h = cfg.hidden_size;
-    let rows: usize = input.lengths.iter().sum();
+    let members: Vec<usize> = input.groups.iter().flat_map(|(_, ls)| ls.iter().copied()).collect();
+    let consistent_groups = input.groups.iter().all(|(p, ls)| {
+        !ls.is_empty() && ls.iter().all(|&l| l >= *p) && (*p == 0 || cfg.sliding_window.is_none())
+    });
     if input.first >= n_layers
-        || input.x.len() != rows * h
-        || input.pool.len() != input.lengths.len()
-        || input.pool.iter().zip(&input.lengths).any(|(&p, &n)| p >= n)
+        || !consistent_groups
+        || input.pool.len() != members.len()
+        || input.pool.iter().zip(&members).any(|(&p, &n)| p >= n)
+    {
+        return Err(Error::invalid("engine input: inconsistent groups or pooled tokens"));
+    }
+    let packing = Packing::shared(&input.groups);
+    let rows = packing.positions.len();
+    if input.x.len() != rows * h
         || input.ids.as_ref().is_some_and(|ids| ids.len() != rows || input.first != 0)
     {
-        return Err(Error::invalid("engine input: inconsistent rows, lengths or pooled rows"));
+        return Err(Error::invalid("engine input: rows do not match the layout"));
     }
-    let longest = input.lengths.iter().copied().max().unwrap_or(0);
+    let longest = members.iter().copied().max().unwrap_or(0);
     if longest > rope.max_len() {
         return Err(Error::invalid(format!(
             "a sequence of {longest} rows exceeds the model's {} positions",
             rope.max_len()
         )));
     }
-    let (mut seq_start, mut positions, mut pool) =
-        (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::new());
-    let mut at = 0;
-    for (&n, &p) in input.lengths.iter().zip(&input.pool) {
-        seq_start.extend(std::iter::repeat(at as u32).take(n));
-        positions.extend(0..n as u32);
-        pool.push(at + p);
-        at += n;
-    }
-    let seq_start: Arc<[u32]> = seq_start.into();
+    let pool: Vec<usize> = input.pool.iter().enumerate().map(|(i, &q)| packing.row(i, q)).collect();
+    let group_rows = group_rows(&input.groups, &packing);
     let (cos, sin) = rope.host_tables(longest.max(1))?;
     let ctx = Ctx {
         cfg,
         pass,
         rows,
-        seq_start: &seq_start,
-        positions: &positions,
+        seq_start: &packing.seq_start,
+        positions: &packing.positions,
+        shared_prefix: packing.shared_prefix.as_ref(),
+        group_rows: &group_rows,
         cos: &cos,
         sin: &sin,
         eps: cfg.rms_norm_eps as f32,
@@ -717,10 +762,10 @@ pub fn forward(
         first: input.first,
         pass,
         rows,
-        seq_start,
-        positions,
+        packing,
+        group_rows,
         pool,
-        lengths: input.lengths,
+        groups: input.groups,
         pool_within: input.pool,
         ids: input.ids,
         layers,
@@ -752,7 +797,7 @@ pub fn branch(
     let input = EngineInput {
         first: at,
         x: base.layers[at - base.first].x.clone(),
-        lengths: base.lengths.clone(),
+        groups: base.groups.clone(),
         pool: base.pool_within.clone(),
         ids: None,
     };
@@ -814,8 +859,10 @@ fn backward_layers(
         cfg,
         pass: tape.pass,
         rows: tape.rows,
-        seq_start: &tape.seq_start,
-        positions: &tape.positions,
+        seq_start: &tape.packing.seq_start,
+        positions: &tape.packing.positions,
+        shared_prefix: tape.packing.shared_prefix.as_ref(),
+        group_rows: &tape.group_rows,
         cos: &tape.cos,
         sin: &tape.sin,
         eps: cfg.rms_norm_eps as f32,

@@ -494,8 +494,10 @@ impl Attention<'_> {
                         &v.contiguous()?,
                         scale,
                         self.cfg.sliding_window,
-                        self.packing.map(|p| &p.seq_start),
-                        self.packing.and_then(|p| p.shared_prefix.as_ref()),
+                        self.packing.map(|p| super::fused::PackedRows {
+                            seq_start: &p.seq_start,
+                            shared_prefix: p.shared_prefix.as_ref(),
+                        }),
                         train,
                     )
                 })?

@@ -200,8 +200,9 @@ impl CausalAttention {
         group: usize,
         window: Option<usize>,
         seq_start: Option<Arc<[u32]>>,
+        shared_prefix: Option<Arc<[(u32, u32)]>>,
     ) -> Self {
-        CausalAttention { scale, group, window, seq_start, shared_prefix: None }
+        CausalAttention { scale, group, window, seq_start, shared_prefix }
     }
 
     /// q (b, t, nh, d), k and v (b, t, nkv, d), row-major -> attention output (b, t, nh, d).
@@ -242,7 +243,8 @@ impl CausalAttention {
         let mut out = Vec::new();
         let mut s0 = 0;
         for i in 1..t {
-            if starts[i] as usize == i && i - s0 >= SEGMENT_ROWS {
+            // A sequence that reads a shared prefix stays in its group's segment.
+            if starts[i] as usize == i && self.prefix_of(i).is_none() && i - s0 >= SEGMENT_ROWS {
                 out.push((s0, i));
                 s0 = i;
             }
@@ -816,12 +818,19 @@ pub fn rms_norm_cpu(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })?)
 }
 
+/// The layout of a packed row (b = 1): per position, the first position of its sequence, and
+/// the shared-prefix rows it also sees.
+#[derive(Clone, Copy)]
+pub struct PackedRows<'a> {
+    pub seq_start: &'a Arc<[u32]>,
+    pub shared_prefix: Option<&'a Arc<[(u32, u32)]>>,
+}
+
 /// Causal (optionally sliding-window) attention, `softmax(q k^T * scale + mask) v`, computed
 /// in float32 on the CPU. q: (b, t, nh, d); k, v: (b, t, nkv, d) -> (b, t, nh, d) in q's dtype.
-/// With `seq_start` (b = 1, one entry per position: the first position of that position's
-/// sequence), several sequences packed into one row attend only within themselves; with
-/// `shared_prefix` as well (inference only), a position also sees the range of rows given for
-/// it: the prefix it shares with other sequences, stored once. With `differentiable`, gradients flow to q, k and v through a fused backward pass that
+/// With `packed` (b = 1; [`PackedRows`]), several sequences packed into one row attend only
+/// within themselves, and (inference only) a position also sees the shared-prefix rows given
+/// for it: the prefix it shares with other sequences, stored once. With `differentiable`, gradients flow to q, k and v through a fused backward pass that
 /// recomputes the probabilities block by block (no (t, t) tensor is ever stored).
 pub fn causal_attention_cpu(
     q: &Tensor,
@@ -829,11 +838,12 @@ pub fn causal_attention_cpu(
     v: &Tensor,
     scale: f64,
     window: Option<usize>,
-    seq_start: Option<&Arc<[u32]>>,
-    shared_prefix: Option<&Arc<[(u32, u32)]>>,
+    packed: Option<PackedRows<'_>>,
     differentiable: bool,
 ) -> Result<Tensor> {
-    if shared_prefix.is_some() && (differentiable || seq_start.is_none()) {
+    let seq_start = packed.map(|p| p.seq_start);
+    let shared_prefix = packed.and_then(|p| p.shared_prefix);
+    if shared_prefix.is_some() && differentiable {
         return Err(crate::Error::invalid("shared prefixes are for packed inference batches"));
     }
     let dtype = q.dtype();
@@ -921,7 +931,7 @@ mod tests {
         )
         .unwrap();
         for window in [None, Some(9)] {
-            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, None, None, true).unwrap();
+            let fused = causal_attention_cpu(&q, &k, &v, 0.3, window, None, true).unwrap();
             let generic = reference(&q, &k, &v, 0.3, window);
             let fwd = (&fused - &generic)
                 .unwrap()
@@ -977,26 +987,16 @@ mod tests {
             at += n;
         }
         let seq_start: Arc<[u32]> = seq_start.into();
+        let rows = PackedRows { seq_start: &seq_start, shared_prefix: None };
         for window in [None, Some(9)] {
-            let packed =
-                causal_attention_cpu(&q, &k, &v, 0.3, window, Some(&seq_start), None, true)
-                    .unwrap();
+            let packed = causal_attention_cpu(&q, &k, &v, 0.3, window, Some(rows), true).unwrap();
             let mut at = 0;
             let mut parts = Vec::new();
             for &n in &lengths {
                 let cut = |x: &Var| x.as_tensor().narrow(1, at, n).unwrap();
                 parts.push(
-                    causal_attention_cpu(
-                        &cut(&q),
-                        &cut(&k),
-                        &cut(&v),
-                        0.3,
-                        window,
-                        None,
-                        None,
-                        true,
-                    )
-                    .unwrap(),
+                    causal_attention_cpu(&cut(&q), &cut(&k), &cut(&v), 0.3, window, None, true)
+                        .unwrap(),
                 );
                 at += n;
             }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decoder;
 mod fused;
 pub mod params;
+pub mod prefix;
 pub mod tiny;
 
 use std::path::Path;
@@ -383,20 +384,43 @@ impl RewardModel {
         )
     }
 
-    /// The engine's input for token-id sequences: their embedding rows, or the frozen layers
-    /// below `first` run as one packed inference batch.
-    pub fn engine_input(&self, seqs: &[&[u32]], first: usize) -> Result<backprop::EngineInput> {
-        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let pool: Vec<usize> = seqs.iter().map(|s| self.pool_index(s)).collect();
-        let x = if first == 0 {
-            backprop::embed_rows(&self.inference_weights, &seqs.concat())?
+    /// The engine's input for token-id sequences, and the order of its members (member k is
+    /// `seqs[order[k]]`). Sequences that begin with the same tokens are grouped with those
+    /// tokens stored once ([`prefix::group_prefixes`]; not with a sliding window); the rows
+    /// are their embeddings, or the frozen layers below `first` run as one packed inference
+    /// batch of the same layout.
+    pub fn engine_input(
+        &self,
+        seqs: &[&[u32]],
+        first: usize,
+    ) -> Result<(backprop::EngineInput, Vec<usize>)> {
+        let groups = if self.config.sliding_window.is_none() {
+            prefix::group_prefixes(seqs)
         } else {
-            let batch = self.make_packed_batch(seqs)?;
+            (0..seqs.len()).map(|i| prefix::PrefixGroup { prefix: 0, members: vec![i] }).collect()
+        };
+        let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+        let members = |g: &prefix::PrefixGroup| -> Vec<&[u32]> {
+            g.members.iter().map(|&i| seqs[i]).collect()
+        };
+        let layout: Vec<(usize, Vec<&[u32]>)> =
+            groups.iter().map(|g| (g.prefix, members(g))).collect();
+        let batch = self.make_shared_batch(&layout)?;
+        let flat: Vec<u32> = batch.ids.flatten_all()?.to_vec1()?;
+        let x = if first == 0 {
+            backprop::embed_rows(&self.inference_weights, &flat)?
+        } else {
             let x = self.hidden_before_layer(&batch, first, Pass::Inference)?;
             x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
         };
-        let ids = (first == 0).then(|| seqs.concat());
-        Ok(backprop::EngineInput { first, x, lengths, pool, ids })
+        let input = backprop::EngineInput {
+            first,
+            x,
+            groups: layout.iter().map(|(p, s)| (*p, s.iter().map(|s| s.len()).collect())).collect(),
+            pool: order.iter().map(|&i| self.pool_index(seqs[i])).collect(),
+            ids: (first == 0).then_some(flat),
+        };
+        Ok((input, order))
     }
 
     /// Adds a parameter the decoder does not read (e.g. SwAV prototypes), saved with the model.

@@ -188,6 +188,7 @@ impl HiddenCache {
             x.extend_from_slice(&rows);
         }
         let pool = ids.iter().map(|&i| self.pool[i]).collect();
-        Ok(crate::model::backprop::EngineInput { first: self.first, x, lengths, pool, ids: None })
+        let groups = lengths.into_iter().map(|n| (0, vec![n])).collect();
+        Ok(crate::model::backprop::EngineInput { first: self.first, x, groups, pool, ids: None })
     }
 }

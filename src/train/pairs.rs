@@ -109,23 +109,30 @@ impl SeqSource {
                 run: None,
             });
         }
-        let input = match self {
+        let (input, order) = match self {
             SeqSource::Ids(all) => {
                 let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
                 model.engine_input(&seqs, first)?
             }
             SeqSource::Cached(cache) => {
                 cache.check_first(first)?;
-                cache.engine_input(idx)?
+                (cache.engine_input(idx)?, (0..idx.len()).collect())
             }
         };
         // Timed phase by phase inside the engine (`engine forward: ...`).
         let (features, tape) = model.engine_forward(input, pass)?;
         let var = candle_core::Var::from_tensor(&features)?;
-        Ok(TrainFeatures {
-            features: var.as_tensor().clone(),
-            run: Some(EngineRun { var, tape, branch: None }),
-        })
+        // The engine's rows are grouped by shared prefix: back to the order of `idx` (an
+        // index_select, so the loss's gradient reaches the leaf in the engine's order).
+        let features = if order.iter().enumerate().all(|(k, &i)| k == i) {
+            var.as_tensor().clone()
+        } else {
+            let mut back = vec![0u32; order.len()];
+            order.iter().enumerate().for_each(|(k, &i)| back[i] = k as u32);
+            let back = Tensor::from_vec(back, order.len(), var.device())?;
+            var.as_tensor().index_select(&back, 0)?
+        };
+        Ok(TrainFeatures { features, run: Some(EngineRun { var, tape, branch: None }) })
     }
 
     /// The length a batch planner sees for sequence `i`: its tokens, or its cached rows.

@@ -82,7 +82,8 @@ fn check(case: &Case) {
     let mut reference = (&want * &weight).unwrap().sum_all().unwrap().backward().unwrap();
 
     // The engine.
-    let input = model.engine_input(&refs, case.first).unwrap();
+    let (input, order) = model.engine_input(&refs, case.first).unwrap();
+    assert!(order.iter().enumerate().all(|(k, &i)| k == i), "no shared prefixes here");
     let (got, tape) = model.engine_forward(input, pass).unwrap();
     let what = format!(
         "window {:?} biases {} first {} dropout {} padded {}",
@@ -174,7 +175,7 @@ fn a_branch_joins_the_backward_like_autograd() {
         .unwrap();
         let mut reference = objective.backward().unwrap();
 
-        let input = model.engine_input(&refs, 0).unwrap();
+        let (input, _) = model.engine_input(&refs, 0).unwrap();
         let (g1, tape) = model.engine_forward(input, pass1).unwrap();
         let (g2, branch) = model.engine_branch(&tape, at, pass2).unwrap();
         for (got, want) in [(&g1, &f1), (&g2, &f2)] {
@@ -197,6 +198,81 @@ fn a_branch_joins_the_backward_like_autograd() {
             let got = grads.take(&name).unwrap();
             let e = rel_err(&got, &want);
             assert!(e < 1e-5, "branch at {at}: `{name}` differs from autograd by {e}");
+        }
+    }
+}
+
+/// Sequences that share their first tokens (a pair's prompt) run with the prefix stored once:
+/// features and every gradient equal autograd on the padded batch of whole sequences.
+#[test]
+fn shared_prefixes_train_like_whole_sequences() {
+    for first in [0, 1] {
+        let case = Case { window: None, biases: true, first, dropout: 0.0, padded: false };
+        let model = model(&case);
+        let mut rng = rewardkit::rng::Rng::new(21);
+        let mut tokens =
+            |n: usize| -> Vec<u32> { (0..n).map(|_| 1 + (rng.next_f32() * 90.0) as u32).collect() };
+        let (p1, p2) = (tokens(50), tokens(80));
+        let cat = |a: &[u32], b: Vec<u32>| [a.to_vec(), b].concat();
+        let seqs: Vec<Vec<u32>> = vec![
+            cat(&p1, tokens(12)),
+            tokens(30),
+            cat(&p2, tokens(70)),
+            cat(&p1, tokens(3)),
+            cat(&p2, vec![]),
+            cat(&p2, [tokens(5), vec![0, 0]].concat()), // trailing pads
+        ];
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let pass = Pass::Train { dropout: 0.0, dropout_seed: 3 };
+        let h = model.config().hidden_size;
+        let weight: Vec<f32> = (0..seqs.len() * h).map(|_| rng.next_f32() - 0.5).collect();
+        let weight = Tensor::from_vec(weight, (seqs.len(), h), &Device::Cpu).unwrap();
+
+        let batch = model.make_batch(&refs).unwrap();
+        let want = if first == 0 {
+            model.features(&batch, pass).unwrap()
+        } else {
+            let x = model.hidden_before_layer(&batch, first, Pass::Inference).unwrap().detach();
+            model.features_from(x, first, &batch.pool_index, pass).unwrap()
+        };
+        let mut reference = (&want * &weight).unwrap().sum_all().unwrap().backward().unwrap();
+
+        let (input, order) = model.engine_input(&refs, first).unwrap();
+        assert_eq!(input.groups.iter().filter(|(p, _)| *p > 0).count(), 2, "{:?}", input.groups);
+        let order_t = Tensor::from_vec(
+            order.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            order.len(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (got, tape) = model.engine_forward(input, pass).unwrap();
+        let want_in_order = want.index_select(&order_t, 0).unwrap();
+        let (g, w) = (
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want_in_order.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(rel_err(&g, &w) < 1e-5, "first {first}: features differ by {}", rel_err(&g, &w));
+        let mut grads = Grads::default();
+        let weight_in_order = weight.index_select(&order_t, 0).unwrap();
+        model.engine_backward(&tape, &weight_in_order, true, &mut grads, None).unwrap();
+        for (name, _) in expected_shapes(model.config()) {
+            let layer = name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|l| l.parse::<usize>().ok());
+            if layer.is_some_and(|l| l < first) || (first > 0 && name.contains("embed")) {
+                continue;
+            }
+            let want: Vec<f32> = reference
+                .remove(model.params().get(&name).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = grads.take(&name).unwrap();
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-5, "first {first}: `{name}` differs from autograd by {e}");
         }
     }
 }

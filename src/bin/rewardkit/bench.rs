@@ -258,7 +258,7 @@ fn print_memory(
                     .flat_map(|&i| [set.pairs[i].0, set.pairs[i].1])
                     .map(|s| seqs[s].as_slice())
                     .collect();
-                let input = m.engine_input(&rows, first)?;
+                let (input, _) = m.engine_input(&rows, first)?;
                 let pass = rewardkit::model::Pass::Train { dropout: 0.0, dropout_seed: 0 };
                 tape = tape.max(model.install(|| m.engine_forward(input, pass))?.1.bytes());
             }
