@@ -12,6 +12,38 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// Every parameter of layers `first..` (the embedding too when `first == 0`) has the same
+/// gradient from the engine as from autograd, to 1e-5 of its scale.
+fn assert_grads_match(
+    model: &RewardModel,
+    reference: &mut candle_core::backprop::GradStore,
+    grads: &mut Grads,
+    first: usize,
+    what: &str,
+) {
+    for (name, _) in expected_shapes(model.config()) {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        if layer.is_some_and(|l| l < first) || (first > 0 && name.contains("embed")) {
+            continue;
+        }
+        let want: Vec<f32> = reference
+            .remove(model.params().get(&name).unwrap())
+            .unwrap_or_else(|| panic!("{what}: autograd gave `{name}` no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got =
+            grads.take(&name).unwrap_or_else(|| panic!("{what}: no engine gradient for `{name}`"));
+        assert!(want.iter().any(|&x| x != 0.0), "{what}: `{name}` has a zero reference gradient");
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "{what}: `{name}` differs from autograd by {e}");
+    }
+}
+
 struct Case {
     window: Option<usize>,
     biases: bool,
@@ -187,18 +219,7 @@ fn a_branch_joins_the_backward_like_autograd() {
         }
         let mut grads = Grads::default();
         model.engine_backward(&tape, &w1, true, &mut grads, Some((&branch, &w2))).unwrap();
-        for (name, _) in expected_shapes(model.config()) {
-            let want: Vec<f32> = reference
-                .remove(model.params().get(&name).unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let got = grads.take(&name).unwrap();
-            let e = rel_err(&got, &want);
-            assert!(e < 1e-5, "branch at {at}: `{name}` differs from autograd by {e}");
-        }
+        assert_grads_match(&model, &mut reference, &mut grads, 0, &format!("branch at {at}"));
     }
 }
 
@@ -255,24 +276,6 @@ fn shared_prefixes_train_like_whole_sequences() {
         let mut grads = Grads::default();
         let weight_in_order = weight.index_select(&order_t, 0).unwrap();
         model.engine_backward(&tape, &weight_in_order, true, &mut grads, None).unwrap();
-        for (name, _) in expected_shapes(model.config()) {
-            let layer = name
-                .strip_prefix("model.layers.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|l| l.parse::<usize>().ok());
-            if layer.is_some_and(|l| l < first) || (first > 0 && name.contains("embed")) {
-                continue;
-            }
-            let want: Vec<f32> = reference
-                .remove(model.params().get(&name).unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let got = grads.take(&name).unwrap();
-            let e = rel_err(&got, &want);
-            assert!(e < 1e-5, "first {first}: `{name}` differs from autograd by {e}");
-        }
+        assert_grads_match(&model, &mut reference, &mut grads, first, &format!("first {first}"));
     }
 }

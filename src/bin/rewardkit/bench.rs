@@ -218,7 +218,7 @@ pub fn bench_train(
     }
     if compare_steps {
         drop(trainer);
-        print_step_kinds(&model, cfg_base(trainable), &set, &batches, &t)?;
+        print_step_kinds(margs, cfg_base(trainable), &set, &batches, &t)?;
         return Ok(());
     }
     if profile {
@@ -304,11 +304,14 @@ fn cfg_base(trainable: Trainable) -> TrainConfig {
 }
 
 /// A plain step, a MetaRM step and the contrastive steps (SimCSE, SwAV) on the same batches,
-/// each kind after a warm-up step of its own, with the median of each and its ratio to the
-/// plain step. MetaRM's policy batch holds as many tokens as the preference batch: the
-/// batch's own chosen and rejected responses, one group of two per prompt.
+/// interleaved round by round (the order rotating each round) so that all kinds see the same
+/// machine state: each kind trains its own copy of the model (one trainer per model), MetaRM
+/// shares the plain kind's. The first round is a warm-up. Prints each kind's median and its
+/// ratio to the plain step, and where the time of its last step went. MetaRM's policy batch
+/// holds as many tokens as the preference batch: the batch's own chosen and rejected
+/// responses, one group of two per prompt.
 fn print_step_kinds(
-    model: &Arc<rewardkit::handle::SharedModel>,
+    margs: &ModelArgs,
     base: TrainConfig,
     set: &PairSet,
     batches: &[Vec<usize>],
@@ -327,62 +330,52 @@ fn print_step_kinds(
             .collect();
         PolicyBatch::from_ids(groups)
     };
-    // Plain steps run first and again last (their times pooled), so that a drift of the
-    // machine over the run does not favour the kinds in between.
-    let kinds: [(&str, TrainConfig, bool); 5] = [
-        ("plain (Bradley-Terry)", base.clone(), false),
-        ("MetaRM (ascent + step)", base.clone(), true),
-        (
-            "SimCSE",
-            TrainConfig { contrastive: Some(ContrastiveConfig::simcse()), ..base.clone() },
-            false,
-        ),
-        (
-            "SwAV",
-            TrainConfig { contrastive: Some(ContrastiveConfig::swav()), ..base.clone() },
-            false,
-        ),
-        ("plain (Bradley-Terry)", base.clone(), false),
+    let with = |c: ContrastiveConfig| TrainConfig { contrastive: Some(c), ..base.clone() };
+    let mut trainers = [
+        Trainer::new(Arc::new(margs.load()?), base.clone())?,
+        Trainer::new(Arc::new(margs.load()?), with(ContrastiveConfig::simcse()))?,
+        Trainer::new(Arc::new(margs.load()?), with(ContrastiveConfig::swav()))?,
     ];
-    let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
-    let mut profiles = Vec::new();
-    for (name, cfg, meta) in kinds {
-        let mut trainer = Trainer::new(model.clone(), cfg)?;
-        let mut times = Vec::new();
-        for (i, b) in batches.iter().enumerate() {
-            // Phases are timed from the first timed step on (on the CPU this adds no
+    // (name, trainer, meta step)
+    let kinds = [
+        ("plain (Bradley-Terry)", 0, false),
+        ("MetaRM (ascent + step)", 0, true),
+        ("SimCSE", 1, false),
+        ("SwAV", 2, false),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let mut profiles = vec![String::new(); kinds.len()];
+    for (round, b) in batches.iter().enumerate() {
+        for turn in 0..kinds.len() {
+            let k = (turn + round) % kinds.len();
+            let (_, t, meta) = kinds[k];
+            // Phases are timed after the warm-up round (on the CPU this adds no
             // synchronisation, so the step times stay comparable).
             rewardkit::profile::reset();
-            rewardkit::profile::set_enabled(i > 0);
+            rewardkit::profile::set_enabled(round > 0);
             let started = Instant::now();
             if meta {
-                trainer.meta_step(set, b, treatments, &policy_for(b)?)?;
+                trainers[t].meta_step(set, b, treatments, &policy_for(b)?)?;
             } else {
-                trainer.step(set, b, treatments)?;
+                trainers[t].step(set, b, treatments)?;
             }
-            model.read()?.device().synchronize()?;
-            if i > 0 {
-                times.push(started.elapsed().as_secs_f64()); // the first is the warm-up
+            trainers[t].model().read()?.device().synchronize()?;
+            rewardkit::profile::set_enabled(false);
+            if round > 0 {
+                times[k].push(started.elapsed().as_secs_f64());
+                profiles[k] = rewardkit::profile::report();
             }
-        }
-        rewardkit::profile::set_enabled(false);
-        profiles.push((name, rewardkit::profile::report()));
-        drop(trainer);
-        // SwAV's prototypes stay with the model; remove them so the next kind starts clean.
-        model.write()?.remove_param(rewardkit::train::contrastive::PROTOTYPES);
-        match rows.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, earlier)) => earlier.extend(times),
-            None => rows.push((name, times)),
         }
     }
+    let mut rows: Vec<(&str, Vec<f64>)> = kinds.iter().map(|k| k.0).zip(times).collect();
     let median = |times: &mut Vec<f64>| {
         times.sort_by(f64::total_cmp);
         times[times.len() / 2]
     };
-    let rows: Vec<(&str, f64)> = rows.into_iter().map(|(n, mut t)| (n, median(&mut t))).collect();
+    let rows: Vec<(&str, f64)> = rows.iter_mut().map(|(n, t)| (*n, median(t))).collect();
     let plain = rows[0].1;
     println!(
-        "\n  step kinds, {} timed steps each after a warm-up (plain: twice, first and last)",
+        "\n  step kinds, {} timed rounds after a warm-up round, interleaved",
         batches.len() - 1
     );
     println!("  | step | median s | vs plain |");
@@ -390,7 +383,7 @@ fn print_step_kinds(
     for (name, s) in rows {
         println!("  | {name} | {s:.3} | {:.2}x |", s / plain);
     }
-    for (name, report) in profiles.into_iter().take(4) {
+    for (name, report) in kinds.iter().map(|k| k.0).zip(profiles) {
         println!("\n  where the time of the last {name} step went\n");
         print!("{report}");
     }
