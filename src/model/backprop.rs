@@ -8,8 +8,10 @@
 //!
 //! Layout: the sequences of a batch are rows one after another, (rows, h), without padding;
 //! attention stays inside each sequence and rotary positions restart at each, as in a packed
-//! inference batch. The last layer runs only where the reward is read: keys and values for
-//! every row, everything else for one row per sequence.
+//! inference batch. Sequences that begin with the same tokens (a pair's prompt) store them
+//! once ([`Packing::shared`]): the gradient of a shared row sums what each sequence sends
+//! back to it. The last layer runs only where the reward is read: keys and values for every
+//! row, everything else for one row per sequence.
 //!
 //! Shapes in comments: T = rows, n = sequences, h = hidden, i = intermediate, nh / nkv =
 //! query / key-value heads, d = head dim.
