@@ -50,20 +50,13 @@ pub fn phase<R>(name: &'static str, device: &Device, f: impl FnOnce() -> Result<
         return f();
     }
     device.synchronize()?;
-    let started = Instant::now();
-    let out = {
-        struct Open;
-        impl Drop for Open {
-            fn drop(&mut self) {
-                DEPTH.set(0); // also when `f` unwinds
-            }
-        }
-        DEPTH.set(1);
-        let _open = Open;
-        f()?
-    };
-    device.synchronize()?;
-    record(name, started.elapsed().as_secs_f64());
+    let (out, seconds) = outermost(|| -> Result<R> {
+        let out = f()?;
+        device.synchronize()?;
+        Ok(out)
+    });
+    let out = out?;
+    record(name, seconds);
     Ok(out)
 }
 
@@ -73,10 +66,17 @@ pub fn host_phase<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
     if !enabled() || DEPTH.get() > 0 {
         return f();
     }
+    let (out, seconds) = outermost(f);
+    record(name, seconds);
+    out
+}
+
+/// Runs `f` as the outermost open phase (phases inside it run untimed) and measures it.
+fn outermost<R>(f: impl FnOnce() -> R) -> (R, f64) {
     struct Open;
     impl Drop for Open {
         fn drop(&mut self) {
-            DEPTH.set(0);
+            DEPTH.set(0); // also when `f` unwinds
         }
     }
     let started = Instant::now();
@@ -85,8 +85,7 @@ pub fn host_phase<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
         let _open = Open;
         f()
     };
-    record(name, started.elapsed().as_secs_f64());
-    out
+    (out, started.elapsed().as_secs_f64())
 }
 
 fn record(name: &'static str, seconds: f64) {

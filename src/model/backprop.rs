@@ -49,7 +49,6 @@ pub struct EngineInput {
 pub struct Tape {
     first: usize,
     pass: Pass,
-    rows: usize,
     /// The rows' layout: sequences, shared prefixes, positions.
     packing: Packing,
     /// Per sequence: the absolute row the reward is read at.
@@ -70,6 +69,11 @@ pub struct Tape {
 }
 
 impl Tape {
+    /// T: the rows of the batch.
+    fn rows(&self) -> usize {
+        self.packing.positions.len()
+    }
+
     /// Bytes of activations this tape keeps for the backward pass.
     pub fn bytes(&self) -> usize {
         let per_layer = |l: &LayerTape| {
@@ -124,10 +128,6 @@ impl Grads {
     /// Removes and returns the gradient of `name`, if a backward pass reached it.
     pub fn take(&mut self, name: &str) -> Option<Vec<f32>> {
         self.by_name.remove(name)
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
     }
 }
 
@@ -763,7 +763,6 @@ pub fn forward(
     let tape = Tape {
         first: input.first,
         pass,
-        rows,
         packing,
         group_rows,
         pool,
@@ -822,7 +821,7 @@ pub fn backward(
     let join = match branch {
         None => None,
         Some((b, d)) => {
-            if b.rows != tape.rows || b.first < tape.first || b.pool != tape.pool {
+            if b.rows() != tape.rows() || b.first < tape.first || b.pool != tape.pool {
                 return Err(Error::invalid("engine backward: the branch is not of this tape"));
             }
             Some((b.first, backward_layers(cfg, w, b, d, grads, None)?))
@@ -860,7 +859,7 @@ fn backward_layers(
     let ctx = Ctx {
         cfg,
         pass: tape.pass,
-        rows: tape.rows,
+        rows: tape.rows(),
         seq_start: &tape.packing.seq_start,
         positions: &tape.packing.positions,
         shared_prefix: tape.packing.shared_prefix.as_ref(),

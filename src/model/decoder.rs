@@ -581,12 +581,6 @@ pub struct Packing {
 }
 
 impl Packing {
-    /// The layout of sequences of these lengths, in order, nothing shared.
-    pub fn new(lengths: &[usize]) -> Packing {
-        let groups: Vec<(usize, Vec<usize>)> = lengths.iter().map(|&n| (0, vec![n])).collect();
-        Packing::shared(&groups)
-    }
-
     /// The layout of groups (prefix length, full lengths of the group's sequences), in order:
     /// each group's prefix rows, then each sequence's tokens after the prefix. Every length
     /// must be at least its group's prefix.

@@ -135,14 +135,6 @@ impl SeqSource {
         Ok(TrainFeatures { features, run: Some(EngineRun { var, tape, branch: None }) })
     }
 
-    /// The length a batch planner sees for sequence `i`: its tokens, or its cached rows.
-    fn planned_len(&self, i: usize) -> usize {
-        match self {
-            SeqSource::Ids(s) => s[i].len(),
-            SeqSource::Cached(c) => c.rows(i),
-        }
-    }
-
     /// Every head's reward for sequences `idx` (inference): row r holds the heads of `idx[r]`.
     /// Batched the one way scoring is batched: longest first under the handle's token budget
     /// (`handle::batch::plan_batches`), whatever the caller (evaluation, vote, C ABI).
@@ -166,21 +158,26 @@ impl SeqSource {
         shard: Shard,
     ) -> Result<Vec<(usize, Vec<f32>)>> {
         let model = shared.read()?;
-        if let SeqSource::Ids(all) = self {
-            // Token ids: the one scoring plan (shared prompts stored once on the CPU).
-            let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
-            return shared.install(|| -> Result<_> {
-                let mut out = Vec::new();
-                let batches = plan_scoring(&model, &seqs, shared.batch_options());
-                for batch in batches.iter().enumerate().filter(|(b, _)| shard.takes(*b)) {
-                    let (rows, features) = batch_features(&model, &seqs, batch.1)?;
-                    let heads = model.head_rewards_from_features(&features)?.to_vec2::<f32>()?;
-                    out.extend(rows.into_iter().zip(heads));
-                }
-                Ok(out)
-            });
-        }
-        let lengths: Vec<usize> = idx.iter().map(|&i| self.planned_len(i)).collect();
+        let cache = match self {
+            SeqSource::Ids(all) => {
+                // Token ids: the one scoring plan (shared prompts stored once on the CPU).
+                let seqs: Vec<&[u32]> = idx.iter().map(|&i| all[i].as_slice()).collect();
+                return shared.install(|| -> Result<_> {
+                    let mut out = Vec::new();
+                    let batches = plan_scoring(&model, &seqs, shared.batch_options());
+                    for batch in batches.iter().enumerate().filter(|(b, _)| shard.takes(*b)) {
+                        let (rows, features) = batch_features(&model, &seqs, batch.1)?;
+                        let heads =
+                            model.head_rewards_from_features(&features)?.to_vec2::<f32>()?;
+                        out.extend(rows.into_iter().zip(heads));
+                    }
+                    Ok(out)
+                });
+            }
+            SeqSource::Cached(cache) => cache,
+        };
+        // Cached hidden states: padded batches of their rows.
+        let lengths: Vec<usize> = idx.iter().map(|&i| cache.rows(i)).collect();
         let mut out = Vec::new();
         shared.install(|| -> Result<()> {
             let batches = plan_batches(&lengths, shared.batch_options());
@@ -303,7 +300,7 @@ impl PairSet {
 
     /// Sequence indices of every pair's chosen side, then every rejected side.
     fn sides(&self) -> Vec<usize> {
-        self.pairs.iter().map(|p| p.0).chain(self.pairs.iter().map(|p| p.1)).collect()
+        self.sides_of(&(0..self.len()).collect::<Vec<_>>())
     }
 
     /// (chosen, rejected) rewards of every pair, inference, batched by the token-budget planner.

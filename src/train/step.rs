@@ -430,15 +430,18 @@ impl Trainer {
         let mut grads =
             crate::profile::phase("backward (loss)", device, || Ok(objective.backward()?))?;
         let mut engine = Grads::default();
-        // Timed phase by phase inside the engine (`engine backward: ...`).
+        // A leaf the objective does not reach has a zero gradient. The engine's backward is
+        // timed phase by phase inside it (`engine backward: ...`).
+        let mut take = |var: &candle_core::Var| -> Result<Tensor> {
+            match grads.remove(var.as_tensor()) {
+                Some(d) => Ok(d),
+                None => Ok(Tensor::zeros(var.shape(), DType::F32, var.device())?),
+            }
+        };
         for run in runs {
-            let zeros = || Tensor::zeros(run.var.shape(), DType::F32, run.var.device());
-            let d = grads.remove(run.var.as_tensor()).map_or_else(zeros, Ok)?;
+            let d = take(&run.var)?;
             let branch = match &run.branch {
-                Some((var, tape)) => {
-                    let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
-                    Some((tape, grads.remove(var.as_tensor()).map_or_else(zeros, Ok)?))
-                }
+                Some((var, tape)) => Some((tape, take(var)?)),
                 None => None,
             };
             let branch = branch.as_ref().map(|(t, d)| (*t, d));

@@ -2,26 +2,24 @@
 //! features and every parameter's gradient, over the configurations the decoder supports.
 
 use candle_core::{DType, Device, Tensor};
+
+use crate::common::{random_cpu_model, relative_error};
 use rewardkit::model::backprop::Grads;
-use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
-use rewardkit::model::{decoder::expected_shapes, ComputeDType, HeadSource, Pass, RewardModel};
+use rewardkit::model::tiny::{tiny_config, TinySpec};
+use rewardkit::model::{decoder::expected_shapes, Pass, RewardModel};
 
-/// max |a - b| / max |b|: the error relative to the gradient's scale.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-/// Every parameter of layers `first..` (the embedding too when `first == 0`) has the same
-/// gradient from the engine as from autograd, to 1e-5 of its scale.
+/// Every parameter of layers `first..` (the embedding too when `first == 0`) has a gradient
+/// from the engine of its shape, equal to autograd's to 1e-5 of its scale. Returns how many
+/// parameters were compared.
 fn assert_grads_match(
     model: &RewardModel,
     reference: &mut candle_core::backprop::GradStore,
     grads: &mut Grads,
     first: usize,
     what: &str,
-) {
-    for (name, _) in expected_shapes(model.config()) {
+) -> usize {
+    let mut compared = 0;
+    for (name, shape) in expected_shapes(model.config()) {
         let layer = name
             .strip_prefix("model.layers.")
             .and_then(|r| r.split('.').next())
@@ -32,16 +30,21 @@ fn assert_grads_match(
         let want: Vec<f32> = reference
             .remove(model.params().get(&name).unwrap())
             .unwrap_or_else(|| panic!("{what}: autograd gave `{name}` no gradient"))
+            .to_dtype(DType::F32)
+            .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1()
             .unwrap();
         let got =
             grads.take(&name).unwrap_or_else(|| panic!("{what}: no engine gradient for `{name}`"));
+        assert_eq!(got.len(), shape.iter().product::<usize>(), "{what}: `{name}`");
         assert!(want.iter().any(|&x| x != 0.0), "{what}: `{name}` has a zero reference gradient");
-        let e = rel_err(&got, &want);
+        let e = relative_error(&got, &want);
         assert!(e < 1e-5, "{what}: `{name}` differs from autograd by {e}");
+        compared += 1;
     }
+    compared
 }
 
 struct Case {
@@ -72,16 +75,7 @@ fn model(case: &Case) -> RewardModel {
     cfg.o_bias = case.biases;
     cfg.mlp_bias = case.biases;
     cfg.pad_token_id = Some(0);
-    let params = random_params(&cfg, 11).unwrap();
-    RewardModel::from_params(
-        cfg,
-        params,
-        HeadSource::Fresh { seed: 5 },
-        Device::Cpu,
-        ComputeDType::F32,
-        256,
-    )
-    .unwrap()
+    random_cpu_model(cfg, 11, 5, 256)
 }
 
 fn check(case: &Case) {
@@ -125,41 +119,12 @@ fn check(case: &Case) {
         got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
     );
-    assert!(rel_err(&g, &w) < 1e-5, "{what}: features differ by {}", rel_err(&g, &w));
+    assert!(relative_error(&g, &w) < 1e-5, "{what}: features differ by {}", relative_error(&g, &w));
     let mut grads = Grads::default();
     model.engine_backward(&tape, &weight, true, &mut grads, None).unwrap();
 
-    let mut trained = expected_shapes(model.config());
-    trained.retain(|(name, _)| {
-        let layer = name
-            .strip_prefix("model.layers.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|l| l.parse::<usize>().ok());
-        match layer {
-            Some(l) => l >= case.first,
-            None => case.first == 0 || !name.contains("embed"),
-        }
-    });
-    assert!(trained.len() >= 10, "{what}");
-    for (name, shape) in &trained {
-        let var = model.params().get(name).unwrap();
-        let want: Vec<f32> = reference
-            .remove(var)
-            .unwrap_or_else(|| panic!("{what}: autograd gave `{name}` no gradient"))
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let got = grads
-            .take(name)
-            .unwrap_or_else(|| panic!("{what}: the engine gave `{name}` no gradient"));
-        assert_eq!(got.len(), shape.iter().product::<usize>(), "{what}: `{name}`");
-        assert!(want.iter().any(|&x| x != 0.0), "{what}: `{name}` has a zero reference gradient");
-        let e = rel_err(&got, &want);
-        assert!(e < 1e-5, "{what}: `{name}` differs from autograd by {e}");
-    }
+    let compared = assert_grads_match(&model, &mut reference, &mut grads, case.first, &what);
+    assert!(compared >= 10, "{what}");
 }
 
 #[test]
@@ -215,7 +180,7 @@ fn a_branch_joins_the_backward_like_autograd() {
                 got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             );
-            assert!(rel_err(&g, &w) < 1e-5, "branch at {at}: features differ");
+            assert!(relative_error(&g, &w) < 1e-5, "branch at {at}: features differ");
         }
         let mut grads = Grads::default();
         model.engine_backward(&tape, &w1, true, &mut grads, Some((&branch, &w2))).unwrap();
@@ -272,7 +237,11 @@ fn shared_prefixes_train_like_whole_sequences() {
             got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             want_in_order.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
-        assert!(rel_err(&g, &w) < 1e-5, "first {first}: features differ by {}", rel_err(&g, &w));
+        assert!(
+            relative_error(&g, &w) < 1e-5,
+            "first {first}: features differ by {}",
+            relative_error(&g, &w)
+        );
         let mut grads = Grads::default();
         let weight_in_order = weight.index_select(&order_t, 0).unwrap();
         model.engine_backward(&tape, &weight_in_order, true, &mut grads, None).unwrap();

@@ -181,9 +181,9 @@ pub fn weights(model: &rewardkit::SharedModel) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-/// max |a - b| relative to the largest |b| (the score scale).
+/// max |a - b| relative to the largest |b| (the score or gradient scale).
 pub fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-6);
+    let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max).max(f32::MIN_POSITIVE);
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
 }
 
@@ -200,6 +200,26 @@ pub fn two_layer_spec(seed: u64) -> TinySpec {
         max_position_embeddings: 64,
         seed,
     }
+}
+
+/// A float32 CPU model of `cfg` with seeded random weights and a fresh head, for tests that
+/// change the config (window, biases, pad) before building.
+pub fn random_cpu_model(
+    cfg: rewardkit::model::ModelConfig,
+    weight_seed: u64,
+    head_seed: u64,
+    max_length: usize,
+) -> rewardkit::model::RewardModel {
+    let params = rewardkit::model::tiny::random_params(&cfg, weight_seed).unwrap();
+    rewardkit::model::RewardModel::from_params(
+        cfg,
+        params,
+        rewardkit::model::HeadSource::Fresh { seed: head_seed },
+        candle_core::Device::Cpu,
+        rewardkit::model::ComputeDType::F32,
+        max_length,
+    )
+    .unwrap()
 }
 
 /// A shared handle (one thread) over `spec`'s shape with seeded random weights.

@@ -365,22 +365,13 @@ fn long_texts_are_cut_before_tokenizing_with_the_same_ids() {
 /// around the attention kernel's 64-query blocks so that blocks straddle sequence boundaries.
 #[test]
 fn packed_batches_score_like_padded_ones_and_like_each_sequence_alone() {
-    use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
+    use rewardkit::model::tiny::{tiny_config, TinySpec};
     let spec = TinySpec { max_position_embeddings: 512, ..Default::default() };
     for (window, pad) in [(None, None), (Some(7), Some(2)), (Some(100), None)] {
         let mut cfg = tiny_config(&spec).unwrap();
         cfg.sliding_window = window;
         cfg.pad_token_id = pad;
-        let params = random_params(&cfg, 3).unwrap();
-        let model = RewardModel::from_params(
-            cfg,
-            params,
-            HeadSource::Fresh { seed: 3 },
-            candle_core::Device::Cpu,
-            ComputeDType::F32,
-            512,
-        )
-        .unwrap();
+        let model = crate::common::random_cpu_model(cfg, 3, 3, 512);
         let mut rng = rewardkit::rng::Rng::new(9);
         let seqs: Vec<Vec<u32>> = [1usize, 5, 63, 64, 65, 130, 17, 200, 2]
             .iter()
@@ -420,22 +411,13 @@ fn packed_batches_score_like_padded_ones_and_like_each_sequence_alone() {
 #[test]
 fn shared_prefix_batches_score_like_each_sequence_alone() {
     use rewardkit::handle::batch::{group_prefixes, plan_scoring, BatchOptions};
-    use rewardkit::model::tiny::{random_params, tiny_config, TinySpec};
+    use rewardkit::model::tiny::{tiny_config, TinySpec};
     let spec = TinySpec { max_position_embeddings: 512, ..Default::default() };
     let build = |window: Option<usize>| {
         let mut cfg = tiny_config(&spec).unwrap();
         cfg.sliding_window = window;
         cfg.pad_token_id = Some(2);
-        let params = random_params(&cfg, 4).unwrap();
-        RewardModel::from_params(
-            cfg,
-            params,
-            HeadSource::Fresh { seed: 4 },
-            candle_core::Device::Cpu,
-            ComputeDType::F32,
-            512,
-        )
-        .unwrap()
+        crate::common::random_cpu_model(cfg, 4, 4, 512)
     };
     let model = build(None);
     let mut rng = rewardkit::rng::Rng::new(12);
