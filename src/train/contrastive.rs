@@ -190,6 +190,16 @@ impl ContrastiveConfig {
         if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..1.0).contains(&self.dropout)) {
             return Err(Error::invalid("contrastive beta must be >= 0 and dropout in [0, 1)"));
         }
+        // `None` means every layer; a count is one the engine can branch at (a saved config
+        // with 0 would otherwise fail at every step).
+        if let Some(k) = self.view_layers {
+            if !(1..=crate::limits::MAX_LAYERS).contains(&k) {
+                return Err(Error::invalid(format!(
+                    "contrastive view_layers must be 1..={} (or absent: every layer), got {k}",
+                    crate::limits::MAX_LAYERS
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -322,6 +332,24 @@ mod tests {
 
     fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
         Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn view_layers_are_every_layer_or_a_branchable_count() {
+        let mut c = ContrastiveConfig::simcse();
+        assert_eq!(c.view_layers, Some(ContrastiveConfig::DEFAULT_VIEW_LAYERS));
+        for (k, ok) in [(None, true), (Some(1), true), (Some(0), false), (Some(1025), false)] {
+            c.view_layers = k;
+            assert_eq!(c.validate().is_ok(), ok, "{k:?}");
+        }
+        // An override of 0 means every layer.
+        let o = ContrastiveOverrides { view_layers: Some(0), ..Default::default() };
+        assert_eq!(ContrastiveConfig::simcse().with_overrides(&o).view_layers, None);
+        // A config saved before the option existed runs two full passes.
+        let mut json = serde_json::to_value(ContrastiveConfig::simcse()).unwrap();
+        json.as_object_mut().unwrap().remove("view_layers");
+        let old: ContrastiveConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.view_layers, None);
     }
 
     #[test]

@@ -402,6 +402,8 @@ MP(budget_max, p->batch_token_budget = UINT32_MAX)
 MP(batch_max, p->max_batch_size = UINT32_MAX)
 MP(head_seed_max, p->head_seed = UINT64_MAX)
 MP(one_thread, p->n_threads = 1)
+MP(share_prefixes_2, p->share_prefixes = 2)
+MP(share_prefixes_off, p->share_prefixes = 0)
 MP(separator_ok, p->separator = " | ")
 
 static const model_param_case MODEL_PARAM_CASES[] = {
@@ -422,6 +424,8 @@ static const model_param_case MODEL_PARAM_CASES[] = {
     {"max batch UINT32_MAX", mp_batch_max, RK_ERR_INVALID_ARGUMENT},
     {"head seed UINT64_MAX", mp_head_seed_max, RK_OK},
     {"one thread", mp_one_thread, RK_OK},
+    {"share_prefixes 2", mp_share_prefixes_2, RK_ERR_INVALID_ARGUMENT},
+    {"share_prefixes 0", mp_share_prefixes_off, RK_OK},
     {"separator", mp_separator_ok, RK_OK},
 };
 
@@ -919,6 +923,9 @@ TP(temperature_neg, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_tempe
 TP(beta_nan, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_beta = NAN)
 TP(cl_dropout_one, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_dropout = 1.0f)
 TP(epsilon_inf, p->contrastive = RK_CONTRASTIVE_SWAV; p->sinkhorn_epsilon = INFINITY)
+TP(view_layers_max, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_view_layers = UINT32_MAX)
+TP(view_layers_all_ok, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_view_layers = 0)
+TP(measure_j_after_2, p->measure_j_after = 2)
 TP(size_zero, p->struct_size = 0)
 TP(size_big, p->struct_size = sizeof *p + 1)
 TP(swav_diff_ok, p->contrastive = RK_CONTRASTIVE_SWAV; p->contrastive_items = RK_ITEMS_DIFFERENCES)
@@ -965,6 +972,9 @@ static const trainer_param_case TRAINER_PARAM_CASES[] = {
     {"contrastive beta NaN", tp_beta_nan, RK_ERR_INVALID_ARGUMENT},
     {"contrastive dropout 1", tp_cl_dropout_one, RK_ERR_INVALID_ARGUMENT},
     {"Sinkhorn epsilon inf", tp_epsilon_inf, RK_ERR_INVALID_ARGUMENT},
+    {"contrastive view layers UINT32_MAX", tp_view_layers_max, RK_ERR_INVALID_ARGUMENT},
+    {"contrastive views over every layer", tp_view_layers_all_ok, RK_OK},
+    {"measure_j_after 2", tp_measure_j_after_2, RK_ERR_INVALID_ARGUMENT},
     {"struct_size 0", tp_size_zero, RK_ERR_INVALID_ARGUMENT},
     {"struct_size too big", tp_size_big, RK_ERR_INVALID_ARGUMENT},
     {"SwAV-diff", tp_swav_diff_ok, RK_OK},
