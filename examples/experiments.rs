@@ -8,9 +8,14 @@
 //!   of Baseline, Flip, Margin, Flip+Margin and Soft+Margin trained on the noisy split
 //!   (--train-seeds training seeds per method and noise seed; the methods of one training
 //!   seed share the initial head and the data order, so their differences are paired).
-//! * meta: plain training vs MetaRM with a policy batch from a shifted distribution
-//!   (responses rewritten in other styles and lengths): J and reward spread on the shifted
-//!   samples, held-out accuracy, and the cost of a meta step.
+//! * oof: the same injected flips found by the paper's in-sample vote (--members members on
+//!   every pair) and by an out-of-fold vote (--folds K, --oof-members members, each voting on
+//!   the fold it held out): flip AUROC, training time, and held-out accuracy of Flip trained on
+//!   either vote's strengths (paired by training seed).
+//! * meta: plain training vs MetaRM (first order, as the authors ran it) vs MetaRM-2 (the
+//!   exact meta-gradient) with a policy batch from a shifted distribution (responses rewritten
+//!   in other styles and lengths): J and reward spread on the shifted samples, held-out
+//!   accuracy, and the cost of a step.
 //! * contrastive: baseline vs SimCSE vs SwAV-diff: held-out accuracy and the separation of
 //!   chosen and rejected features.
 //!
@@ -24,12 +29,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rewardkit::eval::metrics::auroc;
-use rewardkit::eval::vote::vote;
+use rewardkit::eval::vote::{vote, vote_out_of_fold};
 use rewardkit::io::data::{read_preferences, split_pairs, OnBadRow, PreferenceReadOptions};
 use rewardkit::model::Pass;
 use rewardkit::rng::Rng;
 use rewardkit::train::contrastive::{chosen_rejected_distance, ContrastiveConfig};
-use rewardkit::train::ensemble::train_ensemble;
+use rewardkit::train::ensemble::{train_ensemble, Folds};
 use rewardkit::train::loss::{
     FlipRule, MarginMode, MarginRule, NoiseConfig, PairTreatment, SmoothRule,
 };
@@ -59,6 +64,8 @@ struct Args {
     margin_scale: f32,
     soft_alpha: f32,
     meta_lr: f64,
+    folds: usize,
+    oof_members: usize,
     limit: Option<usize>,
 }
 
@@ -77,7 +84,7 @@ fn parse_args() -> Args {
         cache: get("--cache").map(PathBuf::from),
         out_dir: PathBuf::from(get("--out-dir").unwrap_or("docs/experiments".into())),
         only: get("--only")
-            .unwrap_or("noise,meta,contrastive".into())
+            .unwrap_or("noise,oof,meta,contrastive".into())
             .split(',')
             .map(str::to_string)
             .collect(),
@@ -92,6 +99,8 @@ fn parse_args() -> Args {
         margin_scale: num("--margin-scale", 0.5) as f32,
         soft_alpha: num("--soft-alpha", 0.2) as f32,
         meta_lr: num("--meta-lr", 0.05),
+        folds: num("--folds", 5.0) as usize,
+        oof_members: num("--oof-members", 10.0) as usize,
         limit: get("--limit").map(|v| v.parse().unwrap()),
     }
 }
@@ -258,8 +267,143 @@ fn main() -> Result<()> {
         clock.1 += a.epochs * set.len();
         Ok(())
     };
+    // Noise seed s: a.flip_rate of the training pairs with chosen and rejected swapped.
+    let inject = |s: u64| -> (Vec<bool>, PairSet) {
+        let mut order: Vec<usize> = (0..nt).collect();
+        Rng::new(1000 + s).shuffle(&mut order);
+        let mut injected = vec![false; nt];
+        for &i in &order[..(nt as f64 * a.flip_rate).round() as usize] {
+            injected[i] = true;
+        }
+        let noisy = PairSet {
+            seqs: src.clone(),
+            pairs: (0..nt)
+                .map(|i| if injected[i] { (2 * i + 1, 2 * i) } else { (2 * i, 2 * i + 1) })
+                .collect(),
+        };
+        (injected, noisy)
+    };
+    // Noise seed s's vote members as the paper trains them: every member on every pair.
+    let in_sample_ensemble = |noisy: &PairSet, s: u64| {
+        let plain = vec![PairTreatment::default(); nt];
+        train_ensemble(
+            &base,
+            noisy,
+            &plain,
+            &config(100 * s),
+            &fit_opts,
+            None,
+            0..a.members,
+            |_, _| {},
+        )
+    };
     std::fs::create_dir_all(&a.out_dir)?;
     let mut summary = String::new();
+
+    if a.only.iter().any(|s| s == "oof") {
+        let k = a.folds;
+        let flip = NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() };
+        let mut rows: Vec<Value> = Vec::new();
+        for s in 0..a.seeds {
+            let (injected, noisy) = inject(s);
+            let plain = vec![PairTreatment::default(); nt];
+            let find = |strength: &[f32]| {
+                auroc(&strength.iter().map(|x| -x).collect::<Vec<_>>(), &injected).unwrap()
+            };
+            let below = |strength: &[f32]| {
+                let flagged = strength.iter().filter(|&&x| x < 0.0).count();
+                let caught = strength.iter().zip(&injected).filter(|(&x, &f)| x < 0.0 && f).count();
+                (flagged, caught)
+            };
+            // In sample (the paper's vote): every member trains and votes on every pair.
+            let t = Instant::now();
+            let ins = in_sample_ensemble(&noisy, s)?;
+            let in_secs = t.elapsed().as_secs_f64();
+            let refs: Vec<&SharedModel> = ins.iter().map(|m| m.as_ref()).collect();
+            let in_strength = vote(&refs, &noisy)?.strength().0;
+            drop(refs);
+            drop(ins);
+            // Out of fold: k folds, a.oof_members members (member m holds out fold m % k).
+            let folds = Folds::new(nt, k, 100 * s)?;
+            let t = Instant::now();
+            let oof = train_ensemble(
+                &base,
+                &noisy,
+                &plain,
+                &config(100 * s),
+                &fit_opts,
+                Some(&folds),
+                0..a.oof_members,
+                |_, _| {},
+            )?;
+            let oof_secs = t.elapsed().as_secs_f64();
+            let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
+            let oof_k = vote_out_of_fold(&refs[..k], &noisy, &folds)?.strength().0;
+            let oof_all = vote_out_of_fold(&refs, &noisy, &folds)?.strength().0;
+            let member_acc: Vec<f64> = refs
+                .iter()
+                .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
+                .collect::<Result<_>>()?;
+            drop(refs);
+            drop(oof);
+            let (auc_in, auc_k, auc_all) = (find(&in_strength), find(&oof_k), find(&oof_all));
+            eprintln!("oof seed {s}: flip AUROC in sample ({} members) {auc_in:.4}, out of fold {k} members {auc_k:.4}, {} members {auc_all:.4}; training {in_secs:.0}s vs {oof_secs:.0}s; OOF members' held-out accuracy {:.4}", a.members, a.oof_members, mean_sd(&member_acc).0);
+            // Flip on each vote's strengths, paired by training seed.
+            let mut flips = Vec::new();
+            for (name, strength) in [("in sample", &in_strength), ("out of fold", &oof_all)] {
+                for t in 0..a.train_seeds {
+                    let seed = 100 * s + 50 + t;
+                    let model = fresh(seed)?;
+                    let mut trainer =
+                        Trainer::new(model.clone(), TrainConfig { noise: flip, ..config(seed) })?;
+                    timed_fit(
+                        &mut clock,
+                        &mut trainer,
+                        &noisy,
+                        &flip.treatments(nt, Some(strength), None)?,
+                    )?;
+                    drop(trainer);
+                    let acc = quick_eval(&model, &eval_set)?.accuracy;
+                    eprintln!("  oof seed {s} train seed {t} Flip on {name} strengths: held-out accuracy {acc:.4}");
+                    flips.push(json!({"strengths": name, "train_seed": t, "accuracy": acc}));
+                }
+            }
+            let (fi, ci) = below(&in_strength);
+            let (fo, co) = below(&oof_all);
+            rows.push(json!({"seed": s, "auroc_in_sample": auc_in, "auroc_oof_k": auc_k, "auroc_oof_all": auc_all,
+                "in_sample_seconds": in_secs, "oof_seconds": oof_secs, "oof_member_accuracy": member_acc,
+                "in_sample_below_zero": fi, "in_sample_injected_below_zero": ci, "oof_below_zero": fo, "oof_injected_below_zero": co,
+                "flip": flips}));
+            std::fs::write(a.out_dir.join("oof.json"), serde_json::to_vec_pretty(&json!({"seeds": rows, "folds": k, "members": a.members, "oof_members": a.oof_members, "epochs": a.epochs, "flip_rate": a.flip_rate})).unwrap())?;
+        }
+        let col =
+            |key: &str| -> Vec<f64> { rows.iter().map(|r| r[key].as_f64().unwrap()).collect() };
+        let flip_acc = |name: &str| -> Vec<f64> {
+            rows.iter()
+                .flat_map(|r| {
+                    r["flip"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|f| f["strengths"] == name)
+                        .map(|f| f["accuracy"].as_f64().unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let gains: Vec<f64> =
+            flip_acc("out of fold").iter().zip(flip_acc("in sample")).map(|(o, i)| o - i).collect();
+        let (g, gsd) = mean_sd(&gains);
+        summary += &format!(
+            "\n## Out-of-fold vote ({nt} train pairs, {:.0}% flipped; {} seeds; {} epoch(s), top {} layer(s) + head)\n\n| vote | flip AUROC | training time per seed |\n|---|---|---|\n| in sample, {} members | {} | {:.1} min |\n| out of fold, {k} folds, {k} members (1 vote per pair) | {} | |\n| out of fold, {k} folds, {} members ({} votes per pair) | {} | {:.1} min |\n\nOOF members' held-out accuracy: {}\n\n| Flip on | held-out accuracy | gain, paired |\n|---|---|---|\n| in-sample strengths | {} | |\n| out-of-fold strengths | {} | {g:+.4} ± {gsd:.4} |\n",
+            100.0 * a.flip_rate, a.seeds, a.epochs, a.top_layers,
+            a.members, fmt(&col("auroc_in_sample")), mean_sd(&col("in_sample_seconds")).0 / 60.0,
+            fmt(&col("auroc_oof_k")),
+            a.oof_members, a.oof_members / k, fmt(&col("auroc_oof_all")), mean_sd(&col("oof_seconds")).0 / 60.0,
+            fmt(&rows.iter().map(|r| mean_sd(&r["oof_member_accuracy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).0).collect::<Vec<_>>()),
+            fmt(&flip_acc("in sample")), fmt(&flip_acc("out of fold"))
+        );
+    }
 
     if a.only.iter().any(|s| s == "noise") {
         let methods: Vec<(&str, NoiseConfig)> = vec![
@@ -294,29 +438,9 @@ fn main() -> Result<()> {
         ];
         let mut rows: Vec<Value> = Vec::new();
         for s in 0..a.seeds {
-            let mut order: Vec<usize> = (0..nt).collect();
-            Rng::new(1000 + s).shuffle(&mut order);
-            let mut injected = vec![false; nt];
-            for &i in &order[..(nt as f64 * a.flip_rate).round() as usize] {
-                injected[i] = true;
-            }
-            let noisy = PairSet {
-                seqs: src.clone(),
-                pairs: (0..nt)
-                    .map(|i| if injected[i] { (2 * i + 1, 2 * i) } else { (2 * i, 2 * i + 1) })
-                    .collect(),
-            };
-            let plain = vec![PairTreatment::default(); nt];
+            let (injected, noisy) = inject(s);
             let t = Instant::now();
-            let members = train_ensemble(
-                &base,
-                &noisy,
-                &plain,
-                &config(100 * s),
-                &fit_opts,
-                0..a.members,
-                |_, _| {},
-            )?;
+            let members = in_sample_ensemble(&noisy, s)?;
             clock.0 += t.elapsed().as_secs_f64();
             clock.1 += a.members * a.epochs * nt;
             let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
@@ -416,12 +540,17 @@ fn main() -> Result<()> {
             Ok(sum / n as f64)
         };
         let mut rows = Vec::new();
-        let (mut plain_secs, mut meta_secs, mut plain_steps, mut meta_steps) =
-            (0.0, 0.0, 0usize, 0usize);
+        let methods = [("plain", 0u8), ("MetaRM", 1), ("MetaRM-2", 2)];
+        // (seconds, steps) per method.
+        let mut cost = [(0.0f64, 0usize); 3];
         for s in 0..a.seeds {
-            for meta in [false, true] {
+            for (k, &(name, order)) in methods.iter().enumerate() {
+                let meta = order > 0;
                 let model = fresh(700 + s)?;
-                let mut trainer = Trainer::new(model.clone(), config(700 + s))?;
+                let mut trainer = Trainer::new(
+                    model.clone(),
+                    TrainConfig { meta_order: order.max(1), ..config(700 + s) },
+                )?;
                 let mut rng = Rng::new(900 + s);
                 let t = Instant::now();
                 for idx in micro_batches(nt, a.epochs, 8, 700 + s) {
@@ -437,22 +566,16 @@ fn main() -> Result<()> {
                                 .collect(),
                         };
                         trainer.meta_step(&clean, &idx, &tr, &sub)?;
-                        meta_steps += 1;
                     } else {
                         trainer.step(&clean, &idx, &tr)?;
-                        plain_steps += 1;
                     }
+                    cost[k].1 += 1;
                 }
                 let secs = t.elapsed().as_secs_f64();
-                if meta {
-                    meta_secs += secs
-                } else {
-                    plain_secs += secs
-                }
+                cost[k].0 += secs;
                 drop(trainer);
                 let acc = quick_eval(&model, &eval_set)?.accuracy;
                 let (j, sp) = (difference_value(&model, &policy)?, spread(&model)?);
-                let name = if meta { "MetaRM" } else { "plain" };
                 eprintln!("meta seed {s} {name:<6} held-out accuracy {acc:.4}  J(shifted) {j:.4}  mean |Δr| (shifted) {sp:.4}");
                 rows.push(json!({"seed": s, "method": name, "accuracy": acc, "j": j, "spread": sp, "seconds": secs}));
             }
@@ -460,21 +583,22 @@ fn main() -> Result<()> {
         let col = |m: &str, k: &str| -> Vec<f64> {
             rows.iter().filter(|r| r["method"] == m).map(|r| r[k].as_f64().unwrap()).collect()
         };
-        let cost = (meta_secs / meta_steps as f64) / (plain_secs / plain_steps as f64);
-        summary += &format!("\n## MetaRM ({} train pairs, {} shifted policy prompts x 4, meta_lr {}, {} seeds)\n\n| method | held-out accuracy | J on shifted samples | mean abs reward difference on shifted samples |\n|---|---|---|---|\n", nt, policy.groups.len(), a.meta_lr, a.seeds);
-        for m in ["plain", "MetaRM"] {
+        let per_step: Vec<f64> = cost.iter().map(|(s, n)| s / (*n).max(1) as f64).collect();
+        summary += &format!("\n## MetaRM ({} train pairs, {} shifted policy prompts x 4, meta_lr {}, {} seeds)\n\n| method | held-out accuracy | J on shifted samples | mean abs reward difference on shifted samples | time per step |\n|---|---|---|---|---|\n", nt, policy.groups.len(), a.meta_lr, a.seeds);
+        for (k, (m, _)) in methods.iter().enumerate() {
             summary += &format!(
-                "| {m} | {} | {} | {} |\n",
+                "| {m} | {} | {} | {} | {:.3}s ({:.2}x) |\n",
                 fmt(&col(m, "accuracy")),
                 fmt(&col(m, "j")),
-                fmt(&col(m, "spread"))
+                fmt(&col(m, "spread")),
+                per_step[k],
+                per_step[k] / per_step[0]
             );
         }
-        summary += &format!("\nmeta step {:.3}s vs plain step {:.3}s: {cost:.2}x (top layer + head over cached frozen layers, 8 pairs + 8 policy prompts x 4)\n", meta_secs / meta_steps as f64, plain_secs / plain_steps as f64);
         std::fs::write(
             a.out_dir.join("meta.json"),
             serde_json::to_vec_pretty(
-                &json!({"rows": rows, "meta_step_cost_ratio": cost, "meta_lr": a.meta_lr}),
+                &json!({"rows": rows, "seconds_per_step": per_step, "methods": methods.iter().map(|m| m.0).collect::<Vec<_>>(), "meta_lr": a.meta_lr}),
             )
             .unwrap(),
         )?;

@@ -381,6 +381,13 @@ typedef struct rk_trainer_params {
    * first-order prediction J(θ) + meta_lr·‖∇J‖². Default 0.
    */
   uint8_t measure_j_after;
+  /**
+   * Appended in 0.2: MetaRM's meta-gradient. 1 = first order, as the paper's authors ran
+   * it; 2 = exact, `(I + meta_lr·H_J) ∇L(θ')`, with the Hessian-vector product from two more
+   * forward and backward passes over the policy batch (and, in a data-parallel run, one more
+   * all-reduce, `RK_SYNC_META_PREFERENCE`). Default 1.
+   */
+  uint8_t meta_order;
 } rk_trainer_params;
 
 /**
@@ -537,6 +544,11 @@ typedef struct rk_meta_step_stats {
    * J(θ) + meta_lr·‖∇J‖².
    */
   uint8_t j_after_measured;
+  /**
+   * Appended in 0.2: with `rk_trainer_params.meta_order` 2, the norm of the second-order
+   * correction meta_lr·H_J·g added to the preference gradient g; 0 at first order.
+   */
+  double second_order_norm;
 } rk_meta_step_stats;
 
 /**
@@ -732,6 +744,13 @@ typedef int32_t (*rk_allreduce_fn)(void *user_data, float *buffer, size_t n, con
  * MetaRM: the ascent gradient of the difference loss, before the move to θ'.
  */
 #define RK_SYNC_META_ASCENT 1
+
+/**
+ * Second-order MetaRM (`rk_trainer_params.meta_order` 2): the preference gradient at θ',
+ * before the Hessian-vector product multiplies it. Added in 0.2; a hook that reduces every
+ * buffer it is handed, whatever its sync point, needs no change.
+ */
+#define RK_SYNC_META_PREFERENCE 2
 
 #ifdef __cplusplus
 extern "C" {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::metrics::{equal_count_groups, mean_std};
 use crate::error::{Error, Result};
 use crate::handle::SharedModel;
+use crate::train::ensemble::Folds;
 use crate::train::{check_pairs, PairIds, PairSet, Shard};
 
 /// Scores of M members on n pairs.
@@ -16,6 +17,9 @@ pub struct Vote {
     /// chosen[m][i]: member m's reward for the chosen response of pair i.
     pub chosen: Vec<Vec<f32>>,
     pub rejected: Vec<Vec<f32>>,
+    /// Out of fold: voted[m][i] says whether member m votes on pair i (it never trained on
+    /// it); a pair's strength reads only its voters. `None`: every member votes on every pair.
+    voted: Option<Vec<Vec<bool>>>,
 }
 
 /// How the paper reads a pair's mean preference difference.
@@ -66,13 +70,44 @@ impl Vote {
         if n == 0 || chosen.iter().chain(&rejected).any(|s| s.len() != n) {
             return Err(Error::invalid("every member must score the same, non-empty set of pairs"));
         }
-        Ok(Vote { chosen, rejected })
+        Ok(Vote { chosen, rejected, voted: None })
     }
 
-    /// One vote whose members are those of `votes`, in order (all on the same pairs).
+    /// An out-of-fold vote: member m's scores count only where `voted[m][i]` (elsewhere they
+    /// are ignored); every pair needs at least one voter.
+    pub fn with_voters(
+        chosen: Vec<Vec<f32>>,
+        rejected: Vec<Vec<f32>>,
+        voted: Vec<Vec<bool>>,
+    ) -> Result<Vote> {
+        let v = Vote::new(chosen, rejected)?;
+        let n = v.pairs();
+        if voted.len() != v.members() || voted.iter().any(|m| m.len() != n) {
+            return Err(Error::invalid("a voter mask needs one entry per member and pair"));
+        }
+        if let Some(i) = (0..n).find(|&i| voted.iter().all(|m| !m[i])) {
+            return Err(Error::invalid(format!("pair {i} has no member voting on it")));
+        }
+        Ok(Vote { voted: Some(voted), ..v })
+    }
+
+    /// Members voting on pair i.
+    pub fn voters(&self, i: usize) -> usize {
+        self.voted.as_ref().map_or(self.members(), |v| v.iter().filter(|m| m[i]).count())
+    }
+
+    fn votes_on(&self, m: usize, i: usize) -> bool {
+        self.voted.as_ref().map_or(true, |v| v[m][i])
+    }
+
+    /// One vote whose members are those of `votes`, in order (all on the same pairs, every
+    /// member voting on every pair).
     pub fn merge(votes: impl IntoIterator<Item = Vote>) -> Result<Vote> {
         let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
         for v in votes {
+            if v.voted.is_some() {
+                return Err(Error::invalid("out-of-fold votes do not merge"));
+            }
             chosen.extend(v.chosen);
             rejected.extend(v.rejected);
         }
@@ -87,12 +122,18 @@ impl Vote {
         self.chosen[0].len()
     }
 
-    /// The M reward differences of pair i.
+    /// The reward differences of pair i, one per member voting on it.
     pub fn differences(&self, i: usize) -> Vec<f32> {
-        self.chosen.iter().zip(&self.rejected).map(|(c, r)| c[i] - r[i]).collect()
+        self.chosen
+            .iter()
+            .zip(&self.rejected)
+            .enumerate()
+            .filter(|(m, _)| self.votes_on(*m, i))
+            .map(|(_, (c, r))| c[i] - r[i])
+            .collect()
     }
 
-    /// Per pair: mean and population std (divide by M) of the reward differences.
+    /// Per pair: mean and population std (divide by the voters) of the reward differences.
     pub fn strength(&self) -> (Vec<f32>, Vec<f32>) {
         (0..self.pairs())
             .map(|i| {
@@ -132,16 +173,24 @@ impl Vote {
     }
 
     /// One JSON object per pair in the shape of the authors' released data
-    /// (`hh-rlhf-strength-cleaned`).
+    /// (`hh-rlhf-strength-cleaned`), with the voters' scores only, plus `voters`: how many
+    /// members voted on the pair.
     pub fn export_rows(&self) -> Vec<Value> {
         let (mean, std) = self.strength();
         (0..self.pairs())
             .map(|i| {
+                let of = |side: &[Vec<f32>]| -> Vec<f32> {
+                    (0..self.members())
+                        .filter(|&m| self.votes_on(m, i))
+                        .map(|m| side[m][i])
+                        .collect()
+                };
                 json!({
                     "mean preference difference": mean[i],
                     "std preference difference": std[i],
-                    "chosen score list": self.chosen.iter().map(|c| c[i]).collect::<Vec<_>>(),
-                    "rejected score list": self.rejected.iter().map(|r| r[i]).collect::<Vec<_>>(),
+                    "chosen score list": of(&self.chosen),
+                    "rejected score list": of(&self.rejected),
+                    "voters": self.voters(i),
                 })
             })
             .collect()
@@ -194,6 +243,39 @@ pub fn vote(models: &[&SharedModel], set: &PairSet) -> Result<Vote> {
         return Err(Error::invalid("a vote needs at least one model"));
     }
     Vote::merge(models.iter().map(|m| heads_vote(m, set)).collect::<Result<Vec<_>>>()?)
+}
+
+/// The out-of-fold vote of an ensemble trained with [`crate::train::ensemble::train_ensemble`]
+/// and `folds`: `models[m]` is member m and scores only the pairs of the fold it held out.
+pub fn vote_out_of_fold(models: &[&SharedModel], set: &PairSet, folds: &Folds) -> Result<Vote> {
+    if models.is_empty() {
+        return Err(Error::invalid("a vote needs at least one model"));
+    }
+    folds.validate(set.len())?;
+    if models.len() < folds.k {
+        return Err(Error::invalid(format!(
+            "{} members for {} folds: every fold needs a member that held it out",
+            models.len(),
+            folds.k
+        )));
+    }
+    let n = set.len();
+    let mut chosen = vec![vec![0f32; n]; models.len()];
+    let mut rejected = chosen.clone();
+    let mut voted = vec![vec![false; n]; models.len()];
+    for (m, model) in models.iter().enumerate() {
+        if model.read()?.num_heads() != 1 {
+            return Err(Error::invalid(format!(
+                "models[{m}] has several heads: an out-of-fold member is one model with one head"
+            )));
+        }
+        let idx = folds.voting_pairs(m);
+        let (c, r) = set.subset(&idx)?.score_all(model)?;
+        for (k, &i) in idx.iter().enumerate() {
+            (chosen[m][i], rejected[m][i], voted[m][i]) = (c[k], r[k], true);
+        }
+    }
+    Vote::with_voters(chosen, rejected, voted)
 }
 
 /// The vote of several models on pairs each model builds for itself with `pairs_for` (members

@@ -44,6 +44,9 @@ pub struct rk_meta_step_stats {
     /// (`rk_trainer_params.measure_j_after`), 0 if it is the first-order prediction
     /// J(θ) + meta_lr·‖∇J‖².
     pub j_after_measured: u8,
+    /// Appended in 0.2: with `rk_trainer_params.meta_order` 2, the norm of the second-order
+    /// correction meta_lr·H_J·g added to the preference gradient g; 0 at first order.
+    pub second_order_norm: f64,
 }
 
 /// Policy samples from texts: prompt p has responses `responses[offsets[p] .. offsets[p+1]]`.
@@ -117,6 +120,7 @@ unsafe fn meta_common(
             pending: st.pending,
             local_grad_norm: st.local_grad_norm,
             j_after_measured: s.j_after_measured as u8,
+            second_order_norm: s.second_order_norm,
         });
     }
     Ok(())

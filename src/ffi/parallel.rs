@@ -24,6 +24,10 @@ pub type rk_sync_point = i32;
 pub const RK_SYNC_GRADIENT: rk_sync_point = 0;
 /// MetaRM: the ascent gradient of the difference loss, before the move to θ'.
 pub const RK_SYNC_META_ASCENT: rk_sync_point = 1;
+/// Second-order MetaRM (`rk_trainer_params.meta_order` 2): the preference gradient at θ',
+/// before the Hessian-vector product multiplies it. Added in 0.2; a hook that reduces every
+/// buffer it is handed, whatever its sync point, needs no change.
+pub const RK_SYNC_META_PREFERENCE: rk_sync_point = 2;
 
 /// What an all-reduce call is about. Fields may be appended; read `struct_size` first.
 #[repr(C)]
@@ -89,6 +93,7 @@ impl CHook {
             sync_point: match sync {
                 SyncPoint::Gradient => RK_SYNC_GRADIENT,
                 SyncPoint::MetaAscent => RK_SYNC_META_ASCENT,
+                SyncPoint::MetaPreference => RK_SYNC_META_PREFERENCE,
             },
             rank: self.rank,
             world_size: self.world_size,

@@ -210,6 +210,11 @@ pub struct rk_trainer_params {
     /// over the policy batch (about a quarter of a plain step more); 0 = it reports the
     /// first-order prediction J(θ) + meta_lr·‖∇J‖². Default 0.
     pub measure_j_after: u8,
+    /// Appended in 0.2: MetaRM's meta-gradient. 1 = first order, as the paper's authors ran
+    /// it; 2 = exact, `(I + meta_lr·H_J) ∇L(θ')`, with the Hessian-vector product from two more
+    /// forward and backward passes over the policy batch (and, in a data-parallel run, one more
+    /// all-reduce, `RK_SYNC_META_PREFERENCE`). Default 1.
+    pub meta_order: u8,
 }
 
 /// The smallest `struct_size` accepted for `rk_trainer_params`: the layout before
@@ -468,6 +473,7 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         defer_apply: c.defer_apply as u8,
         contrastive_view_layers: view_layers.map_or(0, narrow),
         measure_j_after: c.measure_j_after as u8,
+        meta_order: c.meta_order,
     }
 }
 
@@ -533,6 +539,7 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
         contrastive: contrastive_from_c(&p)?,
         defer_apply: flag(p.defer_apply, "params->defer_apply")?,
         measure_j_after: flag(p.measure_j_after, "params->measure_j_after")?,
+        meta_order: p.meta_order,
     };
     Ok(config)
 }

@@ -83,6 +83,15 @@ pub struct TrainConfig {
     /// prediction J(θ) + meta_lr·‖∇J‖², exact up to O(meta_lr²).
     #[serde(default)]
     pub measure_j_after: bool,
+    /// MetaRM's meta-gradient: 1 = first order as the authors ran it (∇L at θ' applied at θ);
+    /// 2 = the exact gradient of L(θ + meta_lr ∇J(θ)), `(I + meta_lr H_J) ∇L(θ')`, with the
+    /// Hessian-vector product from two more gradients of J (see `train::meta`).
+    #[serde(default = "default_meta_order")]
+    pub meta_order: u8,
+}
+
+fn default_meta_order() -> u8 {
+    1
 }
 
 fn default_meta_lr() -> f64 {
@@ -110,6 +119,7 @@ impl Default for TrainConfig {
             contrastive: None,
             defer_apply: false,
             measure_j_after: false,
+            meta_order: default_meta_order(),
         }
     }
 }
@@ -129,6 +139,12 @@ impl TrainConfig {
             return Err(Error::invalid(format!(
                 "meta_lr {} must be a finite number >= 0",
                 self.meta_lr
+            )));
+        }
+        if !(1..=2).contains(&self.meta_order) {
+            return Err(Error::invalid(format!(
+                "meta_order {} must be 1 (first order) or 2 (exact, with a Hessian-vector product)",
+                self.meta_order
             )));
         }
         if !(0.0..1.0).contains(&self.dropout) {

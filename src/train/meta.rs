@@ -7,10 +7,28 @@
 //! J = mean_p (2 / k_p^2) * sum_{i<j} sigmoid(|r(x_p, s_i) - r(x_p, s_j)|)
 //! ```
 //!
-//! Meta step, first-order as the authors ran it: `θ' = θ + meta_lr * ∇J(θ)` (one ascent step
-//! on the policy batch), `g = ∇L_pref(θ')` on the preference batch, then the trainer's optimizer
-//! applies `g` at θ. θ' lives in separate tensors (`RewardModel::with_overrides`), so scorers on
-//! other threads never see it; they see θ before the step or the updated θ after.
+//! Meta step, first-order as the authors ran it (`meta_order` 1): `θ' = θ + meta_lr * ∇J(θ)`
+//! (one ascent step on the policy batch), `g = ∇L_pref(θ')` on the preference batch, then the
+//! trainer's optimizer applies `g` at θ. θ' lives in separate tensors
+//! (`RewardModel::with_overrides`), so scorers on other threads never see it; they see θ before
+//! the step or the updated θ after.
+//!
+//! Second order (`meta_order` 2): the exact gradient of `L_pref(θ + meta_lr ∇J(θ))`,
+//!
+//! ```text
+//! (I + meta_lr H_J(θ)) g,   H_J(θ) g ≈ (∇J(θ + εg) − ∇J(θ − εg)) / 2ε
+//! ```
+//!
+//! candle has no second-order autograd, so the Hessian-vector product is a central difference
+//! of two more gradients of J (a forward and backward pass over the policy batch each, with the
+//! same dropout masks as the ascent). ε = √(f32 eps)·(1 + ‖θ‖)/‖g‖ over the trained parameters,
+//! the usual Hessian-free choice: the probe εg moves the weights by ~0.03% of their norm. J is
+//! only piecewise smooth (|r_i − r_j| has a kink where two rewards cross), and a probe that
+//! crosses a kink measures the jump of ∇J instead of its slope: on the tiny test model the
+//! ∛(eps) step (0.5%) did, and got a 2x wrong product, while √(eps) stays inside and leaves a
+//! float32 rounding error of about √(eps) relative. Why it matters: the first-order
+//! update's extra term `meta_lr H_L ∇J` lowers J wherever the preference loss is locally convex
+//! (docs/EXPERIMENTS.md); `meta_lr H_J g` is the term through which the step can raise J.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -143,6 +161,9 @@ pub struct MetaStepStats {
     pub j_after_measured: bool,
     /// Norm of ∇J.
     pub meta_grad_norm: f64,
+    /// Second order: the norm of the correction meta_lr·H_J·g added to the preference
+    /// gradient g (0 at first order).
+    pub second_order_norm: f64,
     /// The preference step taken at the moved weights (loss and accuracy there).
     pub step: StepStats,
 }
@@ -191,22 +212,95 @@ impl Trainer {
         let (meta_grads, j_before) =
             shared.install(|| self.ascent_gradient(&model, policy, pass))?;
         let (meta_grads, _) = self.reduce(meta_grads, SyncPoint::MetaAscent)?;
-        let (ascent, g) = shared.install(|| -> Result<_> {
+        let (ascent, mut g) = shared.install(|| -> Result<_> {
             // 2. θ' = θ + meta_lr ∇J.
             let ascent = self.ascend(&model, policy, &meta_grads, j_before)?;
             // 3. The preference gradient at θ'.
             let g = self.preference_grads(&ascent.moved, pref, idx, treatments, pass)?;
             Ok((ascent, g))
         })?;
+        drop(ascent.moved);
+        // 4. Second order: g + meta_lr H_J(θ) g. In a data-parallel run g is first averaged
+        //    over the ranks, so that each rank's H_J⁽ʳ⁾ multiplies the same g and the
+        //    optimizer's all-reduce yields (I + meta_lr H_J) g exactly.
+        let mut second_order_norm = 0.0;
+        let meta_lr = self.config().meta_lr;
+        if self.config().meta_order == 2 && meta_lr > 0.0 {
+            let (v, _) = self.reduce(std::mem::take(&mut g.grads), SyncPoint::MetaPreference)?;
+            let hv = shared.install(|| self.hessian_vector(&model, policy, pass, &v))?;
+            second_order_norm = meta_lr * global_norm(&hv)?;
+            g.grads = v
+                .iter()
+                .zip(&hv)
+                .map(|(v, hv)| Ok((v + (hv * meta_lr)?)?))
+                .collect::<Result<_>>()?;
+        }
         drop(model);
-        // 4. Applied at θ by the trainer's optimizer.
+        // 5. Applied at θ by the trainer's optimizer.
         let step = self.finish_micro_step(g, started)?;
         Ok(MetaStepStats {
             j_before: ascent.j_before,
             j_after: ascent.j_after,
             j_after_measured: ascent.j_after_measured,
             meta_grad_norm: ascent.meta_grad_norm,
+            second_order_norm,
             step,
+        })
+    }
+
+    /// H_J(θ) v on the policy batch by a central difference of ∇J (see the module doc for ε).
+    fn hessian_vector(
+        &self,
+        model: &RewardModel,
+        policy: &PolicyBatch,
+        pass: Pass,
+        v: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
+        let v_norm = global_norm(v)?;
+        if v_norm == 0.0 {
+            return v.iter().map(|t| Ok(t.zeros_like()?)).collect();
+        }
+        let params: Vec<Tensor> = self
+            .trained_names()
+            .map(|n| Ok(model.params().get(n)?.to_dtype(DType::F32)?))
+            .collect::<Result<_>>()?;
+        let eps = (f32::EPSILON as f64).sqrt() * (1.0 + global_norm(&params)?) / v_norm;
+        let grad_at = |scale: f64| -> Result<Vec<Tensor>> {
+            let at = self.shifted(model, v, scale, "the Hessian-vector product's probe")?;
+            Ok(self.ascent_gradient(&at, policy, pass)?.0)
+        };
+        let (plus, minus) =
+            crate::profile::phase("meta: Hessian-vector product", model.device(), || {
+                Ok((grad_at(eps)?, grad_at(-eps)?))
+            })?;
+        plus.iter().zip(&minus).map(|(p, m)| Ok(((p - m)? / (2.0 * eps))?)).collect()
+    }
+
+    /// θ + scale·dir over the trained parameters, in separate tensors (the weights scorers read
+    /// are untouched); refused if any moved weight is not finite.
+    fn shifted(
+        &self,
+        model: &RewardModel,
+        dir: &[Tensor],
+        scale: f64,
+        what: &str,
+    ) -> Result<RewardModel> {
+        let mut moved_values = HashMap::new();
+        for (name, d) in self.trained_names().zip(dir) {
+            let p = model.params().get(name)?;
+            let moved = (p.to_dtype(DType::F32)? + (d * scale)?)?.to_dtype(p.dtype())?;
+            if !all_finite(&moved)? {
+                return Err(Error::new(
+                    ErrorKind::NonFinite,
+                    format!(
+                        "{what} makes `{name}` non-finite (step {scale:e}); weights left unchanged"
+                    ),
+                ));
+            }
+            moved_values.insert(name.to_string(), moved);
+        }
+        crate::profile::phase("meta: moved model", model.device(), || {
+            model.with_overrides(&moved_values)
         })
     }
 
@@ -242,21 +336,12 @@ impl Trainer {
                 format!("difference loss {j_before} or its gradient norm {meta_grad_norm} is not finite; weights left unchanged"),
             ));
         }
-        let mut moved_values = HashMap::new();
-        for (name, g) in self.trained_names().zip(meta_grads) {
-            let p = model.params().get(name)?;
-            let moved = (p.to_dtype(DType::F32)? + (g * meta_lr)?)?.to_dtype(p.dtype())?;
-            if !all_finite(&moved)? {
-                return Err(Error::new(
-                    ErrorKind::NonFinite,
-                    format!("the ascent step makes `{name}` non-finite (meta_lr {meta_lr}); weights left unchanged"),
-                ));
-            }
-            moved_values.insert(name.to_string(), moved);
-        }
-        let moved = crate::profile::phase("meta: moved model", model.device(), || {
-            model.with_overrides(&moved_values)
-        })?;
+        let moved = self.shifted(
+            model,
+            meta_grads,
+            meta_lr,
+            &format!("the ascent step (meta_lr {meta_lr})"),
+        )?;
         let measured = self.config().measure_j_after;
         let j_after = if measured {
             let first = self.first_trainable_layer();

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use super::cache::HiddenCache;
 use super::parallel::Shard;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handle::batch::{batch_features, plan_batches, plan_scoring};
 use crate::handle::SharedModel;
 use crate::model::{Pass, RewardModel};
@@ -256,6 +256,19 @@ impl PairSet {
             seqs: SeqSource::Cached(Arc::new(cache)),
             pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect(),
         })
+    }
+
+    /// Pairs `idx` of this set (in that order), over the same sequences: no copy of them.
+    pub fn subset(&self, idx: &[usize]) -> Result<PairSet> {
+        let pairs = idx
+            .iter()
+            .map(|&i| {
+                self.pairs.get(i).copied().ok_or_else(|| {
+                    Error::invalid(format!("pair {i} of a set of {}", self.pairs.len()))
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(PairSet { seqs: self.seqs.clone(), pairs })
     }
 
     pub fn len(&self) -> usize {

@@ -6,7 +6,9 @@
 //!
 //! Sync points: after the gradient of every optimizer step (after accumulation, before
 //! clipping and AdamW), and in a MetaRM step also after the ascent gradient of the difference
-//! loss, so every rank moves to the same θ' before taking the preference gradient there.
+//! loss, so every rank moves to the same θ' before taking the preference gradient there, and
+//! at second order after that preference gradient, so every rank's Hessian-vector product
+//! multiplies the same vector.
 //!
 //! Dropout masks follow the data-parallel layout: micro-step s of rank r draws the masks of
 //! micro-step `s * world_size + r` of a single process, so W ranks with a batch each compute
@@ -28,6 +30,9 @@ pub enum SyncPoint {
     Gradient,
     /// The ascent gradient of MetaRM's difference loss, before moving to θ'.
     MetaAscent,
+    /// Second-order MetaRM: the preference gradient at θ', before the Hessian-vector product
+    /// multiplies it (so every rank multiplies the same vector).
+    MetaPreference,
 }
 
 /// The flat gradient buffer handed to the host, in the parameters' optimizer order.

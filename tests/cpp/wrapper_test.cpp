@@ -99,6 +99,18 @@ int main(int argc, char **argv) {
             expect(std::fabs(j_text - j_ids) < 1e-9 && j_ids > 0.25, "difference_loss_tokens == difference_loss");
             const auto sc = c.score_tokens(chosen), sd = d.score_tokens(chosen);
             for (size_t i = 0; i < sc.size(); i++) expect(close(sc[i], sd[i], 1e-6f), "same weights after either meta step");
+            expect(by_ids.second_order_norm == 0.0, "a first-order step adds no second-order term");
+        }
+        // Second-order MetaRM: the exact meta-gradient adds meta_lr * H_J * g.
+        {
+            rewardkit::Model e(argv[1]);
+            rk_trainer_params mp = tp;
+            mp.meta_lr = 0.05;
+            mp.meta_order = 2;
+            rewardkit::Trainer te(e, mp);
+            const std::string hi = "\n\nHuman: Hi\n\nAssistant:";
+            const rk_meta_step_stats s = te.meta_step(kPrompts, kChosen, kRejected, {{hi}, {{" Hello!", " Go away.", " Hi there!"}}});
+            expect(s.applied && s.second_order_norm > 0.0, "a second-order meta step adds meta_lr * H_J * g");
         }
 
         // Mistakes are exceptions carrying the status and the library's message.

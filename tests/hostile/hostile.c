@@ -926,6 +926,8 @@ TP(epsilon_inf, p->contrastive = RK_CONTRASTIVE_SWAV; p->sinkhorn_epsilon = INFI
 TP(view_layers_max, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_view_layers = UINT32_MAX)
 TP(view_layers_all_ok, p->contrastive = RK_CONTRASTIVE_SIMCSE; p->contrastive_view_layers = 0)
 TP(measure_j_after_2, p->measure_j_after = 2)
+TP(meta_order_0, p->meta_order = 0)
+TP(meta_order_3, p->meta_order = 3)
 TP(size_zero, p->struct_size = 0)
 TP(size_big, p->struct_size = sizeof *p + 1)
 TP(swav_diff_ok, p->contrastive = RK_CONTRASTIVE_SWAV; p->contrastive_items = RK_ITEMS_DIFFERENCES)
@@ -975,6 +977,8 @@ static const trainer_param_case TRAINER_PARAM_CASES[] = {
     {"contrastive view layers UINT32_MAX", tp_view_layers_max, RK_ERR_INVALID_ARGUMENT},
     {"contrastive views over every layer", tp_view_layers_all_ok, RK_OK},
     {"measure_j_after 2", tp_measure_j_after_2, RK_ERR_INVALID_ARGUMENT},
+    {"meta_order 0", tp_meta_order_0, RK_ERR_INVALID_ARGUMENT},
+    {"meta_order 3", tp_meta_order_3, RK_ERR_INVALID_ARGUMENT},
     {"struct_size 0", tp_size_zero, RK_ERR_INVALID_ARGUMENT},
     {"struct_size too big", tp_size_big, RK_ERR_INVALID_ARGUMENT},
     {"SwAV-diff", tp_swav_diff_ok, RK_OK},

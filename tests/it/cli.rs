@@ -374,3 +374,101 @@ fn sharded_ensemble_and_vote_merge_to_the_unsharded_files() {
     fails(&["vote", "--merge", &s(&data), "--output", &out], "not a vote shard");
     fails(&strs(&with(&["--shard", "3/3", "--output", &out])), "need 0 <= i < n");
 }
+
+/// `ensemble --folds K`: members vote only on the fold they held out (`voters` per pair), the
+/// layout is saved, and sharded members voted with `vote --folds` give the same strengths.
+#[test]
+fn out_of_fold_ensemble_whole_and_sharded() {
+    let dir = scratch("cli-oof");
+    let data = hh_data();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (whole, sharded) = (dir.join("whole"), dir.join("sharded"));
+    let args = |out: &std::path::Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "ensemble",
+            "--model",
+            &s(tiny_model()),
+            "--data",
+            &s(&data),
+            "--skip-bad-rows",
+            "--limit",
+            "24",
+            "--epochs",
+            "1",
+            "--batch-pairs",
+            "8",
+            "--trainable",
+            "top:1",
+            "--threads",
+            "1",
+            "--out",
+            &s(out),
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |a: &[String]| {
+        let out = rewardkit().args(a).output().unwrap();
+        assert!(out.status.success(), "{a:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let fails = |a: &[String], want: &str| {
+        let out = rewardkit().args(a).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{a:?}: {err}");
+    };
+    let layout = ["--members", "4", "--folds", "2"];
+    assert!(run(&args(&whole, &layout)).contains("2 voters per pair"));
+    let rows = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let whole_rows = rows(&whole.join("vote.jsonl"));
+    assert_eq!(whole_rows.len(), 24);
+    assert!(whole_rows
+        .iter()
+        .all(|r| r["voters"] == 2 && r["chosen score list"].as_array().unwrap().len() == 2));
+    assert!(whole.join("folds.json").exists());
+
+    let said = run(&args(&sharded, &[&layout[..], &["--shard", "0/2"]].concat()));
+    assert!(said.contains("--folds"), "{said}");
+    run(&args(&sharded, &[&layout[..], &["--shard", "1/2"]].concat()));
+    let mut vote: Vec<String> = vec!["vote".into()];
+    for m in 0..4 {
+        vote.extend(["--member".into(), s(&sharded.join(format!("member-{m}/final")))]);
+    }
+    let out = s(&dir.join("vote.jsonl"));
+    vote.extend(
+        ["--data", &s(&data), "--skip-bad-rows", "--limit", "24", "--output", &out]
+            .map(String::from),
+    );
+    let with_folds = |p: &std::path::Path| [vote.clone(), vec!["--folds".into(), s(p)]].concat();
+    run(&with_folds(&sharded.join("folds.json")));
+    // The ensemble lists pairs in its training order, the vote in file order: match by line.
+    let by_line: std::collections::HashMap<u64, f64> = rows(std::path::Path::new(&out))
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), r["mean preference difference"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(by_line.len(), 24);
+    for a in &whole_rows {
+        let x = a["mean preference difference"].as_f64().unwrap();
+        let y = by_line[&a["line"].as_u64().unwrap()];
+        assert!((x - y).abs() < 1e-4, "line {}: whole {x} vs sharded {y}", a["line"]);
+    }
+    fails(&args(&dir.join("few"), &["--members", "1", "--folds", "2"]), "needs at least 2 members");
+    fails(
+        &args(&dir.join("multi"), &[&layout[..], &["--shared-backbone"]].concat()),
+        "cannot be used with",
+    );
+    // A layout for other data, and a file that is not a layout, are refused.
+    let mut other: Vec<String> =
+        vote.iter().map(|a| if a == "24" { "20".to_string() } else { a.clone() }).collect();
+    other.extend(["--folds".into(), s(&sharded.join("folds.json"))]);
+    fails(&other, "the folds cover 24 pairs, the data has 20");
+    fails(&with_folds(&data), "not a fold layout");
+}

@@ -91,6 +91,97 @@ fn gradient_of_j_matches_finite_differences() {
     }
 }
 
+/// The meta objective F(θ) = L(θ + η∇J(θ)) is what a meta step reports as its loss (the
+/// preference loss at θ'); its exact gradient is what `meta_order` 2 hands the optimizer.
+/// Checked per parameter tensor against a central difference of F along that tensor's part of
+/// the gradient, and the first-order gradient shown to miss the same check.
+#[test]
+fn second_order_meta_gradient_matches_finite_differences_of_the_meta_objective() {
+    let eta = 0.5;
+    let set = PairSet::from_ids(prefs(8, 21));
+    let idx: Vec<usize> = (0..8).collect();
+    let t = vec![PairTreatment::default(); 8];
+    let pol = policy(3, 3, 22);
+    let shared = model(23);
+    let trainer_of = |order: u8, shared: &Arc<SharedModel>| {
+        let cfg = TrainConfig {
+            meta_order: order,
+            defer_apply: true,
+            max_grad_norm: None,
+            trainable: Trainable::All,
+            ..config(eta)
+        };
+        Trainer::new(shared.clone(), cfg).unwrap()
+    };
+    // (gradient handed to the optimizer, F) at the trainer's current weights; nothing applied.
+    let probe = |trainer: &mut Trainer| -> (Vec<f32>, f64) {
+        let s = trainer.meta_step(&set, &idx, &t, &pol).unwrap();
+        let mut g = vec![0f32; trainer.trained_len()];
+        trainer.pending_gradients(&mut g).unwrap();
+        trainer.discard_pending().unwrap();
+        (g, s.step.loss)
+    };
+    let mut second = trainer_of(2, &shared);
+    let n = second.trained_len();
+    let mut theta = vec![0f32; n];
+    second.weights(&mut theta).unwrap();
+    let (g2, _) = probe(&mut second);
+    // The same weights (the same seed), under a trainer of its own.
+    let (g1, _) = probe(&mut trainer_of(1, &model(23)));
+    let sizes: Vec<(String, usize)> = {
+        let m = shared.read().unwrap();
+        second
+            .trained_names()
+            .map(|name| (name.to_string(), m.params().get(name).unwrap().elem_count()))
+            .collect()
+    };
+    let (mut start, mut first_order_misses) = (0, 0);
+    for (name, size) in &sizes {
+        let range = start..start + size;
+        start += size;
+        if !(name.contains("layers.0.self_attn.q_proj")
+            || name.contains("layers.1.mlp.down_proj")
+            || name.contains("embed_tokens")
+            || name.starts_with("score"))
+        {
+            continue;
+        }
+        let block = &g2[range.clone()];
+        let norm = block.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(norm > 0.0, "{name}: zero meta-gradient");
+        // Small: F is only piecewise smooth (J has |r_i - r_j|; ∇J jumps where two rewards
+        // cross), and at 1e-2 the score.weight probe crossed such a kink.
+        let eps = 1e-3;
+        let mut f_at = |s: f64| {
+            let mut w = theta.clone();
+            for (wi, gi) in w[range.clone()].iter_mut().zip(block) {
+                *wi += (s * *gi as f64 / norm) as f32;
+            }
+            second.set_weights(&w).unwrap();
+            probe(&mut second).1
+        };
+        let numeric = (f_at(eps) - f_at(-eps)) / (2.0 * eps);
+        second.set_weights(&theta).unwrap();
+        // Directional derivatives along the unit direction g2_block / |g2_block|.
+        let exact = norm;
+        let first: f64 =
+            g1[range.clone()].iter().zip(block).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                / norm;
+        assert!(
+            (numeric - exact).abs() < 0.02 * exact.abs() + 1e-5,
+            "{name}: finite difference of L(θ + η∇J) {numeric:.6} vs second-order meta-gradient {exact:.6}"
+        );
+        if (numeric - first).abs() > 0.02 * numeric.abs() + 1e-5 {
+            first_order_misses += 1;
+        }
+        eprintln!("{name}: finite difference {numeric:.6}, order 2 {exact:.6}, order 1 {first:.6}");
+    }
+    assert!(
+        first_order_misses > 0,
+        "the first-order gradient passes the same check: the test cannot tell the orders apart"
+    );
+}
+
 #[test]
 fn meta_steps_ascend_j_and_keep_preference_accuracy() {
     let train = PairSet::from_ids(prefs(48, 7));

@@ -206,11 +206,26 @@ fn union_policy(parts: &[PolicyBatch]) -> PolicyBatch {
 
 #[test]
 fn meta_steps_sync_the_ascent_and_the_preference_gradient() {
+    data_parallel_meta_steps_equal_one_process(1, &[SyncPoint::MetaAscent, SyncPoint::Gradient]);
+}
+
+/// Second order: the preference gradient is averaged before the Hessian-vector product, so the
+/// ranks compute the exact meta-gradient of the global objective, as one process does.
+#[test]
+fn second_order_meta_steps_equal_one_process() {
+    data_parallel_meta_steps_equal_one_process(
+        2,
+        &[SyncPoint::MetaAscent, SyncPoint::MetaPreference, SyncPoint::Gradient],
+    );
+}
+
+fn data_parallel_meta_steps_equal_one_process(meta_order: u8, sync_per_step: &[SyncPoint]) {
     let steps = 3;
     let data = synthetic_pairs(steps * W * B, 21);
     let cfg = TrainConfig {
         optimizer: AdamWConfig { lr: 2e-3, ..Default::default() },
         meta_lr: 0.05,
+        meta_order,
         ..Default::default()
     };
     let policies: Vec<Vec<PolicyBatch>> = (0..steps)
@@ -238,7 +253,7 @@ fn meta_steps_sync_the_ascent_and_the_preference_gradient() {
         "trained"
     );
     let calls = collective.state.lock().unwrap().calls.clone();
-    assert_eq!(calls, [SyncPoint::MetaAscent, SyncPoint::Gradient].repeat(steps));
+    assert_eq!(calls, sync_per_step.repeat(steps));
     let single = random_shared(&two_layer_spec(7), 7);
     let mut t = Trainer::new(single.clone(), cfg.clone()).unwrap();
     for (s, parts) in policies.iter().enumerate() {
@@ -250,7 +265,9 @@ fn meta_steps_sync_the_ascent_and_the_preference_gradient() {
         .unwrap();
     }
     let rel = relative_difference(&dp, &weights(&single));
-    println!("data-parallel MetaRM vs one process: {rel:e} of the weight scale");
+    println!(
+        "data-parallel MetaRM (order {meta_order}) vs one process: {rel:e} of the weight scale"
+    );
     assert!(rel < 1e-5, "{rel}");
 }
 

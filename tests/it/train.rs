@@ -260,6 +260,7 @@ fn ensemble_members_differ_and_vote() {
         &t,
         &cfg,
         &FitOptions { epochs: 2, batch_pairs: 8, ..Default::default() },
+        None,
         0..3,
         |_, _| {},
     )
@@ -315,4 +316,109 @@ fn bf16_training_tracks_f32() {
     let (l16, s16) = crate::common::train_tiny_on_hh(DeviceSpec::Cpu, ComputeDType::BF16);
     println!("losses f32 {l32:?} bf16 {l16:?}");
     crate::common::assert_tracks(&l32, &s32, &l16, &s16, 2e-2, 5e-2);
+}
+
+/// Out of fold: every pair is voted on only by members that never trained on it, each member
+/// trains on exactly the other folds, and refused layouts change nothing.
+#[test]
+fn out_of_fold_members_vote_only_on_pairs_they_never_saw() {
+    use rewardkit::eval::metrics::auroc;
+    use rewardkit::train::ensemble::{train_ensemble, Folds};
+    let (n, k, members) = (40, 4, 8);
+    let folds = Folds::new(n, k, 3).unwrap();
+    let mut sizes = vec![0; k];
+    folds.fold_of.iter().for_each(|&f| sizes[f] += 1);
+    assert_eq!(sizes, vec![10; 4], "balanced folds");
+    for m in 0..members {
+        let (train, vote) = (folds.training_pairs(m), folds.voting_pairs(m));
+        assert_eq!(train.len() + vote.len(), n);
+        assert!(
+            vote.iter().all(|i| !train.contains(i)),
+            "member {m} votes on a pair it trained on"
+        );
+    }
+    assert!(Folds::new(n, 1, 0).is_err() && Folds::new(3, 4, 0).is_err());
+
+    // A task with 20% of its labels flipped; members train long enough to memorise.
+    let base = small_model();
+    let pairs = task(n, 31);
+    let flipped: Vec<bool> = (0..n).map(|i| i % 5 == 0).collect();
+    let noisy = PairSet::from_ids(
+        pairs
+            .iter()
+            .zip(&flipped)
+            .map(|(p, &f)| {
+                if f {
+                    PairIds { chosen: p.rejected.clone(), rejected: p.chosen.clone() }
+                } else {
+                    p.clone()
+                }
+            })
+            .collect(),
+    );
+    let t = vec![PairTreatment::default(); n];
+    let cfg = TrainConfig { trainable: Trainable::TopLayers { layers: 1 }, ..config(40) };
+    let opts = FitOptions { epochs: 4, batch_pairs: 8, ..Default::default() };
+    let oof = train_ensemble(&base, &noisy, &t, &cfg, &opts, Some(&folds), 0..members, |_, _| {})
+        .unwrap();
+    // Member 5 trained on exactly its training pairs: the same as a plain member on that subset.
+    let subset = noisy.subset(&folds.training_pairs(5)).unwrap();
+    let alone =
+        train_ensemble(&base, &subset, &t[..subset.len()], &cfg, &opts, None, 5..6, |_, _| {})
+            .unwrap();
+    assert_eq!(weights(&oof[5]), weights(&alone[0]), "member 5 trained on other pairs");
+
+    let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
+    let vote = rewardkit::eval::vote::vote_out_of_fold(&refs, &noisy, &folds).unwrap();
+    assert!((0..n).all(|i| vote.voters(i) == members / k));
+    // Pair i's strength: the mean over the members that held out its fold, of their margins.
+    let (strength, _) = vote.strength();
+    let margins: Vec<Vec<f32>> = refs
+        .iter()
+        .map(|m| {
+            let (c, r) = noisy.score_all(m).unwrap();
+            c.iter().zip(&r).map(|(c, r)| c - r).collect()
+        })
+        .collect();
+    for i in 0..n {
+        let voters: Vec<f32> = (0..members)
+            .filter(|&m| folds.held_out_fold(m) == folds.fold_of[i])
+            .map(|m| margins[m][i])
+            .collect();
+        let want = voters.iter().sum::<f32>() / voters.len() as f32;
+        assert!((strength[i] - want).abs() < 1e-5, "pair {i}: {} vs {want}", strength[i]);
+    }
+    let rows = vote.export_rows();
+    assert_eq!(rows[0]["voters"], serde_json::json!(2));
+    assert_eq!(rows[0]["chosen score list"].as_array().unwrap().len(), 2);
+
+    // In sample, the same members' vote on pairs they trained on (for the record).
+    let in_sample = rewardkit::eval::vote::vote(&refs, &noisy).unwrap().strength().0;
+    let score = |s: &[f32]| auroc(&s.iter().map(|x| -x).collect::<Vec<_>>(), &flipped).unwrap();
+    eprintln!(
+        "flip AUROC: out of fold {:.3}, every member on every pair {:.3}",
+        score(&strength),
+        score(&in_sample)
+    );
+    assert!(score(&strength) > 0.75, "out-of-fold vote finds the flips: {}", score(&strength));
+
+    // Refused: fewer members than folds, a multi-head member, a layout for other data.
+    assert!(rewardkit::eval::vote::vote_out_of_fold(&refs[..3], &noisy, &folds).is_err());
+    assert!(rewardkit::eval::vote::vote_out_of_fold(
+        &refs,
+        &noisy.subset(&[0, 1, 2]).unwrap(),
+        &folds
+    )
+    .is_err());
+    assert!(train_ensemble(
+        &base,
+        &subset,
+        &t[..subset.len()],
+        &cfg,
+        &opts,
+        Some(&folds),
+        0..1,
+        |_, _| {}
+    )
+    .is_err());
 }

@@ -96,6 +96,7 @@ class TrainerParams(ctypes.Structure):
         ("defer_apply", c_uint8),
         ("contrastive_view_layers", c_uint32),
         ("measure_j_after", c_uint8),
+        ("meta_order", c_uint8),
     ]
 
 
@@ -125,6 +126,7 @@ class MetaStepStats(ctypes.Structure):
         ("pending", c_uint8),
         ("local_grad_norm", c_double),
         ("j_after_measured", c_uint8),
+        ("second_order_norm", c_double),
     ]
 
 
@@ -141,7 +143,7 @@ class AllReduceInfo(ctypes.Structure):
 
 
 RK_BUFFER_HOST, RK_BUFFER_CUDA = 0, 1
-SYNC_POINTS = {0: "gradient", 1: "meta_ascent"}
+SYNC_POINTS = {0: "gradient", 1: "meta_ascent", 2: "meta_preference"}
 # int32_t (*)(void *user_data, float *buffer, size_t n, const rk_allreduce_info *info)
 ALLREDUCE_FN = ctypes.CFUNCTYPE(c_int32, c_void_p, c_void_p, c_size_t, POINTER(AllReduceInfo))
 

@@ -130,8 +130,16 @@ def test_meta_step_on_token_ids_equals_the_text_step(model_dir):
         np.testing.assert_allclose(b.score(PROMPTS, CHOSEN), a.score(PROMPTS, CHOSEN), atol=1e-6)
         with pytest.raises(rewardkit.RewardkitError):
             tb.meta_step_tokens(chosen, rejected, [[policy[0][0]]])  # k = 1 cannot spread
+        assert by_ids["second_order_norm"] == 0.0
         # One response group per prompt, or the library would read past the offsets.
         with pytest.raises(ValueError):
             ta.meta_step(PROMPTS, CHOSEN, REJECTED, policy_prompts * 2, policy_responses)
         with pytest.raises(ValueError):
             a.difference_loss(policy_prompts * 2, policy_responses)
+    # Second order: the exact meta-gradient adds meta_lr·H_J·g; an unknown order is refused.
+    with rewardkit.Trainer(rewardkit.Model(model_dir), meta_order=2, **settings) as t2:
+        s2 = t2.meta_step_tokens(chosen, rejected, policy)
+        assert s2["applied"] and s2["second_order_norm"] > 0.0
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        rewardkit.Trainer(rewardkit.Model(model_dir), meta_order=3)
+    assert e.value.status_name == "RK_ERR_INVALID_ARGUMENT"

@@ -281,6 +281,10 @@ pub struct TrainArgs {
     /// MetaRM: ascent step on the policy samples' difference loss (meta-train only).
     #[arg(long, default_value_t = train_defaults().meta_lr)]
     pub meta_lr: f64,
+    /// MetaRM's meta-gradient (meta-train only): 1 = first order, as the paper's authors ran
+    /// it; 2 = exact, (I + meta_lr H_J) ∇L(θ'), two more passes over the policy batch per step.
+    #[arg(long, default_value_t = train_defaults().meta_order, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub meta_order: u8,
     /// Contrastive term: simcse, simcse-diff, swav or swav-diff (the paper's settings), or none.
     #[arg(long, default_value = "none")]
     pub contrastive: String,
@@ -366,6 +370,7 @@ impl TrainArgs {
             contrastive: self.contrastive()?,
             defer_apply: false,
             measure_j_after: false,
+            meta_order: self.meta_order,
         })
     }
 

@@ -138,8 +138,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         members: usize,
         /// The cheap variant: one backbone with M heads.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "folds")]
         shared_backbone: bool,
+        /// Out of fold: split the pairs into K folds; member m trains on every fold but
+        /// m % K and votes only on that one, so no pair's strength comes from a member that
+        /// saw its label. Each pair gets members/K votes (the vote file's `voters`); the
+        /// layout is saved as OUT/folds.json. 0: every member trains and votes on every pair.
+        #[arg(long, default_value_t = 0)]
+        folds: usize,
         /// Equal-count strength groups in the report.
         #[arg(long, default_value_t = 10)]
         buckets: usize,
@@ -173,6 +179,10 @@ enum Command {
         /// Shard files of one `--shard i/n` job (all n, any order) to merge into --output.
         #[arg(long, num_args = 1.., conflicts_with_all = ["members", "shard"])]
         merge: Vec<PathBuf>,
+        /// Out of fold: the fold layout `ensemble --folds K` saved (OUT/folds.json); member
+        /// m (in --member order) votes only on the pairs of fold m % K.
+        #[arg(long, conflicts_with_all = ["shard", "merge"])]
+        folds: Option<PathBuf>,
         /// Per-pair results in the authors' format (JSONL); with --shard, the shard's scores.
         #[arg(long)]
         output: PathBuf,
@@ -310,9 +320,23 @@ fn main() {
         ),
         Command::InitTiny { out, corpus, seed } => convert::init_tiny(&out, &corpus, seed),
         Command::Train { model, data, train } => train::train(&model, &data, &train),
-        Command::Ensemble { model, data, train, members, shared_backbone, buckets, shard } => {
-            vote::ensemble(&model, &data, &train, members, shared_backbone, buckets, shard)
-        }
+        Command::Ensemble {
+            model,
+            data,
+            train,
+            members,
+            shared_backbone,
+            folds,
+            buckets,
+            shard,
+        } => vote::ensemble(
+            &model,
+            &data,
+            &train,
+            vote::Layout { members, shared_backbone, folds },
+            buckets,
+            shard,
+        ),
         Command::Vote {
             members,
             rt,
@@ -321,6 +345,7 @@ fn main() {
             skip_bad_rows,
             shard,
             merge,
+            folds,
             output,
             plot_dir,
             buckets,
@@ -334,7 +359,7 @@ fn main() {
                 match data {
                     Some(data) => {
                         let data = DataArgs::only(data, limit, skip_bad_rows);
-                        vote::vote(&members, &rt, &data, shard, &output, &report)
+                        vote::vote(&members, &rt, &data, shard, folds.as_deref(), &output, &report)
                     }
                     None => Err(rewardkit::Error::invalid("vote needs --data (or --merge)")),
                 }

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use rewardkit::eval::vote::{merge_shards, vote_shard, Vote, VoteShard};
+use rewardkit::eval::vote::{merge_shards, vote_out_of_fold, vote_shard, Vote, VoteShard};
 use rewardkit::io::data::read_jsonl;
+use rewardkit::train::ensemble::Folds;
 use rewardkit::train::{first_trainable_layer, tokenize_pairs, FitEvent, PairSet, Shard};
 use rewardkit::{Error, ErrorKind, Result, SharedModel};
 
@@ -42,7 +43,20 @@ fn write_vote(vote: &Vote, lines: &[usize], output: &Path, report: &Report) -> R
     let cats = vote.categories(band);
     let count = |c| cats.iter().filter(|&&x| x == c).count();
     use rewardkit::eval::vote::Category::*;
-    println!("vote: {} members x {} pairs -> {}", vote.members(), vote.pairs(), output.display());
+    let voters: Vec<usize> = (0..vote.pairs()).map(|i| vote.voters(i)).collect();
+    let (lo, hi) =
+        (voters.iter().min().copied().unwrap_or(0), voters.iter().max().copied().unwrap_or(0));
+    println!(
+        "vote: {} members x {} pairs, {} -> {}",
+        vote.members(),
+        vote.pairs(),
+        if lo == hi {
+            format!("{lo} voters per pair")
+        } else {
+            format!("{lo}-{hi} voters per pair")
+        },
+        output.display()
+    );
     println!(
         "  likely wrong (mean < 0): {} ({:.1}%)   ambiguous (|mean| < {band:.4}): {}   clear: {}",
         count(LikelyWrong),
@@ -84,24 +98,116 @@ fn write_vote(vote: &Vote, lines: &[usize], output: &Path, report: &Report) -> R
     Ok(())
 }
 
+/// How an ensemble is laid out.
+pub struct Layout {
+    pub members: usize,
+    pub shared_backbone: bool,
+    /// Out-of-fold folds; 0 = in sample.
+    pub folds: usize,
+}
+
+const FOLDS_FILE: &str = "folds.json";
+
+/// A fold layout on disk: the fold of each pair, keyed by the pair's line in the data file, so
+/// a vote reads it back whatever order it loads the pairs in (training shuffles them).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FoldsFile {
+    k: usize,
+    seed: u64,
+    /// (source line, fold) per pair.
+    lines: Vec<(usize, usize)>,
+}
+
+/// Saves the fold layout beside the members (write then rename: a reader never sees half).
+fn save_folds(out: &Path, folds: &Folds, lines: &[usize]) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let file = FoldsFile {
+        k: folds.k,
+        seed: folds.seed,
+        lines: lines.iter().copied().zip(folds.fold_of.iter().copied()).collect(),
+    };
+    let path = out.join(FOLDS_FILE);
+    let tmp = out.join(format!(".{FOLDS_FILE}.{}.tmp", std::process::id()));
+    let bytes = serde_json::to_vec(&file).map_err(|e| Error::invalid(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// The layout saved by `ensemble --folds`, for the pairs at `lines` (in their order here).
+fn load_folds(path: &Path, lines: &[usize]) -> Result<Folds> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    // Two indices per pair, a few bytes each: far below this for any dataset we accept.
+    let cap = 64 * rewardkit::limits::MAX_ITEMS_PER_CALL as u64 + 4096;
+    if meta.len() > cap {
+        return Err(Error::invalid(format!(
+            "{}: {} bytes, too large for a fold layout",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let corrupt = |what: String| {
+        Error::new(
+            ErrorKind::CorruptFile,
+            format!("{}: not a fold layout ({what})", path.display()),
+        )
+    };
+    let file: FoldsFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.lines.len() != lines.len() {
+        return Err(Error::invalid(format!(
+            "{}: the folds cover {} pairs, the data has {}",
+            path.display(),
+            file.lines.len(),
+            lines.len()
+        )));
+    }
+    let by_line: std::collections::HashMap<usize, usize> = file.lines.iter().copied().collect();
+    if by_line.len() != file.lines.len() {
+        return Err(corrupt("a line appears twice".into()));
+    }
+    let fold_of = lines
+        .iter()
+        .map(|l| {
+            by_line.get(l).copied().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: the pair at line {l} is not in the fold layout (another data file?)",
+                    path.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let folds = Folds { k: file.k, seed: file.seed, fold_of };
+    folds.validate(lines.len()).map_err(|e| e.context(path.display().to_string()))?;
+    Ok(folds)
+}
+
 pub fn ensemble(
     margs: &ModelArgs,
     data: &DataArgs,
     targs: &TrainArgs,
-    members: usize,
-    shared_backbone: bool,
+    layout: Layout,
     buckets: usize,
     shard: Option<Shard>,
 ) -> Result<()> {
+    let Layout { members, shared_backbone, folds } = layout;
     let out = targs.out.clone().ok_or_else(|| Error::invalid("ensemble needs --out"))?;
     if shard.is_some() && shared_backbone {
         return Err(Error::invalid(
             "--shard splits separate members; a shared backbone is one model",
         ));
     }
+    if folds > 0 && members < folds {
+        return Err(Error::invalid(format!(
+            "--folds {folds} needs at least {folds} members (one per held-out fold); got {members}"
+        )));
+    }
     let base = margs.load()?;
     let (train_pairs, _) = data.load()?;
     let cfg = targs.config(train_pairs.len())?;
+    let folds = match folds {
+        0 => None,
+        k => Some(Folds::new(train_pairs.len(), k, cfg.seed)?),
+    };
     let first = first_trainable_layer(cfg.trainable, base.info()?.num_layers);
     let set = prepare(&base, &train_pairs, first, !targs.no_cache, "ensemble")?;
     let treatments = cfg.noise.treatments(
@@ -109,22 +215,28 @@ pub fn ensemble(
         strengths_of(&train_pairs).as_deref(),
         alphas_of(&train_pairs).as_deref(),
     )?;
+    if let Some(f) = &folds {
+        save_folds(&out, f, &train_pairs.iter().map(|p| p.line).collect::<Vec<_>>())?;
+    }
+    // Optimizer steps of member m, for the progress bar.
+    let steps_of = |m: usize| {
+        let n = folds.as_ref().map_or(train_pairs.len(), |f| f.training_pairs(m).len());
+        (targs.epochs * n.div_ceil(targs.batch_pairs.max(1))) as u64
+    };
     if let Some(shard) = shard {
         let mine: Vec<usize> = (0..members).filter(|&m| shard.takes(m)).collect();
         if mine.is_empty() {
             return Err(Error::invalid(format!("shard {shard} of {members} members has none")));
         }
         let started = Instant::now();
-        let pb = progress::bar(
-            (mine.len() * targs.epochs * train_pairs.len().div_ceil(targs.batch_pairs)) as u64,
-            "members",
-        );
+        let pb = progress::bar(mine.iter().map(|&m| steps_of(m)).sum(), "members");
         rewardkit::train::ensemble::train_ensemble(
             &base,
             &set,
             &treatments,
             &cfg,
             &targs.fit_options(Some(out.clone())),
+            folds.as_ref(),
             mine.iter().copied(),
             |_, e| {
                 if let FitEvent::Step(_) = e {
@@ -142,19 +254,17 @@ pub fn ensemble(
         );
         println!(
             "when every shard is done: rewardkit vote --member {}/member-0 ... --member {}/member-{} \
-             --data ... --output vote.jsonl",
+             --data ...{} --output vote.jsonl",
             out.display(),
             out.display(),
-            members - 1
+            members - 1,
+            if folds.is_some() { format!(" --folds {}", out.join(FOLDS_FILE).display()) } else { String::new() }
         );
         return Ok(());
     }
     let started = Instant::now();
     let vote = if shared_backbone {
-        let pb = progress::bar(
-            (targs.epochs * train_pairs.len().div_ceil(targs.batch_pairs)) as u64,
-            "heads",
-        );
+        let pb = progress::bar(steps_of(0), "heads");
         let model = rewardkit::train::ensemble::train_multi_head(
             &base,
             &set,
@@ -171,16 +281,14 @@ pub fn ensemble(
         pb.finish_and_clear();
         rewardkit::eval::vote::vote(&[&model], &set)?
     } else {
-        let pb = progress::bar(
-            (members * targs.epochs * train_pairs.len().div_ceil(targs.batch_pairs)) as u64,
-            "members",
-        );
+        let pb = progress::bar((0..members).map(steps_of).sum(), "members");
         let models = rewardkit::train::ensemble::train_ensemble(
             &base,
             &set,
             &treatments,
             &cfg,
             &targs.fit_options(Some(out.clone())),
+            folds.as_ref(),
             0..members,
             |_, e| {
                 if let FitEvent::Step(_) = e {
@@ -190,11 +298,15 @@ pub fn ensemble(
         )?;
         pb.finish_and_clear();
         let refs: Vec<&SharedModel> = models.iter().map(|m| m.as_ref()).collect();
-        rewardkit::eval::vote::vote(&refs, &set)?
+        match &folds {
+            Some(f) => vote_out_of_fold(&refs, &set, f)?,
+            None => rewardkit::eval::vote::vote(&refs, &set)?,
+        }
     };
     eprintln!(
-        "trained {members} {} in {:.1}s",
+        "trained {members} {}{} in {:.1}s",
         if shared_backbone { "heads" } else { "members" },
+        folds.as_ref().map_or(String::new(), |f| format!(" out of fold ({} folds)", f.k)),
         started.elapsed().as_secs_f64()
     );
     let lines: Vec<usize> = train_pairs.iter().map(|p| p.line).collect();
@@ -207,6 +319,7 @@ pub fn vote(
     rt: &RuntimeArgs,
     data: &DataArgs,
     shard: Option<Shard>,
+    folds: Option<&Path>,
     output: &Path,
     report: &Report,
 ) -> Result<()> {
@@ -215,6 +328,11 @@ pub fn vote(
     let set = PairSet::from_ids(tokenize_pairs(&models[0], &pairs)?);
     let refs: Vec<&SharedModel> = models.iter().collect();
     let lines: Vec<usize> = pairs.iter().map(|p| p.line).collect();
+    if let Some(path) = folds {
+        let folds = load_folds(path, &lines)?;
+        let vote = vote_out_of_fold(&refs, &set, &folds)?;
+        return write_vote(&vote, &lines, output, report);
+    }
     if let Some(shard) = shard {
         let part = vote_shard(&refs, &set, shard)?;
         check_members(part.members)?;
