@@ -42,7 +42,7 @@ pub unsafe extern "C" fn rk_pairs_load(
         let skip = flag(skip_bad_rows, "skip_bad_rows")?;
         let opts = PreferenceReadOptions {
             on_bad_row: if skip { OnBadRow::Skip } else { OnBadRow::Stop },
-            label_field: None,
+            ..Default::default()
         };
         let (read, report) = read_preferences(path, &opts)?;
         let mut pairs = Vec::with_capacity(read.len());

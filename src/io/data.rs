@@ -295,6 +295,9 @@ pub struct PreferenceReadOptions {
     pub on_bad_row: OnBadRow,
     /// Field holding an external label (true/1: chosen is better; false/0: rejected is).
     pub label_field: Option<String>,
+    /// Stop after this many usable pairs: rows after them are neither parsed nor checked (a
+    /// bad row past the limit does not stop a run that only wants the first pairs).
+    pub limit: Option<usize>,
 }
 
 /// What reading a file did: nothing is dropped silently.
@@ -438,6 +441,9 @@ pub fn read_preferences(
     let mut report = LoadReport { rows: rows.len(), ..Default::default() };
     let mut pairs = Vec::with_capacity(rows.len());
     for (line, row) in rows {
+        if opts.limit.is_some_and(|n| pairs.len() >= n) {
+            break;
+        }
         match row.and_then(|row| PreferencePair::parse(&row, line, opts.label_field.as_deref())) {
             Ok(p) => pairs.push(p),
             Err(e) if opts.on_bad_row == OnBadRow::Skip => {
@@ -549,6 +555,13 @@ mod preference_tests {
         assert_eq!(pairs.len(), 1);
         assert_eq!(report.skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 3, 4]);
         assert!(report.skipped[1].1.contains("different prompts"));
+        // A limit stops before the bad rows: the first pair is all that is asked for.
+        let first = PreferenceReadOptions { limit: Some(1), ..Default::default() };
+        let (pairs, report) = read_preferences(&path, &first).unwrap();
+        assert_eq!((pairs.len(), report.skipped.len()), (1, 0));
+        // Not before a bad row that comes first.
+        let two = PreferenceReadOptions { limit: Some(2), ..Default::default() };
+        assert!(read_preferences(&path, &two).unwrap_err().message().contains("line 2"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

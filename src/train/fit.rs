@@ -24,6 +24,8 @@ pub struct FitOptions {
     pub keep_checkpoints: usize,
     /// Where checkpoints go (`checkpoint-<step>`, and `final`); `None`: nothing is saved.
     pub out_dir: Option<PathBuf>,
+    /// Stop after this many optimizer steps (counting those of a resumed run), even mid-epoch.
+    pub max_steps: Option<u64>,
 }
 
 impl Default for FitOptions {
@@ -35,6 +37,7 @@ impl Default for FitOptions {
             save_every: 0,
             keep_checkpoints: 2,
             out_dir: None,
+            max_steps: None,
         }
     }
 }
@@ -87,7 +90,12 @@ pub fn fit(
     let batches = micro_batches(train.len(), opts.epochs, opts.batch_pairs, trainer.config().seed);
     let done = trainer.micro_steps() as usize;
     let mut saved: Vec<PathBuf> = Vec::new();
+    // The step last evaluated, so that the final evaluation is not a repeat of it.
+    let mut evaluated = None;
     for batch in batches.iter().skip(done) {
+        if opts.max_steps.is_some_and(|m| trainer.steps() >= m) {
+            break;
+        }
         let t: Vec<PairTreatment> = batch.iter().map(|&i| treatments[i]).collect();
         let stats = trainer.step(train, batch, &t)?;
         on_event(FitEvent::Step(&stats));
@@ -100,6 +108,7 @@ pub fn fit(
                 step: stats.step,
                 metrics: quick_eval(trainer.model(), eval)?,
             });
+            evaluated = Some(stats.step);
         }
         if let (Some(out), true) =
             (&opts.out_dir, opts.save_every > 0 && stats.step % opts.save_every == 0)
@@ -114,7 +123,7 @@ pub fn fit(
             }
         }
     }
-    if let Some(eval) = eval {
+    if let (Some(eval), false) = (eval, evaluated == Some(trainer.steps())) {
         on_event(FitEvent::Eval {
             step: trainer.steps(),
             metrics: quick_eval(trainer.model(), eval)?,

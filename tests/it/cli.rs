@@ -472,3 +472,63 @@ fn out_of_fold_ensemble_whole_and_sharded() {
     fails(&other, "the folds cover 24 pairs, the data has 20");
     fails(&with_folds(&data), "not a fold layout");
 }
+
+/// The bundled file's first malformed row is line 1255: a run over the whole file stops there
+/// and says how to go on; `--limit` stops reading before it.
+#[test]
+fn a_bad_row_names_the_flag_and_a_limit_stops_before_it() {
+    let model = tiny_model().to_str().unwrap().to_string();
+    let data = hh_data().to_str().unwrap().to_string();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", &model, "--data", &data];
+        args.extend(extra);
+        rewardkit().args(&args).output().unwrap()
+    };
+    let whole = eval(&[]);
+    let err = String::from_utf8_lossy(&whole.stderr);
+    assert!(
+        !whole.status.success() && err.contains("line 1255") && err.contains("--skip-bad-rows"),
+        "{err}"
+    );
+    let limited = eval(&["--limit", "16"]);
+    assert!(limited.status.success(), "{}", String::from_utf8_lossy(&limited.stderr));
+}
+
+/// `train --max-steps` stops there, and a held-out evaluation at the last step is printed once.
+#[test]
+fn train_stops_at_max_steps_and_reports_the_last_step_once() {
+    let dir = scratch("cli-max-steps");
+    let out = rewardkit()
+        .args([
+            "train",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--data",
+            hh_data().to_str().unwrap(),
+            "--limit",
+            "64",
+            "--eval-fraction",
+            "0.25",
+            "--batch-pairs",
+            "4",
+            "--eval-every",
+            "1",
+            "--max-steps",
+            "3",
+            "--trainable",
+            "head",
+            "--lr",
+            "1e-3",
+            "--threads",
+            "1",
+            "--out",
+            dir.join("run").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("3 optimizer steps"), "{err}");
+    assert_eq!(err.matches("step      3").count(), 1, "{err}");
+    assert!(!err.contains("step      4"), "{err}");
+}

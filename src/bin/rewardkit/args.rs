@@ -157,13 +157,24 @@ impl DataArgs {
         }
     }
 
-    /// The usable pairs of `path`, reporting skipped rows.
-    pub fn read_pairs(&self, path: &Path) -> Result<Vec<PreferencePair>> {
+    /// The usable pairs of `path` (the first `limit`), reporting skipped rows.
+    pub fn read_pairs(&self, path: &Path, limit: Option<usize>) -> Result<Vec<PreferencePair>> {
         let opts = PreferenceReadOptions {
             on_bad_row: if self.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Stop },
             label_field: self.label_field.clone(),
+            limit,
         };
-        let (pairs, report) = read_preferences(path, &opts)?;
+        let (pairs, report) = read_preferences(path, &opts).map_err(|e| {
+            if self.skip_bad_rows || e.kind() == rewardkit::ErrorKind::Io {
+                e
+            } else {
+                // A row that cannot be used: say how to go on without it.
+                rewardkit::Error::new(
+                    e.kind(),
+                    format!("{}\n(rerun with --skip-bad-rows to skip such rows; they are counted and listed)", e.message()),
+                )
+            }
+        })?;
         if !report.skipped.is_empty() {
             eprintln!(
                 "{}: skipped {} of {} rows:",
@@ -183,10 +194,7 @@ impl DataArgs {
 
     /// The first --limit pairs of --data, with their strengths if given.
     pub fn pairs(&self) -> Result<Vec<PreferencePair>> {
-        let mut pairs = self.read_pairs(&self.data)?;
-        if let Some(n) = self.limit {
-            pairs.truncate(n);
-        }
+        let mut pairs = self.read_pairs(&self.data, self.limit)?;
         if let Some(path) = &self.strengths {
             attach_strengths(&mut pairs, path)?;
         }
@@ -197,7 +205,7 @@ impl DataArgs {
     pub fn load(&self) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>)> {
         let pairs = self.pairs()?;
         match &self.eval_data {
-            Some(path) => Ok((pairs, self.read_pairs(path)?)),
+            Some(path) => Ok((pairs, self.read_pairs(path, None)?)),
             None => split_pairs(pairs, self.eval_fraction, self.split_seed),
         }
     }
@@ -234,6 +242,9 @@ pub struct TrainArgs {
     pub trainable: Trainable,
     #[arg(long, default_value_t = fit_defaults().epochs)]
     pub epochs: usize,
+    /// Stop after this many optimizer steps (the learning-rate schedule is fitted to them).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
     /// Pairs per micro-batch.
     #[arg(long, default_value_t = fit_defaults().batch_pairs)]
     pub batch_pairs: usize,
@@ -358,7 +369,8 @@ impl TrainArgs {
             schedule: LrSchedule {
                 kind: self.schedule,
                 warmup_steps: self.warmup_steps,
-                total_steps: micro / self.grad_accum.max(1),
+                total_steps: (micro / self.grad_accum.max(1))
+                    .min(self.max_steps.map_or(usize::MAX, |m| m.try_into().unwrap_or(usize::MAX))),
             },
             max_grad_norm: (self.max_grad_norm != 0.0).then_some(self.max_grad_norm),
             grad_accum: self.grad_accum,
@@ -382,6 +394,7 @@ impl TrainArgs {
             save_every: self.save_every,
             keep_checkpoints: self.keep_checkpoints,
             out_dir: out,
+            max_steps: self.max_steps,
         }
     }
 }

@@ -64,6 +64,8 @@ fn run_fit(
         eprintln!("{label}: flipping {flipped} of {} pairs", pairs.len());
     }
     let total = (opts.epochs * pairs.len().div_ceil(opts.batch_pairs.max(1))) as u64;
+    let grad_accum = trainer.config().grad_accum as u64;
+    let total = opts.max_steps.map_or(total, |m| total.min(m.saturating_mul(grad_accum)));
     let pb = progress::bar(total, label);
     pb.set_position(trainer.micro_steps());
     let started = Instant::now();
