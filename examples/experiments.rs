@@ -66,6 +66,7 @@ struct Args {
     meta_lr: f64,
     folds: usize,
     oof_members: usize,
+    ceiling: bool,
     limit: Option<usize>,
 }
 
@@ -101,6 +102,7 @@ fn parse_args() -> Args {
         meta_lr: num("--meta-lr", 0.05),
         folds: num("--folds", 5.0) as usize,
         oof_members: num("--oof-members", 10.0) as usize,
+        ceiling: argv.iter().any(|a| a == "--ceiling"),
         limit: get("--limit").map(|v| v.parse().unwrap()),
     }
 }
@@ -326,16 +328,19 @@ fn main() -> Result<()> {
             // Out of fold: k folds, a.oof_members members (member m holds out fold m % k).
             let folds = Folds::new(nt, k, 100 * s)?;
             let t = Instant::now();
-            let oof = train_ensemble(
-                &base,
-                &noisy,
-                &plain,
-                &config(100 * s),
-                &fit_opts,
-                Some(&folds),
-                0..a.oof_members,
-                |_, _| {},
-            )?;
+            let oof_ensemble = |set: &PairSet| {
+                train_ensemble(
+                    &base,
+                    set,
+                    &plain,
+                    &config(100 * s),
+                    &fit_opts,
+                    Some(&folds),
+                    0..a.oof_members,
+                    |_, _| {},
+                )
+            };
+            let oof = oof_ensemble(&noisy)?;
             let oof_secs = t.elapsed().as_secs_f64();
             let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
             let oof_k = vote_out_of_fold(&refs[..k], &noisy, &folds)?.strength().0;
@@ -346,6 +351,17 @@ fn main() -> Result<()> {
                 .collect::<Result<_>>()?;
             drop(refs);
             drop(oof);
+            // The ceiling of this backbone and recipe: out-of-fold members trained on the clean
+            // labels (they never see a flip) voting on the noisy ones.
+            let auc_ceiling = if a.ceiling {
+                let oof = oof_ensemble(&clean)?;
+                let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
+                let v = find(&vote_out_of_fold(&refs, &noisy, &folds)?.strength().0);
+                eprintln!("  oof seed {s}: members trained on clean labels find the flips with AUROC {v:.4}");
+                Some(v)
+            } else {
+                None
+            };
             let (auc_in, auc_k, auc_all) = (find(&in_strength), find(&oof_k), find(&oof_all));
             eprintln!("oof seed {s}: flip AUROC in sample ({} members) {auc_in:.4}, out of fold {k} members {auc_k:.4}, {} members {auc_all:.4}; training {in_secs:.0}s vs {oof_secs:.0}s; OOF members' held-out accuracy {:.4}", a.members, a.oof_members, mean_sd(&member_acc).0);
             // Flip on each vote's strengths, paired by training seed.
@@ -370,7 +386,7 @@ fn main() -> Result<()> {
             }
             let (fi, ci) = below(&in_strength);
             let (fo, co) = below(&oof_all);
-            rows.push(json!({"seed": s, "auroc_in_sample": auc_in, "auroc_oof_k": auc_k, "auroc_oof_all": auc_all,
+            rows.push(json!({"seed": s, "auroc_in_sample": auc_in, "auroc_oof_k": auc_k, "auroc_oof_all": auc_all, "auroc_clean_members": auc_ceiling,
                 "in_sample_seconds": in_secs, "oof_seconds": oof_secs, "oof_member_accuracy": member_acc,
                 "in_sample_below_zero": fi, "in_sample_injected_below_zero": ci, "oof_below_zero": fo, "oof_injected_below_zero": co,
                 "flip": flips}));

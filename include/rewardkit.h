@@ -137,6 +137,11 @@ typedef int32_t rk_status;
 #endif // __cplusplus
 
 /**
+ * An ensemble of reward models (opaque).
+ */
+typedef struct rk_ensemble rk_ensemble;
+
+/**
  * A loaded reward model. Opaque; create with `rk_model_load`, release with `rk_model_free`.
  *
  * Thread safety: one handle may be used from any number of threads at once for every call
@@ -389,6 +394,30 @@ typedef struct rk_trainer_params {
    */
   uint8_t meta_order;
 } rk_trainer_params;
+
+/**
+ * How an ensemble combines its members' rewards (Coste et al.).
+ */
+typedef int32_t rk_combine;
+
+/**
+ * Options for `rk_ensemble_create`. Fill with `rk_ensemble_params_init(&p, sizeof p)`, then
+ * change what you need.
+ */
+typedef struct rk_ensemble_params {
+  /**
+   * `sizeof(rk_ensemble_params)` as the caller compiled it; set by the init function.
+   */
+  size_t struct_size;
+  /**
+   * One of `RK_COMBINE_*`. Default `RK_COMBINE_MEAN`.
+   */
+  rk_combine combine;
+  /**
+   * λ of the penalised combinations: finite and >= 0. Default 0.
+   */
+  float lambda;
+} rk_ensemble_params;
 
 /**
  * What `rk_model_get_info` reports. Set `struct_size = sizeof(rk_model_info)` before the call;
@@ -726,6 +755,26 @@ typedef int32_t (*rk_allreduce_fn)(void *user_data, float *buffer, size_t n, con
 #define RK_ITEMS_DIFFERENCES 1
 
 /**
+ * The mean over members (the default).
+ */
+#define RK_COMBINE_MEAN 0
+
+/**
+ * The worst case: the minimum over members.
+ */
+#define RK_COMBINE_MIN 1
+
+/**
+ * mean − λ·variance (population variance over members).
+ */
+#define RK_COMBINE_MEAN_MINUS_VAR 2
+
+/**
+ * mean − λ·std (population std over members).
+ */
+#define RK_COMBINE_MEAN_MINUS_STD 3
+
+/**
  * Host memory.
  */
 #define RK_BUFFER_HOST 0
@@ -803,6 +852,16 @@ RK_MUST_USE rk_status rk_model_params_init(struct rk_model_params *params, size_
  * `params` must point to `size` writable bytes.
  */
 RK_MUST_USE rk_status rk_trainer_params_init(struct rk_trainer_params *params, size_t size);
+
+/**
+ * Fills `*params` with the default ensemble options: the mean, λ 0. Pass `sizeof *params`.
+ *
+ * Thread safety: safe from any thread.
+ *
+ * # Safety
+ * `params` must point to `size` writable bytes.
+ */
+RK_MUST_USE rk_status rk_ensemble_params_init(struct rk_ensemble_params *params, size_t size);
 
 /**
  * Loads a Hugging Face checkpoint directory: config.json, model.safetensors (or a sharded
@@ -1069,6 +1128,69 @@ RK_MUST_USE rk_status rk_vote_texts(const struct rk_model *const *models, size_t
  * last offset; outputs `n` floats each.
  */
 RK_MUST_USE rk_status rk_vote_tokens(const struct rk_model *const *models, size_t n_models, const uint32_t *chosen_ids, const size_t *chosen_offsets, const uint32_t *rejected_ids, const size_t *rejected_offsets, size_t n, float *out_mean, float *out_std);
+
+/**
+ * Creates an ensemble of `n_models` models combined as `params` says (NULL: the mean). Every
+ * head of every model is one member: a multi-head checkpoint brings its M heads, and mixes
+ * with single-head models. The ensemble shares the models' weights (no copy): it scores what
+ * they hold at each call, so in-place training of a member is seen by the next call, and the
+ * model handles may be freed before the ensemble. At most 1024 members. On failure
+ * `*out_ensemble` is NULL.
+ *
+ * Thread safety: safe from any thread; the models may be in use meanwhile.
+ *
+ * # Safety
+ * `models` holds `n_models` live handles; `params` NULL or initialised by
+ * `rk_ensemble_params_init`; `out_ensemble` writable.
+ */
+RK_MUST_USE rk_status rk_ensemble_create(const struct rk_model *const *models, size_t n_models, const struct rk_ensemble_params *params, struct rk_ensemble **out_ensemble);
+
+/**
+ * Releases an ensemble (not its models). NULL is a no-op.
+ *
+ * Thread safety: must not race with any other call on the same handle.
+ *
+ * # Safety
+ * `ensemble` NULL or a handle from `rk_ensemble_create` not yet freed.
+ */
+void rk_ensemble_free(struct rk_ensemble *ensemble);
+
+/**
+ * The number of members M (heads of every model): the row length of `out_members`.
+ *
+ * Thread safety: safe with any call on the handle except free.
+ *
+ * # Safety
+ * `ensemble` a live handle; `out_members` writable.
+ */
+RK_MUST_USE rk_status rk_ensemble_members(const struct rk_ensemble *ensemble, size_t *out_members);
+
+/**
+ * Scores `n` (prompt, response) pairs with every member (each model tokenizes with its own
+ * tokenizer): `out_rewards[i]` receives the combined reward of pair i and, unless
+ * `out_members` is NULL, `out_members[i * M + m]` member m's reward (M from
+ * `rk_ensemble_members`). On failure the outputs are left unchanged.
+ *
+ * Thread safety: may run concurrently with any call on the handle except free, and with
+ * training steps on the members (a score sees a member's weights before or after a step).
+ *
+ * # Safety
+ * `prompts` and `responses` hold `n` NUL-terminated strings; `out_rewards` room for `n`
+ * floats; `out_members` NULL or room for `n * M`.
+ */
+RK_MUST_USE rk_status rk_ensemble_score_texts(const struct rk_ensemble *ensemble, const char *const *prompts, const char *const *responses, size_t n, float *out_members, float *out_rewards);
+
+/**
+ * As `rk_ensemble_score_texts` on `n` pre-tokenized sequences laid out as in
+ * `rk_model_score_tokens`; every model reads the same ids (the members must share a
+ * vocabulary; each checks them).
+ *
+ * Thread safety: as `rk_ensemble_score_texts`.
+ *
+ * # Safety
+ * `offsets` holds `n + 1` entries, `ids` at least `offsets[n]`; outputs as for texts.
+ */
+RK_MUST_USE rk_status rk_ensemble_score_tokens(const struct rk_ensemble *ensemble, const uint32_t *ids, const size_t *offsets, size_t n, float *out_members, float *out_rewards);
 
 /**
  * Joins a data-parallel run: from now on, the gradient of every optimizer step (and the ascent

@@ -219,6 +219,73 @@ inline std::pair<std::vector<float>, std::vector<float>> vote_tokens(const std::
     return out;
 }
 
+/// Default ensemble options (rk_ensemble_params_init): the mean, lambda 0.
+inline rk_ensemble_params ensemble_params(rk_combine combine = RK_COMBINE_MEAN, float lambda = 0.0f) {
+    rk_ensemble_params p;
+    detail::check(rk_ensemble_params_init(&p, sizeof p));
+    p.combine = combine;
+    p.lambda = lambda;
+    return p;
+}
+
+/// What an ensemble says about n sequences: the combined reward of each, and each member's
+/// (members[i * n_members + m]).
+struct EnsembleScores {
+    std::vector<float> rewards;
+    std::vector<float> members;
+    size_t n_members = 0;
+    float member(size_t i, size_t m) const { return members[i * n_members + m]; }
+};
+
+/// Several reward models scored as one, with a combined (e.g. conservative) reward: the mean,
+/// the worst case, or the mean less lambda times the members' variance or std. Shares the
+/// models' weights (in-place training of a member is seen by the next call; the Models may be
+/// destroyed first). Movable, not copyable; scoring is safe from many threads at once.
+class Ensemble {
+public:
+    explicit Ensemble(const std::vector<const Model *> &models, const rk_ensemble_params &params = ensemble_params()) {
+        std::vector<const rk_model *> handles;
+        for (const auto *m : models) handles.push_back(m->get());
+        detail::check(rk_ensemble_create(handles.data(), handles.size(), &params, &handle_));
+        detail::check(rk_ensemble_members(handle_, &members_));
+    }
+    Ensemble(Ensemble &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)), members_(other.members_) {}
+    Ensemble &operator=(Ensemble &&other) noexcept {
+        if (this != &other) {
+            rk_ensemble_free(handle_);
+            handle_ = std::exchange(other.handle_, nullptr);
+            members_ = other.members_;
+        }
+        return *this;
+    }
+    Ensemble(const Ensemble &) = delete;
+    Ensemble &operator=(const Ensemble &) = delete;
+    ~Ensemble() { rk_ensemble_free(handle_); }
+
+    size_t members() const noexcept { return members_; }
+
+    /// Scores prompts[i] + responses[i] with every member.
+    EnsembleScores score(const std::vector<std::string> &prompts, const std::vector<std::string> &responses) const {
+        if (prompts.size() != responses.size()) throw Error(RK_ERR_INVALID_ARGUMENT, "prompts and responses differ in length");
+        EnsembleScores out{std::vector<float>(prompts.size()), std::vector<float>(prompts.size() * members_), members_};
+        auto p = detail::c_strs(prompts), r = detail::c_strs(responses);
+        detail::check(rk_ensemble_score_texts(handle_, p.data(), r.data(), p.size(), out.members.data(), out.rewards.data()));
+        return out;
+    }
+
+    /// As score() on token-id sequences; every model reads the same ids.
+    EnsembleScores score_tokens(const std::vector<std::vector<uint32_t>> &seqs) const {
+        auto flat = detail::flatten(seqs);
+        EnsembleScores out{std::vector<float>(seqs.size()), std::vector<float>(seqs.size() * members_), members_};
+        detail::check(rk_ensemble_score_tokens(handle_, flat.first.data(), flat.second.data(), seqs.size(), out.members.data(), out.rewards.data()));
+        return out;
+    }
+
+private:
+    rk_ensemble *handle_ = nullptr;
+    size_t members_ = 0;
+};
+
 /// A trainer updating a model in place. One per model; calls are serialised internally.
 class Trainer {
 public:

@@ -47,14 +47,31 @@ pub struct Bucket {
     pub mean_of_std: f64,
 }
 
-/// How ensemble members' rewards combine into one reward for policy training.
+/// How ensemble members' rewards combine into one reward for policy training (Coste et al.:
+/// mean, worst case, uncertainty-weighted).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EnsembleReward {
     Mean,
     /// Worst case over members.
     Min,
-    /// mean - λ·std (uncertainty penalty).
+    /// mean - λ·variance (population variance over members).
+    MeanMinusVar(f32),
+    /// mean - λ·std (population std over members).
     MeanMinusStd(f32),
+}
+
+impl EnsembleReward {
+    /// λ finite and >= 0.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            EnsembleReward::MeanMinusVar(l) | EnsembleReward::MeanMinusStd(l)
+                if !(l.is_finite() && l >= 0.0) =>
+            {
+                Err(Error::invalid(format!("ensemble penalty λ {l} must be a finite number >= 0")))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Vote {
@@ -229,6 +246,7 @@ pub fn ensemble_rewards(scores: &[Vec<f32>], mode: EnsembleReward) -> Result<Vec
             match mode {
                 EnsembleReward::Mean => mean as f32,
                 EnsembleReward::Min => xs.iter().copied().fold(f32::INFINITY, f32::min),
+                EnsembleReward::MeanMinusVar(lambda) => (mean - lambda as f64 * std * std) as f32,
                 EnsembleReward::MeanMinusStd(lambda) => (mean - lambda as f64 * std) as f32,
             }
         })
@@ -454,5 +472,15 @@ mod tests {
             ensemble_rewards(&s, EnsembleReward::MeanMinusStd(0.5)).unwrap(),
             vec![1.5, 0.0]
         );
+        // var of {1, 3} is 1 (population): 2 - 0.5·1.
+        assert_eq!(
+            ensemble_rewards(&s, EnsembleReward::MeanMinusVar(0.5)).unwrap(),
+            vec![1.5, 0.0]
+        );
+        let wide = vec![vec![0.0], vec![4.0]]; // mean 2, std 2, var 4
+        assert_eq!(ensemble_rewards(&wide, EnsembleReward::MeanMinusVar(0.25)).unwrap(), vec![1.0]);
+        assert_eq!(ensemble_rewards(&wide, EnsembleReward::MeanMinusStd(0.25)).unwrap(), vec![1.5]);
+        assert!(EnsembleReward::MeanMinusVar(f32::NAN).validate().is_err());
+        assert!(EnsembleReward::MeanMinusStd(-1.0).validate().is_err());
     }
 }

@@ -6,7 +6,8 @@
 //! cbindgen (see build.rs).
 //!
 //! Files follow the C prefixes: `model` (`rk_model_*`), `trainer` (`rk_trainer_*`), `meta`
-//! (MetaRM steps and the difference loss), `vote` (`rk_vote_*`), `parallel` (data-parallel
+//! (MetaRM steps and the difference loss), `vote` (`rk_vote_*`), `ensemble` (`rk_ensemble_*`:
+//! several models scored as one, with a combined reward), `parallel` (data-parallel
 //! training: the all-reduce hook, gradient and weight buffers, checksums), `data`
 //! (`rk_pairs_*`: preference datasets through the library's reader).
 #![allow(non_camel_case_types)]
@@ -28,11 +29,14 @@ pub mod meta;
 
 pub mod vote;
 
+pub mod ensemble;
+
 pub mod parallel;
 
 pub mod data;
 
 pub use data::*;
+pub use ensemble::*;
 pub use meta::*;
 pub use model::*;
 pub use parallel::*;

@@ -9,6 +9,7 @@ use super::args::{flag, null, opt_str_arg, read_versioned};
 use super::status::{guard, rk_status};
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
+use crate::eval::vote::EnsembleReward;
 use crate::handle::batch::BatchOptions;
 use crate::handle::tokenize::TextOptions;
 use crate::handle::SharedModelOptions;
@@ -568,6 +569,88 @@ fn contrastive_from_c(p: &rk_trainer_params) -> Result<Option<ContrastiveConfig>
         view_layers: Some(p.contrastive_view_layers as usize),
     };
     Ok(Some(ContrastiveConfig::paper(method, items).with_overrides(&overrides)))
+}
+
+/// How an ensemble combines its members' rewards (Coste et al.).
+pub type rk_combine = i32;
+/// The mean over members (the default).
+pub const RK_COMBINE_MEAN: rk_combine = 0;
+/// The worst case: the minimum over members.
+pub const RK_COMBINE_MIN: rk_combine = 1;
+/// mean − λ·variance (population variance over members).
+pub const RK_COMBINE_MEAN_MINUS_VAR: rk_combine = 2;
+/// mean − λ·std (population std over members).
+pub const RK_COMBINE_MEAN_MINUS_STD: rk_combine = 3;
+
+/// Options for `rk_ensemble_create`. Fill with `rk_ensemble_params_init(&p, sizeof p)`, then
+/// change what you need.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct rk_ensemble_params {
+    /// `sizeof(rk_ensemble_params)` as the caller compiled it; set by the init function.
+    pub struct_size: usize,
+    /// One of `RK_COMBINE_*`. Default `RK_COMBINE_MEAN`.
+    pub combine: rk_combine,
+    /// λ of the penalised combinations: finite and >= 0. Default 0.
+    pub lambda: f32,
+}
+
+const ENSEMBLE_PARAMS_MIN_SIZE: usize = std::mem::size_of::<rk_ensemble_params>();
+
+/// Fills `*params` with the default ensemble options: the mean, λ 0. Pass `sizeof *params`.
+///
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `params` must point to `size` writable bytes.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn rk_ensemble_params_init(
+    params: *mut rk_ensemble_params,
+    size: usize,
+) -> rk_status {
+    init(
+        params,
+        size,
+        ENSEMBLE_PARAMS_MIN_SIZE,
+        rk_ensemble_params {
+            struct_size: std::mem::size_of::<rk_ensemble_params>(),
+            combine: RK_COMBINE_MEAN,
+            lambda: 0.0,
+        },
+        "rk_ensemble_params",
+    )
+}
+
+/// The caller's ensemble options (NULL: the mean), checked.
+///
+/// # Safety
+/// `p` NULL or a valid `rk_ensemble_params`.
+pub(crate) unsafe fn ensemble_reward(p: *const rk_ensemble_params) -> Result<EnsembleReward> {
+    if p.is_null() {
+        return Ok(EnsembleReward::Mean);
+    }
+    let defaults = rk_ensemble_params {
+        struct_size: std::mem::size_of::<rk_ensemble_params>(),
+        combine: RK_COMBINE_MEAN,
+        lambda: 0.0,
+    };
+    let p = read_versioned(p, defaults, ENSEMBLE_PARAMS_MIN_SIZE, "params")?;
+    let combine = match p.combine {
+        RK_COMBINE_MEAN => EnsembleReward::Mean,
+        RK_COMBINE_MIN => EnsembleReward::Min,
+        RK_COMBINE_MEAN_MINUS_VAR => EnsembleReward::MeanMinusVar(p.lambda),
+        RK_COMBINE_MEAN_MINUS_STD => EnsembleReward::MeanMinusStd(p.lambda),
+        v => return Err(unknown("combine", v)),
+    };
+    if !(p.lambda.is_finite() && p.lambda >= 0.0) {
+        return Err(Error::invalid(format!(
+            "params->lambda {} must be a finite number >= 0",
+            p.lambda
+        )));
+    }
+    combine.validate()?;
+    Ok(combine)
 }
 
 #[cfg(test)]

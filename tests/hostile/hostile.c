@@ -1468,6 +1468,75 @@ static int c_vote_args(const void *arg) {
     return failed;
 }
 
+/* ---------- ensemble ---------- */
+
+static int c_ensemble_args(const void *arg) {
+    rk_model *a = tiny(), *b = tiny();
+    const rk_model *both[2], *with_null[2];
+    rk_ensemble *e = (rk_ensemble *)1;
+    rk_ensemble_params p;
+    float rewards[2] = {7, 7}, members[4];
+    size_t m = 0, offsets[3];
+    uint32_t ids[1024];
+    const char *prompts[2] = {P[0], P[1]};
+    (void)arg;
+    both[0] = a;
+    both[1] = b;
+    with_null[0] = a;
+    with_null[1] = NULL;
+    EXPECT(rk_ensemble_params_init(NULL, sizeof p), RK_ERR_NULL_POINTER);
+    EXPECT(rk_ensemble_params_init(&p, 3), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_ensemble_params_init(&p, sizeof p), RK_OK);
+    CHECK(p.combine == RK_COMBINE_MEAN && p.lambda == 0.0f, "defaults: the mean, lambda 0");
+    EXPECT(rk_ensemble_create(both, 2, &p, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_ensemble_create(NULL, 2, &p, &e), RK_ERR_NULL_POINTER);
+    CHECK(e == NULL, "a refused create leaves NULL");
+    EXPECT(rk_ensemble_create(both, 0, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_ensemble_create(both, SIZE_MAX, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_ensemble_create(with_null, 2, &p, &e), RK_ERR_NULL_POINTER);
+    CHECK(strstr(rk_last_error_message(), "models[1]") != NULL, "names models[1]");
+    p.combine = 9;
+    EXPECT(rk_ensemble_create(both, 2, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    p.combine = RK_COMBINE_MEAN_MINUS_VAR;
+    p.lambda = NAN;
+    EXPECT(rk_ensemble_create(both, 2, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    p.lambda = -1.0f;
+    EXPECT(rk_ensemble_create(both, 2, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    p.lambda = INFINITY;
+    EXPECT(rk_ensemble_create(both, 2, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    p.lambda = 0.5f;
+    p.struct_size = sizeof p + 64;
+    EXPECT(rk_ensemble_create(both, 2, &p, &e), RK_ERR_INVALID_ARGUMENT);
+    p.struct_size = sizeof p;
+    EXPECT(rk_ensemble_create(both, 2, &p, &e), RK_OK);
+    EXPECT(rk_ensemble_members(e, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_ensemble_members(NULL, &m), RK_ERR_NULL_POINTER);
+    EXPECT(rk_ensemble_members(e, &m), RK_OK);
+    CHECK(m == 2, "two members");
+    EXPECT(rk_ensemble_score_texts(NULL, prompts, C, 2, members, rewards), RK_ERR_NULL_POINTER);
+    EXPECT(rk_ensemble_score_texts(e, prompts, C, 2, members, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_ensemble_score_texts(e, prompts, C, SIZE_MAX, members, rewards), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_ensemble_score_texts(e, prompts, C, 0, members, rewards), RK_ERR_INVALID_ARGUMENT);
+    CHECK(rewards[0] == 7 && rewards[1] == 7, "a refused call writes nothing");
+    EXPECT(rk_ensemble_score_texts(e, prompts, C, 2, NULL, rewards), RK_OK);
+    EXPECT(rk_ensemble_score_texts(e, prompts, C, 2, members, rewards), RK_OK);
+    /* Identical members: no variance, so the penalised reward is each member's reward. */
+    CHECK(fabsf(members[0] - members[1]) < 1e-5f && fabsf(rewards[0] - members[0]) < 1e-5f, "identical members");
+    tokenize_pairs(a);
+    flat(0, ids, offsets);
+    ids[1] = 4096;
+    rewards[0] = rewards[1] = 7;
+    EXPECT(rk_ensemble_score_tokens(e, ids, offsets, 2, members, rewards), RK_ERR_OUT_OF_VOCAB);
+    CHECK(rewards[0] == 7 && rewards[1] == 7, "a refused call writes nothing");
+    /* The ensemble shares the weights: it outlives its models' handles. */
+    rk_model_free(a);
+    rk_model_free(b);
+    EXPECT(rk_ensemble_score_texts(e, prompts, C, 2, members, rewards), RK_OK);
+    rk_ensemble_free(e);
+    rk_ensemble_free(NULL);
+    return failed;
+}
+
 /* ---------- saves and resumes ---------- */
 
 static int c_save_over_user_files(const void *arg) {
@@ -2021,6 +2090,7 @@ static void register_cases(void) {
     add("pull-style gradients and weights: lengths, pending state, non-finite", c_pull_style_args, NULL);
     add("pairs files: arguments, bad rows, missing, /dev/zero, directory", c_pairs_files, NULL);
     add("vote: arguments", c_vote_args, NULL);
+    add("ensemble: arguments", c_ensemble_args, NULL);
     add("save: user files are never replaced", c_save_over_user_files, NULL);
     add("save: checkpoints are replaced atomically", c_save_replaces_checkpoints, NULL);
     add("resume: corrupt trainer state", c_resume_files, NULL);

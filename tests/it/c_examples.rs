@@ -144,3 +144,45 @@ fn cpp_iterative_rlhf_example_builds_and_runs() {
     // 3 rounds of 2 meta steps, saved and taken back by a restarted trainer.
     assert!(stdout.contains("checkpoint at step 6"), "{stdout}");
 }
+
+/// The PPO example scores its policy's samples with a two-member ensemble's conservative
+/// reward (mean - λ·variance) and improves it.
+#[test]
+fn cpp_ppo_conservative_reward_example_builds_and_runs() {
+    let dir = scratch("cpp-ppo");
+    let exe = dir.join("ppo_conservative_reward");
+    build_against_library(
+        "c++",
+        &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic"],
+        &repo().join("examples/cpp/ppo_conservative_reward.cpp"),
+        &exe,
+    );
+    // A second member: the tiny model from another seed.
+    let second = dir.join("member-1");
+    run(Command::new(env!("CARGO_BIN_EXE_rewardkit"))
+        .args(["init-tiny", "--seed", "1", "--out"])
+        .arg(&second));
+    let stdout = run(Command::new(&exe).arg("1.0").arg(tiny_model()).arg(&second));
+    assert!(stdout.contains("2 members, conservative reward = mean - 1.00 * variance"), "{stdout}");
+    // Candidates: conservative reward <= the mean, with equality only where the members agree.
+    let candidates: Vec<Vec<f64>> = stdout
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() > 4 && w[0].parse::<u32>().is_ok() && w[1].parse::<u32>().is_ok())
+                .then(|| w[2..4].iter().map(|x| x.parse().unwrap()).collect())
+        })
+        .collect();
+    assert_eq!(candidates.len(), 12, "{stdout}");
+    assert!(candidates.iter().all(|c| c[1] <= c[0] + 1e-4), "{stdout}");
+    let iterations: Vec<Vec<f64>> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("iteration"))
+        .skip(1)
+        .map(|l| l.split_whitespace().map(|w| w.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(iterations.len(), 5, "{stdout}");
+    assert!(iterations.iter().flatten().all(|x: &f64| x.is_finite()), "{stdout}");
+    // PPO moves probability toward each prompt's best conservative response (uniform: 0.25).
+    assert!(iterations[4][3..].iter().all(|&p| p > 0.25), "{stdout}");
+}

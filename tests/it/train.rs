@@ -305,6 +305,41 @@ fn ensemble_members_differ_and_vote() {
     assert_eq!(mixed.members(), 5);
     assert_eq!(mixed.chosen[..3], heads.chosen[..]);
     assert_eq!(mixed.chosen[3..], vote.chosen[..2]);
+
+    // The same five members as one reward ensemble: each member's rewards are the vote's
+    // scores, and the combinations are those of the member rewards.
+    use rewardkit::eval::ensemble::RewardEnsemble;
+    use rewardkit::eval::vote::EnsembleReward;
+    let models = vec![multi.clone(), members[0].clone(), members[1].clone()];
+    let seqs: Vec<Vec<u32>> = task(16, 13).into_iter().map(|p| p.chosen).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    for combine in [
+        EnsembleReward::Mean,
+        EnsembleReward::Min,
+        EnsembleReward::MeanMinusVar(0.5),
+        EnsembleReward::MeanMinusStd(2.0),
+    ] {
+        let ens = RewardEnsemble::new(models.clone(), combine).unwrap();
+        assert_eq!(ens.members(), 5);
+        let s = ens.score_ids(&refs).unwrap();
+        for (i, row) in s.members.iter().enumerate() {
+            for (m, &r) in row.iter().enumerate() {
+                assert!((r - mixed.chosen[m][i]).abs() < 1e-4, "member {m}, sequence {i}");
+            }
+            let n = row.len() as f32;
+            let mean = row.iter().sum::<f32>() / n;
+            let var = row.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / n;
+            let want = match combine {
+                EnsembleReward::Mean => mean,
+                EnsembleReward::Min => row.iter().copied().fold(f32::INFINITY, f32::min),
+                EnsembleReward::MeanMinusVar(l) => mean - l * var,
+                EnsembleReward::MeanMinusStd(l) => mean - l * var.sqrt(),
+            };
+            assert!((s.rewards[i] - want).abs() < 1e-4, "{combine:?}: {} vs {want}", s.rewards[i]);
+        }
+    }
+    assert!(RewardEnsemble::new(vec![], EnsembleReward::Mean).is_err());
+    assert!(RewardEnsemble::new(models, EnsembleReward::MeanMinusVar(f32::INFINITY)).is_err());
 }
 
 /// The bf16 training path (bf16 forward and backward, f32 master weights and AdamW state) on the

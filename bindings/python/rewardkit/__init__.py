@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _ffi
 
-__all__ = ["Model", "Trainer", "RewardkitError", "InvalidArgumentError", "DeviceBuffer", "vote", "vote_tokens", "read_pairs", "version"]
+__all__ = ["Model", "Ensemble", "Trainer", "RewardkitError", "InvalidArgumentError", "DeviceBuffer", "vote", "vote_tokens", "read_pairs", "version"]
 
 _lib = _ffi.load_library()
 
@@ -208,6 +208,47 @@ class Model(_Handle):
 
 def _handles(models):
     return (c_void_p * len(models))(*[m._h.value for m in models])
+
+
+class Ensemble(_Handle):
+    """Several reward models scored as one, with a combined reward for policy training (Coste
+    et al.): combine = "mean", "min" (worst case), "mean_minus_var" or "mean_minus_std" (mean
+    less lam times the members' variance or std). Every head of every model is a member. The
+    ensemble shares the models' weights: training a member in place is seen by the next call.
+    Thread-safe like a Model."""
+
+    _free = staticmethod(_lib.rk_ensemble_free)
+
+    def __init__(self, models, combine="mean", lam=0.0):
+        self._h = c_void_p()
+        models = list(models)
+        if combine not in _ffi.COMBINE:
+            raise InvalidArgumentError("combine must be one of %s" % list(_ffi.COMBINE))
+        p = _ffi.EnsembleParams()
+        _check(_lib.rk_ensemble_params_init(byref(p), ctypes.sizeof(p)))
+        p.combine, p.lambda_ = _ffi.COMBINE[combine], lam
+        _check(_lib.rk_ensemble_create(_handles(models), len(models), byref(p), byref(self._h)))
+        m = c_size_t()
+        _check(_lib.rk_ensemble_members(self._h, byref(m)))
+        self.members = m.value
+
+    def score(self, prompts, responses):
+        """(combined rewards (n,), per-member rewards (n, members)) of prompts[i] + responses[i]."""
+        p, n = _strs(prompts, "prompts")
+        r, _ = _strs(responses, "responses")
+        _same_length(prompts=p, responses=r)
+        combined, per_member = np.zeros(n, dtype=np.float32), np.zeros((n, self.members), dtype=np.float32)
+        _check(_lib.rk_ensemble_score_texts(self._h, p, r, n, per_member.ctypes.data_as(POINTER(c_float)), combined.ctypes.data_as(POINTER(c_float))))
+        return combined, per_member
+
+    def score_tokens(self, sequences):
+        """As score() on token-id sequences; every model reads the same ids."""
+        seqs = list(sequences)
+        ids, offsets = _flat(seqs)
+        n = len(seqs)
+        combined, per_member = np.zeros(n, dtype=np.float32), np.zeros((n, self.members), dtype=np.float32)
+        _check(_lib.rk_ensemble_score_tokens(self._h, ids, offsets, n, per_member.ctypes.data_as(POINTER(c_float)), combined.ctypes.data_as(POINTER(c_float))))
+        return combined, per_member
 
 
 def vote(models, prompts, chosen, rejected):

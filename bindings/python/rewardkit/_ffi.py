@@ -130,6 +130,17 @@ class MetaStepStats(ctypes.Structure):
     ]
 
 
+class EnsembleParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("combine", c_int32),
+        ("lambda_", c_float),
+    ]
+
+
+COMBINE = {"mean": 0, "min": 1, "mean_minus_var": 2, "mean_minus_std": 3}
+
+
 class AllReduceInfo(ctypes.Structure):
     _fields_ = [
         ("struct_size", c_size_t),
@@ -212,6 +223,12 @@ _SIGNATURES = {
     "rk_pairs_count": (c_int32, [c_void_p, POINTER(c_size_t), POINTER(c_size_t)]),
     "rk_pairs_get": (c_int32, [c_void_p, c_size_t, POINTER(c_char_p), POINTER(c_char_p), POINTER(c_char_p), POINTER(c_size_t)]),
     "rk_pairs_free": (None, [c_void_p]),
+    "rk_ensemble_params_init": (c_int32, [POINTER(EnsembleParams), c_size_t]),
+    "rk_ensemble_create": (c_int32, [POINTER(c_void_p), c_size_t, POINTER(EnsembleParams), POINTER(c_void_p)]),
+    "rk_ensemble_free": (None, [c_void_p]),
+    "rk_ensemble_members": (c_int32, [c_void_p, POINTER(c_size_t)]),
+    "rk_ensemble_score_texts": (c_int32, [c_void_p, _STRS, _STRS, c_size_t, POINTER(c_float), POINTER(c_float)]),
+    "rk_ensemble_score_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_float)]),
     "rk_vote_tokens": (c_int32, [POINTER(c_void_p), c_size_t, POINTER(c_uint32), POINTER(c_size_t), POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float), POINTER(c_float)]),
 }
 

@@ -143,3 +143,39 @@ def test_meta_step_on_token_ids_equals_the_text_step(model_dir):
     with pytest.raises(rewardkit.RewardkitError) as e:
         rewardkit.Trainer(rewardkit.Model(model_dir), meta_order=3)
     assert e.value.status_name == "RK_ERR_INVALID_ARGUMENT"
+
+
+def test_ensemble_combines_members_and_sees_in_place_training(model_dir):
+    a, b = rewardkit.Model(model_dir), rewardkit.Model(model_dir)
+    responses = CHOSEN + REJECTED
+    prompts = PROMPTS * 2
+    ens = rewardkit.Ensemble([a, b], combine="mean_minus_var", lam=0.5)
+    assert ens.members == 2
+    before, _ = ens.score(prompts, responses)
+    # A member trained in place is seen by the next call.
+    with rewardkit.Trainer(b, lr=1e-2, schedule="constant") as t:
+        t.step(PROMPTS, CHOSEN, REJECTED)
+    combined, per_member = ens.score(prompts, responses)
+    ra, rb = a.score(prompts, responses), b.score(prompts, responses)
+    assert not np.allclose(ra, rb) and not np.allclose(before, combined)
+    np.testing.assert_allclose(per_member[:, 0], ra, atol=1e-6)
+    np.testing.assert_allclose(per_member[:, 1], rb, atol=1e-6)
+    stack = np.stack([ra, rb])
+    np.testing.assert_allclose(combined, stack.mean(0) - 0.5 * stack.var(0), atol=1e-5)
+    ids = [a.tokenize(p, r) for p, r in zip(prompts, responses)]
+    np.testing.assert_allclose(ens.score_tokens(ids)[0], combined, atol=1e-5)
+    worst, _ = rewardkit.Ensemble([a, b], combine="min").score(prompts, responses)
+    np.testing.assert_allclose(worst, stack.min(0), atol=1e-6)
+    std, _ = rewardkit.Ensemble([a, b], combine="mean_minus_std", lam=1.0).score(prompts, responses)
+    np.testing.assert_allclose(std, stack.mean(0) - stack.std(0), atol=1e-5)
+    # The ensemble outlives its models' handles.
+    a.close()
+    b.close()
+    np.testing.assert_allclose(ens.score(prompts, responses)[0], combined, atol=1e-6)
+    with pytest.raises(rewardkit.InvalidArgumentError):
+        rewardkit.Ensemble([], combine="average")
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        rewardkit.Ensemble([rewardkit.Model(model_dir)], combine="mean_minus_std", lam=float("nan"))
+    assert e.value.status_name == "RK_ERR_INVALID_ARGUMENT"
+    with pytest.raises(rewardkit.RewardkitError):
+        rewardkit.Ensemble([])
