@@ -173,6 +173,11 @@ typedef struct rk_trainer rk_trainer;
 typedef int32_t rk_dtype;
 
 /**
+ * Whether a model serves normalised rewards.
+ */
+typedef int32_t rk_normalize;
+
+/**
  * Options for `rk_model_load`. Fill with `rk_model_params_init(&p, sizeof p)`, then change
  * fields; `struct_size` (set by the init function) lets later versions append fields without
  * breaking a caller built against this header.
@@ -227,6 +232,12 @@ typedef struct rk_model_params {
    * computed once; the scores are the same to float rounding. Default 1.
    */
   uint8_t share_prefixes;
+  /**
+   * Appended in 0.2: one of `RK_NORMALIZE_*`: whether scores are served as
+   * `(r - mean) / std` with the reward `mean`/`std` of config.json (OpenRLHF's reward
+   * normalisation). Default `RK_NORMALIZE_AS_CONFIG`.
+   */
+  rk_normalize normalize;
 } rk_model_params;
 
 /**
@@ -753,6 +764,21 @@ typedef int32_t (*rk_allreduce_fn)(void *user_data, float *buffer, size_t n, con
  * The differences f_c - f_r and f_r - f_c (the paper's "-diff" variants).
  */
 #define RK_ITEMS_DIFFERENCES 1
+
+/**
+ * As config.json's `normalize_reward` says (raw when absent). The default.
+ */
+#define RK_NORMALIZE_AS_CONFIG 0
+
+/**
+ * Raw rewards.
+ */
+#define RK_NORMALIZE_OFF 1
+
+/**
+ * `(r - mean) / std`; a checkpoint without `mean` and `std` is refused at load.
+ */
+#define RK_NORMALIZE_ON 2
 
 /**
  * The mean over members (the default).

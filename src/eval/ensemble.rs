@@ -90,7 +90,13 @@ impl RewardEnsemble {
             let at = |e: Error| e.context(format!("ensemble model {k}"));
             let ids = ids_for(model).map_err(at)?;
             let rows = SeqSource::Ids(Arc::new(ids)).head_rewards(model, &idx).map_err(at)?;
-            by_member.extend((0..heads).map(|h| rows.iter().map(|r| r[h]).collect::<Vec<f32>>()));
+            by_member.extend((0..heads).map(|h| {
+                // Each member as its model serves it (normalised by its own statistics when
+                // loaded to be).
+                let mut r: Vec<f32> = rows.iter().map(|r| r[h]).collect();
+                model.serve(&mut r);
+                r
+            }));
         }
         let rewards = ensemble_rewards(&by_member, self.combine)?;
         let members = (0..n).map(|i| by_member.iter().map(|m| m[i]).collect()).collect();

@@ -13,7 +13,7 @@ use crate::eval::vote::EnsembleReward;
 use crate::handle::batch::BatchOptions;
 use crate::handle::tokenize::TextOptions;
 use crate::handle::SharedModelOptions;
-use crate::model::{ComputeDType, LoadOptions};
+use crate::model::{ComputeDType, LoadOptions, Normalize};
 use crate::train::contrastive::{
     ContrastiveConfig, ContrastiveItems, ContrastiveMethod, ContrastiveOverrides,
 };
@@ -129,7 +129,20 @@ pub struct rk_model_params {
     /// same tokens (a pair's prompt, a prompt's k samples) are batched with those tokens
     /// computed once; the scores are the same to float rounding. Default 1.
     pub share_prefixes: u8,
+    /// Appended in 0.2: one of `RK_NORMALIZE_*`: whether scores are served as
+    /// `(r - mean) / std` with the reward `mean`/`std` of config.json (OpenRLHF's reward
+    /// normalisation). Default `RK_NORMALIZE_AS_CONFIG`.
+    pub normalize: rk_normalize,
 }
+
+/// Whether a model serves normalised rewards.
+pub type rk_normalize = i32;
+/// As config.json's `normalize_reward` says (raw when absent). The default.
+pub const RK_NORMALIZE_AS_CONFIG: rk_normalize = 0;
+/// Raw rewards.
+pub const RK_NORMALIZE_OFF: rk_normalize = 1;
+/// `(r - mean) / std`; a checkpoint without `mean` and `std` is refused at load.
+pub const RK_NORMALIZE_ON: rk_normalize = 2;
 
 /// The smallest `struct_size` accepted for `rk_model_params`: the first published layout,
 /// before `share_prefixes` was appended.
@@ -328,6 +341,11 @@ fn model_params_from(o: &SharedModelOptions) -> rk_model_params {
         separator: std::ptr::null(),
         head_seed: o.load.head_seed,
         share_prefixes: o.batch.share_prefixes as u8,
+        normalize: match o.load.normalize {
+            Normalize::AsConfig => RK_NORMALIZE_AS_CONFIG,
+            Normalize::Off => RK_NORMALIZE_OFF,
+            Normalize::On => RK_NORMALIZE_ON,
+        },
     }
 }
 
@@ -351,6 +369,12 @@ pub(crate) unsafe fn model_options(p: *const rk_model_params) -> Result<SharedMo
             dtype: dtype_from_c(p.dtype)?,
             max_length: p.max_length as usize,
             head_seed: p.head_seed,
+            normalize: match p.normalize {
+                RK_NORMALIZE_AS_CONFIG => Normalize::AsConfig,
+                RK_NORMALIZE_OFF => Normalize::Off,
+                RK_NORMALIZE_ON => Normalize::On,
+                v => return Err(unknown("normalize", v)),
+            },
         },
         text: TextOptions {
             separator: opt_str_arg(p.separator, "params->separator")?.unwrap_or("").to_string(),

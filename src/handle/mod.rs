@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handle::batch::{score_sequences, BatchOptions};
 use crate::handle::tokenize::{RewardTokenizer, TextOptions};
 use crate::model::checkpoint::TOKENIZER_FILE;
-use crate::model::{ComputeDType, HeadSource, LoadOptions, RewardModel};
+use crate::model::{ComputeDType, HeadSource, LoadOptions, Normalize, RewardModel, RewardStats};
 
 /// Everything that configures a [`SharedModel`].
 #[derive(Debug, Clone, Default)]
@@ -78,6 +78,8 @@ pub struct SharedModel {
     batch: BatchOptions,
     pool: rayon::ThreadPool,
     device_name: String,
+    /// Set when scores are served normalised: `(r - mean) / std`.
+    served_stats: Option<RewardStats>,
 }
 
 impl SharedModel {
@@ -119,6 +121,17 @@ impl SharedModel {
                 "append_eos is set but the model config has no eos_token_id",
             ));
         }
+        let stats = model.config().reward_stats;
+        let served_stats = match opts.load.normalize {
+            Normalize::Off => None,
+            Normalize::AsConfig if !model.config().normalize_reward => None,
+            Normalize::AsConfig | Normalize::On => Some(stats.ok_or_else(|| {
+                Error::invalid(
+                    "normalised rewards need the reward `mean` and `std` in config.json (as \
+                     OpenRLHF writes them, or `rewardkit train --write-reward-stats`)",
+                )
+            })?),
+        };
         Ok(SharedModel {
             model: RwLock::new(model),
             trainer_attached: AtomicBool::new(false),
@@ -128,6 +141,7 @@ impl SharedModel {
             batch: opts.batch,
             pool,
             device_name: opts.load.device.name(),
+            served_stats,
         })
     }
 
@@ -234,7 +248,23 @@ impl SharedModel {
         }
         let model = self.read()?;
         model.validate_sequences(seqs.iter().copied(), "sequence")?;
-        self.install(|| score_sequences(&model, seqs, &self.batch))
+        let mut rewards = self.install(|| score_sequences(&model, seqs, &self.batch))?;
+        self.serve(&mut rewards);
+        Ok(rewards)
+    }
+
+    /// Rewards as this handle serves them: normalised by the checkpoint's statistics when it
+    /// was loaded to (`LoadOptions::normalize`), else unchanged. Training, evaluation and the
+    /// vote read raw rewards; scoring calls serve them.
+    pub fn serve(&self, rewards: &mut [f32]) {
+        if let Some(s) = &self.served_stats {
+            s.normalize(rewards);
+        }
+    }
+
+    /// The statistics scores are normalised with, when they are.
+    pub fn served_stats(&self) -> Option<RewardStats> {
+        self.served_stats
     }
 
     /// A 64-bit FNV-1a checksum of every parameter, names and values (bit patterns, in name

@@ -320,6 +320,26 @@ pub fn save_checkpoint(
     })
 }
 
+/// Records reward statistics in the checkpoint `dir`'s config.json the way OpenRLHF does
+/// (`mean`, `std`, `normalize_reward: true`), so that a loader serves normalised rewards. The
+/// file is replaced atomically (written beside it, synced, renamed); nothing else changes.
+pub fn write_reward_stats(dir: &Path, stats: &crate::model::RewardStats) -> Result<()> {
+    let path = dir.join(CONFIG_FILE);
+    // Parsed and validated as a loader would, so that a broken file is not rewritten.
+    let mut raw = crate::model::ModelConfig::from_file(&path)?.raw;
+    let obj = raw.as_object_mut().expect("a validated config.json is an object");
+    obj.insert("mean".into(), stats.mean.into());
+    obj.insert("std".into(), stats.std.into());
+    obj.insert("normalize_reward".into(), true.into());
+    let out = serde_json::to_vec_pretty(&raw).map_err(|e| Error::invalid(e.to_string()))?;
+    let tmp = dir.join(format!(".{CONFIG_FILE}.{}.tmp", std::process::id()));
+    write_synced(&tmp, &out)?;
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(&path, e)
+    })
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;

@@ -92,8 +92,41 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// OpenRLHF's reward statistics (`mean`, `std` in config.json), with which a served reward
+    /// is `(r - mean) / std`.
+    pub reward_stats: Option<RewardStats>,
+    /// OpenRLHF's `normalize_reward`: serve normalised rewards unless told otherwise.
+    pub normalize_reward: bool,
     /// The original JSON, kept so that a saved checkpoint carries every field it came with.
     pub raw: Value,
+}
+
+/// The mean and std of a reward model's rewards (OpenRLHF computes them on held-out data at
+/// the end of training and stores them in config.json).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardStats {
+    pub mean: f64,
+    /// > 0.
+    pub std: f64,
+}
+
+impl RewardStats {
+    /// Both finite, std > 0.
+    pub fn new(mean: f64, std: f64) -> Result<RewardStats> {
+        if !(mean.is_finite() && std.is_finite() && std > 0.0) {
+            return Err(Error::invalid(format!(
+                "reward statistics mean {mean}, std {std}: both must be finite and std > 0"
+            )));
+        }
+        Ok(RewardStats { mean, std })
+    }
+
+    /// `(r - mean) / std` in place.
+    pub fn normalize(&self, rewards: &mut [f32]) {
+        for r in rewards {
+            *r = ((*r as f64 - self.mean) / self.std) as f32;
+        }
+    }
 }
 
 fn get_usize(raw: &Value, key: &str) -> Result<Option<usize>> {
@@ -275,6 +308,18 @@ impl ModelConfig {
             pad_token_id: token_ids(&raw, "pad_token_id")?.first().copied(),
             bos_token_id: token_ids(&raw, "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(&raw, "eos_token_id")?,
+            reward_stats: match (get_f64(&raw, "mean")?, get_f64(&raw, "std")?) {
+                (None, None) => None,
+                (Some(mean), Some(std)) => {
+                    Some(RewardStats::new(mean, std).map_err(|e| e.context("config.json"))?)
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "config.json: reward `mean` and `std` come together (OpenRLHF writes both)",
+                    ))
+                }
+            },
+            normalize_reward: get_bool(&raw, "normalize_reward")?.unwrap_or(false),
             raw,
         };
         cfg.validate()?;

@@ -14,7 +14,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 pub use checkpoint::HeadSource;
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, ModelConfig, RewardStats};
 pub use decoder::{Batch, Pass};
 pub use params::ParamStore;
 
@@ -78,6 +78,21 @@ pub struct LoadOptions {
     pub max_length: usize,
     /// Seed for a fresh reward head when the checkpoint has none.
     pub head_seed: u64,
+    /// Whether scores are served normalised by the checkpoint's reward statistics.
+    pub normalize: Normalize,
+}
+
+/// Whether a model serves `(r - mean) / std` with the `mean`/`std` of its config.json
+/// (OpenRLHF's reward normalisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Normalize {
+    /// As config.json's `normalize_reward` says (false when absent).
+    #[default]
+    AsConfig,
+    /// Raw rewards.
+    Off,
+    /// Normalised; a checkpoint without `mean`/`std` is refused at load.
+    On,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +102,7 @@ impl Default for LoadOptions {
             dtype: ComputeDType::F32,
             max_length: 0,
             head_seed: 0,
+            normalize: Normalize::AsConfig,
         }
     }
 }

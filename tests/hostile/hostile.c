@@ -405,6 +405,9 @@ MP(one_thread, p->n_threads = 1)
 MP(share_prefixes_2, p->share_prefixes = 2)
 MP(share_prefixes_off, p->share_prefixes = 0)
 MP(separator_ok, p->separator = " | ")
+MP(normalize_bad, p->normalize = 9)
+MP(normalize_on_without_stats, p->normalize = RK_NORMALIZE_ON)
+MP(normalize_off, p->normalize = RK_NORMALIZE_OFF)
 
 static const model_param_case MODEL_PARAM_CASES[] = {
     {"dtype 42", mp_dtype, RK_ERR_INVALID_ARGUMENT},
@@ -427,6 +430,9 @@ static const model_param_case MODEL_PARAM_CASES[] = {
     {"share_prefixes 2", mp_share_prefixes_2, RK_ERR_INVALID_ARGUMENT},
     {"share_prefixes 0", mp_share_prefixes_off, RK_OK},
     {"separator", mp_separator_ok, RK_OK},
+    {"normalize 9", mp_normalize_bad, RK_ERR_INVALID_ARGUMENT},
+    {"normalize on, no mean/std in config.json", mp_normalize_on_without_stats, RK_ERR_INVALID_ARGUMENT},
+    {"normalize off", mp_normalize_off, RK_OK},
 };
 
 static int c_model_param(const void *arg) {
@@ -454,6 +460,10 @@ typedef struct {
 
 static const config_case CONFIG_CASES[] = {
     {"model_type gpt2", "model_type", "\"gpt2\"", RK_ERR_UNSUPPORTED_MODEL},
+    {"reward std without mean", "std", "1.0", RK_ERR_INVALID_ARGUMENT},
+    {"reward mean without std", "mean", "0.5", RK_ERR_INVALID_ARGUMENT},
+    {"normalize_reward without mean/std", "normalize_reward", "true", RK_ERR_INVALID_ARGUMENT},
+    {"normalize_reward string", "normalize_reward", "\"yes\"", RK_ERR_INVALID_ARGUMENT},
     {"model_type number", "model_type", "7", RK_ERR_UNSUPPORTED_MODEL},
     {"hidden_act gelu", "hidden_act", "\"gelu\"", RK_ERR_UNSUPPORTED_MODEL},
     {"hidden_size 0", "hidden_size", "0", RK_ERR_INVALID_ARGUMENT},

@@ -532,3 +532,70 @@ fn train_stops_at_max_steps_and_reports_the_last_step_once() {
     assert_eq!(err.matches("step      3").count(), 1, "{err}");
     assert!(!err.contains("step      4"), "{err}");
 }
+
+/// `train --write-reward-stats` records the held-out rewards' mean and std in the final
+/// config.json (OpenRLHF's layout); `score` then serves (r - mean) / std, `--normalize off` raw.
+#[test]
+fn train_writes_reward_stats_and_score_serves_normalised_rewards() {
+    let dir = scratch("cli-reward-stats");
+    let data = hh_data();
+    let out = dir.join("run");
+    let run = |args: &[&str]| {
+        let o = rewardkit().args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}\n{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let base = [
+        "train",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "40",
+        "--batch-pairs",
+        "8",
+        "--trainable",
+        "head",
+        "--lr",
+        "1e-3",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--write-reward-stats",
+    ];
+    let refused = rewardkit().args(base).output().unwrap();
+    assert!(!refused.status.success(), "no held-out pairs: nothing to measure");
+    run(&[&base[..], &["--eval-fraction", "0.25"]].concat());
+    let final_dir = out.join("final");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(final_dir.join("config.json")).unwrap()).unwrap();
+    let (mean, std) = (cfg["mean"].as_f64().unwrap(), cfg["std"].as_f64().unwrap());
+    assert!(std > 0.0 && cfg["normalize_reward"] == true, "{cfg}");
+    let score = |extra: &[&str]| -> Vec<f64> {
+        let mut args = vec![
+            "score",
+            "--model",
+            final_dir.to_str().unwrap(),
+            "--input",
+            data.to_str().unwrap(),
+            "--limit",
+            "4",
+        ];
+        args.extend(extra);
+        run(&args)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen_reward"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (served, raw) = (score(&[]), score(&["--normalize", "off"]));
+    assert_eq!(served.len(), 4);
+    for (s, r) in served.iter().zip(&raw) {
+        assert!((s - (r - mean) / std).abs() < 1e-5, "served {s}, raw {r}, mean {mean}, std {std}");
+    }
+}

@@ -468,3 +468,54 @@ fn shared_prefix_batches_score_like_each_sequence_alone() {
     assert!(windowed.rewards(&shared, Pass::Inference).is_err());
     assert!(plan_scoring(&windowed, &refs, &opts).iter().flatten().all(|g| g.prefix == 0));
 }
+
+/// OpenRLHF's reward normalisation: `mean`/`std` in config.json, served as (r - mean) / std
+/// when config.json's `normalize_reward` says so or the caller asks; raw otherwise.
+#[test]
+fn rewards_are_served_normalised_by_the_config_statistics() {
+    use rewardkit::model::checkpoint::write_reward_stats;
+    use rewardkit::model::RewardStats;
+    use rewardkit::Normalize;
+    let dir = scratch("normalize");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny_model().join(f), dir.join(f)).unwrap();
+    }
+    let with = |normalize: Normalize| {
+        let opts = SharedModelOptions {
+            load: rewardkit::LoadOptions { normalize, ..Default::default() },
+            ..Default::default()
+        };
+        SharedModel::load(&dir, &opts)
+    };
+    let pairs =
+        [("\n\nHuman: Hi\n\nAssistant:", " Hello!"), ("\n\nHuman: Hi\n\nAssistant:", " Go away.")];
+    let raw = with(Normalize::AsConfig).unwrap().score_pairs(&pairs).unwrap();
+    // Without statistics: asking for normalised rewards is refused at load.
+    let e = with(Normalize::On).err().unwrap();
+    assert!(e.message().contains("mean") && e.message().contains("std"), "{e}");
+
+    let stats = RewardStats::new(0.25, 2.0).unwrap();
+    write_reward_stats(&dir, &stats).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["mean"].as_f64(), cfg["std"].as_f64()), (Some(0.25), Some(2.0)));
+    assert_eq!(cfg["normalize_reward"], true);
+    for mode in [Normalize::AsConfig, Normalize::On] {
+        let m = with(mode).unwrap();
+        assert_eq!(m.served_stats(), Some(stats));
+        let got = m.score_pairs(&pairs).unwrap();
+        for (g, r) in got.iter().zip(&raw) {
+            assert!((g - (r - 0.25) / 2.0).abs() < 1e-6, "{mode:?}: {g} vs raw {r}");
+        }
+    }
+    assert_eq!(with(Normalize::Off).unwrap().score_pairs(&pairs).unwrap(), raw);
+
+    // Broken statistics are refused at load, and never rewritten over.
+    assert!(RewardStats::new(0.0, 0.0).is_err() && RewardStats::new(f64::NAN, 1.0).is_err());
+    let mut bad = cfg.clone();
+    bad["std"] = serde_json::json!(-1.0);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&bad).unwrap()).unwrap();
+    assert!(with(Normalize::Off).is_err());
+    assert!(write_reward_stats(&dir, &stats).is_err());
+    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), serde_json::to_vec(&bad).unwrap());
+}

@@ -129,7 +129,9 @@ class Model(_Handle):
     _free = staticmethod(_lib.rk_model_free)
 
     def __init__(self, path, device="cpu", dtype="f32", n_threads=0, max_length=0, batch_token_budget=None,
-                 max_batch_size=0, append_eos=False, separator="", head_seed=0):
+                 max_batch_size=0, append_eos=False, separator="", head_seed=0, normalize="config"):
+        """`normalize`: "config" (as config.json's `normalize_reward` says), "on" (serve
+        (r - mean) / std with config.json's reward `mean` and `std`, as OpenRLHF) or "off"."""
         self._h = c_void_p()
         p = _ffi.ModelParams()
         _check(_lib.rk_model_params_init(byref(p), ctypes.sizeof(p)))
@@ -142,6 +144,9 @@ class Model(_Handle):
         if batch_token_budget is not None:
             p.batch_token_budget = batch_token_budget
         p.append_eos, p.separator, p.head_seed = int(bool(append_eos)), self._keep[1], head_seed
+        if normalize not in _ffi.NORMALIZE:
+            raise InvalidArgumentError("normalize must be one of %s" % list(_ffi.NORMALIZE))
+        p.normalize = _ffi.NORMALIZE[normalize]
         _check(_lib.rk_model_load(str(path).encode(), byref(p), byref(self._h)))
 
     def score(self, prompts, responses):

@@ -36,7 +36,11 @@ class ModelParams(ctypes.Structure):
         ("separator", c_char_p),
         ("head_seed", c_uint64),
         ("share_prefixes", c_uint8),
+        ("normalize", c_int32),
     ]
+
+
+NORMALIZE = {"config": 0, "off": 1, "on": 2}
 
 
 class ModelInfo(ctypes.Structure):

@@ -179,3 +179,21 @@ def test_ensemble_combines_members_and_sees_in_place_training(model_dir):
     assert e.value.status_name == "RK_ERR_INVALID_ARGUMENT"
     with pytest.raises(rewardkit.RewardkitError):
         rewardkit.Ensemble([])
+
+
+def test_normalised_rewards_from_the_config_statistics(model_dir, tmp_path):
+    import json
+    import shutil
+    shutil.copytree(model_dir, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg.update(mean=0.25, std=2.0, normalize_reward=True)  # as OpenRLHF stores them
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    raw = rewardkit.Model(model_dir).score(PROMPTS, CHOSEN)
+    served = rewardkit.Model(tmp_path / "m").score(PROMPTS, CHOSEN)
+    np.testing.assert_allclose(served, (raw - 0.25) / 2.0, atol=1e-6)
+    np.testing.assert_allclose(rewardkit.Model(tmp_path / "m", normalize="off").score(PROMPTS, CHOSEN), raw, atol=1e-6)
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        rewardkit.Model(model_dir, normalize="on")  # no statistics in this config.json
+    assert e.value.status_name == "RK_ERR_INVALID_ARGUMENT"
+    with pytest.raises(rewardkit.InvalidArgumentError):
+        rewardkit.Model(model_dir, normalize="yes")

@@ -72,6 +72,10 @@ pub struct RuntimeArgs {
     /// Seed of a fresh reward head, for a checkpoint without one (a causal LM).
     #[arg(long, default_value_t = LoadOptions::default().head_seed)]
     pub head_seed: u64,
+    /// Serve rewards normalised as (r - mean) / std with config.json's reward `mean`/`std`
+    /// (OpenRLHF): `config` follows its `normalize_reward`, `on` requires the statistics.
+    #[arg(long, default_value = "config", value_parser = ["config", "on", "off"])]
+    pub normalize: String,
 }
 
 impl RuntimeArgs {
@@ -82,6 +86,11 @@ impl RuntimeArgs {
                 dtype: self.dtype,
                 max_length: self.max_length,
                 head_seed: self.head_seed,
+                normalize: match self.normalize.as_str() {
+                    "on" => rewardkit::Normalize::On,
+                    "off" => rewardkit::Normalize::Off,
+                    _ => rewardkit::Normalize::AsConfig,
+                },
             },
             text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
             batch: BatchOptions {
@@ -242,6 +251,11 @@ pub struct TrainArgs {
     pub trainable: Trainable,
     #[arg(long, default_value_t = fit_defaults().epochs)]
     pub epochs: usize,
+    /// After training, record the held-out rewards' mean and std (both sides of every pair;
+    /// std with n - 1, as OpenRLHF) in OUT/final/config.json with `normalize_reward: true`,
+    /// so that loaders serve (r - mean) / std (train only; needs held-out pairs and --out).
+    #[arg(long)]
+    pub write_reward_stats: bool,
     /// Stop after this many optimizer steps (the learning-rate schedule is fitted to them).
     #[arg(long)]
     pub max_steps: Option<u64>,

@@ -123,6 +123,11 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
         None => margs.load()?,
     });
     let (train_pairs, eval_pairs) = data.load()?;
+    if targs.write_reward_stats && (eval_pairs.is_empty() || targs.out.is_none()) {
+        return Err(rewardkit::Error::invalid(
+            "--write-reward-stats needs held-out pairs (--eval-fraction or --eval-data) and --out",
+        ));
+    }
     let cfg = targs.config(train_pairs.len())?;
     let n_layers = model.info()?.num_layers;
     let first = first_trainable_layer(cfg.trainable, n_layers);
@@ -157,6 +162,22 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
     )?;
     if let Some(eval_set) = &eval_set {
         println!("{}", report(&model, eval_set, &eval_pairs, 10)?.table());
+    }
+    if targs.write_reward_stats {
+        let (eval_set, out) = eval_set.as_ref().zip(targs.out.as_ref()).expect("checked above");
+        let (c, r) = eval_set.score_all(&model)?;
+        let all: Vec<f64> = c.iter().chain(&r).map(|&x| x as f64).collect();
+        let n = all.len() as f64;
+        let mean = all.iter().sum::<f64>() / n;
+        let std = (all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let stats = rewardkit::model::RewardStats::new(mean, std)?;
+        let dir = out.join("final");
+        rewardkit::model::checkpoint::write_reward_stats(&dir, &stats)?;
+        eprintln!(
+            "reward statistics of {} held-out rewards: mean {mean:.6}, std {std:.6} -> {}/config.json",
+            all.len(),
+            dir.display()
+        );
     }
     Ok(())
 }
