@@ -158,3 +158,57 @@ fn python_package_tests_and_example() {
     let out = py(&["examples/python/score.py", tiny_model().to_str().unwrap()]);
     assert!(out.contains("vote mean"), "{out}");
 }
+
+/// `scripts/build_wheel.sh` builds a manylinux wheel carrying the library: installed, the
+/// package imports and scores with no `REWARDKIT_LIBRARY`, from any directory, and leaves the
+/// source tree clean.
+#[test]
+fn wheel_carries_the_library() {
+    let python = std::env::var("REWARDKIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = scratch("wheel");
+    let out = dir.join("dist");
+    let listing = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("bindings/python"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    run(Command::new(repo().join("scripts/build_wheel.sh"))
+        .arg(&out)
+        .current_dir(repo())
+        .env("REWARDKIT_PREBUILT", lib_dir()));
+    let wheels: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(wheels.len(), 1, "{wheels:?}");
+    let name = wheels[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("rewardkit-") && name.contains("-py3-none-manylinux_"), "{name}");
+    let site = dir.join("site");
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+        ])
+        .arg(&site)
+        .arg(&wheels[0]));
+    let said = run(Command::new(&python)
+        .args([
+            "-c",
+            "import sys, rewardkit; m = rewardkit.Model(sys.argv[1]); \
+             print(rewardkit.__file__, rewardkit.version(), m.score(['Hi'], [' Hello'])[0])",
+        ])
+        .arg(tiny_model())
+        .current_dir(&dir)
+        .env_remove("REWARDKIT_LIBRARY")
+        .env("PYTHONPATH", &site));
+    let words: Vec<&str> = said.split_whitespace().collect();
+    assert!(words[0].starts_with(site.to_str().unwrap()), "{said}");
+    assert!(words[2].parse::<f32>().unwrap().is_finite(), "{said}");
+    assert_eq!(listing(), before, "the build left files in bindings/python");
+}

@@ -266,4 +266,5 @@ def load_library():
             fn.restype = res
             fn.argtypes = args
         return lib
-    raise OSError("cannot find the rewardkit library; set REWARDKIT_LIBRARY to librewardkit.so (tried: %s)" % ", ".join(tried))
+    raise OSError("cannot find the rewardkit library: install the wheel from scripts/build_wheel.sh, which carries it, "
+                  "or set REWARDKIT_LIBRARY to librewardkit.so (tried: %s)" % ", ".join(tried))
