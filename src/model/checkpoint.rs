@@ -29,6 +29,44 @@ pub enum HeadSource {
 }
 
 /// The safetensors files of a checkpoint directory, in shard order.
+/// What a model directory holds, for messages about one that does not.
+const MODEL_DIR_HOLDS: &str = "a model directory holds config.json, model.safetensors (or a \
+    sharded model.safetensors.index.json) and, to score texts, tokenizer.json";
+
+/// Refuses, with a message that says what is expected, a path that is not a model directory:
+/// missing, a file (e.g. the weights file itself), or a directory without config.json.
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+            "{} is a file, not a model directory: pass the directory that holds it ({}?); {MODEL_DIR_HOLDS}",
+                dir.display(),
+                parent.display()
+            ),
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("model directory not found: {} ({MODEL_DIR_HOLDS})", dir.display()),
+        ));
+    }
+    // Only a missing config.json is reported here; one that is not a readable file fails
+    // reading it, as an I/O error.
+    if !dir.join(CONFIG_FILE).exists() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "{} is not a model directory: it has no config.json ({MODEL_DIR_HOLDS})",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(WEIGHTS_FILE);
     if single.is_file() {

@@ -127,9 +127,7 @@ pub struct RewardModel {
 impl RewardModel {
     /// Loads a Hugging Face checkpoint directory (the tokenizer is loaded separately).
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::missing(dir.to_path_buf(), "model directory"));
-        }
+        checkpoint::check_model_dir(dir)?;
         let config = ModelConfig::from_file(&dir.join(checkpoint::CONFIG_FILE))?;
         let mut tensors = checkpoint::read_tensors(&checkpoint::weight_files(dir)?)?;
         let device = opts.device.open()?;

@@ -519,3 +519,24 @@ fn rewards_are_served_normalised_by_the_config_statistics() {
     assert!(write_reward_stats(&dir, &stats).is_err());
     assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), serde_json::to_vec(&bad).unwrap());
 }
+
+/// A path that is not a model directory says what it is and what a model directory holds.
+#[test]
+fn a_wrong_model_path_says_what_a_model_directory_holds() {
+    let load = |p: &Path| SharedModel::load(p, &SharedModelOptions::default()).err().unwrap();
+    let file = load(&tiny_model().join("model.safetensors"));
+    assert_eq!(file.kind(), ErrorKind::NotFound);
+    assert!(
+        file.message().contains("is a file")
+            && file.message().contains(tiny_model().to_str().unwrap()),
+        "{file}"
+    );
+    let empty = load(&scratch("not-a-model"));
+    assert!(
+        empty.message().contains("no config.json") && empty.message().contains("model.safetensors"),
+        "{empty}"
+    );
+    let missing = load(Path::new("/no/such/model"));
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+    assert!(missing.message().contains("tokenizer.json"), "{missing}");
+}
