@@ -21,6 +21,15 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
 /// Every non-blank line of a `.jsonl` or `.jsonl.gz` file with its 1-based number, parsed or
 /// not: a line that is not JSON (or longer than `limits::MAX_JSONL_LINE_BYTES`) is an `Err`
 /// for the caller to report or skip. Only failing to read the file is an error here.
+/// serde_json's message without its "at line L column C" suffix.
+fn json_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 pub fn read_jsonl_rows(path: &Path) -> Result<Vec<(usize, Result<Value>)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     if !file.metadata().map_err(|e| Error::io(path, e))?.is_file() {
@@ -82,7 +91,9 @@ pub fn parse_jsonl_line(line: &[u8]) -> Result<Value> {
     serde_json::from_slice(line).map_err(|e| {
         Error::new(
             crate::ErrorKind::CorruptFile,
-            format!("not valid JSON: {e} (column {})", e.column()),
+            // serde's own "at line 1 column C" counts within this one line; the caller names
+            // the file's line, so only the column is kept.
+            format!("not valid JSON: {} (column {})", json_reason(&e), e.column()),
         )
     })
 }

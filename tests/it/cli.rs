@@ -599,3 +599,43 @@ fn train_writes_reward_stats_and_score_serves_normalised_rewards() {
         assert!((s - (r - mean) / std).abs() < 1e-5, "served {s}, raw {r}, mean {mean}, std {std}");
     }
 }
+
+/// `score --skip-bad-rows` skips invalid JSON too; without it the error names the file's line
+/// (not the JSON parser's "line 1") and the flag.
+#[test]
+fn score_skips_invalid_json_rows_when_asked() {
+    let dir = scratch("cli-score-bad-json");
+    let input = dir.join("rows.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"a\", \"response\": \" b\"}\n{bad json\n{\"prompt\": \"c\", \"response\": \" d\"}\n",
+    )
+    .unwrap();
+    let score = |extra: &[&str]| {
+        let mut args = vec![
+            "score",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        rewardkit().args(&args).output().unwrap()
+    };
+    let stopped = score(&[]);
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        !stopped.status.success() && err.contains("line 2") && err.contains("--skip-bad-rows"),
+        "{err}"
+    );
+    assert!(!err.contains("line 1 column"), "{err}");
+    let skipped = score(&["--skip-bad-rows"]);
+    assert!(skipped.status.success(), "{}", String::from_utf8_lossy(&skipped.stderr));
+    let lines: Vec<u64> = String::from_utf8(skipped.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![1, 3]);
+    assert!(String::from_utf8_lossy(&skipped.stderr).contains("line 2: not valid JSON"));
+}

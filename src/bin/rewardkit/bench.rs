@@ -45,7 +45,7 @@ pub fn bench(
 ) -> Result<()> {
     let model = args.load()?;
     let info = model.info()?;
-    let rows = load_rows(&model, input, Some(limit))?;
+    let rows = load_rows(&model, input, Some(limit), false)?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     if let Some(path) = dump_ids {
         let mut f =

@@ -43,9 +43,13 @@ enum Command {
         /// Write results here instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Score at most this many rows.
+        /// Score at most this many rows (rows after them are not read).
         #[arg(long)]
         limit: Option<usize>,
+        /// Skip (and list) rows that cannot be scored, invalid JSON included, instead of
+        /// stopping at the first.
+        #[arg(long)]
+        skip_bad_rows: bool,
     },
     /// Measure scoring throughput (pairs/s, tokens/s) on the length mix of a JSONL file.
     Bench {
@@ -286,8 +290,8 @@ fn main() {
     exit_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Score { model, input, output, limit } => {
-            score::score(&model, &input, output.as_deref(), limit)
+        Command::Score { model, input, output, limit, skip_bad_rows } => {
+            score::score(&model, &input, output.as_deref(), limit, skip_bad_rows)
         }
         Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => {
             bench::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use rewardkit::io::data::{read_jsonl, ScoreRow};
+use rewardkit::io::data::{read_jsonl_rows, ScoreRow};
 use rewardkit::{Error, Result, SharedModel};
 
 use crate::args::ModelArgs;
@@ -34,23 +34,57 @@ pub struct InputRow {
     pub seqs: Vec<Vec<u32>>,
 }
 
-/// Reads and tokenizes every row; errors name the line.
-pub fn load_rows(model: &SharedModel, input: &Path, limit: Option<usize>) -> Result<Vec<InputRow>> {
-    let mut rows = read_jsonl(input)?;
-    if let Some(n) = limit {
-        rows.truncate(n);
-    }
-    if rows.is_empty() {
-        return Err(Error::invalid(format!("{}: no rows", input.display())));
-    }
-    rows.into_iter()
-        .map(|(line, value)| {
-            let at = |e: Error| e.context(format!("{}: line {line}", input.display()));
-            let row = ScoreRow::parse(&value).map_err(at)?;
-            let seqs = row_sequences(model, &row).map_err(at)?;
+/// Reads and tokenizes the first `limit` usable rows; errors name the line. With
+/// `skip_bad_rows`, a row that cannot be used (invalid JSON, unknown shape, too long, not
+/// tokenizable) is skipped and listed instead.
+pub fn load_rows(
+    model: &SharedModel,
+    input: &Path,
+    limit: Option<usize>,
+    skip_bad_rows: bool,
+) -> Result<Vec<InputRow>> {
+    let mut out = Vec::new();
+    let mut skipped: Vec<(usize, String)> = Vec::new();
+    for (line, value) in read_jsonl_rows(input)? {
+        if limit.is_some_and(|n| out.len() >= n) {
+            break;
+        }
+        let parsed = value.and_then(|value| {
+            let row = ScoreRow::parse(&value)?;
+            let seqs = row_sequences(model, &row)?;
             Ok(InputRow { line, value, row, seqs })
-        })
-        .collect()
+        });
+        match parsed {
+            Ok(r) => out.push(r),
+            Err(e) if skip_bad_rows && e.kind() != rewardkit::ErrorKind::Io => {
+                skipped.push((line, e.message().to_string()))
+            }
+            Err(e) => {
+                let e = e.context(format!("{}: line {line}", input.display()));
+                return Err(if skip_bad_rows {
+                    e
+                } else {
+                    Error::new(
+                        e.kind(),
+                        format!("{}\n(rerun with --skip-bad-rows to skip such rows; they are counted and listed)", e.message()),
+                    )
+                });
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("{}: skipped {} rows:", input.display(), skipped.len());
+        for (line, why) in skipped.iter().take(10) {
+            eprintln!("  line {line}: {why}");
+        }
+        if skipped.len() > 10 {
+            eprintln!("  ... and {} more", skipped.len() - 10);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid(format!("{}: no usable rows", input.display())));
+    }
+    Ok(out)
 }
 
 pub fn score(
@@ -58,9 +92,10 @@ pub fn score(
     input: &Path,
     output: Option<&Path>,
     limit: Option<usize>,
+    skip_bad_rows: bool,
 ) -> Result<()> {
     let model = args.load()?;
-    let rows = load_rows(&model, input, limit)?;
+    let rows = load_rows(&model, input, limit, skip_bad_rows)?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     let started = Instant::now();
     let rewards = model.score_ids(&seqs)?;
