@@ -88,6 +88,7 @@ fn write_vote(vote: &Vote, lines: &[usize], output: &Path, report: &Report) -> R
             "Std of the difference by strength bucket",
             "bucket (low to high mean)",
             "mean std",
+            true,
         );
         for (name, svg) in [("strength_histogram.svg", hist), ("bucket_std.svg", line)] {
             let p = dir.join(name);
