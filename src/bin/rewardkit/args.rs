@@ -72,10 +72,6 @@ pub struct RuntimeArgs {
     /// Seed of a fresh reward head, for a checkpoint without one (a causal LM).
     #[arg(long, default_value_t = LoadOptions::default().head_seed)]
     pub head_seed: u64,
-    /// Serve rewards normalised as (r - mean) / std with config.json's reward `mean`/`std`
-    /// (OpenRLHF): `config` follows its `normalize_reward`, `on` requires the statistics.
-    #[arg(long, default_value = "config", value_parser = ["config", "on", "off"])]
-    pub normalize: String,
 }
 
 impl RuntimeArgs {
@@ -86,11 +82,8 @@ impl RuntimeArgs {
                 dtype: self.dtype,
                 max_length: self.max_length,
                 head_seed: self.head_seed,
-                normalize: match self.normalize.as_str() {
-                    "on" => rewardkit::Normalize::On,
-                    "off" => rewardkit::Normalize::Off,
-                    _ => rewardkit::Normalize::AsConfig,
-                },
+                // Training, evaluation and votes read raw rewards; `score` sets this.
+                normalize: rewardkit::Normalize::Off,
             },
             text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
             batch: BatchOptions {
@@ -104,7 +97,11 @@ impl RuntimeArgs {
 
     /// Loads a model directory, saying so when its reward head is fresh.
     pub fn load(&self, dir: &Path) -> Result<SharedModel> {
-        let model = SharedModel::load(dir, &self.options())?;
+        self.load_with(dir, &self.options())
+    }
+
+    fn load_with(&self, dir: &Path, opts: &SharedModelOptions) -> Result<SharedModel> {
+        let model = SharedModel::load(dir, opts)?;
         if model.info()?.head_is_fresh {
             eprintln!(
                 "note: {} has no reward head; a fresh head was initialised (seed {})",
@@ -119,6 +116,17 @@ impl RuntimeArgs {
 impl ModelArgs {
     pub fn load(&self) -> Result<SharedModel> {
         self.rt.load(&self.model)
+    }
+
+    /// As `load`, serving rewards normalised as `normalize` says (`score`).
+    pub fn load_serving(&self, normalize: &str) -> Result<SharedModel> {
+        let mut opts = self.rt.options();
+        opts.load.normalize = match normalize {
+            "on" => rewardkit::Normalize::On,
+            "off" => rewardkit::Normalize::Off,
+            _ => rewardkit::Normalize::AsConfig,
+        };
+        self.rt.load_with(&self.model, &opts)
     }
 }
 

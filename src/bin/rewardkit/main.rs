@@ -50,6 +50,11 @@ enum Command {
         /// stopping at the first.
         #[arg(long)]
         skip_bad_rows: bool,
+        /// Serve rewards normalised as (r - mean) / std with config.json's reward `mean` and
+        /// `std` (OpenRLHF): `config` follows its `normalize_reward`, `on` requires the
+        /// statistics, `off` gives raw rewards.
+        #[arg(long, default_value = "config", value_parser = ["config", "on", "off"])]
+        normalize: String,
     },
     /// Measure scoring throughput (pairs/s, tokens/s) on the length mix of a JSONL file.
     Bench {
@@ -290,8 +295,8 @@ fn main() {
     exit_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Score { model, input, output, limit, skip_bad_rows } => {
-            score::score(&model, &input, output.as_deref(), limit, skip_bad_rows)
+        Command::Score { model, input, output, limit, skip_bad_rows, normalize } => {
+            score::score(&model, &input, output.as_deref(), limit, skip_bad_rows, &normalize)
         }
         Command::Bench { model, input, limit, repeats, dump_ids, json, profile } => {
             bench::bench(&model, &input, limit, repeats, dump_ids.as_deref(), json, profile)

@@ -93,8 +93,9 @@ pub fn score(
     output: Option<&Path>,
     limit: Option<usize>,
     skip_bad_rows: bool,
+    normalize: &str,
 ) -> Result<()> {
-    let model = args.load()?;
+    let model = args.load_serving(normalize)?;
     let rows = load_rows(&model, input, limit, skip_bad_rows)?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     let started = Instant::now();
