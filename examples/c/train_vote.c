@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
     {
         rk_trainer *extra = NULL;
         s = rk_trainer_create(models[0], NULL, &extra);
-        printf("second trainer on one model: %s (%s)\n", rk_status_name(s), rk_last_error_message());
+        printf("expected refusal, a second trainer on one model: %s (%s)\n", rk_status_name(s), rk_last_error_message());
     }
 
     for (i = 0; i < STEPS; i++) {

@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
         try {
             rm.score({"only one prompt"}, {});
         } catch (const rewardkit::Error &e) {
-            std::printf("caught: %s\n", e.what());
+            std::printf("expected refusal, prompts and responses of different lengths: %s\n", e.what());
         }
     } catch (const rewardkit::Error &e) {
         std::fprintf(stderr, "rewardkit error: %s\n", e.what());
