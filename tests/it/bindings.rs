@@ -80,7 +80,12 @@ fn installed_package_works_with_pkg_config_and_cmake() {
         .arg(repo().join("examples/data/pairs.tsv")));
     assert!(out.contains("threads agree: yes") && out.lines().count() == 13, "{out}");
     let out = run(Command::new(build.join("iterative_rlhf")).arg(tiny_model()).arg("2").arg("2"));
-    assert!(out.contains("caught: RK_ERR_INVALID_ARGUMENT"), "{out}");
+    assert!(
+        out.contains(
+            "expected refusal, prompts and responses of different lengths: RK_ERR_INVALID_ARGUMENT"
+        ),
+        "{out}"
+    );
     // The installed CLI runs.
     run(Command::new(prefix.join("bin/rewardkit")).arg("--version"));
 }

@@ -105,7 +105,10 @@ fn c_train_vote_example_builds_and_runs() {
             .unwrap()
     };
     assert!(value("loss_last ") < value("loss_first "), "{stdout}");
-    assert!(stdout.contains("expected refusal, a second trainer on one model: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
+    assert!(
+        stdout.contains("expected refusal, a second trainer on one model: RK_ERR_INVALID_ARGUMENT"),
+        "{stdout}"
+    );
     assert_eq!(stdout.lines().filter(|l| l.starts_with("vote pair")).count(), 4);
     assert!(
         dir.join("saved/optimizer.safetensors").exists()
@@ -140,7 +143,12 @@ fn cpp_iterative_rlhf_example_builds_and_runs() {
             "{r:?}"
         );
     }
-    assert!(stdout.contains("expected refusal, prompts and responses of different lengths: RK_ERR_INVALID_ARGUMENT"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "expected refusal, prompts and responses of different lengths: RK_ERR_INVALID_ARGUMENT"
+        ),
+        "{stdout}"
+    );
     // 3 rounds of 2 meta steps, saved and taken back by a restarted trainer.
     assert!(stdout.contains("checkpoint at step 6"), "{stdout}");
 }
