@@ -66,6 +66,18 @@ fn installed_package_works_with_pkg_config_and_cmake() {
     };
     assert_eq!(pc("--modversion").trim(), env!("CARGO_PKG_VERSION"));
     assert!(pc("--libs").contains("-lrewardkit") && pc("--cflags").contains("/include"));
+    // Linked with pkg-config's flags alone, a program finds the library at run time (the
+    // .pc carries an rpath): no LD_LIBRARY_PATH.
+    let exe = dir.join("score_c");
+    let mut cc = Command::new("cc");
+    cc.arg("-std=c99").arg(repo().join("examples/c/score.c")).arg("-o").arg(&exe);
+    cc.args(pc("--cflags").split_whitespace()).args(pc("--libs").split_whitespace());
+    run(&mut cc);
+    let out = run(Command::new(&exe)
+        .arg(tiny_model())
+        .arg(repo().join("examples/data/pairs.tsv"))
+        .env_remove("LD_LIBRARY_PATH"));
+    assert!(out.lines().count() >= 10, "{out}");
 
     let build = dir.join("build");
     run(Command::new("cmake")
