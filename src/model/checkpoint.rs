@@ -365,7 +365,9 @@ pub fn write_reward_stats(dir: &Path, stats: &crate::model::RewardStats) -> Resu
     let path = dir.join(CONFIG_FILE);
     // Parsed and validated as a loader would, so that a broken file is not rewritten.
     let mut raw = crate::model::ModelConfig::from_file(&path)?.raw;
-    let obj = raw.as_object_mut().expect("a validated config.json is an object");
+    let obj = raw.as_object_mut().ok_or_else(|| {
+        Error::new(ErrorKind::CorruptFile, format!("{}: not a JSON object", path.display()))
+    })?;
     obj.insert("mean".into(), stats.mean.into());
     obj.insert("std".into(), stats.std.into());
     obj.insert("normalize_reward".into(), true.into());

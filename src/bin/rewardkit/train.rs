@@ -164,7 +164,9 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
         println!("{}", report(&model, eval_set, &eval_pairs, 10)?.table());
     }
     if targs.write_reward_stats {
-        let (eval_set, out) = eval_set.as_ref().zip(targs.out.as_ref()).expect("checked above");
+        let (eval_set, out) = eval_set.as_ref().zip(targs.out.as_ref()).ok_or_else(|| {
+            rewardkit::Error::invalid("--write-reward-stats needs held-out pairs and --out")
+        })?;
         let (c, r) = eval_set.score_all(&model)?;
         let all: Vec<f64> = c.iter().chain(&r).map(|&x| x as f64).collect();
         let n = all.len() as f64;
