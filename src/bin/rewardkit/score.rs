@@ -87,6 +87,10 @@ pub fn load_rows(
     Ok(out)
 }
 
+/// Rows per scoring call of `score`: large enough to fill the token-budget batches, small
+/// enough for the progress bar to move.
+const SCORE_CHUNK_ROWS: usize = 512;
+
 pub fn score(
     args: &ModelArgs,
     input: &Path,
@@ -99,7 +103,18 @@ pub fn score(
     let rows = load_rows(&model, input, limit, skip_bad_rows)?;
     let seqs: Vec<&[u32]> = rows.iter().flat_map(|r| r.seqs.iter().map(Vec::as_slice)).collect();
     let started = Instant::now();
-    let rewards = model.score_ids(&seqs)?;
+    // In chunks of whole rows (a pair's two sides stay together, so their shared prompt is
+    // still computed once), for a progress bar with rate and ETA on a terminal.
+    let pb = crate::progress::bar(seqs.len() as u64, "sequences");
+    let mut rewards = Vec::with_capacity(seqs.len());
+    let mut at = 0;
+    for chunk in rows.chunks(SCORE_CHUNK_ROWS) {
+        let n: usize = chunk.iter().map(|r| r.seqs.len()).sum();
+        rewards.extend(model.score_ids(&seqs[at..at + n])?);
+        at += n;
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
 
     let mut out: Box<dyn Write> = match output {
