@@ -105,13 +105,29 @@ fn run_fit(
     Ok(())
 }
 
+/// `set.score_all(model)` in chunks of pairs, with a progress bar (rate, ETA) on a terminal.
+fn score_all_with_progress(model: &SharedModel, set: &PairSet) -> Result<(Vec<f32>, Vec<f32>)> {
+    const CHUNK_PAIRS: usize = 512;
+    let pb = progress::bar(set.len() as u64, "pairs");
+    let (mut chosen, mut rejected) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(CHUNK_PAIRS) {
+        let (c, r) = set.subset(chunk)?.score_all(model)?;
+        chosen.extend(c);
+        rejected.extend(r);
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok((chosen, rejected))
+}
+
 pub fn report(
     model: &SharedModel,
     set: &PairSet,
     pairs: &[PreferencePair],
     buckets: usize,
 ) -> Result<EvalReport> {
-    let (c, r) = set.score_all(model)?;
+    let (c, r) = score_all_with_progress(model, set)?;
     let strengths = strengths_of(pairs);
     let external: Vec<Option<bool>> = pairs.iter().map(|p| p.external_label).collect();
     Ok(evaluate_rewards(&c, &r, strengths.as_deref(), Some(&external), buckets))
