@@ -45,6 +45,27 @@ fn fresh_sibling_path(path: &Path, tag: &str) -> PathBuf {
     }
 }
 
+/// Writes `bytes` to a new file at `path` and syncs it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Replaces the file `path` with `bytes` atomically: they are written and synced to a fresh
+/// hidden file beside it, which is then renamed over `path`, so a reader (or a crash) sees the
+/// whole old file or the whole new one. The temporary file is removed on failure.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = fresh_sibling_path(path, "tmp");
+    let written = write_synced(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Creates a new, empty directory beside `path` (for a save to fill before it replaces
 /// `path`). Never reuses or deletes anything already there.
 pub fn fresh_sibling_dir(path: &Path, tag: &str) -> Result<PathBuf> {
@@ -89,6 +110,27 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_file_write_replaces_whole_and_leaves_nothing_behind() {
+        let root = std::env::temp_dir().join(format!("rk-fsutil-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let f = root.join("config.json");
+        std::fs::write(&f, "old").unwrap();
+        write_file_atomic(&f, b"new").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"new");
+        // A rename onto a directory fails: the temporary file is removed, the target kept.
+        let d = root.join("dir");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("keep"), "x").unwrap();
+        assert!(write_file_atomic(&d, b"y").is_err());
+        let mut names: Vec<_> =
+            std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["config.json", "dir"]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn replaces_existing_directory() {

@@ -337,7 +337,7 @@ pub fn save_checkpoint(
     let write = || -> Result<()> {
         let cfg_bytes =
             serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
-        write_synced(&tmp.join(CONFIG_FILE), &cfg_bytes)?;
+        crate::fsutil::write_synced(&tmp.join(CONFIG_FILE), &cfg_bytes)?;
         let cpu: Vec<(String, Tensor)> = tensors
             .iter()
             .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
@@ -345,9 +345,9 @@ pub fn save_checkpoint(
         let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
         let bytes = safetensors::serialize(cpu, Some(metadata))
             .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        write_synced(&tmp.join(WEIGHTS_FILE), &bytes)?;
+        crate::fsutil::write_synced(&tmp.join(WEIGHTS_FILE), &bytes)?;
         for (name, data) in extra_files {
-            write_synced(&tmp.join(name), data)?;
+            crate::fsutil::write_synced(&tmp.join(name), data)?;
         }
         // The destination may have changed since the first check.
         check_replaceable(dir)?;
@@ -372,19 +372,7 @@ pub fn write_reward_stats(dir: &Path, stats: &crate::model::RewardStats) -> Resu
     obj.insert("std".into(), stats.std.into());
     obj.insert("normalize_reward".into(), true.into());
     let out = serde_json::to_vec_pretty(&raw).map_err(|e| Error::invalid(e.to_string()))?;
-    let tmp = dir.join(format!(".{CONFIG_FILE}.{}.tmp", std::process::id()));
-    write_synced(&tmp, &out)?;
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(&path, e)
-    })
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+    crate::fsutil::write_file_atomic(&path, &out)
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ struct FoldsFile {
     lines: Vec<(usize, usize)>,
 }
 
-/// Saves the fold layout beside the members (write then rename: a reader never sees half).
+/// Saves the fold layout beside the members (atomically: a reader never sees half).
 fn save_folds(out: &Path, folds: &Folds, lines: &[usize]) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let file = FoldsFile {
@@ -127,26 +127,15 @@ fn save_folds(out: &Path, folds: &Folds, lines: &[usize]) -> Result<()> {
         seed: folds.seed,
         lines: lines.iter().copied().zip(folds.fold_of.iter().copied()).collect(),
     };
-    let path = out.join(FOLDS_FILE);
-    let tmp = out.join(format!(".{FOLDS_FILE}.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec(&file).map_err(|e| Error::invalid(e.to_string()))?;
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    rewardkit::fsutil::write_file_atomic(&out.join(FOLDS_FILE), &bytes)
 }
 
 /// The layout saved by `ensemble --folds`, for the pairs at `lines` (in their order here).
 fn load_folds(path: &Path, lines: &[usize]) -> Result<Folds> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     // Two indices per pair, a few bytes each: far below this for any dataset we accept.
     let cap = 64 * rewardkit::limits::MAX_ITEMS_PER_CALL as u64 + 4096;
-    if meta.len() > cap {
-        return Err(Error::invalid(format!(
-            "{}: {} bytes, too large for a fold layout",
-            path.display(),
-            meta.len()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = rewardkit::limits::read_file(path, cap)?;
     let corrupt = |what: String| {
         Error::new(
             ErrorKind::CorruptFile,
