@@ -159,6 +159,36 @@ pub struct DataArgs {
     pub strengths: Option<PathBuf>,
 }
 
+/// A row that stops a run: unless rows are already being skipped (or it is an I/O error, which
+/// skipping cannot help), the message says how to go on without it.
+pub fn with_skip_hint(e: rewardkit::Error, skip_bad_rows: bool) -> rewardkit::Error {
+    if skip_bad_rows || e.kind() == rewardkit::ErrorKind::Io {
+        return e;
+    }
+    rewardkit::Error::new(
+        e.kind(),
+        format!(
+            "{}\n(rerun with --skip-bad-rows to skip such rows; they are counted and listed)",
+            e.message()
+        ),
+    )
+}
+
+/// Lists skipped rows (line: why) on stderr, the first ten of them; `rows`: how many were read.
+pub fn report_skipped(path: &Path, skipped: &[(usize, String)], rows: Option<usize>) {
+    if skipped.is_empty() {
+        return;
+    }
+    let of = rows.map_or(String::new(), |n| format!(" of {n}"));
+    eprintln!("{}: skipped {}{of} rows:", path.display(), skipped.len());
+    for (line, why) in skipped.iter().take(10) {
+        eprintln!("  line {line}: {why}");
+    }
+    if skipped.len() > 10 {
+        eprintln!("  ... and {} more", skipped.len() - 10);
+    }
+}
+
 impl DataArgs {
     /// `path`, without a held-out split, strengths or labels.
     pub fn only(data: PathBuf, limit: Option<usize>, skip_bad_rows: bool) -> DataArgs {
@@ -181,31 +211,9 @@ impl DataArgs {
             label_field: self.label_field.clone(),
             limit,
         };
-        let (pairs, report) = read_preferences(path, &opts).map_err(|e| {
-            if self.skip_bad_rows || e.kind() == rewardkit::ErrorKind::Io {
-                e
-            } else {
-                // A row that cannot be used: say how to go on without it.
-                rewardkit::Error::new(
-                    e.kind(),
-                    format!("{}\n(rerun with --skip-bad-rows to skip such rows; they are counted and listed)", e.message()),
-                )
-            }
-        })?;
-        if !report.skipped.is_empty() {
-            eprintln!(
-                "{}: skipped {} of {} rows:",
-                path.display(),
-                report.skipped.len(),
-                report.rows
-            );
-            for (line, why) in report.skipped.iter().take(10) {
-                eprintln!("  line {line}: {why}");
-            }
-            if report.skipped.len() > 10 {
-                eprintln!("  ... and {} more", report.skipped.len() - 10);
-            }
-        }
+        let (pairs, report) =
+            read_preferences(path, &opts).map_err(|e| with_skip_hint(e, self.skip_bad_rows))?;
+        report_skipped(path, &report.skipped, Some(report.rows));
         Ok(pairs)
     }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use rewardkit::io::data::{read_jsonl_rows, ScoreRow};
 use rewardkit::{Error, Result, SharedModel};
 
-use crate::args::ModelArgs;
+use crate::args::{report_skipped, with_skip_hint, ModelArgs};
 
 /// The token sequences one input row contributes (1, or 2 for a preference pair).
 fn row_sequences(model: &SharedModel, row: &ScoreRow) -> Result<Vec<Vec<u32>>> {
@@ -61,26 +61,11 @@ pub fn load_rows(
             }
             Err(e) => {
                 let e = e.context(format!("{}: line {line}", input.display()));
-                return Err(if skip_bad_rows {
-                    e
-                } else {
-                    Error::new(
-                        e.kind(),
-                        format!("{}\n(rerun with --skip-bad-rows to skip such rows; they are counted and listed)", e.message()),
-                    )
-                });
+                return Err(with_skip_hint(e, skip_bad_rows));
             }
         }
     }
-    if !skipped.is_empty() {
-        eprintln!("{}: skipped {} rows:", input.display(), skipped.len());
-        for (line, why) in skipped.iter().take(10) {
-            eprintln!("  line {line}: {why}");
-        }
-        if skipped.len() > 10 {
-            eprintln!("  ... and {} more", skipped.len() - 10);
-        }
-    }
+    report_skipped(input, &skipped, None);
     if out.is_empty() {
         return Err(Error::invalid(format!("{}: no usable rows", input.display())));
     }
