@@ -128,9 +128,14 @@ pub fn report(
     buckets: usize,
 ) -> Result<EvalReport> {
     let (c, r) = score_all_with_progress(model, set)?;
+    Ok(report_of(&c, &r, pairs, buckets))
+}
+
+/// The evaluation report of rewards already scored (chosen and rejected, aligned with `pairs`).
+fn report_of(c: &[f32], r: &[f32], pairs: &[PreferencePair], buckets: usize) -> EvalReport {
     let strengths = strengths_of(pairs);
     let external: Vec<Option<bool>> = pairs.iter().map(|p| p.external_label).collect();
-    Ok(evaluate_rewards(&c, &r, strengths.as_deref(), Some(&external), buckets))
+    evaluate_rewards(c, r, strengths.as_deref(), Some(&external), buckets)
 }
 
 pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()> {
@@ -177,25 +182,24 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
         "train",
     )?;
     if let Some(eval_set) = &eval_set {
-        println!("{}", report(&model, eval_set, &eval_pairs, 10)?.table());
-    }
-    if targs.write_reward_stats {
-        let (eval_set, out) = eval_set.as_ref().zip(targs.out.as_ref()).ok_or_else(|| {
-            rewardkit::Error::invalid("--write-reward-stats needs held-out pairs and --out")
-        })?;
-        let (c, r) = eval_set.score_all(&model)?;
-        let all: Vec<f64> = c.iter().chain(&r).map(|&x| x as f64).collect();
-        let n = all.len() as f64;
-        let mean = all.iter().sum::<f64>() / n;
-        let std = (all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        let stats = rewardkit::model::RewardStats::new(mean, std)?;
-        let dir = out.join("final");
-        rewardkit::model::checkpoint::write_reward_stats(&dir, &stats)?;
-        eprintln!(
-            "reward statistics of {} held-out rewards: mean {mean:.6}, std {std:.6} -> {}/config.json",
-            all.len(),
-            dir.display()
-        );
+        // Scored once, for the report and, when asked, the reward statistics.
+        let (c, r) = score_all_with_progress(&model, eval_set)?;
+        println!("{}", report_of(&c, &r, &eval_pairs, 10).table());
+        if let (true, Some(out)) = (targs.write_reward_stats, &targs.out) {
+            // Both sides of every pair; std with n - 1, as OpenRLHF (torch.std).
+            let all: Vec<f32> = c.iter().chain(&r).copied().collect();
+            let n = all.len() as f64;
+            let (mean, population_std) = rewardkit::eval::metrics::mean_std(&all);
+            let std = population_std * (n / (n - 1.0)).sqrt();
+            let stats = rewardkit::model::RewardStats::new(mean, std)?;
+            let dir = out.join("final");
+            rewardkit::model::checkpoint::write_reward_stats(&dir, &stats)?;
+            eprintln!(
+                "reward statistics of {} held-out rewards: mean {mean:.6}, std {std:.6} -> {}/config.json",
+                all.len(),
+                dir.display()
+            );
+        }
     }
     Ok(())
 }
