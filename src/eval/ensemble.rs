@@ -62,23 +62,24 @@ impl RewardEnsemble {
 
     /// Scores `prompt + response` pairs; each model tokenizes with its own tokenizer.
     pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<EnsembleScores> {
-        self.score_with(pairs.len(), |m| m.encode_pairs(pairs))
+        self.score_with(pairs.len(), |m| Ok(Arc::new(m.encode_pairs(pairs)?)))
     }
 
     /// Scores token-id sequences, the same ids for every model (the members must share a
     /// vocabulary; every sequence is checked against each).
     pub fn score_ids(&self, seqs: &[&[u32]]) -> Result<EnsembleScores> {
-        let owned: Vec<Vec<u32>> = seqs.iter().map(|s| s.to_vec()).collect();
+        // One copy of the ids, shared by every model.
+        let ids = Arc::new(seqs.iter().map(|s| s.to_vec()).collect::<Vec<_>>());
         self.score_with(seqs.len(), |m| {
             m.read()?.validate_sequences(seqs.iter().copied(), "sequence")?;
-            Ok(owned.clone())
+            Ok(ids.clone())
         })
     }
 
     fn score_with(
         &self,
         n: usize,
-        mut ids_for: impl FnMut(&SharedModel) -> Result<Vec<Vec<u32>>>,
+        mut ids_for: impl FnMut(&SharedModel) -> Result<Arc<Vec<Vec<u32>>>>,
     ) -> Result<EnsembleScores> {
         if n == 0 {
             return Err(Error::invalid("nothing to score: zero sequences"));
@@ -89,7 +90,7 @@ impl RewardEnsemble {
         for (k, (model, &heads)) in self.models.iter().zip(&self.heads).enumerate() {
             let at = |e: Error| e.context(format!("ensemble model {k}"));
             let ids = ids_for(model).map_err(at)?;
-            let rows = SeqSource::Ids(Arc::new(ids)).head_rewards(model, &idx).map_err(at)?;
+            let rows = SeqSource::Ids(ids).head_rewards(model, &idx).map_err(at)?;
             by_member.extend((0..heads).map(|h| {
                 // Each member as its model serves it (normalised by its own statistics when
                 // loaded to be).

@@ -49,8 +49,10 @@ pub struct Bucket {
 
 /// How ensemble members' rewards combine into one reward for policy training (Coste et al.:
 /// mean, worst case, uncertainty-weighted).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum EnsembleReward {
+    /// The mean over members (the default).
+    #[default]
     Mean,
     /// Worst case over members.
     Min,

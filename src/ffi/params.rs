@@ -637,13 +637,20 @@ pub unsafe extern "C" fn rk_ensemble_params_init(
         params,
         size,
         ENSEMBLE_PARAMS_MIN_SIZE,
-        rk_ensemble_params {
-            struct_size: std::mem::size_of::<rk_ensemble_params>(),
-            combine: RK_COMBINE_MEAN,
-            lambda: 0.0,
-        },
+        ensemble_params_from(EnsembleReward::default()),
         "rk_ensemble_params",
     )
+}
+
+/// An `EnsembleReward` written as C params: how `rk_ensemble_params_init` gets its defaults.
+fn ensemble_params_from(e: EnsembleReward) -> rk_ensemble_params {
+    let (combine, lambda) = match e {
+        EnsembleReward::Mean => (RK_COMBINE_MEAN, 0.0),
+        EnsembleReward::Min => (RK_COMBINE_MIN, 0.0),
+        EnsembleReward::MeanMinusVar(l) => (RK_COMBINE_MEAN_MINUS_VAR, l),
+        EnsembleReward::MeanMinusStd(l) => (RK_COMBINE_MEAN_MINUS_STD, l),
+    };
+    rk_ensemble_params { struct_size: std::mem::size_of::<rk_ensemble_params>(), combine, lambda }
 }
 
 /// The caller's ensemble options (NULL: the mean), checked.
@@ -651,15 +658,11 @@ pub unsafe extern "C" fn rk_ensemble_params_init(
 /// # Safety
 /// `p` NULL or a valid `rk_ensemble_params`.
 pub(crate) unsafe fn ensemble_reward(p: *const rk_ensemble_params) -> Result<EnsembleReward> {
+    let defaults = EnsembleReward::default();
     if p.is_null() {
-        return Ok(EnsembleReward::Mean);
+        return Ok(defaults);
     }
-    let defaults = rk_ensemble_params {
-        struct_size: std::mem::size_of::<rk_ensemble_params>(),
-        combine: RK_COMBINE_MEAN,
-        lambda: 0.0,
-    };
-    let p = read_versioned(p, defaults, ENSEMBLE_PARAMS_MIN_SIZE, "params")?;
+    let p = read_versioned(p, ensemble_params_from(defaults), ENSEMBLE_PARAMS_MIN_SIZE, "params")?;
     let combine = match p.combine {
         RK_COMBINE_MEAN => EnsembleReward::Mean,
         RK_COMBINE_MIN => EnsembleReward::Min,
@@ -673,13 +676,24 @@ pub(crate) unsafe fn ensemble_reward(p: *const rk_ensemble_params) -> Result<Ens
             p.lambda
         )));
     }
-    combine.validate()?;
     Ok(combine)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ensemble_combinations_round_trip_through_the_c_struct() {
+        for e in [
+            EnsembleReward::default(),
+            EnsembleReward::Min,
+            EnsembleReward::MeanMinusVar(0.5),
+            EnsembleReward::MeanMinusStd(2.0),
+        ] {
+            assert_eq!(unsafe { ensemble_reward(&ensemble_params_from(e)) }.unwrap(), e);
+        }
+    }
 
     #[test]
     fn defaults_round_trip_through_the_c_struct() {
