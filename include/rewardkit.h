@@ -929,6 +929,35 @@ void rk_model_free(struct rk_model *model);
 RK_MUST_USE rk_status rk_model_score_texts(const struct rk_model *model, const char *const *prompts, const char *const *responses, size_t n, float *out_rewards);
 
 /**
+ * Scores `n` conversations: `conversations[i]` is a JSON array of turns
+ * (`[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]`), rendered
+ * by the model's chat template (`chat_template.jinja` or `tokenizer_config.json` in the
+ * checkpoint; the HH-RLHF text format for a checkpoint without one) and scored as a whole.
+ * On failure `out_rewards` is left unchanged.
+ *
+ * Thread safety: as `rk_model_score_texts`.
+ *
+ * # Safety
+ * `conversations` must hold `n` NUL-terminated strings; `out_rewards` room for `n` floats.
+ */
+RK_MUST_USE rk_status rk_model_score_chats(const struct rk_model *model, const char *const *conversations, size_t n, float *out_rewards);
+
+/**
+ * Renders one conversation (a JSON array of turns, as `rk_model_score_chats` takes) as the
+ * model reads it, with the opening of an assistant turn appended when
+ * `add_generation_prompt` is 1: the prompt a policy generates after. The text and a NUL go to
+ * `out_text` (`capacity` bytes); `*out_len` receives the text's length in bytes (without the
+ * NUL) even when it does not fit (`RK_BUFFER_TOO_SMALL`: call again with `*out_len + 1`).
+ *
+ * Thread safety: as `rk_model_score_texts`.
+ *
+ * # Safety
+ * `conversation` NUL-terminated; `out_text` NULL (with `capacity` 0) or `capacity` writable
+ * bytes; `out_len` writable.
+ */
+RK_MUST_USE rk_status rk_model_apply_chat_template(const struct rk_model *model, const char *conversation, uint8_t add_generation_prompt, char *out_text, size_t capacity, size_t *out_len);
+
+/**
  * Scores `n` pre-tokenized sequences laid out flat: sequence `i` is
  * `ids[offsets[i] .. offsets[i+1]]`, so `offsets` has `n + 1` entries, starting at 0. Ids are
  * used as given (no BOS/EOS is added); the reward is read at the rightmost non-pad token, as

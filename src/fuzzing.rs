@@ -69,9 +69,39 @@ pub fn gguf_file(data: &[u8]) {
 /// One JSONL line in each row shape the library reads.
 pub fn jsonl_line(data: &[u8]) {
     if let Ok(row) = crate::io::data::parse_jsonl_line(data) {
-        let _ = crate::io::data::PreferencePair::parse(&row, 1, Some("label"));
-        let _ = crate::io::data::ScoreRow::parse(&row);
+        let chatml = crate::io::chat::ChatTemplate::new(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+             {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            Default::default(),
+        )
+        .expect("a valid template");
+        let template = crate::io::chat::ChatFormat::Template(std::sync::Arc::new(chatml));
+        for chat in [crate::io::chat::ChatFormat::Hh, template] {
+            let _ = crate::io::data::PreferencePair::parse(&row, 1, Some("label"), &chat);
+            let _ = crate::io::data::ScoreRow::parse(&row, &chat);
+        }
         let _ = crate::io::data::PolicyRow::parse(&row);
+    }
+}
+
+/// A chat template's source, compiled and run on a conversation of every role.
+pub fn chat_template(data: &[u8]) {
+    let Ok(source) = std::str::from_utf8(data) else { return };
+    let special = crate::io::chat::SpecialTokens {
+        bos: Some("<s>".into()),
+        eos: Some("</s>".into()),
+        ..Default::default()
+    };
+    if let Ok(t) = crate::io::chat::ChatTemplate::new(source, special) {
+        let turns = serde_json::json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi é"},
+            {"role": "assistant", "content": "Hello."},
+        ]);
+        let turns = turns.as_array().expect("a list");
+        for add_generation_prompt in [false, true] {
+            let _ = t.render(turns, add_generation_prompt);
+        }
     }
 }
 

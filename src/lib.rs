@@ -36,4 +36,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use handle::batch::BatchOptions;
 pub use handle::tokenize::{RewardTokenizer, TextOptions};
 pub use handle::{ModelInfo, SharedModel, SharedModelOptions};
+pub use io::chat::{ChatFormat, ChatTemplate, ChatTemplateChoice};
 pub use model::{ComputeDType, LoadOptions, ModelConfig, Normalize, RewardModel};

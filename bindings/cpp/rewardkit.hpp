@@ -138,6 +138,29 @@ public:
         return out;
     }
 
+    /// Rewards of whole conversations, each a JSON array of turns
+    /// (`[{"role":"user","content":"..."},{"role":"assistant","content":"..."}]`), rendered by
+    /// the model's chat template (the HH-RLHF format for a checkpoint without one).
+    std::vector<float> score_chats(const std::vector<std::string> &conversations_json) const {
+        std::vector<float> out(conversations_json.size());
+        auto c = detail::c_strs(conversations_json);
+        detail::check(rk_model_score_chats(handle_, c.data(), c.size(), out.data()));
+        return out;
+    }
+
+    /// The text of a conversation (a JSON array of turns) as the model reads it; with
+    /// `add_generation_prompt`, ending with the opening of an assistant turn.
+    std::string apply_chat_template(const std::string &conversation_json, bool add_generation_prompt = false) const {
+        size_t n = 0;
+        uint8_t gen = add_generation_prompt ? 1 : 0;
+        rk_status s = rk_model_apply_chat_template(handle_, conversation_json.c_str(), gen, nullptr, 0, &n);
+        if (s != RK_ERR_BUFFER_TOO_SMALL) detail::check(s);
+        std::string text(n + 1, '\0');
+        detail::check(rk_model_apply_chat_template(handle_, conversation_json.c_str(), gen, &text[0], text.size(), &n));
+        text.resize(n);
+        return text;
+    }
+
     /// Rewards of pre-tokenized sequences.
     std::vector<float> score_tokens(const std::vector<std::vector<uint32_t>> &seqs) const {
         auto flat = detail::flatten(seqs);

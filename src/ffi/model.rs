@@ -4,11 +4,14 @@ use std::ffi::c_char;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::args::{count, fill_c_chars, null, out_slice, out_struct, sequences, str_arg, strings};
+use super::args::{
+    count, fill_c_chars, flag, null, out_slice, out_struct, sequences, str_arg, strings,
+};
 use super::params::{dtype_to_c, model_options, rk_dtype, rk_model_params};
 use super::status::{guard, rk_status};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Result};
 use crate::handle::SharedModel;
+use crate::io::chat::parse_turns;
 
 /// A loaded reward model. Opaque; create with `rk_model_load`, release with `rk_model_free`.
 ///
@@ -130,6 +133,83 @@ pub unsafe extern "C" fn rk_model_score_texts(
         let out = out_slice(out_rewards, n, "out_rewards")?;
         let pairs: Vec<(&str, &str)> = prompts.into_iter().zip(responses).collect();
         out.copy_from_slice(&model.score_pairs(&pairs)?);
+        Ok(())
+    })
+}
+
+/// Scores `n` conversations: `conversations[i]` is a JSON array of turns
+/// (`[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]`), rendered
+/// by the model's chat template (`chat_template.jinja` or `tokenizer_config.json` in the
+/// checkpoint; the HH-RLHF text format for a checkpoint without one) and scored as a whole.
+/// On failure `out_rewards` is left unchanged.
+///
+/// Thread safety: as `rk_model_score_texts`.
+///
+/// # Safety
+/// `conversations` must hold `n` NUL-terminated strings; `out_rewards` room for `n` floats.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn rk_model_score_chats(
+    model: *const rk_model,
+    conversations: *const *const c_char,
+    n: usize,
+    out_rewards: *mut f32,
+) -> rk_status {
+    guard(|| {
+        let model = model_arg(model, "model")?;
+        let n = count(n, "n")?;
+        let chats = strings(conversations, n, "conversations")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| parse_turns(c).map_err(|e| e.context(format!("conversations[{i}]"))))
+            .collect::<Result<Vec<_>>>()?;
+        let out = out_slice(out_rewards, n, "out_rewards")?;
+        let refs: Vec<&[serde_json::Value]> = chats.iter().map(Vec::as_slice).collect();
+        out.copy_from_slice(&model.score_chats(&refs)?);
+        Ok(())
+    })
+}
+
+/// Renders one conversation (a JSON array of turns, as `rk_model_score_chats` takes) as the
+/// model reads it, with the opening of an assistant turn appended when
+/// `add_generation_prompt` is 1: the prompt a policy generates after. The text and a NUL go to
+/// `out_text` (`capacity` bytes); `*out_len` receives the text's length in bytes (without the
+/// NUL) even when it does not fit (`RK_BUFFER_TOO_SMALL`: call again with `*out_len + 1`).
+///
+/// Thread safety: as `rk_model_score_texts`.
+///
+/// # Safety
+/// `conversation` NUL-terminated; `out_text` NULL (with `capacity` 0) or `capacity` writable
+/// bytes; `out_len` writable.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn rk_model_apply_chat_template(
+    model: *const rk_model,
+    conversation: *const c_char,
+    add_generation_prompt: u8,
+    out_text: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+) -> rk_status {
+    guard(|| {
+        let model = model_arg(model, "model")?;
+        let out_len = out_len.as_mut().ok_or_else(|| null("out_len"))?;
+        let turns = parse_turns(str_arg(conversation, "conversation")?)?;
+        let add = flag(add_generation_prompt, "add_generation_prompt")?;
+        let text = model.render_chat(&turns, add)?;
+        if text.as_bytes().contains(&0) {
+            return Err(Error::invalid("the rendered conversation holds a NUL byte"));
+        }
+        *out_len = text.len();
+        if text.len() >= capacity {
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!("{} bytes and a NUL do not fit in capacity {capacity}", text.len()),
+            ));
+        }
+        let out = out_slice(out_text.cast::<u8>(), text.len() + 1, "out_text")?;
+        out[..text.len()].copy_from_slice(text.as_bytes());
+        out[text.len()] = 0;
         Ok(())
     })
 }

@@ -386,6 +386,8 @@ pub(crate) unsafe fn model_options(p: *const rk_model_params) -> Result<SharedMo
             share_prefixes: flag(p.share_prefixes, "params->share_prefixes")?,
         },
         n_threads: p.n_threads as usize,
+        // The checkpoint's own template (chat_template.jinja or tokenizer_config.json).
+        chat_template: Default::default(),
     };
     options.validate()?;
     Ok(options)

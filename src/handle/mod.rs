@@ -12,11 +12,14 @@ pub mod tokenize;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle::batch::{score_sequences, BatchOptions};
 use crate::handle::tokenize::{RewardTokenizer, TextOptions};
+use crate::io::chat::{ChatFiles, ChatFormat, ChatTemplate, ChatTemplateChoice};
 use crate::model::checkpoint::TOKENIZER_FILE;
 use crate::model::{ComputeDType, HeadSource, LoadOptions, Normalize, RewardModel, RewardStats};
 
@@ -28,6 +31,8 @@ pub struct SharedModelOptions {
     pub batch: BatchOptions,
     /// Worker threads for tensor work; 0 = the cores available to this process.
     pub n_threads: usize,
+    /// What renders conversations (lists of turns) to text.
+    pub chat_template: ChatTemplateChoice,
 }
 
 impl SharedModelOptions {
@@ -80,6 +85,11 @@ pub struct SharedModel {
     device_name: String,
     /// Set when scores are served normalised: `(r - mean) / std`.
     served_stats: Option<RewardStats>,
+    /// How conversations become text, or why they cannot (a broken template fails the calls
+    /// that need it, not the load).
+    chat: std::result::Result<ChatFormat, Error>,
+    /// tokenizer_config.json and chat_template.jinja as loaded, saved with every checkpoint.
+    chat_files: ChatFiles,
 }
 
 impl SharedModel {
@@ -97,7 +107,21 @@ impl SharedModel {
         } else {
             None
         };
-        Self::assemble(model, tokenizer, opts, pool)
+        let chat_files = ChatFiles::read(dir)?;
+        let template = match &opts.chat_template {
+            ChatTemplateChoice::Hh => Ok(None),
+            ChatTemplateChoice::Model => ChatTemplate::from_files(dir, &chat_files, None),
+            // A template the caller chose fails the load if it does not compile.
+            ChatTemplateChoice::Source(s) => {
+                Ok(ChatTemplate::from_files(dir, &chat_files, Some(s))?)
+            }
+        };
+        let chat =
+            template.map(|t| t.map_or(ChatFormat::Hh, |t| ChatFormat::Template(Arc::new(t))));
+        let mut shared = Self::assemble(model, tokenizer, opts, pool)?;
+        shared.chat = chat;
+        shared.chat_files = chat_files;
+        Ok(shared)
     }
 
     /// Wraps a model already in memory.
@@ -107,7 +131,12 @@ impl SharedModel {
         opts: &SharedModelOptions,
     ) -> Result<Self> {
         opts.validate()?;
-        Self::assemble(model, tokenizer, opts, build_pool(opts.n_threads)?)
+        let mut shared = Self::assemble(model, tokenizer, opts, build_pool(opts.n_threads)?)?;
+        if let ChatTemplateChoice::Source(s) = &opts.chat_template {
+            let t = ChatTemplate::new(s, Default::default())?;
+            shared.chat = Ok(ChatFormat::Template(Arc::new(t)));
+        }
+        Ok(shared)
     }
 
     fn assemble(
@@ -142,6 +171,8 @@ impl SharedModel {
             pool,
             device_name: opts.load.device.name(),
             served_stats,
+            chat: Ok(ChatFormat::Hh),
+            chat_files: ChatFiles::default(),
         })
     }
 
@@ -179,17 +210,43 @@ impl SharedModel {
         self.trainer_attached.store(false, Ordering::Release);
     }
 
-    /// The tokenizer as tokenizer.json bytes, for saving next to a checkpoint.
-    pub fn tokenizer_json(&self) -> Result<Option<Vec<u8>>> {
-        self.tokenizer
-            .as_ref()
-            .map(|t| {
-                t.inner()
-                    .to_string(false)
-                    .map(String::into_bytes)
-                    .map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))
+    /// The tokenizer's files (tokenizer.json, and tokenizer_config.json and
+    /// chat_template.jinja when the checkpoint had them), for saving next to a checkpoint.
+    pub fn tokenizer_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let mut files = self.chat_files.files();
+        if let Some(t) = &self.tokenizer {
+            let json = t
+                .inner()
+                .to_string(false)
+                .map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))?;
+            files.insert(0, (TOKENIZER_FILE, json.into_bytes()));
+        }
+        Ok(files)
+    }
+
+    /// How this model renders conversations: its chat template, or the HH format.
+    pub fn chat_format(&self) -> Result<ChatFormat> {
+        self.chat.clone()
+    }
+
+    /// The text of a conversation as this model reads it.
+    pub fn render_chat(&self, turns: &[Value], add_generation_prompt: bool) -> Result<String> {
+        self.chat_format()?.render(turns, add_generation_prompt)
+    }
+
+    /// Rewards of whole conversations (each a list of turns), rendered by the chat template.
+    pub fn score_chats(&self, chats: &[&[Value]]) -> Result<Vec<f32>> {
+        let chat = self.chat_format()?;
+        let texts = chats
+            .iter()
+            .enumerate()
+            .map(|(i, turns)| {
+                chat.render(turns, false).map_err(|e| e.context(format!("conversations[{i}]")))
             })
-            .transpose()
+            .collect::<Result<Vec<_>>>()?;
+        let seqs = self.encode_texts(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        self.score_ids(&refs)
     }
 
     pub fn tokenizer(&self) -> Result<&RewardTokenizer> {

@@ -27,6 +27,9 @@ pub struct RewardTokenizer {
     inner: Tokenizer,
     /// Special tokens the post-processor adds to a single sequence (e.g. 1 for a BOS).
     special_added: usize,
+    /// The ids the post-processor puts before a sequence (a BOS), with their text: a text
+    /// that already begins with that text (a rendered chat template) does not get them twice.
+    leading_special: Option<(String, Vec<u32>)>,
     eos_id: Option<u32>,
 }
 
@@ -71,7 +74,15 @@ impl RewardTokenizer {
             .get_post_processor()
             .map(|p| tokenizers::PostProcessor::added_tokens(p, false))
             .unwrap_or(0);
-        Ok(RewardTokenizer { inner, special_added, eos_id })
+        let leading_special = leading_special(&inner)?;
+        Ok(RewardTokenizer { inner, special_added, leading_special, eos_id })
+    }
+
+    /// Whether `text` begins with the special tokens the post-processor would put before it
+    /// (a chat template that writes `{{ bos_token }}`): such a text is encoded as
+    /// transformers' `apply_chat_template` encodes it, without adding them again.
+    fn carries_leading_special(&self, start: &str) -> bool {
+        self.leading_special.as_ref().is_some_and(|(text, _)| start.starts_with(text.as_str()))
     }
 
     pub fn inner(&self) -> &Tokenizer {
@@ -87,30 +98,36 @@ impl RewardTokenizer {
         max_len: usize,
     ) -> Result<Vec<u32>> {
         let parts = [prompt, opts.separator.as_str(), response];
+        let own = self.carries_leading_special(&joined_head(&parts, 256));
         let total: usize = parts.iter().map(|p| p.len()).sum();
         // Left truncation keeps only the end: a very long text is joined from its tail alone,
         // and the full join is made only if no safe cut exists within that tail.
         let window = JOIN_WINDOW_BYTES.saturating_add(max_len.saturating_mul(64));
         if total > window {
-            if let Some(ids) =
-                self.encode(&joined_tail(&parts, window), opts.append_eos, max_len, true)?
-            {
+            let tail = joined_tail(&parts, window);
+            if let Some(ids) = self.encode(&tail, own, opts.append_eos, max_len, true)? {
                 return Ok(ids);
             }
         }
-        self.encode_text(&parts.concat(), opts.append_eos, max_len)
+        let ids = self.encode(&parts.concat(), own, opts.append_eos, max_len, false)?;
+        Ok(ids.expect("a whole text always encodes"))
     }
 
     /// Token ids of one whole text (already joined), at most `max_len` long.
     pub fn encode_text(&self, text: &str, append_eos: bool, max_len: usize) -> Result<Vec<u32>> {
-        Ok(self.encode(text, append_eos, max_len, false)?.expect("a whole text always encodes"))
+        let own = self.carries_leading_special(text);
+        Ok(self
+            .encode(text, own, append_eos, max_len, false)?
+            .expect("a whole text always encodes"))
     }
 
     /// Ids of the end of `text`. With `tail_only`, `text` is the tail of a longer text: `None`
-    /// when no safe cut was found inside it.
+    /// when no safe cut was found inside it. `own_specials`: the whole text begins with the
+    /// post-processor's leading specials, so none are added (and a cut puts them back).
     fn encode(
         &self,
         text: &str,
+        own_specials: bool,
         append_eos: bool,
         max_len: usize,
         tail_only: bool,
@@ -124,7 +141,8 @@ impl RewardTokenizer {
                 ))
             }
         };
-        let reserved = self.special_added + usize::from(eos.is_some());
+        let added = if own_specials { 0 } else { self.special_added };
+        let reserved = added + usize::from(eos.is_some());
         if max_len <= reserved {
             return Err(Error::invalid(format!(
                 "max_length {max_len} leaves no room for text after {reserved} special tokens"
@@ -133,10 +151,18 @@ impl RewardTokenizer {
         let Some(enc) = self.encode_kept(text, max_len - reserved, tail_only)? else {
             return Ok(None);
         };
-        let enc = self.inner.post_process(enc, None, true).map_err(|e| {
+        let enc = self.inner.post_process(enc, None, !own_specials).map_err(|e| {
             Error::new(ErrorKind::Tokenizer, format!("tokenizer post-processing failed: {e}"))
         })?;
         let mut ids = enc.get_ids().to_vec();
+        if let (true, Some((_, lead))) = (own_specials, &self.leading_special) {
+            // Cut from the left: the BOS the text began with is put back in place of the
+            // first kept tokens, as the post-processor would have added it.
+            if !ids.starts_with(lead) {
+                let k = lead.len().min(ids.len());
+                ids.splice(..k, lead.iter().copied());
+            }
+        }
         if let Some(eos) = eos {
             if ids.last() != Some(&eos) {
                 ids.push(eos);
@@ -198,6 +224,46 @@ impl RewardTokenizer {
         enc.truncate(keep, 0, TruncationDirection::Left);
         Ok(Some(enc))
     }
+}
+
+/// The ids (and their text) that `inner`'s post-processor puts before a single sequence.
+fn leading_special(inner: &Tokenizer) -> Result<Option<(String, Vec<u32>)>> {
+    let fail = |e: tokenizers::Error| {
+        Error::new(ErrorKind::Tokenizer, format!("cannot probe the post-processor: {e}"))
+    };
+    let Some(processor) = inner.get_post_processor() else { return Ok(None) };
+    if tokenizers::PostProcessor::added_tokens(processor, false) == 0 {
+        return Ok(None);
+    }
+    let raw = inner.encode("a", false).map_err(fail)?;
+    let full = inner.post_process(raw.clone(), None, true).map_err(fail)?;
+    let (raw, full) = (raw.get_ids(), full.get_ids());
+    let Some(at) = (0..=full.len().saturating_sub(raw.len())).find(|&i| full[i..].starts_with(raw))
+    else {
+        return Ok(None);
+    };
+    if at == 0 {
+        return Ok(None);
+    }
+    let lead = full[..at].to_vec();
+    let text: Option<String> = lead.iter().map(|&id| inner.id_to_token(id)).collect();
+    Ok(text.map(|t| (t, lead)))
+}
+
+/// The first (about) `n` bytes of the concatenation of `parts`, cut at a char boundary.
+fn joined_head(parts: &[&str], n: usize) -> String {
+    let mut out = String::new();
+    for part in parts {
+        let mut take = part.len().min(n - out.len());
+        while !part.is_char_boundary(take) {
+            take -= 1;
+        }
+        out.push_str(&part[..take]);
+        if out.len() >= n {
+            break;
+        }
+    }
+    out
 }
 
 /// The byte index just after the first word of `s` (leading whitespace skipped).

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::chat::ChatFormat;
 
 /// Reads every non-blank line of a `.jsonl` or `.jsonl.gz` file as JSON. Each item carries its
 /// 1-based line number; a line that is not JSON is an error that names the line.
@@ -115,7 +116,7 @@ pub fn split_hh_dialogue(text: &str) -> Result<(&str, &str)> {
 pub enum ScoreRow {
     /// `prompt` + `response`.
     Pair { prompt: String, response: String },
-    /// A whole `text`, scored as it stands.
+    /// A whole `text`, scored as it stands (or a `messages` conversation, rendered).
     Text(String),
     /// Pre-tokenized `ids`.
     Ids(Vec<u32>),
@@ -145,7 +146,9 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 impl ScoreRow {
-    pub fn parse(row: &Value) -> Result<ScoreRow> {
+    /// One row; conversations (`messages`, or turns in a preference row) are rendered by
+    /// `chat`.
+    pub fn parse(row: &Value, chat: &ChatFormat) -> Result<ScoreRow> {
         if !row.is_object() {
             return Err(Error::invalid(format!("expected a JSON object, got {}", type_name(row))));
         }
@@ -164,18 +167,36 @@ impl ScoreRow {
                 .collect::<Result<Vec<u32>>>()
                 .map(ScoreRow::Ids);
         }
-        let prompt = str_field(row, "prompt")?;
-        if let (Some(chosen), Some(rejected)) =
-            (str_field(row, "chosen")?, str_field(row, "rejected")?)
+        if let (None, Some(Value::String(c)), Some(Value::String(r))) =
+            (row.get("prompt").filter(|v| !v.is_null()), row.get("chosen"), row.get("rejected"))
         {
-            let split = |text: &str| -> Result<(String, String)> {
-                match prompt {
-                    Some(p) => Ok((p.to_string(), text.to_string())),
-                    None => split_hh_dialogue(text).map(|(p, r)| (p.to_string(), r.to_string())),
-                }
-            };
-            return Ok(ScoreRow::Preference { chosen: split(chosen)?, rejected: split(rejected)? });
+            // Scored side by side: two HH dialogues need not share their prompt here.
+            let split =
+                |text: &str| split_hh_dialogue(text).map(|(p, r)| (p.to_string(), r.to_string()));
+            return Ok(ScoreRow::Preference { chosen: split(c)?, rejected: split(r)? });
         }
+        if row.get("chosen").is_some() && row.get("rejected").is_some() {
+            let (prompt, chosen, rejected) = preference_texts(row, chat)?;
+            return Ok(ScoreRow::Preference {
+                chosen: (prompt.clone(), chosen),
+                rejected: (prompt, rejected),
+            });
+        }
+        if let Some(messages) = row.get("messages") {
+            let turns = messages
+                .as_array()
+                .ok_or_else(|| Error::invalid("field `messages` must be a list of turns"))?;
+            return chat.render(turns, false).map(ScoreRow::Text);
+        }
+        if let (Some(Value::Array(history)), Some(response)) =
+            (row.get("prompt"), str_field(row, "response")?)
+        {
+            let reply = [serde_json::json!({"role": "assistant", "content": response})];
+            let (prompt, mut responses) = chat.split(history, &[&reply])?;
+            let response = responses.pop().expect("one reply");
+            return Ok(ScoreRow::Pair { prompt, response });
+        }
+        let prompt = str_field(row, "prompt")?;
         if let Some(response) = str_field(row, "response")? {
             let prompt =
                 prompt.ok_or_else(|| Error::invalid("row has `response` but no `prompt`"))?;
@@ -185,7 +206,7 @@ impl ScoreRow {
             return Ok(ScoreRow::Text(text.into()));
         }
         Err(Error::invalid(
-            "row needs `prompt` + `response`, `text`, `ids`, or `chosen` + `rejected`",
+            "row needs `prompt` + `response`, `text`, `messages`, `ids`, or `chosen` + `rejected`",
         ))
     }
 }
@@ -206,14 +227,23 @@ mod tests {
 
     #[test]
     fn row_shapes() {
-        assert_eq!(ScoreRow::parse(&json!({"ids": [1, 2]})).unwrap(), ScoreRow::Ids(vec![1, 2]));
-        assert_eq!(ScoreRow::parse(&json!({"text": "x"})).unwrap(), ScoreRow::Text("x".into()));
+        assert_eq!(
+            ScoreRow::parse(&json!({"ids": [1, 2]}), &ChatFormat::Hh).unwrap(),
+            ScoreRow::Ids(vec![1, 2])
+        );
+        assert_eq!(
+            ScoreRow::parse(&json!({"text": "x"}), &ChatFormat::Hh).unwrap(),
+            ScoreRow::Text("x".into())
+        );
         assert!(matches!(
-            ScoreRow::parse(&json!({"prompt": "p", "response": "r"})).unwrap(),
+            ScoreRow::parse(&json!({"prompt": "p", "response": "r"}), &ChatFormat::Hh).unwrap(),
             ScoreRow::Pair { .. }
         ));
-        let pref =
-            ScoreRow::parse(&json!({"prompt": "p", "chosen": "a", "rejected": "b"})).unwrap();
+        let pref = ScoreRow::parse(
+            &json!({"prompt": "p", "chosen": "a", "rejected": "b"}),
+            &ChatFormat::Hh,
+        )
+        .unwrap();
         assert_eq!(
             pref,
             ScoreRow::Preference {
@@ -221,13 +251,16 @@ mod tests {
                 rejected: ("p".into(), "b".into())
             }
         );
-        assert!(ScoreRow::parse(&json!({"response": "r"}))
+        assert!(ScoreRow::parse(&json!({"response": "r"}), &ChatFormat::Hh)
             .unwrap_err()
             .message()
             .contains("prompt"));
-        assert!(ScoreRow::parse(&json!({"ids": [-1]})).is_err());
-        assert!(ScoreRow::parse(&json!([1])).is_err());
-        assert!(ScoreRow::parse(&json!({"text": 3})).unwrap_err().message().contains("a number"));
+        assert!(ScoreRow::parse(&json!({"ids": [-1]}), &ChatFormat::Hh).is_err());
+        assert!(ScoreRow::parse(&json!([1]), &ChatFormat::Hh).is_err());
+        assert!(ScoreRow::parse(&json!({"text": 3}), &ChatFormat::Hh)
+            .unwrap_err()
+            .message()
+            .contains("a number"));
     }
 }
 
@@ -309,6 +342,8 @@ pub struct PreferenceReadOptions {
     /// Stop after this many usable pairs: rows after them are neither parsed nor checked (a
     /// bad row past the limit does not stop a run that only wants the first pairs).
     pub limit: Option<usize>,
+    /// How conversations (lists of turns) become text: the model's chat template, or HH.
+    pub chat: ChatFormat,
 }
 
 /// What reading a file did: nothing is dropped silently.
@@ -320,69 +355,72 @@ pub struct LoadReport {
     pub skipped: Vec<(usize, String)>,
 }
 
-/// Renders chat turns (`[{"role": ..., "content": ...}]`) in the HH-RLHF text format.
-fn render_turns(turns: &[Value]) -> Result<String> {
-    let mut out = String::new();
-    for (i, turn) in turns.iter().enumerate() {
-        let role = turn
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid(format!("turn {i} has no string `role`")))?;
-        let content = turn
-            .get("content")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid(format!("turn {i} has no string `content`")))?;
-        let speaker = match role {
-            "user" | "human" => "Human",
-            "assistant" | "gpt" | "model" => "Assistant",
-            "system" => "System",
-            other => return Err(Error::invalid(format!("turn {i} has unknown role `{other}`"))),
-        };
-        out.push_str(&format!("\n\n{speaker}: {content}"));
-    }
-    Ok(out)
-}
-
-/// (prompt, response) of a list-of-turns conversation whose last turn is the assistant's.
-fn split_turns(turns: &[Value]) -> Result<(String, String)> {
-    let (last, history) =
-        turns.split_last().ok_or_else(|| Error::invalid("empty list of turns"))?;
-    if last.get("role").and_then(Value::as_str) != Some("assistant") {
-        return Err(Error::invalid("the last turn must be the assistant's response"));
-    }
-    let response = last
-        .get("content")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::invalid("last turn has no string `content`"))?;
-    Ok((format!("{}{HH_ASSISTANT}", render_turns(history)?), format!(" {response}")))
-}
-
-/// (prompt, response) of one side of a preference row, in any supported shape.
-fn side(row: &Value, key: &str, prompt: Option<&Value>) -> Result<(String, String)> {
-    let v = row.get(key).ok_or_else(|| Error::invalid(format!("missing `{key}`")))?;
-    match (v, prompt) {
-        // explicit prompt + response text
-        (Value::String(r), Some(Value::String(p))) => Ok((p.clone(), r.clone())),
-        // prompt as turns + response text
-        (Value::String(r), Some(Value::Array(turns))) => {
-            Ok((format!("{}{HH_ASSISTANT}", render_turns(turns)?), format!(" {r}")))
-        }
-        // whole HH dialogue
-        (Value::String(text), None) => {
-            split_hh_dialogue(text).map(|(p, r)| (p.to_string(), r.to_string()))
-        }
-        // whole conversation as turns, or only the response turn(s) after a prompt
-        (Value::Array(turns), None) => split_turns(turns),
-        (Value::Array(turns), Some(Value::Array(ptur))) => {
-            split_turns(&[ptur.clone(), turns.clone()].concat())
-        }
-        (Value::Array(turns), Some(Value::String(p))) => {
-            let (_, r) = split_turns(turns)?;
-            Ok((p.clone(), r))
-        }
-        (other, _) => Err(Error::invalid(format!(
+/// A response given as text (one assistant turn) or as turns.
+fn reply_turns(v: &Value, key: &str) -> Result<Vec<Value>> {
+    match v {
+        Value::String(text) => Ok(vec![serde_json::json!({"role": "assistant", "content": text})]),
+        Value::Array(turns) => Ok(turns.clone()),
+        other => Err(Error::invalid(format!(
             "`{key}` must be a string or a list of turns, got {}",
             type_name(other)
+        ))),
+    }
+}
+
+/// (history, last turn) of a whole conversation whose last turn is the assistant's.
+fn split_last_reply(turns: &[Value]) -> Result<(&[Value], &[Value])> {
+    if turns.last().and_then(|t| t.get("role")).and_then(Value::as_str) != Some("assistant") {
+        return Err(Error::invalid("the last turn must be the assistant's response"));
+    }
+    Ok(turns.split_at(turns.len() - 1))
+}
+
+/// (prompt, chosen response, rejected response) of a preference row in any supported shape:
+/// whole HH-RLHF dialogues; a text `prompt` and response texts; or conversations (TRL's
+/// conversational format: `prompt` as turns and responses as turns or texts, or `chosen` and
+/// `rejected` as whole conversations sharing all but their last turn), rendered by `chat`.
+fn preference_texts(row: &Value, chat: &ChatFormat) -> Result<(String, String, String)> {
+    let get = |key: &str| row.get(key).ok_or_else(|| Error::invalid(format!("missing `{key}`")));
+    let (chosen, rejected) = (get("chosen")?, get("rejected")?);
+    let conversation = |history: &[Value], c: &[Value], r: &[Value]| {
+        let (prompt, mut responses) = chat.split(history, &[c, r])?;
+        let rejected = responses.pop().expect("two replies");
+        Ok((prompt, responses.pop().expect("two replies"), rejected))
+    };
+    match (row.get("prompt").filter(|v| !v.is_null()), chosen, rejected) {
+        (None, Value::String(c), Value::String(r)) => {
+            let ((pc, c), (pr, r)) = (split_hh_dialogue(c)?, split_hh_dialogue(r)?);
+            if pc != pr {
+                return Err(Error::invalid("`chosen` and `rejected` have different prompts"));
+            }
+            Ok((pc.to_string(), c.to_string(), r.to_string()))
+        }
+        (Some(Value::String(p)), Value::String(c), Value::String(r)) => {
+            Ok((p.clone(), c.clone(), r.clone()))
+        }
+        (Some(Value::Array(history)), c, r) => {
+            conversation(history, &reply_turns(c, "chosen")?, &reply_turns(r, "rejected")?)
+        }
+        (None, Value::Array(c), Value::Array(r)) => {
+            let ((hc, c), (hr, r)) = (split_last_reply(c)?, split_last_reply(r)?);
+            if hc != hr {
+                return Err(Error::invalid("`chosen` and `rejected` have different prompts"));
+            }
+            conversation(hc, c, r)
+        }
+        (Some(Value::String(_)), Value::Array(_), _)
+        | (Some(Value::String(_)), _, Value::Array(_)) => Err(Error::invalid(
+            "a text `prompt` with responses as turns: give the prompt as turns too, or the \
+                 responses as texts",
+        )),
+        (Some(p), _, _) if !p.is_string() => Err(Error::invalid(format!(
+            "`prompt` must be a string or a list of turns, got {}",
+            type_name(p)
+        ))),
+        (_, c, r) => Err(Error::invalid(format!(
+            "`chosen` and `rejected` must both be strings or both lists of turns, got {} and {}",
+            type_name(c),
+            type_name(r)
         ))),
     }
 }
@@ -404,16 +442,16 @@ fn optional_f32(row: &Value, keys: &[&str]) -> Result<Option<f32>> {
 impl PreferencePair {
     /// Parses one row: HH-RLHF dialogues (`chosen`/`rejected`), explicit
     /// `prompt`/`chosen`/`rejected`, or lists of turns.
-    pub fn parse(row: &Value, line: usize, label_field: Option<&str>) -> Result<PreferencePair> {
+    pub fn parse(
+        row: &Value,
+        line: usize,
+        label_field: Option<&str>,
+        chat: &ChatFormat,
+    ) -> Result<PreferencePair> {
         if !row.is_object() {
             return Err(Error::invalid(format!("expected a JSON object, got {}", type_name(row))));
         }
-        let prompt = row.get("prompt").filter(|v| !v.is_null());
-        let (pc, chosen) = side(row, "chosen", prompt)?;
-        let (pr, rejected) = side(row, "rejected", prompt)?;
-        if pc != pr {
-            return Err(Error::invalid("`chosen` and `rejected` have different prompts"));
-        }
+        let (prompt, chosen, rejected) = preference_texts(row, chat)?;
         if chosen == rejected {
             return Err(Error::invalid("`chosen` and `rejected` are identical"));
         }
@@ -432,7 +470,7 @@ impl PreferencePair {
             },
         };
         Ok(PreferencePair {
-            prompt: pc,
+            prompt,
             chosen,
             rejected,
             strength: optional_f32(row, &["mean preference difference", "strength"])?,
@@ -455,7 +493,8 @@ pub fn read_preferences(
         if opts.limit.is_some_and(|n| pairs.len() >= n) {
             break;
         }
-        match row.and_then(|row| PreferencePair::parse(&row, line, opts.label_field.as_deref())) {
+        let label = opts.label_field.as_deref();
+        match row.and_then(|row| PreferencePair::parse(&row, line, label, &opts.chat)) {
             Ok(p) => pairs.push(p),
             Err(e) if opts.on_bad_row == OnBadRow::Skip => {
                 report.skipped.push((line, e.message().to_string()))
@@ -522,20 +561,20 @@ mod preference_tests {
     #[test]
     fn every_shape_parses() {
         let hh = json!({"chosen": "\n\nHuman: hi\n\nAssistant: good", "rejected": "\n\nHuman: hi\n\nAssistant: bad"});
-        let p = PreferencePair::parse(&hh, 1, None).unwrap();
+        let p = PreferencePair::parse(&hh, 1, None, &ChatFormat::Hh).unwrap();
         assert_eq!(
             (p.prompt.as_str(), p.chosen.as_str(), p.rejected.as_str()),
             ("\n\nHuman: hi\n\nAssistant:", " good", " bad")
         );
 
         let explicit = json!({"prompt": "Q", "chosen": "a", "rejected": "b", "mean preference difference": -0.5, "gpt4": 1});
-        let p = PreferencePair::parse(&explicit, 2, Some("gpt4")).unwrap();
+        let p = PreferencePair::parse(&explicit, 2, Some("gpt4"), &ChatFormat::Hh).unwrap();
         assert_eq!((p.strength, p.external_label), (Some(-0.5), Some(true)));
 
         let turns = json!({
             "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "good"}],
             "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bad"}]});
-        let p = PreferencePair::parse(&turns, 3, None).unwrap();
+        let p = PreferencePair::parse(&turns, 3, None, &ChatFormat::Hh).unwrap();
         assert_eq!(
             (p.prompt.as_str(), p.chosen.as_str()),
             ("\n\nHuman: hi\n\nAssistant:", " good")
@@ -543,8 +582,40 @@ mod preference_tests {
 
         let prompt_turns = json!({"prompt": [{"role": "user", "content": "hi"}], "chosen": "good", "rejected": "bad"});
         assert_eq!(
-            PreferencePair::parse(&prompt_turns, 4, None).unwrap().prompt,
+            PreferencePair::parse(&prompt_turns, 4, None, &ChatFormat::Hh).unwrap().prompt,
             "\n\nHuman: hi\n\nAssistant:"
+        );
+
+        // TRL's conversational format with an explicit prompt: responses may be several turns.
+        let trl = json!({"prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "ok"},
+                       {"role": "assistant", "content": "b"}],
+            "rejected": [{"role": "assistant", "content": "c"}]});
+        let p = PreferencePair::parse(&trl, 5, None, &ChatFormat::Hh).unwrap();
+        assert_eq!(
+            (p.prompt.as_str(), p.chosen.as_str(), p.rejected.as_str()),
+            ("\n\nHuman: hi\n\nAssistant:", " a\n\nHuman: ok\n\nAssistant: b", " c")
+        );
+        let differ = json!({
+            "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "user", "content": "yo"}, {"role": "assistant", "content": "b"}]});
+        let e = PreferencePair::parse(&differ, 6, None, &ChatFormat::Hh).unwrap_err();
+        assert!(e.message().contains("different prompts"), "{e}");
+        let mixed = json!({"prompt": "Q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"});
+        assert!(PreferencePair::parse(&mixed, 7, None, &ChatFormat::Hh).is_err());
+        let not_last = json!({"chosen": [{"role": "user", "content": "hi"}],
+            "rejected": [{"role": "user", "content": "hi"}]});
+        assert!(PreferencePair::parse(&not_last, 8, None, &ChatFormat::Hh).is_err());
+
+        let messages = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]});
+        assert_eq!(
+            ScoreRow::parse(&messages, &ChatFormat::Hh).unwrap(),
+            ScoreRow::Text("\n\nHuman: hi\n\nAssistant: a".into())
+        );
+        let turns_prompt = json!({"prompt": [{"role": "user", "content": "hi"}], "response": "a"});
+        assert_eq!(
+            ScoreRow::parse(&turns_prompt, &ChatFormat::Hh).unwrap(),
+            ScoreRow::Pair { prompt: "\n\nHuman: hi\n\nAssistant:".into(), response: " a".into() }
         );
     }
 

@@ -11,7 +11,7 @@ use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::Value as GValue;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -21,6 +21,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::chat::TOKENIZER_CONFIG_FILE;
 use crate::model::checkpoint::{save_checkpoint, TOKENIZER_FILE};
 
 /// What an import produced.
@@ -466,6 +467,9 @@ pub struct Converted {
     pub tensors: Vec<(String, Tensor)>,
     /// tokenizer.json.
     pub tokenizer_json: String,
+    /// tokenizer_config.json: the special tokens as text and the GGUF's chat template
+    /// (`tokenizer.chat_template`), as transformers keeps them.
+    pub tokenizer_config_json: String,
     pub report: ImportReport,
 }
 
@@ -541,6 +545,18 @@ pub fn convert_gguf(bytes: &[u8], source: &str) -> Result<Converted> {
     let parameters = tensors.iter().map(|(_, t)| t.elem_count()).sum();
     let tokenizer_json =
         tokenizer.to_string(false).map_err(|e| Error::new(ErrorKind::Tokenizer, e.to_string()))?;
+    let vocab_token = |key: &str| {
+        m.u32(key).and_then(|id| tokenizer.id_to_token(id)).map_or(Value::Null, Value::String)
+    };
+    let tokenizer_config_json = serde_json::to_string_pretty(&json!({
+        "bos_token": vocab_token("tokenizer.ggml.bos_token_id"),
+        "eos_token": vocab_token("tokenizer.ggml.eos_token_id"),
+        "pad_token": vocab_token("tokenizer.ggml.padding_token_id"),
+        "unk_token": vocab_token("tokenizer.ggml.unknown_token_id"),
+        "chat_template": m.string("tokenizer.chat_template"),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }))
+    .expect("serializable");
     let mut quant_types: Vec<(String, usize)> = quant.into_iter().collect();
     quant_types.sort();
     let report = ImportReport {
@@ -552,7 +568,7 @@ pub fn convert_gguf(bytes: &[u8], source: &str) -> Result<Converted> {
         quant_types,
         tied_embeddings: tied,
     };
-    Ok(Converted { config, tensors, tokenizer_json, report })
+    Ok(Converted { config, tensors, tokenizer_json, tokenizer_config_json, report })
 }
 
 /// Converts `gguf_path` into a Hugging Face checkpoint directory `out_dir` (which must not
@@ -565,7 +581,10 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path) -> Result<ImportReport> {
         out_dir,
         &c.config,
         &c.tensors,
-        &[(TOKENIZER_FILE, c.tokenizer_json.into_bytes())],
+        &[
+            (TOKENIZER_FILE, c.tokenizer_json.into_bytes()),
+            (TOKENIZER_CONFIG_FILE, c.tokenizer_config_json.into_bytes()),
+        ],
     )?;
     Ok(c.report)
 }

@@ -276,8 +276,15 @@ pub fn fresh_head(cfg: &ModelConfig, rows: usize, seed: u64) -> Result<Tensor> {
 
 /// The files a checkpoint directory written by rewardkit may hold. An existing directory with
 /// anything else in it is somebody's own, and is never replaced.
-pub const CHECKPOINT_FILES: [&str; 5] =
-    [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "optimizer.safetensors", "trainer_state.json"];
+pub const CHECKPOINT_FILES: [&str; 7] = [
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    TOKENIZER_FILE,
+    crate::io::chat::TOKENIZER_CONFIG_FILE,
+    crate::io::chat::CHAT_TEMPLATE_FILE,
+    "optimizer.safetensors",
+    "trainer_state.json",
+];
 
 /// Whether `dir` may be replaced by a save: absent, an empty directory, or a directory holding
 /// only [`CHECKPOINT_FILES`] (a checkpoint rewardkit wrote). Anything else (a file, a link, a

@@ -649,9 +649,7 @@ impl Trainer {
             (OPTIMIZER_FILE, opt_bytes),
             (TRAINER_STATE_FILE, serde_json::to_vec_pretty(&state).expect("serializable")),
         ];
-        if let Some(tok) = self.model.tokenizer_json()? {
-            extra.push((crate::model::checkpoint::TOKENIZER_FILE, tok));
-        }
+        extra.extend(self.model.tokenizer_files()?);
         self.model.read()?.save(dir, &extra)
     }
 

@@ -48,6 +48,13 @@ int main(int argc, char **argv) {
         // Token ids give the text calls' results.
         const auto by_text = a.score(kPrompts, kChosen), by_ids = a.score_tokens(chosen);
         for (size_t i = 0; i < by_text.size(); i++) expect(close(by_text[i], by_ids[i], 1e-5f), "score_tokens == score");
+        // A conversation, rendered (the tiny model has no template: the HH format) and scored.
+        const std::string chat = R"([{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"}])";
+        expect(a.apply_chat_template(chat) == "\n\nHuman: Hi\n\nAssistant: Hello", "HH rendering");
+        expect(a.apply_chat_template(R"([{"role":"user","content":"Hi"}])", true) == "\n\nHuman: Hi\n\nAssistant:",
+               "generation prompt");
+        expect(close(a.score_chats({chat})[0], a.score({"\n\nHuman: Hi\n\nAssistant:"}, {" Hello"})[0], 1e-5f),
+               "score_chats == score of the rendering");
         const auto vt = rewardkit::vote({&a, &b}, kPrompts, kChosen, kRejected);
         const auto vi = rewardkit::vote_tokens({&a, &b}, chosen, rejected);
         for (size_t i = 0; i < vt.first.size(); i++) {

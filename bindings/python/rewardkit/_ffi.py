@@ -198,6 +198,8 @@ _SIGNATURES = {
     "rk_model_free": (None, [c_void_p]),
     "rk_model_score_texts": (c_int32, [c_void_p, _STRS, _STRS, c_size_t, POINTER(c_float)]),
     "rk_model_score_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float)]),
+    "rk_model_score_chats": (c_int32, [c_void_p, _STRS, c_size_t, POINTER(c_float)]),
+    "rk_model_apply_chat_template": (c_int32, [c_void_p, c_char_p, c_uint8, c_char_p, c_size_t, POINTER(c_size_t)]),
     "rk_model_tokenize": (c_int32, [c_void_p, c_char_p, c_char_p, POINTER(c_uint32), c_size_t, POINTER(c_size_t)]),
     "rk_model_get_info": (c_int32, [c_void_p, POINTER(ModelInfo)]),
     "rk_model_difference_loss_texts": (c_int32, [c_void_p, _STRS, c_size_t, _STRS, POINTER(c_size_t), POINTER(c_double)]),

@@ -197,3 +197,23 @@ def test_normalised_rewards_from_the_config_statistics(model_dir, tmp_path):
     assert e.value.status_name == "RK_ERR_INVALID_ARGUMENT"
     with pytest.raises(rewardkit.InvalidArgumentError):
         rewardkit.Model(model_dir, normalize="yes")
+
+
+def test_conversations_are_rendered_by_the_checkpoint_chat_template(model_dir, tmp_path):
+    import shutil
+    shutil.copytree(model_dir, tmp_path / "m")
+    (tmp_path / "m" / "chat_template.jinja").write_text(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    chat = [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "hello"}]
+    templated = rewardkit.Model(tmp_path / "m")
+    assert templated.apply_chat_template(chat) == "<user>hi\n<assistant>hello\n"
+    assert templated.apply_chat_template(chat[:1], add_generation_prompt=True) == "<user>hi\n<assistant>"
+    want = templated.score(["<user>hi\n<assistant>"], ["hello\n"])
+    np.testing.assert_allclose(templated.score_chats([chat]), want, atol=1e-6)
+    # Without a template: the HH-RLHF text format.
+    plain = rewardkit.Model(model_dir)
+    assert plain.apply_chat_template(chat) == "\n\nHuman:  hi \n\nAssistant: hello"
+    with pytest.raises(rewardkit.InvalidArgumentError):
+        plain.score_chats([[{"content": "no role"}]])

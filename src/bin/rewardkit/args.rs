@@ -17,7 +17,8 @@ use rewardkit::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, Smoo
 use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::train::{FitOptions, TrainConfig, Trainable};
 use rewardkit::{
-    BatchOptions, DeviceSpec, LoadOptions, Result, SharedModel, SharedModelOptions, TextOptions,
+    BatchOptions, ChatTemplateChoice, DeviceSpec, LoadOptions, Result, SharedModel,
+    SharedModelOptions, TextOptions,
 };
 
 fn train_defaults() -> TrainConfig {
@@ -72,6 +73,11 @@ pub struct RuntimeArgs {
     /// Seed of a fresh reward head, for a checkpoint without one (a causal LM).
     #[arg(long, default_value_t = LoadOptions::default().head_seed)]
     pub head_seed: u64,
+    /// How conversations (`messages`, lists of turns) become text: `model` (the checkpoint's
+    /// chat template, from chat_template.jinja or tokenizer_config.json; the HH format if it
+    /// has none), `hh` ("\n\nHuman: ...\n\nAssistant: ..."), or a Jinja template file.
+    #[arg(long, default_value = "model")]
+    pub chat_template: String,
 }
 
 impl RuntimeArgs {
@@ -92,7 +98,28 @@ impl RuntimeArgs {
                 share_prefixes: !self.no_shared_prefixes,
             },
             n_threads: self.threads,
+            chat_template: ChatTemplateChoice::Model,
         }
+    }
+
+    /// What --chat-template names (a file is read here).
+    fn chat_choice(&self) -> Result<ChatTemplateChoice> {
+        Ok(match self.chat_template.as_str() {
+            "model" => ChatTemplateChoice::Model,
+            "hh" => ChatTemplateChoice::Hh,
+            file => {
+                let path = Path::new(file);
+                let bytes =
+                    rewardkit::limits::read_file(path, rewardkit::limits::MAX_JSON_FILE_BYTES)
+                        .map_err(|e| {
+                            e.context("--chat-template (model, hh, or a template file)")
+                        })?;
+                let source = String::from_utf8(bytes).map_err(|_| {
+                    rewardkit::Error::invalid(format!("{file}: the chat template is not UTF-8"))
+                })?;
+                ChatTemplateChoice::Source(source)
+            }
+        })
     }
 
     /// Loads a model directory, saying so when its reward head is fresh.
@@ -101,7 +128,8 @@ impl RuntimeArgs {
     }
 
     fn load_with(&self, dir: &Path, opts: &SharedModelOptions) -> Result<SharedModel> {
-        let model = SharedModel::load(dir, opts)?;
+        let opts = SharedModelOptions { chat_template: self.chat_choice()?, ..opts.clone() };
+        let model = SharedModel::load(dir, &opts)?;
         if model.info()?.head_is_fresh {
             eprintln!(
                 "note: {} has no reward head; a fresh head was initialised (seed {})",
@@ -204,12 +232,19 @@ impl DataArgs {
         }
     }
 
-    /// The usable pairs of `path` (the first `limit`), reporting skipped rows.
-    pub fn read_pairs(&self, path: &Path, limit: Option<usize>) -> Result<Vec<PreferencePair>> {
+    /// The usable pairs of `path` (the first `limit`), reporting skipped rows; conversations
+    /// are rendered as `model` renders them.
+    pub fn read_pairs(
+        &self,
+        path: &Path,
+        limit: Option<usize>,
+        model: &SharedModel,
+    ) -> Result<Vec<PreferencePair>> {
         let opts = PreferenceReadOptions {
             on_bad_row: if self.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Stop },
             label_field: self.label_field.clone(),
             limit,
+            chat: model.chat_format()?,
         };
         let (pairs, report) =
             read_preferences(path, &opts).map_err(|e| with_skip_hint(e, self.skip_bad_rows))?;
@@ -218,8 +253,8 @@ impl DataArgs {
     }
 
     /// The first --limit pairs of --data, with their strengths if given.
-    pub fn pairs(&self) -> Result<Vec<PreferencePair>> {
-        let mut pairs = self.read_pairs(&self.data, self.limit)?;
+    pub fn pairs(&self, model: &SharedModel) -> Result<Vec<PreferencePair>> {
+        let mut pairs = self.read_pairs(&self.data, self.limit, model)?;
         if let Some(path) = &self.strengths {
             attach_strengths(&mut pairs, path)?;
         }
@@ -227,10 +262,10 @@ impl DataArgs {
     }
 
     /// (train, held-out) pairs.
-    pub fn load(&self) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>)> {
-        let pairs = self.pairs()?;
+    pub fn load(&self, model: &SharedModel) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>)> {
+        let pairs = self.pairs(model)?;
         match &self.eval_data {
-            Some(path) => Ok((pairs, self.read_pairs(path, None)?)),
+            Some(path) => Ok((pairs, self.read_pairs(path, None, model)?)),
             None => split_pairs(pairs, self.eval_fraction, self.split_seed),
         }
     }

@@ -16,7 +16,7 @@ pub fn eval(
     json_out: Option<&Path>,
 ) -> Result<()> {
     let model = margs.load()?;
-    let (train, held_out) = data.load()?;
+    let (train, held_out) = data.load(&model)?;
     // With a held-out split, evaluate on it; otherwise on every pair given.
     let pairs = if held_out.is_empty() { train } else { held_out };
     let set = PairSet::from_ids(tokenize_pairs(&model, &pairs)?);

@@ -23,7 +23,7 @@ pub fn meta_train(
         Some(dir) => margs.rt.load(dir)?,
         None => margs.load()?,
     });
-    let (train_pairs, eval_pairs) = data.load()?;
+    let (train_pairs, eval_pairs) = data.load(&model)?;
     let cfg = TrainConfig { measure_j_after, ..targs.config(train_pairs.len())? };
     let first = first_trainable_layer(cfg.trainable, model.info()?.num_layers);
     let train_set = prepare(&model, &train_pairs, first, !targs.no_cache, "train")?;

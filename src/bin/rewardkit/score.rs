@@ -45,12 +45,13 @@ pub fn load_rows(
 ) -> Result<Vec<InputRow>> {
     let mut out = Vec::new();
     let mut skipped: Vec<(usize, String)> = Vec::new();
+    let chat = model.chat_format()?;
     for (line, value) in read_jsonl_rows(input)? {
         if limit.is_some_and(|n| out.len() >= n) {
             break;
         }
         let parsed = value.and_then(|value| {
-            let row = ScoreRow::parse(&value)?;
+            let row = ScoreRow::parse(&value, &chat)?;
             let seqs = row_sequences(model, &row)?;
             Ok(InputRow { line, value, row, seqs })
         });

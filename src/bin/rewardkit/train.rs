@@ -143,7 +143,7 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
         Some(dir) => margs.rt.load(dir)?,
         None => margs.load()?,
     });
-    let (train_pairs, eval_pairs) = data.load()?;
+    let (train_pairs, eval_pairs) = data.load(&model)?;
     if targs.write_reward_stats && (eval_pairs.is_empty() || targs.out.is_none()) {
         return Err(rewardkit::Error::invalid(
             "--write-reward-stats needs held-out pairs (--eval-fraction or --eval-data) and --out",

@@ -192,7 +192,7 @@ pub fn ensemble(
         )));
     }
     let base = margs.load()?;
-    let (train_pairs, _) = data.load()?;
+    let (train_pairs, _) = data.load(&base)?;
     let cfg = targs.config(train_pairs.len())?;
     let folds = match folds {
         0 => None,
@@ -314,7 +314,7 @@ pub fn vote(
     report: &Report,
 ) -> Result<()> {
     let models = members.iter().map(|m| rt.load(m)).collect::<Result<Vec<_>>>()?;
-    let pairs = data.pairs()?;
+    let pairs = data.pairs(&models[0])?;
     let set = PairSet::from_ids(tokenize_pairs(&models[0], &pairs)?);
     let refs: Vec<&SharedModel> = models.iter().collect();
     let lines: Vec<usize> = pairs.iter().map(|p| p.line).collect();
