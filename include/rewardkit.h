@@ -238,6 +238,12 @@ typedef struct rk_model_params {
    * normalisation). Default `RK_NORMALIZE_AS_CONFIG`.
    */
   rk_normalize normalize;
+  /**
+   * Appended in 0.2: a PEFT LoRA adapter directory (`adapter_config.json`,
+   * `adapter_model.safetensors`, as peft and TRL save them) merged into the weights at
+   * load; NULL for none. Copied during the call.
+   */
+  const char *adapter;
 } rk_model_params;
 
 /**

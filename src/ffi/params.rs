@@ -133,6 +133,10 @@ pub struct rk_model_params {
     /// `(r - mean) / std` with the reward `mean`/`std` of config.json (OpenRLHF's reward
     /// normalisation). Default `RK_NORMALIZE_AS_CONFIG`.
     pub normalize: rk_normalize,
+    /// Appended in 0.2: a PEFT LoRA adapter directory (`adapter_config.json`,
+    /// `adapter_model.safetensors`, as peft and TRL save them) merged into the weights at
+    /// load; NULL for none. Copied during the call.
+    pub adapter: *const c_char,
 }
 
 /// Whether a model serves normalised rewards.
@@ -346,6 +350,7 @@ fn model_params_from(o: &SharedModelOptions) -> rk_model_params {
             Normalize::Off => RK_NORMALIZE_OFF,
             Normalize::On => RK_NORMALIZE_ON,
         },
+        adapter: std::ptr::null(),
     }
 }
 
@@ -375,6 +380,7 @@ pub(crate) unsafe fn model_options(p: *const rk_model_params) -> Result<SharedMo
                 RK_NORMALIZE_ON => Normalize::On,
                 v => return Err(unknown("normalize", v)),
             },
+            adapter: opt_str_arg(p.adapter, "params->adapter")?.map(std::path::PathBuf::from),
         },
         text: TextOptions {
             separator: opt_str_arg(p.separator, "params->separator")?.unwrap_or("").to_string(),

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 mod fused;
+pub mod lora;
 pub mod params;
 pub mod prefix;
 pub mod tiny;
@@ -80,6 +81,8 @@ pub struct LoadOptions {
     pub head_seed: u64,
     /// Whether scores are served normalised by the checkpoint's reward statistics.
     pub normalize: Normalize,
+    /// A PEFT LoRA adapter directory, merged into the weights at load (see [`lora`]).
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 /// Whether a model serves `(r - mean) / std` with the `mean`/`std` of its config.json
@@ -103,6 +106,7 @@ impl Default for LoadOptions {
             max_length: 0,
             head_seed: 0,
             normalize: Normalize::AsConfig,
+            adapter: None,
         }
     }
 }
@@ -130,6 +134,11 @@ impl RewardModel {
         checkpoint::check_model_dir(dir)?;
         let config = ModelConfig::from_file(&dir.join(checkpoint::CONFIG_FILE))?;
         let mut tensors = checkpoint::read_tensors(&checkpoint::weight_files(dir)?)?;
+        if let Some(adapter_dir) = &opts.adapter {
+            lora::Adapter::load(adapter_dir)?
+                .merge_into(&mut tensors)
+                .map_err(|e| e.context(format!("adapter {}", adapter_dir.display())))?;
+        }
         let device = opts.device.open()?;
         let lm_head = match tensors.remove(decoder::names::LM_HEAD) {
             Some(t) if !config.tie_word_embeddings => {

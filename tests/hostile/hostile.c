@@ -408,6 +408,9 @@ MP(separator_ok, p->separator = " | ")
 MP(normalize_bad, p->normalize = 9)
 MP(normalize_on_without_stats, p->normalize = RK_NORMALIZE_ON)
 MP(normalize_off, p->normalize = RK_NORMALIZE_OFF)
+MP(adapter_absent, p->adapter = "/nonexistent/rewardkit-adapter")
+MP(adapter_utf8, p->adapter = "ad\xff" "apter")
+MP(adapter_not_a_directory, p->adapter = "/dev/null")
 
 static const model_param_case MODEL_PARAM_CASES[] = {
     {"dtype 42", mp_dtype, RK_ERR_INVALID_ARGUMENT},
@@ -433,6 +436,9 @@ static const model_param_case MODEL_PARAM_CASES[] = {
     {"normalize 9", mp_normalize_bad, RK_ERR_INVALID_ARGUMENT},
     {"normalize on, no mean/std in config.json", mp_normalize_on_without_stats, RK_ERR_INVALID_ARGUMENT},
     {"normalize off", mp_normalize_off, RK_OK},
+    {"adapter absent", mp_adapter_absent, RK_ERR_NOT_FOUND},
+    {"adapter not UTF-8", mp_adapter_utf8, RK_ERR_INVALID_UTF8},
+    {"adapter /dev/null", mp_adapter_not_a_directory, RK_ERR_NOT_FOUND},
 };
 
 static int c_model_param(const void *arg) {

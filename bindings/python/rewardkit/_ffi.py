@@ -37,6 +37,7 @@ class ModelParams(ctypes.Structure):
         ("head_seed", c_uint64),
         ("share_prefixes", c_uint8),
         ("normalize", c_int32),
+        ("adapter", c_char_p),
     ]
 
 

@@ -1,3 +1,4 @@
+import os
 import threading
 
 import numpy as np
@@ -217,3 +218,16 @@ def test_conversations_are_rendered_by_the_checkpoint_chat_template(model_dir, t
     assert plain.apply_chat_template(chat) == "\n\nHuman:  hi \n\nAssistant: hello"
     with pytest.raises(rewardkit.InvalidArgumentError):
         plain.score_chats([[{"content": "no role"}]])
+
+
+def test_a_peft_adapter_merges_at_load():
+    import json
+    REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    fixtures = os.path.join(REPO, "tests", "fixtures")
+    g = json.load(open(os.path.join(fixtures, "peft", "goldens.json")))
+    base = os.path.join(fixtures, "parity", "llama_gqa")
+    m = rewardkit.Model(base, adapter=os.path.join(fixtures, "peft", "all7"), n_threads=1)
+    np.testing.assert_allclose(m.score_tokens(g["cases"]), g["adapters"]["all7"]["rewards"], atol=1e-4)
+    with pytest.raises(rewardkit.RewardkitError) as e:
+        rewardkit.Model(base, adapter=os.path.join(fixtures, "peft", "missing"))
+    assert e.value.status_name == "RK_ERR_NOT_FOUND"

@@ -78,6 +78,10 @@ pub struct RuntimeArgs {
     /// has none), `hh` ("\n\nHuman: ...\n\nAssistant: ..."), or a Jinja template file.
     #[arg(long, default_value = "model")]
     pub chat_template: String,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors, as peft
+    /// and TRL save them), merged into the model's weights at load.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl RuntimeArgs {
@@ -90,6 +94,7 @@ impl RuntimeArgs {
                 head_seed: self.head_seed,
                 // Training, evaluation and votes read raw rewards; `score` sets this.
                 normalize: rewardkit::Normalize::Off,
+                adapter: self.adapter.clone(),
             },
             text: TextOptions { separator: self.separator.clone(), append_eos: self.append_eos },
             batch: BatchOptions {

@@ -1,4 +1,4 @@
-//! `import-gguf` and `init-tiny`: models made from other sources.
+//! `import-gguf`, `merge-adapter` and `init-tiny`: models made from other sources.
 
 use std::path::Path;
 use std::time::Instant;
@@ -13,6 +13,23 @@ pub fn import_gguf(gguf: &Path, out: &Path) -> Result<()> {
     println!(
         "imported {} ({}): {} layers, hidden {}, vocab {}, {} parameters, tied embeddings: {}; dequantized from {} in {:.1}s -> {}",
         gguf.display(), r.name, r.layers, r.hidden_size, r.vocab_size, r.parameters, r.tied_embeddings, quant.join(", "), t.elapsed().as_secs_f64(), out.display()
+    );
+    Ok(())
+}
+
+pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
+    let t = Instant::now();
+    let load =
+        rewardkit::LoadOptions { adapter: Some(adapter.to_path_buf()), ..Default::default() };
+    let opts = rewardkit::SharedModelOptions { load, ..Default::default() };
+    let model = rewardkit::SharedModel::load(base, &opts)?;
+    model.read()?.save(out, &model.tokenizer_files()?)?;
+    println!(
+        "merged {} into {} in {:.1}s -> {}",
+        adapter.display(),
+        base.display(),
+        t.elapsed().as_secs_f64(),
+        out.display()
     );
     Ok(())
 }

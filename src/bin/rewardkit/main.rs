@@ -241,6 +241,18 @@ enum Command {
         #[arg(long)]
         measure_j_after: bool,
     },
+    /// Merge a PEFT LoRA adapter (as peft / TRL save it) into its base model and save the
+    /// result as a full checkpoint (the adapter's head, if it trained one, included).
+    MergeAdapter {
+        /// The base model the adapter was trained on.
+        #[arg(long)]
+        model: PathBuf,
+        /// The adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Convert a llama.cpp GGUF file (dequantized) into a Hugging Face checkpoint directory.
     ImportGguf {
         #[arg(long)]
@@ -378,6 +390,9 @@ fn main() {
             eval::eval(&model, &data, buckets, json.as_deref())
         }
         Command::ImportGguf { gguf, out } => convert::import_gguf(&gguf, &out),
+        Command::MergeAdapter { model, adapter, out } => {
+            convert::merge_adapter(&model, &adapter, &out)
+        }
         Command::MetaTrain {
             model,
             data,
