@@ -42,7 +42,7 @@ use rewardkit::train::meta::{difference_value, PolicyBatch};
 use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::train::{
     first_trainable_layer, fit, is_trainable, micro_batches, quick_eval, tokenize_pairs,
-    FitOptions, HiddenCache, PairSet, SeqSource, TrainConfig, Trainable, Trainer,
+    FitOptions, HiddenCache, PairSet, SeqSource, TrainConfig, Trainable, Trainer, NO_PROGRESS,
 };
 use rewardkit::{LoadOptions, Result, SharedModel, SharedModelOptions};
 use serde_json::{json, Value};
@@ -322,7 +322,7 @@ fn main() -> Result<()> {
             let ins = in_sample_ensemble(&noisy, s)?;
             let in_secs = t.elapsed().as_secs_f64();
             let refs: Vec<&SharedModel> = ins.iter().map(|m| m.as_ref()).collect();
-            let in_strength = vote(&refs, &noisy)?.strength().0;
+            let in_strength = vote(&refs, &noisy, NO_PROGRESS)?.strength().0;
             drop(refs);
             drop(ins);
             // Out of fold: k folds, a.oof_members members (member m holds out fold m % k).
@@ -343,8 +343,8 @@ fn main() -> Result<()> {
             let oof = oof_ensemble(&noisy)?;
             let oof_secs = t.elapsed().as_secs_f64();
             let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
-            let oof_k = vote_out_of_fold(&refs[..k], &noisy, &folds)?.strength().0;
-            let oof_all = vote_out_of_fold(&refs, &noisy, &folds)?.strength().0;
+            let oof_k = vote_out_of_fold(&refs[..k], &noisy, &folds, NO_PROGRESS)?.strength().0;
+            let oof_all = vote_out_of_fold(&refs, &noisy, &folds, NO_PROGRESS)?.strength().0;
             let member_acc: Vec<f64> = refs
                 .iter()
                 .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
@@ -356,7 +356,7 @@ fn main() -> Result<()> {
             let auc_ceiling = if a.ceiling {
                 let oof = oof_ensemble(&clean)?;
                 let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
-                let v = find(&vote_out_of_fold(&refs, &noisy, &folds)?.strength().0);
+                let v = find(&vote_out_of_fold(&refs, &noisy, &folds, NO_PROGRESS)?.strength().0);
                 eprintln!("  oof seed {s}: members trained on clean labels find the flips with AUROC {v:.4}");
                 Some(v)
             } else {
@@ -460,7 +460,7 @@ fn main() -> Result<()> {
             clock.0 += t.elapsed().as_secs_f64();
             clock.1 += a.members * a.epochs * nt;
             let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
-            let v = vote(&refs, &noisy)?;
+            let v = vote(&refs, &noisy, NO_PROGRESS)?;
             let (strength, std) = v.strength();
             let auc = auroc(&strength.iter().map(|x| -x).collect::<Vec<_>>(), &injected).unwrap();
             let below = strength.iter().filter(|&&x| x < 0.0).count();

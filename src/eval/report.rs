@@ -127,7 +127,8 @@ pub fn evaluate_pairs(
     pairs: Vec<crate::train::PairIds>,
 ) -> crate::Result<EvalReport> {
     crate::train::check_pairs(model, &pairs)?;
-    let (c, r) = crate::train::PairSet::from_ids(pairs).score_all(model)?;
+    let (c, r) =
+        crate::train::PairSet::from_ids(pairs).score_all(model, crate::train::NO_PROGRESS)?;
     Ok(evaluate_rewards(&c, &r, None, None, 1))
 }
 

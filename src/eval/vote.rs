@@ -9,7 +9,7 @@ use super::metrics::{equal_count_groups, mean_std};
 use crate::error::{Error, Result};
 use crate::handle::SharedModel;
 use crate::train::ensemble::Folds;
-use crate::train::{check_pairs, PairIds, PairSet, Shard};
+use crate::train::{check_pairs, OnScored, PairIds, PairSet, Shard, NO_PROGRESS};
 
 /// Scores of M members on n pairs.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,16 +258,24 @@ pub fn ensemble_rewards(scores: &[Vec<f32>], mode: EnsembleReward) -> Result<Vec
 /// Every head of every model is one member: a single-head model is one, a shared-backbone
 /// ensemble (a head with M rows) is M, and the two mix. Each scores every pair of `set` (token
 /// ids, or hidden states from a frozen bottom that all models share).
-pub fn vote(models: &[&SharedModel], set: &PairSet) -> Result<Vote> {
+/// `on_scored` hears the sequences each batch of each member scored (2 per pair per model).
+pub fn vote(models: &[&SharedModel], set: &PairSet, on_scored: OnScored) -> Result<Vote> {
     if models.is_empty() {
         return Err(Error::invalid("a vote needs at least one model"));
     }
-    Vote::merge(models.iter().map(|m| heads_vote(m, set)).collect::<Result<Vec<_>>>()?)
+    let votes = models.iter().map(|m| heads_vote(m, set, on_scored));
+    Vote::merge(votes.collect::<Result<Vec<_>>>()?)
 }
 
 /// The out-of-fold vote of an ensemble trained with [`crate::train::ensemble::train_ensemble`]
 /// and `folds`: `models[m]` is member m and scores only the pairs of the fold it held out.
-pub fn vote_out_of_fold(models: &[&SharedModel], set: &PairSet, folds: &Folds) -> Result<Vote> {
+/// `on_scored` as in [`vote`].
+pub fn vote_out_of_fold(
+    models: &[&SharedModel],
+    set: &PairSet,
+    folds: &Folds,
+    on_scored: OnScored,
+) -> Result<Vote> {
     if models.is_empty() {
         return Err(Error::invalid("a vote needs at least one model"));
     }
@@ -290,7 +298,7 @@ pub fn vote_out_of_fold(models: &[&SharedModel], set: &PairSet, folds: &Folds) -
             )));
         }
         let idx = folds.voting_pairs(m);
-        let (c, r) = set.subset(&idx)?.score_all(model)?;
+        let (c, r) = set.subset(&idx)?.score_all(model, on_scored)?;
         for (k, &i) in idx.iter().enumerate() {
             (chosen[m][i], rejected[m][i], voted[m][i]) = (c[k], r[k], true);
         }
@@ -312,15 +320,15 @@ pub fn vote_each(
     for (i, m) in models.iter().enumerate() {
         let pairs = pairs_for(m).map_err(|e| e.context(format!("models[{i}]")))?;
         check_pairs(m, &pairs).map_err(|e| e.context(format!("models[{i}]")))?;
-        votes.push(heads_vote(m, &PairSet::from_ids(pairs))?);
+        votes.push(heads_vote(m, &PairSet::from_ids(pairs), NO_PROGRESS)?);
     }
     Vote::merge(votes)
 }
 
 /// The vote of one model's heads on every pair of `set` (one member for a single-head model).
-pub fn heads_vote(model: &SharedModel, set: &PairSet) -> Result<Vote> {
+pub fn heads_vote(model: &SharedModel, set: &PairSet, on_scored: OnScored) -> Result<Vote> {
     let heads = model.read()?.num_heads();
-    let (c, r) = set.head_scores(model)?;
+    let (c, r) = set.head_scores(model, on_scored)?;
     let by_head =
         |rows: &[Vec<f32>]| (0..heads).map(|h| rows.iter().map(|row| row[h]).collect()).collect();
     Vote::new(by_head(&c), by_head(&r))
@@ -340,15 +348,20 @@ pub struct VoteShard {
     pub rows: Vec<(usize, Vec<f32>)>,
 }
 
-/// The shard `shard` of [`vote`]`(models, set)`.
-pub fn vote_shard(models: &[&SharedModel], set: &PairSet, shard: Shard) -> Result<VoteShard> {
+/// The shard `shard` of [`vote`]`(models, set)`; `on_scored` as there.
+pub fn vote_shard(
+    models: &[&SharedModel],
+    set: &PairSet,
+    shard: Shard,
+    on_scored: OnScored,
+) -> Result<VoteShard> {
     if models.is_empty() {
         return Err(Error::invalid("a vote needs at least one model"));
     }
     let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
     let mut members = 0;
     for (m, model) in models.iter().enumerate() {
-        let part = set.head_scores_of_shard(model, shard)?;
+        let part = set.head_scores_of_shard(model, shard, on_scored)?;
         if m == 0 {
             rows = part;
         } else {

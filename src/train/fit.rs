@@ -66,7 +66,7 @@ pub fn micro_batches(n: usize, epochs: usize, batch_pairs: usize, seed: u64) -> 
 
 /// Accuracy, mean margin and plain Bradley-Terry loss of a set (inference).
 pub fn quick_eval(shared: &SharedModel, set: &PairSet) -> Result<PairMetrics> {
-    let (c, r) = set.score_all(shared)?;
+    let (c, r) = set.score_all(shared, super::NO_PROGRESS)?;
     Ok(PairMetrics::from_rewards(&c, &r))
 }
 

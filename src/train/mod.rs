@@ -29,7 +29,8 @@ pub use cache::HiddenCache;
 pub use config::{first_trainable_layer, is_trainable, TrainConfig, Trainable};
 pub use fit::{fit, micro_batches, quick_eval, FitEvent, FitOptions};
 pub use pairs::{
-    check_pairs, encode_text_pairs, tokenize_pairs, PairIds, PairLabels, PairSet, SeqSource,
+    check_pairs, encode_text_pairs, tokenize_pairs, OnScored, PairIds, PairLabels, PairSet,
+    SeqSource, NO_PROGRESS,
 };
 pub use parallel::{DataParallel, FlatGradients, ReduceRequest, Shard, SyncPoint};
 pub use step::{StepStats, Trainer, TrainerState};

@@ -140,7 +140,7 @@ impl SeqSource {
     /// (`handle::batch::plan_batches`), whatever the caller (evaluation, vote, C ABI).
     pub fn head_rewards(&self, shared: &SharedModel, idx: &[usize]) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::new(); idx.len()];
-        for (r, heads) in self.head_rewards_of_shard(shared, idx, Shard::WHOLE)? {
+        for (r, heads) in self.head_rewards_of_shard(shared, idx, Shard::WHOLE, NO_PROGRESS)? {
             out[r] = heads;
         }
         Ok(out)
@@ -150,12 +150,14 @@ impl SeqSource {
     /// `b` with `shard.takes(b)`, as (row, heads). Every batch is computed exactly as in the
     /// whole job (same rows, same padding), so the shards' rows together equal the whole
     /// job's bit for bit; sharding single rows instead would change batch composition and
-    /// with it the last bits of the scores.
+    /// with it the last bits of the scores. `on_scored` hears how many rows each batch
+    /// scored (a progress bar).
     pub fn head_rewards_of_shard(
         &self,
         shared: &SharedModel,
         idx: &[usize],
         shard: Shard,
+        on_scored: OnScored,
     ) -> Result<Vec<(usize, Vec<f32>)>> {
         let model = shared.read()?;
         let cache = match self {
@@ -169,6 +171,7 @@ impl SeqSource {
                         let (rows, features) = batch_features(&model, &seqs, batch.1)?;
                         let heads =
                             model.head_rewards_from_features(&features)?.to_vec2::<f32>()?;
+                        on_scored(rows.len());
                         out.extend(rows.into_iter().zip(heads));
                     }
                     Ok(out)
@@ -186,6 +189,7 @@ impl SeqSource {
                 let seqs: Vec<usize> = batch.iter().map(|&r| idx[r]).collect();
                 let features = self.features(&model, &seqs, self.first_layer(), Pass::Inference)?;
                 let heads = model.head_rewards_from_features(&features)?.to_vec2::<f32>()?;
+                on_scored(batch.len());
                 out.extend(batch.iter().copied().zip(heads));
             }
             Ok(())
@@ -195,12 +199,13 @@ impl SeqSource {
 
     /// Rewards of sequences `idx` (inference; a multi-head model gives the mean of its heads).
     pub fn rewards(&self, shared: &SharedModel, idx: &[usize]) -> Result<Vec<f32>> {
-        Ok(self
-            .head_rewards(shared, idx)?
-            .into_iter()
-            .map(|h| h.iter().sum::<f32>() / h.len() as f32)
-            .collect())
+        Ok(mean_of_heads(self.head_rewards(shared, idx)?))
     }
+}
+
+/// Per sequence, the mean of its heads' rewards (the reward of a multi-head model).
+fn mean_of_heads(rows: Vec<Vec<f32>>) -> Vec<f32> {
+    rows.iter().map(|h| h.iter().sum::<f32>() / h.len() as f32).collect()
 }
 
 /// Features for a training pass, and how their gradient reaches the backbone.
@@ -222,6 +227,12 @@ pub struct EngineRun {
 
 /// Every head's reward on each of a set's pairs: `[pair][head]`.
 pub type HeadScores = Vec<Vec<f32>>;
+
+/// Told how many sequences each batch of a long scoring job finished (a progress bar's
+/// `inc`); [`NO_PROGRESS`] where nobody listens.
+pub type OnScored<'a> = &'a (dyn Fn(usize) + Sync);
+
+pub const NO_PROGRESS: OnScored<'static> = &|_| {};
 
 /// Preference pairs over a set of sequences: pair i is (chosen, rejected) sequence indices.
 #[derive(Clone)]
@@ -316,11 +327,15 @@ impl PairSet {
         self.sides_of(&(0..self.len()).collect::<Vec<_>>())
     }
 
-    /// (chosen, rejected) rewards of every pair, inference, batched by the token-budget planner.
-    pub fn score_all(&self, shared: &SharedModel) -> Result<(Vec<f32>, Vec<f32>)> {
-        let mut r = self.seqs.rewards(shared, &self.sides())?;
-        let rejected = r.split_off(self.len());
-        Ok((r, rejected))
+    /// (chosen, rejected) rewards of every pair, inference, batched by the token-budget
+    /// planner; `on_scored` hears the sequences each batch scored.
+    pub fn score_all(
+        &self,
+        shared: &SharedModel,
+        on_scored: OnScored,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (c, r) = self.head_scores(shared, on_scored)?;
+        Ok((mean_of_heads(c), mean_of_heads(r)))
     }
 
     /// (chosen, rejected) rewards of every head on every pair: `[pair][head]`.
@@ -330,12 +345,21 @@ impl PairSet {
         &self,
         shared: &SharedModel,
         shard: Shard,
+        on_scored: OnScored,
     ) -> Result<Vec<(usize, Vec<f32>)>> {
-        self.seqs.head_rewards_of_shard(shared, &self.sides(), shard)
+        self.seqs.head_rewards_of_shard(shared, &self.sides(), shard, on_scored)
     }
 
-    pub fn head_scores(&self, shared: &SharedModel) -> Result<(HeadScores, HeadScores)> {
-        let mut r = self.seqs.head_rewards(shared, &self.sides())?;
+    /// `on_scored` hears the sequences (two per pair) each batch scored.
+    pub fn head_scores(
+        &self,
+        shared: &SharedModel,
+        on_scored: OnScored,
+    ) -> Result<(HeadScores, HeadScores)> {
+        let mut r = vec![Vec::new(); 2 * self.len()];
+        for (row, heads) in self.head_scores_of_shard(shared, Shard::WHOLE, on_scored)? {
+            r[row] = heads;
+        }
         let rejected = r.split_off(self.len());
         Ok((r, rejected))
     }

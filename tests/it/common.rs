@@ -158,7 +158,7 @@ pub fn train_tiny_on_hh(
             "{dtype:?} on {device:?}: {name} did not move"
         );
     }
-    let (chosen, rejected) = set.score_all(&model).unwrap();
+    let (chosen, rejected) = set.score_all(&model, rewardkit::train::NO_PROGRESS).unwrap();
     (losses, [chosen, rejected].concat())
 }
 

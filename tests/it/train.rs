@@ -9,7 +9,7 @@ use rewardkit::rng::Rng;
 use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
 use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::train::{
-    fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer,
+    fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer, NO_PROGRESS,
 };
 use rewardkit::{ComputeDType, SharedModel, SharedModelOptions};
 
@@ -267,7 +267,7 @@ fn ensemble_members_differ_and_vote() {
     .unwrap();
     let refs: Vec<&SharedModel> = members.iter().map(|m| m.as_ref()).collect();
     let test = PairSet::from_ids(task(16, 13));
-    let vote = rewardkit::eval::vote::vote(&refs, &test).unwrap();
+    let vote = rewardkit::eval::vote::vote(&refs, &test, NO_PROGRESS).unwrap();
     let (mean, std) = vote.strength();
     assert_eq!((vote.members(), vote.pairs()), (3, 16));
     assert!(
@@ -295,13 +295,16 @@ fn ensemble_members_differ_and_vote() {
         |_| {},
     )
     .unwrap();
-    let heads = rewardkit::eval::vote::vote(&[&multi], &test).unwrap();
+    let heads = rewardkit::eval::vote::vote(&[&multi], &test, NO_PROGRESS).unwrap();
     assert_eq!(heads.members(), 3);
     assert!(heads.strength().0.iter().all(|&m| m > 0.0));
     // Heads and whole models mix: 3 heads + 2 models = 5 members, the heads' rows first.
-    let mixed =
-        rewardkit::eval::vote::vote(&[&multi, members[0].as_ref(), members[1].as_ref()], &test)
-            .unwrap();
+    let mixed = rewardkit::eval::vote::vote(
+        &[&multi, members[0].as_ref(), members[1].as_ref()],
+        &test,
+        NO_PROGRESS,
+    )
+    .unwrap();
     assert_eq!(mixed.members(), 5);
     assert_eq!(mixed.chosen[..3], heads.chosen[..]);
     assert_eq!(mixed.chosen[3..], vote.chosen[..2]);
@@ -404,14 +407,14 @@ fn out_of_fold_members_vote_only_on_pairs_they_never_saw() {
     assert_eq!(weights(&oof[5]), weights(&alone[0]), "member 5 trained on other pairs");
 
     let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
-    let vote = rewardkit::eval::vote::vote_out_of_fold(&refs, &noisy, &folds).unwrap();
+    let vote = rewardkit::eval::vote::vote_out_of_fold(&refs, &noisy, &folds, NO_PROGRESS).unwrap();
     assert!((0..n).all(|i| vote.voters(i) == members / k));
     // Pair i's strength: the mean over the members that held out its fold, of their margins.
     let (strength, _) = vote.strength();
     let margins: Vec<Vec<f32>> = refs
         .iter()
         .map(|m| {
-            let (c, r) = noisy.score_all(m).unwrap();
+            let (c, r) = noisy.score_all(m, NO_PROGRESS).unwrap();
             c.iter().zip(&r).map(|(c, r)| c - r).collect()
         })
         .collect();
@@ -428,7 +431,7 @@ fn out_of_fold_members_vote_only_on_pairs_they_never_saw() {
     assert_eq!(rows[0]["chosen score list"].as_array().unwrap().len(), 2);
 
     // In sample, the same members' vote on pairs they trained on (for the record).
-    let in_sample = rewardkit::eval::vote::vote(&refs, &noisy).unwrap().strength().0;
+    let in_sample = rewardkit::eval::vote::vote(&refs, &noisy, NO_PROGRESS).unwrap().strength().0;
     let score = |s: &[f32]| auroc(&s.iter().map(|x| -x).collect::<Vec<_>>(), &flipped).unwrap();
     eprintln!(
         "flip AUROC: out of fold {:.3}, every member on every pair {:.3}",
@@ -438,11 +441,14 @@ fn out_of_fold_members_vote_only_on_pairs_they_never_saw() {
     assert!(score(&strength) > 0.75, "out-of-fold vote finds the flips: {}", score(&strength));
 
     // Refused: fewer members than folds, a multi-head member, a layout for other data.
-    assert!(rewardkit::eval::vote::vote_out_of_fold(&refs[..3], &noisy, &folds).is_err());
+    assert!(
+        rewardkit::eval::vote::vote_out_of_fold(&refs[..3], &noisy, &folds, NO_PROGRESS).is_err()
+    );
     assert!(rewardkit::eval::vote::vote_out_of_fold(
         &refs,
         &noisy.subset(&[0, 1, 2]).unwrap(),
-        &folds
+        &folds,
+        NO_PROGRESS
     )
     .is_err());
     assert!(train_ensemble(

@@ -105,20 +105,12 @@ fn run_fit(
     Ok(())
 }
 
-/// `set.score_all(model)` in chunks of pairs, with a progress bar (rate, ETA) on a terminal.
+/// `set.score_all(model)` with a progress bar (rate, ETA) on a terminal.
 fn score_all_with_progress(model: &SharedModel, set: &PairSet) -> Result<(Vec<f32>, Vec<f32>)> {
-    const CHUNK_PAIRS: usize = 512;
-    let pb = progress::bar(set.len() as u64, "pairs");
-    let (mut chosen, mut rejected) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
-    let idx: Vec<usize> = (0..set.len()).collect();
-    for chunk in idx.chunks(CHUNK_PAIRS) {
-        let (c, r) = set.subset(chunk)?.score_all(model)?;
-        chosen.extend(c);
-        rejected.extend(r);
-        pb.inc(chunk.len() as u64);
-    }
+    let pb = progress::bar(2 * set.len() as u64, "sequences");
+    let scores = set.score_all(model, &|n| pb.inc(n as u64));
     pb.finish_and_clear();
-    Ok((chosen, rejected))
+    scores
 }
 
 pub fn report(
