@@ -47,6 +47,28 @@
 
 
 /**
+ * Bits of `rk_trainer_params.lora_targets`: the projections LoRA adapts.
+ */
+#define RK_LORA_Q 1
+
+#define RK_LORA_K (1 << 1)
+
+#define RK_LORA_V (1 << 2)
+
+#define RK_LORA_O (1 << 3)
+
+#define RK_LORA_GATE (1 << 4)
+
+#define RK_LORA_UP (1 << 5)
+
+#define RK_LORA_DOWN (1 << 6)
+
+/**
+ * Every projection (the default).
+ */
+#define RK_LORA_ALL ((1 << 7) - 1)
+
+/**
  * Result of every fallible call. `RK_OK` (0) is success; anything else is an error whose
  * message `rk_last_error_message()` returns on the same thread. Codes are never renumbered;
  * new ones are appended, so treat an unknown code as a generic failure.
@@ -410,6 +432,15 @@ typedef struct rk_trainer_params {
    * all-reduce, `RK_SYNC_META_PREFERENCE`). Default 1.
    */
   uint8_t meta_order;
+  /**
+   * Appended in 0.2, read with `trainable = RK_TRAIN_LORA`: the rank (1..=16384, default 8),
+   * alpha (> 0, default 8; the factor on B A is alpha / rank), the projections adapted
+   * (`RK_LORA_*` bits, default `RK_LORA_ALL`) and 1 for rsLoRA's alpha / sqrt(rank).
+   */
+  uint32_t lora_rank;
+  float lora_alpha;
+  uint32_t lora_targets;
+  uint8_t lora_rslora;
 } rk_trainer_params;
 
 /**
@@ -690,6 +721,12 @@ typedef int32_t (*rk_allreduce_fn)(void *user_data, float *buffer, size_t n, con
  * The reward head only.
  */
 #define RK_TRAIN_HEAD 2
+
+/**
+ * LoRA factors (`lora_rank`, `lora_alpha`, `lora_targets`, `lora_rslora`) on every layer and
+ * the head; the base weights stay frozen, and `rk_trainer_save` writes a PEFT adapter.
+ */
+#define RK_TRAIN_LORA 3
 
 /**
  * No flipping (the default).

@@ -13,6 +13,7 @@ use crate::eval::vote::EnsembleReward;
 use crate::handle::batch::BatchOptions;
 use crate::handle::tokenize::TextOptions;
 use crate::handle::SharedModelOptions;
+use crate::model::lora::LoraSpec;
 use crate::model::{ComputeDType, LoadOptions, Normalize};
 use crate::train::contrastive::{
     ContrastiveConfig, ContrastiveItems, ContrastiveMethod, ContrastiveOverrides,
@@ -48,6 +49,20 @@ pub const RK_TRAIN_ALL: rk_trainable = 0;
 pub const RK_TRAIN_TOP_LAYERS: rk_trainable = 1;
 /// The reward head only.
 pub const RK_TRAIN_HEAD: rk_trainable = 2;
+/// LoRA factors (`lora_rank`, `lora_alpha`, `lora_targets`, `lora_rslora`) on every layer and
+/// the head; the base weights stay frozen, and `rk_trainer_save` writes a PEFT adapter.
+pub const RK_TRAIN_LORA: rk_trainable = 3;
+
+/// Bits of `rk_trainer_params.lora_targets`: the projections LoRA adapts.
+pub const RK_LORA_Q: u32 = 1;
+pub const RK_LORA_K: u32 = 1 << 1;
+pub const RK_LORA_V: u32 = 1 << 2;
+pub const RK_LORA_O: u32 = 1 << 3;
+pub const RK_LORA_GATE: u32 = 1 << 4;
+pub const RK_LORA_UP: u32 = 1 << 5;
+pub const RK_LORA_DOWN: u32 = 1 << 6;
+/// Every projection (the default).
+pub const RK_LORA_ALL: u32 = (1 << 7) - 1;
 
 /// Label flipping (needs per-pair strengths).
 pub type rk_flip = i32;
@@ -233,6 +248,13 @@ pub struct rk_trainer_params {
     /// forward and backward passes over the policy batch (and, in a data-parallel run, one more
     /// all-reduce, `RK_SYNC_META_PREFERENCE`). Default 1.
     pub meta_order: u8,
+    /// Appended in 0.2, read with `trainable = RK_TRAIN_LORA`: the rank (1..=16384, default 8),
+    /// alpha (> 0, default 8; the factor on B A is alpha / rank), the projections adapted
+    /// (`RK_LORA_*` bits, default `RK_LORA_ALL`) and 1 for rsLoRA's alpha / sqrt(rank).
+    pub lora_rank: u32,
+    pub lora_alpha: f32,
+    pub lora_targets: u32,
+    pub lora_rslora: u8,
 }
 
 /// The smallest `struct_size` accepted for `rk_trainer_params`: the layout before
@@ -450,6 +472,11 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         Trainable::All => (RK_TRAIN_ALL, 0),
         Trainable::TopLayers { layers } => (RK_TRAIN_TOP_LAYERS, narrow(layers)),
         Trainable::HeadOnly => (RK_TRAIN_HEAD, 0),
+        Trainable::Lora(_) => (RK_TRAIN_LORA, 0),
+    };
+    let lora = match c.trainable {
+        Trainable::Lora(spec) => spec,
+        _ => LoraSpec::default(),
     };
     // Contrastive fields hold the caller's overrides; 0 keeps the paper's value.
     let view_layers = c
@@ -507,6 +534,10 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         contrastive_view_layers: view_layers.map_or(0, narrow),
         measure_j_after: c.measure_j_after as u8,
         meta_order: c.meta_order,
+        lora_rank: narrow(lora.r),
+        lora_alpha: lora.alpha,
+        lora_targets: u32::from(lora.targets),
+        lora_rslora: lora.rslora as u8,
     }
 }
 
@@ -541,6 +572,20 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
             RK_TRAIN_ALL => Trainable::All,
             RK_TRAIN_TOP_LAYERS => Trainable::TopLayers { layers: p.top_layers as usize },
             RK_TRAIN_HEAD => Trainable::HeadOnly,
+            RK_TRAIN_LORA => Trainable::Lora(LoraSpec {
+                r: p.lora_rank as usize,
+                alpha: p.lora_alpha,
+                rslora: flag(p.lora_rslora, "params->lora_rslora")?,
+                targets: u8::try_from(p.lora_targets)
+                    .ok()
+                    .filter(|&t| u32::from(t) <= RK_LORA_ALL)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "params->lora_targets {:#x} has bits outside RK_LORA_ALL",
+                            p.lora_targets
+                        ))
+                    })?,
+            }),
             v => return Err(unknown("trainable", v)),
         },
         noise: NoiseConfig {

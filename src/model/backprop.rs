@@ -129,6 +129,10 @@ impl Grads {
     pub fn take(&mut self, name: &str) -> Option<Vec<f32>> {
         self.by_name.remove(name)
     }
+
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.by_name.get(name).map(Vec::as_slice)
+    }
 }
 
 /// A projection's weights as host slices: W (out, in), b (out).

@@ -276,8 +276,10 @@ pub fn fresh_head(cfg: &ModelConfig, rows: usize, seed: u64) -> Result<Tensor> {
 
 /// The files a checkpoint directory written by rewardkit may hold. An existing directory with
 /// anything else in it is somebody's own, and is never replaced.
-pub const CHECKPOINT_FILES: [&str; 7] = [
+pub const CHECKPOINT_FILES: [&str; 9] = [
     CONFIG_FILE,
+    super::lora::ADAPTER_CONFIG_FILE,
+    super::lora::ADAPTER_WEIGHTS_FILE,
     WEIGHTS_FILE,
     TOKENIZER_FILE,
     crate::io::chat::TOKENIZER_CONFIG_FILE,
@@ -334,6 +336,27 @@ pub fn save_checkpoint(
     tensors: &[(String, Tensor)],
     extra_files: &[(&str, Vec<u8>)],
 ) -> Result<()> {
+    let cfg_bytes =
+        serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut files = vec![(CONFIG_FILE, cfg_bytes), (WEIGHTS_FILE, safetensors_bytes(tensors)?)];
+    files.extend(extra_files.iter().map(|(n, b)| (*n, b.clone())));
+    save_files(dir, &files)
+}
+
+/// `tensors` as a safetensors file (on the CPU, contiguous, with transformers' `format: pt`).
+pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize(cpu, Some(metadata))
+        .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
+}
+
+/// Writes `files` (name, bytes) as the directory `dir`, all or nothing: into a fresh sibling,
+/// each synced, then swapped in. `dir` must be replaceable ([`check_replaceable`]).
+pub fn save_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     check_replaceable(dir)?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -342,18 +365,7 @@ pub fn save_checkpoint(
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let tmp = crate::fsutil::fresh_sibling_dir(dir, "tmp")?;
     let write = || -> Result<()> {
-        let cfg_bytes =
-            serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
-        crate::fsutil::write_synced(&tmp.join(CONFIG_FILE), &cfg_bytes)?;
-        let cpu: Vec<(String, Tensor)> = tensors
-            .iter()
-            .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
-            .collect::<Result<_>>()?;
-        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let bytes = safetensors::serialize(cpu, Some(metadata))
-            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        crate::fsutil::write_synced(&tmp.join(WEIGHTS_FILE), &bytes)?;
-        for (name, data) in extra_files {
+        for (name, data) in files {
             crate::fsutil::write_synced(&tmp.join(name), data)?;
         }
         // The destination may have changed since the first check.

@@ -99,6 +99,9 @@ pub struct ModelConfig {
     pub normalize_reward: bool,
     /// The original JSON, kept so that a saved checkpoint carries every field it came with.
     pub raw: Value,
+    /// Set while LoRA factors train on this model (never read from or written to JSON): the
+    /// projections with factors in the parameters are `W + s · B A`.
+    pub lora: Option<crate::model::lora::LoraSettings>,
 }
 
 /// The mean and std of a reward model's rewards (OpenRLHF computes them on held-out data at
@@ -321,6 +324,7 @@ impl ModelConfig {
             },
             normalize_reward: get_bool(&raw, "normalize_reward")?.unwrap_or(false),
             raw,
+            lora: None,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -126,8 +126,17 @@ pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 impl DecoderWeights {
     pub fn new(cfg: &ModelConfig, p: &ParamStore) -> Result<Self> {
         let linear = |l: usize, proj: &str, bias: bool| -> Result<Linear> {
+            let module = names::layer(l, proj);
+            let weight = p.get(&format!("{module}.weight"))?;
+            // A LoRA-adapted projection reads `W + s · B A` (from the variables: autograd
+            // reaches A and B, and the model rebuilds these weights after every update).
+            let (a, b) = super::lora::factor_names(&module);
+            let weight = match (&cfg.lora, p.contains(&a)) {
+                (Some(lora), true) => super::lora::merged(weight, p.get(&a)?, p.get(&b)?, lora)?,
+                _ => weight.clone(),
+            };
             Ok(Linear {
-                weight: p.get(&names::layer(l, &format!("{proj}.weight")))?.clone(),
+                weight,
                 bias: if bias {
                     Some(p.get(&names::layer(l, &format!("{proj}.bias")))?.clone())
                 } else {

@@ -229,10 +229,9 @@ impl Adapter {
         for p in &self.pairs {
             let w = &tensors[&p.target];
             let dtype = w.dtype();
-            let (a, b) = (p.a.to_dtype(DType::F32)?, p.b.to_dtype(DType::F32)?);
-            let delta = (b.matmul(&a)? * self.settings.scale(a.dim(0)?))?;
-            let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
-            tensors.insert(p.target.clone(), merged);
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let w = merged(&f32(w)?, &f32(&p.a)?, &f32(&p.b)?, &self.settings)?;
+            tensors.insert(p.target.clone(), w.to_dtype(dtype)?);
         }
         for (name, t) in &self.replaced {
             if is_head(name) {
@@ -253,4 +252,132 @@ fn head_names() -> impl Iterator<Item = &'static str> {
 
 fn is_head(name: &str) -> bool {
     head_names().any(|h| h == name)
+}
+
+/// The projections of a decoder layer LoRA may adapt, in PEFT's module names.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// What LoRA training adds to a model: rank-`r` factors on the chosen projections of every
+/// layer, scaled by `alpha / r` (`alpha / sqrt(r)` with rsLoRA), the head trained fully.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f32,
+    pub rslora: bool,
+    /// Bit i set: [`PROJECTIONS`]`[i]` is adapted.
+    pub targets: u8,
+}
+
+impl Default for LoraSpec {
+    /// PEFT's defaults for r and alpha (8, 8), on every projection (what TRL's examples and
+    /// OpenRLHF's `--target_modules all-linear` adapt).
+    fn default() -> Self {
+        LoraSpec { r: 8, alpha: 8.0, rslora: false, targets: 0x7F }
+    }
+}
+
+impl LoraSpec {
+    pub fn settings(&self) -> LoraSettings {
+        LoraSettings { r: self.r, alpha: self.alpha as f64, use_rslora: self.rslora }
+    }
+
+    /// Parses `q,k,v,o,gate,up,down` (or `all`) into target bits.
+    pub fn parse_targets(s: &str) -> Result<u8> {
+        if s == "all" {
+            return Ok(0x7F);
+        }
+        let mut bits = 0u8;
+        for t in s.split(',').map(str::trim) {
+            let i = PROJECTIONS
+                .iter()
+                .position(|p| p.rsplit('.').next() == Some(&format!("{t}_proj")))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unknown LoRA target `{t}` (q, k, v, o, gate, up, down, or all)"
+                    ))
+                })?;
+            bits |= 1 << i;
+        }
+        Ok(bits)
+    }
+
+    /// The adapted projections' module names in layer `layer` (`model.layers.3.self_attn.q_proj`).
+    pub fn modules(&self, layer: usize) -> impl Iterator<Item = String> + '_ {
+        PROJECTIONS
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.targets & (1 << i) != 0)
+            .map(move |(_, p)| format!("model.layers.{layer}.{p}"))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 || self.r > MAX_LORA_RANK {
+            return Err(Error::invalid(format!("LoRA rank must be in 1..={MAX_LORA_RANK}")));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(Error::invalid("LoRA alpha must be a finite number > 0"));
+        }
+        if self.targets == 0 || self.targets > 0x7F {
+            return Err(Error::invalid("LoRA needs at least one target projection"));
+        }
+        Ok(())
+    }
+
+    /// adapter_config.json as PEFT writes it for a SEQ_CLS adapter over `base`.
+    pub fn peft_config(&self, base: &str) -> Value {
+        let targets: Vec<&str> = PROJECTIONS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.targets & (1 << i) != 0)
+            .map(|(_, p)| p.rsplit('.').next().expect("a module name"))
+            .collect();
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "SEQ_CLS",
+            "base_model_name_or_path": base,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": 0.0,
+            "use_rslora": self.rslora,
+            "target_modules": targets,
+            "modules_to_save": ["score"],
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_dora": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+        })
+    }
+}
+
+/// `w + s · b a`: a projection with its LoRA factors merged in (`a` (r, in), `b` (out, r)).
+pub fn merged(w: &Tensor, a: &Tensor, b: &Tensor, settings: &LoraSettings) -> Result<Tensor> {
+    Ok((w + (b.matmul(a)? * settings.scale(a.dim(0)?))?)?)
+}
+
+/// Names of a module's LoRA factors in rewardkit's parameter store.
+pub fn factor_names(module: &str) -> (String, String) {
+    (format!("{module}.lora_A.weight"), format!("{module}.lora_B.weight"))
+}
+
+/// The base weight a LoRA factor adapts, if `name` is one (`....q_proj.lora_A.weight` ->
+/// (`....q_proj.weight`, true for A)).
+pub fn factor_target(name: &str) -> Option<(String, bool)> {
+    if let Some(m) = name.strip_suffix(".lora_A.weight") {
+        return Some((format!("{m}.weight"), true));
+    }
+    name.strip_suffix(".lora_B.weight").map(|m| (format!("{m}.weight"), false))
+}
+
+/// PEFT's name for one of rewardkit's trained tensors in adapter_model.safetensors.
+pub fn peft_name(name: &str) -> String {
+    format!("{PEFT_PREFIX}{name}")
 }

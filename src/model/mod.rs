@@ -459,6 +459,63 @@ impl RewardModel {
         self.params.remove(name);
     }
 
+    /// Adds LoRA factors for `spec` to every layer, initialised as PEFT does (A uniform in
+    /// ±1/sqrt(in), from `seed`; B zero, so the model scores as before), and makes the
+    /// adapted projections read `W + s · B A`. Returns the names added.
+    pub fn attach_lora(&mut self, spec: &lora::LoraSpec, seed: u64) -> Result<Vec<String>> {
+        spec.validate()?;
+        if self.config.lora.is_some() {
+            return Err(Error::invalid("this model trains LoRA factors already"));
+        }
+        let mut added = Vec::new();
+        let result = (|| -> Result<()> {
+            for layer in 0..self.config.num_hidden_layers {
+                for module in spec.modules(layer) {
+                    let (out, inp) = self.params.get(&format!("{module}.weight"))?.dims2()?;
+                    let (a, b) = lora::factor_names(&module);
+                    let bound = 1.0 / (inp as f32).sqrt();
+                    let mut rng = crate::rng::Rng::new(seed.wrapping_add(added.len() as u64));
+                    let init: Vec<f32> =
+                        (0..spec.r * inp).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect();
+                    let dtype = self.dtype.to_candle();
+                    let at =
+                        Tensor::from_vec(init, (spec.r, inp), &self.device)?.to_dtype(dtype)?;
+                    let bt = Tensor::zeros((out, spec.r), dtype, &self.device)?;
+                    self.add_param(&a, &at)?;
+                    added.push(a);
+                    self.add_param(&b, &bt)?;
+                    added.push(b);
+                }
+            }
+            self.config.lora = Some(spec.settings());
+            self.refresh_weights()
+        })();
+        if let Err(e) = result {
+            self.detach_lora(&added);
+            return Err(e);
+        }
+        Ok(added)
+    }
+
+    /// Undoes [`Self::attach_lora`].
+    pub fn detach_lora(&mut self, added: &[String]) {
+        for name in added {
+            self.params.remove(name);
+        }
+        self.config.lora = None;
+        // The plain weights were built before and can be built again.
+        let _ = self.refresh_weights();
+    }
+
+    /// Rebuilds the weights the forward passes read. Only LoRA-adapted projections hold values
+    /// of their own (`W + s · B A`); every other weight is a view of its parameter, which an
+    /// in-place update changes without this.
+    pub fn refresh_weights(&mut self) -> Result<()> {
+        self.weights = DecoderWeights::new(&self.config, &self.params)?;
+        self.inference_weights = self.weights.detached();
+        Ok(())
+    }
+
     /// Hidden states entering layer `layer` (b, t, h): what a frozen bottom of the network
     /// produces, computed once and reused while training the layers above.
     pub fn hidden_before_layer(&self, batch: &Batch, layer: usize, pass: Pass) -> Result<Tensor> {
@@ -574,8 +631,22 @@ impl RewardModel {
 
     /// Writes the model as a Hugging Face `*ForSequenceClassification` checkpoint.
     pub fn save(&self, dir: &Path, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> =
-            self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();
+        // LoRA factors are saved merged (`W + s · B A`): a full checkpoint has none.
+        let mut tensors = Vec::new();
+        for (name, var) in self.params.iter() {
+            if lora::factor_target(name).is_some() {
+                continue;
+            }
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            let (a, b) = lora::factor_names(module);
+            let value = match (&self.config.lora, self.params.contains(&a)) {
+                (Some(l), true) => {
+                    lora::merged(var.as_tensor(), self.params.get(&a)?, self.params.get(&b)?, l)?
+                }
+                _ => var.as_tensor().clone(),
+            };
+            tensors.push((name.to_string(), value));
+        }
         checkpoint::save_checkpoint(
             dir,
             &self.config.to_reward_model_json(self.num_heads()),

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::decoder::names;
 
 /// Which parameters a trainer updates. Frozen layers run with the fast inference kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Trainable {
     /// Every parameter, embeddings included.
@@ -21,6 +21,9 @@ pub enum Trainable {
     TopLayers { layers: usize },
     /// The reward head alone.
     HeadOnly,
+    /// LoRA factors on the chosen projections of every layer, and the head (PEFT's
+    /// `modules_to_save=["score"]`); the base weights stay frozen. Saved in PEFT's layout.
+    Lora(crate::model::lora::LoraSpec),
 }
 
 /// The one place a trainable set is parsed from text: `all`, `head` or `top:N`.
@@ -30,12 +33,13 @@ impl std::str::FromStr for Trainable {
         match s {
             "all" => Ok(Trainable::All),
             "head" => Ok(Trainable::HeadOnly),
+            "lora" => Ok(Trainable::Lora(Default::default())),
             _ => s
                 .strip_prefix("top:")
                 .and_then(|n| n.parse().ok())
                 .map(|layers| Trainable::TopLayers { layers })
                 .ok_or_else(|| {
-                    Error::invalid(format!("unknown trainable set `{s}` (all, head, top:N)"))
+                    Error::invalid(format!("unknown trainable set `{s}` (all, head, top:N, lora)"))
                 }),
         }
     }
@@ -47,6 +51,7 @@ impl std::fmt::Display for Trainable {
             Trainable::All => f.write_str("all"),
             Trainable::HeadOnly => f.write_str("head"),
             Trainable::TopLayers { layers } => write!(f, "top:{layers}"),
+            Trainable::Lora(spec) => write!(f, "lora (r {}, alpha {})", spec.r, spec.alpha),
         }
     }
 }
@@ -158,6 +163,9 @@ impl TrainConfig {
         if let Some(c) = &self.contrastive {
             c.validate()?;
         }
+        if let Trainable::Lora(spec) = self.trainable {
+            spec.validate()?;
+        }
         if let Trainable::TopLayers { layers } = self.trainable {
             if layers > num_layers {
                 return Err(Error::invalid(format!(
@@ -172,7 +180,7 @@ impl TrainConfig {
 /// The first decoder layer that is trained; layers below it are frozen.
 pub fn first_trainable_layer(trainable: Trainable, num_layers: usize) -> usize {
     match trainable {
-        Trainable::All => 0,
+        Trainable::All | Trainable::Lora(_) => 0,
         Trainable::TopLayers { layers } => num_layers - layers.min(num_layers),
         Trainable::HeadOnly => num_layers,
     }
@@ -186,6 +194,9 @@ pub fn is_trainable(name: &str, trainable: Trainable, num_layers: usize) -> bool
     match trainable {
         Trainable::All => true,
         Trainable::HeadOnly => name == names::HEAD,
+        Trainable::Lora(_) => {
+            name == names::HEAD || crate::model::lora::factor_target(name).is_some()
+        }
         Trainable::TopLayers { .. } => {
             let first = first_trainable_layer(trainable, num_layers);
             if name == names::HEAD || name == names::FINAL_NORM {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::config::{first_trainable_layer, is_trainable, TrainConfig};
+use super::config::{first_trainable_layer, is_trainable, TrainConfig, Trainable};
 use super::loss::{preference_loss, PairTreatment};
 use super::optim::{global_norm, AdamW};
 use super::pairs::{check_pairs, EngineRun, PairIds, PairLabels, PairSet};
@@ -182,9 +182,24 @@ impl Trainer {
             },
         };
         model.attach_trainer()?;
+        // LoRA factors live with the model too: a later trainer with the same settings reuses
+        // them; they are added only here, once nothing else can refuse the trainer.
+        let mut lora_added = Vec::new();
         let built = (|| -> Result<AdamW> {
             if let Some(c) = &new_prototypes {
                 model.write()?.add_param(crate::train::contrastive::PROTOTYPES, c)?;
+            }
+            if let Trainable::Lora(spec) = cfg.trainable {
+                let mut m = model.write()?;
+                match &m.config().lora {
+                    Some(s) if *s == spec.settings() => {}
+                    Some(_) => {
+                        return Err(Error::invalid(
+                            "the model trains LoRA factors of other settings already",
+                        ))
+                    }
+                    None => lora_added = m.attach_lora(&spec, cfg.seed ^ 0x4C6F_5241)?,
+                }
             }
             let params: Vec<_> = model
                 .read()?
@@ -211,9 +226,12 @@ impl Trainer {
                 })
             }
             Err(e) => {
-                if new_prototypes.is_some() {
-                    if let Ok(mut m) = model.write() {
+                if let Ok(mut m) = model.write() {
+                    if new_prototypes.is_some() {
                         m.remove_param(crate::train::contrastive::PROTOTYPES);
+                    }
+                    if !lora_added.is_empty() {
+                        m.detach_lora(&lora_added);
                     }
                 }
                 model.detach_trainer();
@@ -438,6 +456,8 @@ impl Trainer {
                 None => Ok(Tensor::zeros(var.shape(), DType::F32, var.device())?),
             }
         };
+        // The embedding's gradient (vocab x hidden) only when it trains (not with LoRA).
+        let embedding = self.optimizer.names().any(|n| n == crate::model::decoder::names::EMBED);
         for run in runs {
             let d = take(&run.var)?;
             let branch = match &run.branch {
@@ -445,7 +465,7 @@ impl Trainer {
                 None => None,
             };
             let branch = branch.as_ref().map(|(t, d)| (*t, d));
-            model.engine_backward(&run.tape, &d, true, &mut engine, branch)?;
+            model.engine_backward(&run.tape, &d, embedding, &mut engine, branch)?;
         }
         crate::profile::phase("gradients to f32", device, || {
             self.optimizer
@@ -454,6 +474,9 @@ impl Trainer {
                     let p = model.params().get(name)?;
                     if let Some(g) = engine.take(name) {
                         return Ok(Tensor::from_vec(g, p.shape(), p.device())?);
+                    }
+                    if let Some(g) = lora_factor_grad(model, &engine, name)? {
+                        return Ok(g);
                     }
                     // Removed, not borrowed: each low-precision gradient is freed once converted.
                     Ok(match grads.remove(p) {
@@ -590,8 +613,9 @@ impl Trainer {
         self.check_no_pending()?;
         let current = self.optimizer.values()?;
         let new = split_flat(values, &current, "weight")?;
-        let _exclusive = self.model.write()?;
-        self.optimizer.set_values(new)
+        let mut exclusive = self.model.write()?;
+        self.optimizer.set_values(new)?;
+        refresh_lora(&mut exclusive)
     }
 
     /// Names of the trained parameters, in optimizer order.
@@ -620,8 +644,9 @@ impl Trainer {
                 Ok((norm, optimizer.prepare(grads, lr, scale)?))
             })
         })?;
-        let _exclusive = self.model.write()?;
+        let mut exclusive = self.model.write()?;
         self.optimizer.commit(&new_values)?;
+        refresh_lora(&mut exclusive)?;
         Ok(norm)
     }
 
@@ -650,7 +675,28 @@ impl Trainer {
             (TRAINER_STATE_FILE, serde_json::to_vec_pretty(&state).expect("serializable")),
         ];
         extra.extend(self.model.tokenizer_files()?);
-        self.model.read()?.save(dir, &extra)
+        let model = self.model.read()?;
+        let Trainable::Lora(spec) = self.cfg.trainable else {
+            return model.save(dir, &extra);
+        };
+        // A PEFT adapter: the factors and the head under PEFT's names, which peft (and
+        // `--adapter`) load over the base model.
+        let tensors: Vec<(String, Tensor)> = self
+            .optimizer
+            .names()
+            .map(|n| Ok((crate::model::lora::peft_name(n), model.params().get(n)?.clone())))
+            .collect::<Result<_>>()?;
+        let base = model.config().raw.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or("");
+        let config = serde_json::to_vec_pretty(&spec.peft_config(base)).expect("serializable");
+        let mut files = vec![
+            (crate::model::lora::ADAPTER_CONFIG_FILE, config),
+            (
+                crate::model::lora::ADAPTER_WEIGHTS_FILE,
+                crate::model::checkpoint::safetensors_bytes(&tensors)?,
+            ),
+        ];
+        files.extend(extra);
+        crate::model::checkpoint::save_files(dir, &files)
     }
 
     /// Restores optimizer and step counters from a checkpoint written by [`Self::save`]; the
@@ -658,12 +704,89 @@ impl Trainer {
     pub fn resume(&mut self, dir: &Path) -> Result<u64> {
         let state = TrainerState::read(&dir.join(TRAINER_STATE_FILE))?;
         let tensors = crate::model::checkpoint::read_tensors(&[dir.join(OPTIMIZER_FILE)])?;
+        // A LoRA checkpoint is an adapter over the base this trainer's model was loaded
+        // from: the trained values come from it (read and checked before anything changes).
+        let lora_values = match self.cfg.trainable {
+            Trainable::Lora(spec) => Some(self.adapter_values(dir, &spec)?),
+            _ => None,
+        };
         self.model.install(|| self.optimizer.load_state(&tensors, state.step))?;
+        let mut model = self.model.write()?;
+        if let Some(values) = lora_values {
+            self.optimizer.set_values(values)?;
+        }
+        refresh_lora(&mut model)?;
+        drop(model);
         self.micro_step = state.micro_step;
         self.accum_count = 0;
         self.accum.iter_mut().for_each(|g| *g = None);
         Ok(state.micro_step)
     }
+}
+
+impl Trainer {
+    /// The trained values (float32, optimizer order) of a LoRA checkpoint `dir` written by
+    /// [`Trainer::save`] with the same settings.
+    fn adapter_values(
+        &self,
+        dir: &Path,
+        spec: &crate::model::lora::LoraSpec,
+    ) -> Result<Vec<Tensor>> {
+        use crate::model::lora::{
+            peft_name, LoraSettings, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+        };
+        let config_path = dir.join(ADAPTER_CONFIG_FILE);
+        let bytes = crate::limits::read_file(&config_path, crate::limits::MAX_JSON_FILE_BYTES)?;
+        if LoraSettings::from_json(&bytes, &config_path)? != spec.settings() {
+            return Err(Error::invalid(format!(
+                "{} has other LoRA settings than this trainer's",
+                config_path.display()
+            )));
+        }
+        let saved = crate::model::checkpoint::read_tensors(&[dir.join(ADAPTER_WEIGHTS_FILE)])?;
+        self.optimizer
+            .names()
+            .map(|n| {
+                let t = saved.get(&peft_name(n)).ok_or_else(|| {
+                    Error::invalid(format!("{} has no `{}`", dir.display(), peft_name(n)))
+                })?;
+                Ok(t.to_dtype(DType::F32)?)
+            })
+            .collect()
+    }
+}
+
+/// After an update of a LoRA model: its adapted projections hold `W + s · B A` of their own,
+/// rebuilt from the new factors (other models read their parameters directly).
+fn refresh_lora(model: &mut RewardModel) -> Result<()> {
+    if model.config().lora.is_some() {
+        model.refresh_weights()?;
+    }
+    Ok(())
+}
+
+/// The gradient of a LoRA factor from the engine's gradient of the weight it adapts: with
+/// `W' = W + s · B A`, `dA = s · Bᵀ dW'` and `dB = s · dW' Aᵀ` (exact; the engine forms the
+/// full dW', so LoRA on the CPU engine costs a full backward). `None` for other parameters.
+fn lora_factor_grad(
+    model: &RewardModel,
+    engine: &crate::model::backprop::Grads,
+    name: &str,
+) -> Result<Option<Tensor>> {
+    let (Some((target, is_a)), Some(lora)) =
+        (crate::model::lora::factor_target(name), &model.config().lora)
+    else {
+        return Ok(None);
+    };
+    let Some(dw) = engine.get(&target) else { return Ok(None) };
+    let module = target.strip_suffix(".weight").expect("a weight name");
+    let (a_name, b_name) = crate::model::lora::factor_names(module);
+    let (a, b) = (model.params().get(&a_name)?, model.params().get(&b_name)?);
+    let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+    let dw = Tensor::from_slice(dw, (b.dim(0)?, a.dim(1)?), a.device())?;
+    let s = lora.scale(a.dim(0)?);
+    let g = if is_a { (b.t()?.matmul(&dw)? * s)? } else { (dw.matmul(&a.t()?)? * s)? };
+    Ok(Some(g))
 }
 
 impl Trainer {

@@ -964,6 +964,16 @@ typedef struct {
 
 #define TP(id, stmt) static void tp_##id(rk_trainer_params *p) { stmt; }
 TP(lr_nan, p->lr = NAN)
+TP(lora_rank_0, p->trainable = RK_TRAIN_LORA; p->lora_rank = 0)
+TP(lora_rank_huge, p->trainable = RK_TRAIN_LORA; p->lora_rank = UINT32_MAX)
+TP(lora_alpha_nan, p->trainable = RK_TRAIN_LORA; p->lora_alpha = NAN)
+TP(lora_alpha_neg, p->trainable = RK_TRAIN_LORA; p->lora_alpha = -8)
+TP(lora_targets_0, p->trainable = RK_TRAIN_LORA; p->lora_targets = 0)
+TP(lora_targets_high, p->trainable = RK_TRAIN_LORA; p->lora_targets = RK_LORA_ALL + 1)
+TP(lora_targets_huge, p->trainable = RK_TRAIN_LORA; p->lora_targets = UINT32_MAX)
+TP(lora_rslora_2, p->trainable = RK_TRAIN_LORA; p->lora_rslora = 2)
+TP(lora_ok, p->trainable = RK_TRAIN_LORA; p->lora_rank = 2; p->lora_targets = RK_LORA_Q | RK_LORA_V)
+TP(trainable_4, p->trainable = 4)
 TP(lr_inf, p->lr = INFINITY)
 TP(lr_neg, p->lr = -1)
 TP(wd_inf, p->weight_decay = INFINITY)
@@ -1015,6 +1025,16 @@ TP(all_rules_ok, p->flip = RK_FLIP_LOWEST_FRACTION; p->smooth = RK_SMOOTH_PER_PA
 
 static const trainer_param_case TRAINER_PARAM_CASES[] = {
     {"lr NaN", tp_lr_nan, RK_ERR_INVALID_ARGUMENT},
+    {"lora rank 0", tp_lora_rank_0, RK_ERR_INVALID_ARGUMENT},
+    {"lora rank UINT32_MAX", tp_lora_rank_huge, RK_ERR_INVALID_ARGUMENT},
+    {"lora alpha NaN", tp_lora_alpha_nan, RK_ERR_INVALID_ARGUMENT},
+    {"lora alpha -8", tp_lora_alpha_neg, RK_ERR_INVALID_ARGUMENT},
+    {"lora targets 0", tp_lora_targets_0, RK_ERR_INVALID_ARGUMENT},
+    {"lora targets beyond RK_LORA_ALL", tp_lora_targets_high, RK_ERR_INVALID_ARGUMENT},
+    {"lora targets UINT32_MAX", tp_lora_targets_huge, RK_ERR_INVALID_ARGUMENT},
+    {"lora rslora 2", tp_lora_rslora_2, RK_ERR_INVALID_ARGUMENT},
+    {"lora r 2 on q, v", tp_lora_ok, RK_OK},
+    {"trainable 4", tp_trainable_4, RK_ERR_INVALID_ARGUMENT},
     {"lr inf", tp_lr_inf, RK_ERR_INVALID_ARGUMENT},
     {"lr -1", tp_lr_neg, RK_ERR_INVALID_ARGUMENT},
     {"weight_decay inf", tp_wd_inf, RK_ERR_INVALID_ARGUMENT},

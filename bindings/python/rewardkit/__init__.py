@@ -349,7 +349,9 @@ class Trainer(_Handle):
     MetaRM steps. Keyword arguments are the fields of rk_trainer_params; `schedule`,
     `trainable`, `flip`, `smooth`, `margin`, `contrastive` and `contrastive_items` take names
     (e.g. trainable="top_layers", flip="below", margin="raw", contrastive="swav"). Per-pair
-    `strengths` (from a vote) and `alphas` (per-pair smoothing) go with each step."""
+    `strengths` (from a vote) and `alphas` (per-pair smoothing) go with each step. LoRA:
+    trainable="lora" with lora_rank, lora_alpha, lora_targets ("q,v" or "all"), lora_rslora;
+    `save` then writes a PEFT adapter (Model(base, adapter=dir) or peft load it)."""
 
     _free = staticmethod(_lib.rk_trainer_free)
     _NAMES = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "flip": _ffi.FLIP, "smooth": _ffi.SMOOTH, "margin": _ffi.MARGIN,
@@ -362,6 +364,11 @@ class Trainer(_Handle):
         for key, value in params.items():
             if key not in dict(_ffi.TrainerParams._fields_) or key == "struct_size":
                 raise TypeError("unknown trainer parameter %r" % key)
+            if key == "lora_targets" and isinstance(value, str):
+                names = list(_ffi.LORA_TARGETS) if value == "all" else [t.strip() for t in value.split(",")]
+                if not all(t in _ffi.LORA_TARGETS for t in names):
+                    raise InvalidArgumentError("lora_targets names %s (or all)" % list(_ffi.LORA_TARGETS))
+                value = sum(_ffi.LORA_TARGETS[t] for t in set(names))
             if key in self._NAMES:
                 if value not in self._NAMES[key]:
                     raise InvalidArgumentError("%s must be one of %s" % (key, list(self._NAMES[key])))

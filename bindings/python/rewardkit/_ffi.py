@@ -15,7 +15,9 @@ RK_ERR_BUFFER_TOO_SMALL = 12
 RK_ERR_INTERNAL = 15
 DTYPES = {"f32": 0, "bf16": 1, "f16": 2}
 SCHEDULES = {"constant": 0, "inverse_sqrt": 1, "cosine": 2, "linear": 3}
-TRAINABLE = {"all": 0, "top_layers": 1, "head": 2}
+TRAINABLE = {"all": 0, "top_layers": 1, "head": 2, "lora": 3}
+# rk_trainer_params.lora_targets bits (RK_LORA_*), by projection.
+LORA_TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64}
 FLIP = {"none": 0, "below": 1, "lowest_fraction": 2}
 SMOOTH = {"none": 0, "constant": 1, "negative_only": 2, "per_pair": 3}
 MARGIN = {"none": 0, "raw": 1, "clamp_zero": 2, "abs": 3}
@@ -102,6 +104,10 @@ class TrainerParams(ctypes.Structure):
         ("contrastive_view_layers", c_uint32),
         ("measure_j_after", c_uint8),
         ("meta_order", c_uint8),
+        ("lora_rank", c_uint32),
+        ("lora_alpha", c_float),
+        ("lora_targets", c_uint32),
+        ("lora_rslora", c_uint8),
     ]
 
 

@@ -231,3 +231,21 @@ def test_a_peft_adapter_merges_at_load():
     with pytest.raises(rewardkit.RewardkitError) as e:
         rewardkit.Model(base, adapter=os.path.join(fixtures, "peft", "missing"))
     assert e.value.status_name == "RK_ERR_NOT_FOUND"
+
+
+def test_lora_training_saves_an_adapter(model_dir, tmp_path):
+    m = rewardkit.Model(model_dir, n_threads=1)
+    before = m.score(PROMPTS, CHOSEN)
+    t = rewardkit.Trainer(m, lr=5e-3, trainable="lora", lora_rank=4, lora_alpha=8, lora_targets="q,v", schedule="constant")
+    for _ in range(3):
+        t.step(PROMPTS, CHOSEN, REJECTED)
+    after = m.score(PROMPTS, CHOSEN)
+    assert np.abs(after - before).max() > 1e-4, "the factors and head moved the rewards"
+    t.save(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    reloaded = rewardkit.Model(model_dir, adapter=tmp_path / "adapter", n_threads=1)
+    np.testing.assert_allclose(reloaded.score(PROMPTS, CHOSEN), after, atol=1e-4)
+    with pytest.raises(rewardkit.InvalidArgumentError):
+        rewardkit.Trainer(rewardkit.Model(model_dir), trainable="lora", lora_targets="q,x")
+    with pytest.raises(rewardkit.RewardkitError):
+        rewardkit.Trainer(rewardkit.Model(model_dir), trainable="lora", lora_rank=0)

@@ -11,6 +11,7 @@ use rewardkit::io::data::{
     attach_strengths, read_preferences, split_pairs, OnBadRow, PreferencePair,
     PreferenceReadOptions,
 };
+use rewardkit::model::lora::LoraSpec;
 use rewardkit::model::ComputeDType;
 use rewardkit::train::contrastive::{ContrastiveConfig, ContrastiveOverrides};
 use rewardkit::train::loss::{FlipRule, MarginMode, MarginRule, NoiseConfig, SmoothRule};
@@ -302,9 +303,21 @@ pub struct TrainArgs {
     pub dropout: f32,
     #[arg(long, default_value_t = train_defaults().seed)]
     pub seed: u64,
-    /// all, head, or top:N (the top N layers, final norm and head).
+    /// all, head, top:N (the top N layers, final norm and head), or lora (LoRA factors on
+    /// every layer and the head; saved as a PEFT adapter; see --lora-*).
     #[arg(long, default_value_t = train_defaults().trainable)]
     pub trainable: Trainable,
+    /// LoRA rank (with --trainable lora).
+    #[arg(long, default_value_t = LoraSpec::default().r)]
+    pub lora_r: usize,
+    /// LoRA alpha: B A is scaled by alpha / r (alpha / sqrt(r) with --lora-rslora).
+    #[arg(long, default_value_t = LoraSpec::default().alpha)]
+    pub lora_alpha: f32,
+    /// The projections LoRA adapts: q,k,v,o,gate,up,down (any of them) or all.
+    #[arg(long, default_value = "all")]
+    pub lora_targets: String,
+    #[arg(long)]
+    pub lora_rslora: bool,
     #[arg(long, default_value_t = fit_defaults().epochs)]
     pub epochs: usize,
     /// After training, record the held-out rewards' mean and std (both sides of every pair;
@@ -446,7 +459,15 @@ impl TrainArgs {
             grad_accum: self.grad_accum,
             dropout: self.dropout,
             seed: self.seed,
-            trainable: self.trainable,
+            trainable: match self.trainable {
+                Trainable::Lora(_) => Trainable::Lora(LoraSpec {
+                    r: self.lora_r,
+                    alpha: self.lora_alpha,
+                    rslora: self.lora_rslora,
+                    targets: LoraSpec::parse_targets(&self.lora_targets)?,
+                }),
+                other => other,
+            },
             noise: self.noise(),
             meta_lr: self.meta_lr,
             contrastive: self.contrastive()?,

@@ -95,7 +95,7 @@ enum Command {
         /// Timed steps (after one untimed warm-up step).
         #[arg(long, default_value_t = 8)]
         steps: usize,
-        /// all, head, or top:N.
+        /// all, head, top:N, or lora (rank 8, alpha 8, every projection).
         #[arg(long, default_value_t = Trainable::All)]
         trainable: Trainable,
         /// Write the token ids of each pair ({"chosen": [...], "rejected": [...]}) for the

@@ -20,8 +20,11 @@ pub fn meta_train(
     measure_j_after: bool,
 ) -> Result<()> {
     let model = Arc::new(match &targs.resume {
-        Some(dir) => margs.rt.load(dir)?,
-        None => margs.load()?,
+        // A LoRA run's checkpoint is an adapter: the base model comes from --model.
+        Some(dir) if !dir.join(rewardkit::model::lora::ADAPTER_CONFIG_FILE).is_file() => {
+            margs.rt.load(dir)?
+        }
+        _ => margs.load()?,
     });
     let (train_pairs, eval_pairs) = data.load(&model)?;
     let cfg = TrainConfig { measure_j_after, ..targs.config(train_pairs.len())? };

@@ -132,8 +132,11 @@ fn report_of(c: &[f32], r: &[f32], pairs: &[PreferencePair], buckets: usize) -> 
 
 pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()> {
     let model = Arc::new(match &targs.resume {
-        Some(dir) => margs.rt.load(dir)?,
-        None => margs.load()?,
+        // A LoRA run's checkpoint is an adapter: the base model comes from --model.
+        Some(dir) if !dir.join(rewardkit::model::lora::ADAPTER_CONFIG_FILE).is_file() => {
+            margs.rt.load(dir)?
+        }
+        _ => margs.load()?,
     });
     let (train_pairs, eval_pairs) = data.load(&model)?;
     if targs.write_reward_stats && (eval_pairs.is_empty() || targs.out.is_none()) {
