@@ -194,6 +194,9 @@ pub unsafe extern "C" fn rk_model_apply_chat_template(
     guard(|| {
         let model = model_arg(model, "model")?;
         let out_len = out_len.as_mut().ok_or_else(|| null("out_len"))?;
+        if capacity > 0 && out_text.is_null() {
+            return Err(null("out_text"));
+        }
         let turns = parse_turns(str_arg(conversation, "conversation")?)?;
         let add = flag(add_generation_prompt, "add_generation_prompt")?;
         let text = model.render_chat(&turns, add)?;

@@ -919,6 +919,9 @@ static int c_chat_args(const void *arg) {
     EXPECT(rk_model_apply_chat_template(m, NULL, 0, text, sizeof text, &n), RK_ERR_NULL_POINTER);
     EXPECT(rk_model_apply_chat_template(m, ok[1], 2, text, sizeof text, &n), RK_ERR_INVALID_ARGUMENT);
     EXPECT(rk_model_apply_chat_template(m, "[", 0, text, sizeof text, &n), RK_ERR_INVALID_ARGUMENT);
+    n = 7;
+    EXPECT(rk_model_apply_chat_template(m, ok[1], 0, NULL, 16, &n), RK_ERR_NULL_POINTER);
+    CHECK(n == 7, "a refused call leaves out_len alone");
     EXPECT(rk_model_apply_chat_template(m, ok[1], 0, NULL, 0, &n), RK_ERR_BUFFER_TOO_SMALL);
     need = n;
     CHECK(need == strlen("\n\nHuman: hi\n\nAssistant: yo"), "length reported (%zu)", need);
