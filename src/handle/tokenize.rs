@@ -81,8 +81,8 @@ impl RewardTokenizer {
     /// Whether `text` begins with the special tokens the post-processor would put before it
     /// (a chat template that writes `{{ bos_token }}`): such a text is encoded as
     /// transformers' `apply_chat_template` encodes it, without adding them again.
-    fn carries_leading_special(&self, start: &str) -> bool {
-        self.leading_special.as_ref().is_some_and(|(text, _)| start.starts_with(text.as_str()))
+    fn carries_leading_special(&self, parts: &[&str]) -> bool {
+        self.leading_special.as_ref().is_some_and(|(text, _)| joined_starts_with(parts, text))
     }
 
     pub fn inner(&self) -> &Tokenizer {
@@ -98,7 +98,7 @@ impl RewardTokenizer {
         max_len: usize,
     ) -> Result<Vec<u32>> {
         let parts = [prompt, opts.separator.as_str(), response];
-        let own = self.carries_leading_special(&joined_head(&parts, 256));
+        let own = self.carries_leading_special(&parts);
         let total: usize = parts.iter().map(|p| p.len()).sum();
         // Left truncation keeps only the end: a very long text is joined from its tail alone,
         // and the full join is made only if no safe cut exists within that tail.
@@ -115,7 +115,7 @@ impl RewardTokenizer {
 
     /// Token ids of one whole text (already joined), at most `max_len` long.
     pub fn encode_text(&self, text: &str, append_eos: bool, max_len: usize) -> Result<Vec<u32>> {
-        let own = self.carries_leading_special(text);
+        let own = self.carries_leading_special(&[text]);
         Ok(self
             .encode(text, own, append_eos, max_len, false)?
             .expect("a whole text always encodes"))
@@ -250,20 +250,17 @@ fn leading_special(inner: &Tokenizer) -> Result<Option<(String, Vec<u32>)>> {
     Ok(text.map(|t| (t, lead)))
 }
 
-/// The first (about) `n` bytes of the concatenation of `parts`, cut at a char boundary.
-fn joined_head(parts: &[&str], n: usize) -> String {
-    let mut out = String::new();
+/// Whether the concatenation of `parts` begins with `prefix` (without joining them).
+fn joined_starts_with(parts: &[&str], prefix: &str) -> bool {
+    let mut rest = prefix.as_bytes();
     for part in parts {
-        let mut take = part.len().min(n - out.len());
-        while !part.is_char_boundary(take) {
-            take -= 1;
+        let n = rest.len().min(part.len());
+        if part.as_bytes()[..n] != rest[..n] {
+            return false;
         }
-        out.push_str(&part[..take]);
-        if out.len() >= n {
-            break;
-        }
+        rest = &rest[n..];
     }
-    out
+    rest.is_empty()
 }
 
 /// The byte index just after the first word of `s` (leading whitespace skipped).
@@ -369,5 +366,8 @@ mod tests {
         assert_eq!(boundary_after("é é", 1), Some(3));
         assert_eq!(first_word_end("  ab cd"), 4);
         assert_eq!(first_word_end("ab"), 2);
+        assert!(joined_starts_with(&["<s", "", "> hi"], "<s>"));
+        assert!(!joined_starts_with(&["<s", ""], "<s>"));
+        assert!(!joined_starts_with(&["<t>"], "<s>"));
     }
 }

@@ -338,8 +338,9 @@ pub fn save_checkpoint(
 ) -> Result<()> {
     let cfg_bytes =
         serde_json::to_vec_pretty(config_json).map_err(|e| Error::invalid(e.to_string()))?;
-    let mut files = vec![(CONFIG_FILE, cfg_bytes), (WEIGHTS_FILE, safetensors_bytes(tensors)?)];
-    files.extend(extra_files.iter().map(|(n, b)| (*n, b.clone())));
+    let weights = safetensors_bytes(tensors)?;
+    let mut files = vec![(CONFIG_FILE, cfg_bytes.as_slice()), (WEIGHTS_FILE, weights.as_slice())];
+    files.extend(extra_files.iter().map(|(n, b)| (*n, b.as_slice())));
     save_files(dir, &files)
 }
 
@@ -356,7 +357,7 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
 
 /// Writes `files` (name, bytes) as the directory `dir`, all or nothing: into a fresh sibling,
 /// each synced, then swapped in. `dir` must be replaceable ([`check_replaceable`]).
-pub fn save_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+pub fn save_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     check_replaceable(dir)?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

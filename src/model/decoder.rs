@@ -126,15 +126,10 @@ pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 impl DecoderWeights {
     pub fn new(cfg: &ModelConfig, p: &ParamStore) -> Result<Self> {
         let linear = |l: usize, proj: &str, bias: bool| -> Result<Linear> {
-            let module = names::layer(l, proj);
-            let weight = p.get(&format!("{module}.weight"))?;
             // A LoRA-adapted projection reads `W + s · B A` (from the variables: autograd
             // reaches A and B, and the model rebuilds these weights after every update).
-            let (a, b) = super::lora::factor_names(&module);
-            let weight = match (&cfg.lora, p.contains(&a)) {
-                (Some(lora), true) => super::lora::merged(weight, p.get(&a)?, p.get(&b)?, lora)?,
-                _ => weight.clone(),
-            };
+            let weight =
+                super::lora::effective_weight(p, cfg.lora.as_ref(), &names::layer(l, proj))?;
             Ok(Linear {
                 weight,
                 bias: if bias {

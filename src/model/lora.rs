@@ -16,6 +16,7 @@ use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use super::decoder::names;
+use super::params::ParamStore;
 use crate::error::{Error, Result};
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
@@ -108,27 +109,34 @@ pub struct Adapter {
     pub replaced: Vec<(String, Tensor)>,
 }
 
+/// The settings and the tensors (under PEFT's names) of the adapter directory `dir`.
+pub fn read_adapter(dir: &Path) -> Result<(LoraSettings, HashMap<String, Tensor>)> {
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    if !config_path.is_file() {
+        return Err(Error::missing(
+            config_path,
+            "a PEFT adapter directory (adapter_config.json and adapter_model.safetensors)",
+        ));
+    }
+    let bytes = crate::limits::read_file(&config_path, crate::limits::MAX_JSON_FILE_BYTES)?;
+    let settings = LoraSettings::from_json(&bytes, &config_path)?;
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    if !weights_path.is_file() {
+        return Err(Error::missing(weights_path, "the adapter's weights"));
+    }
+    let tensors = super::checkpoint::read_tensors(std::slice::from_ref(&weights_path))?;
+    Ok((settings, tensors))
+}
+
 /// PEFT's prefix before a module's name in a saved adapter.
 const PEFT_PREFIX: &str = "base_model.model.";
 
 impl Adapter {
     /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
     pub fn load(dir: &Path) -> Result<Adapter> {
-        let config_path = dir.join(ADAPTER_CONFIG_FILE);
-        if !config_path.is_file() {
-            return Err(Error::missing(
-                config_path,
-                "a PEFT adapter directory (adapter_config.json and adapter_model.safetensors)",
-            ));
-        }
-        let bytes = crate::limits::read_file(&config_path, crate::limits::MAX_JSON_FILE_BYTES)?;
-        let settings = LoraSettings::from_json(&bytes, &config_path)?;
-        let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-        if !weights_path.is_file() {
-            return Err(Error::missing(weights_path, "the adapter's weights"));
-        }
-        let tensors = super::checkpoint::read_tensors(std::slice::from_ref(&weights_path))?;
-        Self::from_tensors(settings, tensors).map_err(|e| e.context(weights_path.display()))
+        let (settings, tensors) = read_adapter(dir)?;
+        Self::from_tensors(settings, tensors)
+            .map_err(|e| e.context(dir.join(ADAPTER_WEIGHTS_FILE).display()))
     }
 
     /// Sorts PEFT's tensors into LoRA pairs and replaced modules, checking each pair's shapes.
@@ -355,6 +363,23 @@ impl LoraSpec {
             "inference_mode": true,
             "init_lora_weights": true,
         })
+    }
+}
+
+/// The weight of projection `module` (`model.layers.3.self_attn.q_proj`) as the forward pass
+/// reads it: merged with its factors when `lora` trains factors there, else the parameter.
+pub fn effective_weight(
+    params: &ParamStore,
+    lora: Option<&LoraSettings>,
+    module: &str,
+) -> Result<Tensor> {
+    let weight = params.get(&format!("{module}.weight"))?;
+    let (a, b) = factor_names(module);
+    match lora {
+        Some(settings) if params.contains(&a) => {
+            merged(weight, params.get(&a)?, params.get(&b)?, settings)
+        }
+        _ => Ok(weight.clone()),
     }
 }
 

@@ -637,13 +637,11 @@ impl RewardModel {
             if lora::factor_target(name).is_some() {
                 continue;
             }
-            let module = name.strip_suffix(".weight").unwrap_or(name);
-            let (a, b) = lora::factor_names(module);
-            let value = match (&self.config.lora, self.params.contains(&a)) {
-                (Some(l), true) => {
-                    lora::merged(var.as_tensor(), self.params.get(&a)?, self.params.get(&b)?, l)?
+            let value = match name.strip_suffix(".weight") {
+                Some(module) => {
+                    lora::effective_weight(&self.params, self.config.lora.as_ref(), module)?
                 }
-                _ => var.as_tensor().clone(),
+                None => var.as_tensor().clone(),
             };
             tensors.push((name.to_string(), value));
         }

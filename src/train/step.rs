@@ -688,14 +688,12 @@ impl Trainer {
             .collect::<Result<_>>()?;
         let base = model.config().raw.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or("");
         let config = serde_json::to_vec_pretty(&spec.peft_config(base)).expect("serializable");
+        let weights = crate::model::checkpoint::safetensors_bytes(&tensors)?;
         let mut files = vec![
-            (crate::model::lora::ADAPTER_CONFIG_FILE, config),
-            (
-                crate::model::lora::ADAPTER_WEIGHTS_FILE,
-                crate::model::checkpoint::safetensors_bytes(&tensors)?,
-            ),
+            (crate::model::lora::ADAPTER_CONFIG_FILE, config.as_slice()),
+            (crate::model::lora::ADAPTER_WEIGHTS_FILE, weights.as_slice()),
         ];
-        files.extend(extra);
+        files.extend(extra.iter().map(|(n, b)| (*n, b.as_slice())));
         crate::model::checkpoint::save_files(dir, &files)
     }
 
@@ -732,18 +730,14 @@ impl Trainer {
         dir: &Path,
         spec: &crate::model::lora::LoraSpec,
     ) -> Result<Vec<Tensor>> {
-        use crate::model::lora::{
-            peft_name, LoraSettings, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
-        };
-        let config_path = dir.join(ADAPTER_CONFIG_FILE);
-        let bytes = crate::limits::read_file(&config_path, crate::limits::MAX_JSON_FILE_BYTES)?;
-        if LoraSettings::from_json(&bytes, &config_path)? != spec.settings() {
+        use crate::model::lora::{peft_name, read_adapter, ADAPTER_CONFIG_FILE};
+        let (settings, saved) = read_adapter(dir)?;
+        if settings != spec.settings() {
             return Err(Error::invalid(format!(
                 "{} has other LoRA settings than this trainer's",
-                config_path.display()
+                dir.join(ADAPTER_CONFIG_FILE).display()
             )));
         }
-        let saved = crate::model::checkpoint::read_tensors(&[dir.join(ADAPTER_WEIGHTS_FILE)])?;
         self.optimizer
             .names()
             .map(|n| {

@@ -23,3 +23,16 @@ pub fn log(pb: &ProgressBar, msg: String) {
         pb.println(msg)
     }
 }
+
+/// Runs a scoring job with a bar over its `total` sequences (rate and ETA on a terminal,
+/// nothing otherwise), fed by the job's `OnScored` callback: a vote of 10 members over 2,000
+/// pairs scores 40,000.
+pub fn scoring<T>(
+    total: usize,
+    job: impl FnOnce(rewardkit::train::OnScored) -> rewardkit::Result<T>,
+) -> rewardkit::Result<T> {
+    let pb = bar(total as u64, "sequences");
+    let out = job(&|n| pb.inc(n as u64));
+    pb.finish_and_clear();
+    out
+}

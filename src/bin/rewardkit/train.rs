@@ -107,10 +107,7 @@ fn run_fit(
 
 /// `set.score_all(model)` with a progress bar (rate, ETA) on a terminal.
 fn score_all_with_progress(model: &SharedModel, set: &PairSet) -> Result<(Vec<f32>, Vec<f32>)> {
-    let pb = progress::bar(2 * set.len() as u64, "sequences");
-    let scores = set.score_all(model, &|n| pb.inc(n as u64));
-    pb.finish_and_clear();
-    scores
+    progress::scoring(2 * set.len(), |f| set.score_all(model, f))
 }
 
 pub fn report(

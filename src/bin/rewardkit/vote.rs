@@ -9,7 +9,7 @@ use serde_json::json;
 use rewardkit::eval::vote::{merge_shards, vote_out_of_fold, vote_shard, Vote, VoteShard};
 use rewardkit::io::data::read_jsonl;
 use rewardkit::train::ensemble::Folds;
-use rewardkit::train::{first_trainable_layer, tokenize_pairs, FitEvent, OnScored, PairSet, Shard};
+use rewardkit::train::{first_trainable_layer, tokenize_pairs, FitEvent, PairSet, Shard};
 use rewardkit::{Error, ErrorKind, Result, SharedModel};
 
 use crate::args::{DataArgs, ModelArgs, RuntimeArgs, TrainArgs};
@@ -269,7 +269,7 @@ pub fn ensemble(
             },
         )?;
         pb.finish_and_clear();
-        with_scoring_bar(2 * set.len(), |f| rewardkit::eval::vote::vote(&[&model], &set, f))?
+        progress::scoring(2 * set.len(), |f| rewardkit::eval::vote::vote(&[&model], &set, f))?
     } else {
         let pb = progress::bar((0..members).map(steps_of).sum(), "members");
         let models = rewardkit::train::ensemble::train_ensemble(
@@ -289,11 +289,10 @@ pub fn ensemble(
         pb.finish_and_clear();
         let refs: Vec<&SharedModel> = models.iter().map(|m| m.as_ref()).collect();
         match &folds {
-            Some(folds) => {
-                let scored: usize = (0..refs.len()).map(|m| folds.voting_pairs(m).len()).sum();
-                with_scoring_bar(2 * scored, |f| vote_out_of_fold(&refs, &set, folds, f))?
-            }
-            None => with_scoring_bar(2 * set.len() * refs.len(), |f| {
+            Some(folds) => progress::scoring(out_of_fold_sequences(folds, refs.len()), |f| {
+                vote_out_of_fold(&refs, &set, folds, f)
+            })?,
+            None => progress::scoring(2 * set.len() * refs.len(), |f| {
                 rewardkit::eval::vote::vote(&refs, &set, f)
             })?,
         }
@@ -326,14 +325,14 @@ pub fn vote(
     if let Some(path) = folds {
         let folds = load_folds(path, &lines)?;
         // Each pair is scored by the members that held out its fold.
-        let scored: usize = (0..refs.len()).map(|m| folds.voting_pairs(m).len()).sum();
-        let vote = with_scoring_bar(2 * scored, |f| vote_out_of_fold(&refs, &set, &folds, f))?;
+        let total = out_of_fold_sequences(&folds, refs.len());
+        let vote = progress::scoring(total, |f| vote_out_of_fold(&refs, &set, &folds, f))?;
         return write_vote(&vote, &lines, output, report);
     }
     if let Some(shard) = shard {
         // About a shard's part of the sequences: the planner's batches are dealt round robin.
         let about = (2 * set.len() * refs.len()).div_ceil(shard.count);
-        let part = with_scoring_bar(about, |f| vote_shard(&refs, &set, shard, f))?;
+        let part = progress::scoring(about, |f| vote_shard(&refs, &set, shard, f))?;
         check_members(part.members)?;
         write_shard(&part, &lines, output)?;
         println!(
@@ -346,20 +345,16 @@ pub fn vote(
         );
         return Ok(());
     }
-    let vote = with_scoring_bar(2 * set.len() * refs.len(), |f| {
+    let vote = progress::scoring(2 * set.len() * refs.len(), |f| {
         rewardkit::eval::vote::vote(&refs, &set, f)
     })?;
     check_members(vote.members())?;
     write_vote(&vote, &lines, output, report)
 }
 
-/// Runs a scoring job with a progress bar over its `total` sequences (rate and ETA on a
-/// terminal, nothing otherwise): a vote of 10 members over 2,000 pairs scores 40,000.
-fn with_scoring_bar<T>(total: usize, job: impl FnOnce(OnScored) -> Result<T>) -> Result<T> {
-    let pb = progress::bar(total as u64, "sequences");
-    let out = job(&|n| pb.inc(n as u64));
-    pb.finish_and_clear();
-    out
+/// Sequences an out-of-fold vote scores: each member's held-out pairs, both sides.
+fn out_of_fold_sequences(folds: &Folds, members: usize) -> usize {
+    2 * (0..members).map(|m| folds.voting_pairs(m).len()).sum::<usize>()
 }
 
 fn check_members(members: usize) -> Result<()> {
