@@ -441,6 +441,11 @@ typedef struct rk_trainer_params {
   float lora_alpha;
   uint32_t lora_targets;
   uint8_t lora_rslora;
+  /**
+   * Appended in 0.2, read with `trainable = RK_TRAIN_LORA`: dropout on each adapted
+   * projection's input to its LoRA branch (PEFT's `lora_dropout`), in [0, 1). Default 0.
+   */
+  float lora_dropout;
 } rk_trainer_params;
 
 /**
@@ -947,13 +952,32 @@ RK_MUST_USE rk_status rk_ensemble_params_init(struct rk_ensemble_params *params,
 RK_MUST_USE rk_status rk_model_load(const char *path, const struct rk_model_params *params, struct rk_model **out_model);
 
 /**
+ * Makes a second model handle over `base`'s weights, shared and not copied, with the PEFT
+ * LoRA adapter directory `adapter_path` (adapter_config.json, adapter_model.safetensors)
+ * applied unmerged: many adapters over one backbone cost one backbone plus their factors,
+ * and each handle is a member for `rk_ensemble_create` like any model. The new handle uses
+ * `base`'s tokenizer, chat template and options, and its reward head is its own (the
+ * adapter's, if it saved one). An update of `base`'s weights (its trainer) is seen by the new
+ * handle at its next call, never half done; a trainer on the new handle trains only its LoRA
+ * factors and head (`RK_TRAIN_LORA` with the adapter's rank, alpha and targets), and other
+ * trainers are refused. `base` may be freed first. On failure `*out_model` is NULL.
+ *
+ * Thread safety: safe from any thread; `base` may be in use meanwhile.
+ *
+ * # Safety
+ * `base` a live handle; `adapter_path` a NUL-terminated string; `out_model` writable.
+ */
+RK_MUST_USE rk_status rk_model_load_adapter(const struct rk_model *base, const char *adapter_path, struct rk_model **out_model);
+
+/**
  * Releases a model. NULL is a no-op. A trainer created on the model keeps the weights alive
  * until it is freed too.
  *
  * Thread safety: must not race with any other call on the same handle.
  *
  * # Safety
- * `model` must be NULL or a handle from `rk_model_load` not yet freed.
+ * `model` must be NULL or a handle from `rk_model_load` or `rk_model_load_adapter` not yet
+ * freed.
  */
 void rk_model_free(struct rk_model *model);
 

@@ -179,6 +179,16 @@ public:
         return ids;
     }
 
+    /// A second model over this one's weights (shared, not copied) with the PEFT LoRA adapter
+    /// in `adapter_dir` applied unmerged: many adapters over one backbone cost one backbone
+    /// plus their factors, e.g. as the members of an Ensemble. This model may be destroyed
+    /// first; an update of its weights is seen by the new one.
+    Model with_adapter(const std::string &adapter_dir) const {
+        rk_model *h = nullptr;
+        detail::check(rk_model_load_adapter(handle_, adapter_dir.c_str(), &h));
+        return Model(h);
+    }
+
     /// A checksum of every parameter: equal across ranks exactly when the weights are.
     std::uint64_t weights_checksum() const {
         std::uint64_t c = 0;
@@ -213,6 +223,7 @@ public:
     }
 
 private:
+    explicit Model(rk_model *handle) noexcept : handle_(handle) {}
     rk_model *handle_ = nullptr;
 };
 

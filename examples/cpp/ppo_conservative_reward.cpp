@@ -2,8 +2,11 @@
 // conservative reward of a reward-model ensemble (Coste et al.), held in-process.
 //
 //   usage: ppo_conservative_reward LAMBDA MEMBER_DIR MEMBER_DIR [MEMBER_DIR ...]
+//          ppo_conservative_reward LAMBDA --base BASE_DIR ADAPTER_DIR ADAPTER_DIR [...]
 //
-// Each member is a reward-model checkpoint directory (or one multi-head checkpoint). The
+// Each member is a reward-model checkpoint directory (or one multi-head checkpoint), or,
+// with --base, a PEFT LoRA adapter over the one base model (loaded once; each adapter costs
+// only its factors: the cheap way to hold many reward models in one trainer). The
 // ensemble scores every sampled response with all members in one call and returns the
 // combined reward mean - LAMBDA * variance over members: responses the members disagree on
 // are worth less, which is what keeps a policy from exploiting one reward model's errors.
@@ -51,14 +54,23 @@ std::vector<double> softmax(const std::vector<double> &logits) {
 }  // namespace
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        std::fprintf(stderr, "usage: %s LAMBDA MEMBER_DIR MEMBER_DIR [MEMBER_DIR ...]\n", argv[0]);
+    const bool adapters = argc > 2 && std::string(argv[2]) == "--base";
+    if (argc < (adapters ? 6 : 4)) {
+        std::fprintf(stderr,
+                     "usage: %s LAMBDA MEMBER_DIR MEMBER_DIR [MEMBER_DIR ...]\n"
+                     "       %s LAMBDA --base BASE_DIR ADAPTER_DIR ADAPTER_DIR [ADAPTER_DIR ...]\n",
+                     argv[0], argv[0]);
         return 2;
     }
     try {
         const float lambda = std::strtof(argv[1], nullptr);
         std::vector<rewardkit::Model> members;
-        for (int i = 2; i < argc; i++) members.emplace_back(argv[i]);
+        if (adapters) {
+            const rewardkit::Model base(argv[3]);  // the members keep its weights alive
+            for (int i = 4; i < argc; i++) members.push_back(base.with_adapter(argv[i]));
+        } else {
+            for (int i = 2; i < argc; i++) members.emplace_back(argv[i]);
+        }
         std::vector<const rewardkit::Model *> refs;
         for (const auto &m : members) refs.push_back(&m);
         const rewardkit::Ensemble ensemble(refs, rewardkit::ensemble_params(RK_COMBINE_MEAN_MINUS_VAR, lambda));

@@ -94,13 +94,46 @@ pub unsafe extern "C" fn rk_model_load(
     })
 }
 
+/// Makes a second model handle over `base`'s weights, shared and not copied, with the PEFT
+/// LoRA adapter directory `adapter_path` (adapter_config.json, adapter_model.safetensors)
+/// applied unmerged: many adapters over one backbone cost one backbone plus their factors,
+/// and each handle is a member for `rk_ensemble_create` like any model. The new handle uses
+/// `base`'s tokenizer, chat template and options, and its reward head is its own (the
+/// adapter's, if it saved one). An update of `base`'s weights (its trainer) is seen by the new
+/// handle at its next call, never half done; a trainer on the new handle trains only its LoRA
+/// factors and head (`RK_TRAIN_LORA` with the adapter's rank, alpha and targets), and other
+/// trainers are refused. `base` may be freed first. On failure `*out_model` is NULL.
+///
+/// Thread safety: safe from any thread; `base` may be in use meanwhile.
+///
+/// # Safety
+/// `base` a live handle; `adapter_path` a NUL-terminated string; `out_model` writable.
+#[no_mangle]
+#[must_use]
+pub unsafe extern "C" fn rk_model_load_adapter(
+    base: *const rk_model,
+    adapter_path: *const c_char,
+    out_model: *mut *mut rk_model,
+) -> rk_status {
+    guard(|| {
+        let out = out_model.as_mut().ok_or_else(|| null("out_model"))?;
+        *out = std::ptr::null_mut();
+        let base = model_arg(base, "base")?;
+        let path = str_arg(adapter_path, "adapter_path")?;
+        let inner = base.with_adapter(Path::new(path))?;
+        *out = Box::into_raw(Box::new(rk_model { inner: Arc::new(inner) }));
+        Ok(())
+    })
+}
+
 /// Releases a model. NULL is a no-op. A trainer created on the model keeps the weights alive
 /// until it is freed too.
 ///
 /// Thread safety: must not race with any other call on the same handle.
 ///
 /// # Safety
-/// `model` must be NULL or a handle from `rk_model_load` not yet freed.
+/// `model` must be NULL or a handle from `rk_model_load` or `rk_model_load_adapter` not yet
+/// freed.
 #[no_mangle]
 pub unsafe extern "C" fn rk_model_free(model: *mut rk_model) {
     super::status::free_handle(model);

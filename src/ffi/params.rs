@@ -255,6 +255,9 @@ pub struct rk_trainer_params {
     pub lora_alpha: f32,
     pub lora_targets: u32,
     pub lora_rslora: u8,
+    /// Appended in 0.2, read with `trainable = RK_TRAIN_LORA`: dropout on each adapted
+    /// projection's input to its LoRA branch (PEFT's `lora_dropout`), in [0, 1). Default 0.
+    pub lora_dropout: f32,
 }
 
 /// The smallest `struct_size` accepted for `rk_trainer_params`: the layout before
@@ -538,6 +541,7 @@ fn trainer_params_from(c: &TrainConfig) -> rk_trainer_params {
         lora_alpha: lora.alpha,
         lora_targets: u32::from(lora.targets),
         lora_rslora: lora.rslora as u8,
+        lora_dropout: lora.dropout,
     }
 }
 
@@ -576,6 +580,7 @@ pub(crate) unsafe fn train_config(p: *const rk_trainer_params) -> Result<TrainCo
                 r: p.lora_rank as usize,
                 alpha: p.lora_alpha,
                 rslora: flag(p.lora_rslora, "params->lora_rslora")?,
+                dropout: p.lora_dropout,
                 targets: u8::try_from(p.lora_targets)
                     .ok()
                     .filter(|&t| u32::from(t) <= RK_LORA_ALL)

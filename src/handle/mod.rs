@@ -90,6 +90,23 @@ pub struct SharedModel {
     chat: std::result::Result<ChatFormat, Error>,
     /// tokenizer_config.json and chat_template.jinja as loaded, saved with every checkpoint.
     chat_files: ChatFiles,
+    /// The model whose weights this one shares ([`SharedModel::with_adapter`]): read-locked
+    /// with this one, so that an update of the base is never seen half done.
+    base: Option<Arc<SharedModel>>,
+}
+
+/// Shared access to a model ([`SharedModel::read`]): its read lock and, for a model over
+/// another's weights, the base's too.
+pub struct ModelRead<'a> {
+    own: RwLockReadGuard<'a, RewardModel>,
+    _base: Option<RwLockReadGuard<'a, RewardModel>>,
+}
+
+impl std::ops::Deref for ModelRead<'_> {
+    type Target = RewardModel;
+    fn deref(&self) -> &RewardModel {
+        &self.own
+    }
 }
 
 impl SharedModel {
@@ -173,12 +190,49 @@ impl SharedModel {
             served_stats,
             chat: Ok(ChatFormat::Hh),
             chat_files: ChatFiles::default(),
+            base: None,
         })
     }
 
     /// Shared access to the model; fails if an earlier update panicked while holding it.
-    pub fn read(&self) -> Result<RwLockReadGuard<'_, RewardModel>> {
-        self.model.read().map_err(|_| poisoned())
+    /// A model over another's weights holds the base's read lock too (taken first: locks are
+    /// always taken base before adapter, so they cannot deadlock).
+    pub fn read(&self) -> Result<ModelRead<'_>> {
+        let base = self.base.as_ref().map(|b| b.model.read().map_err(|_| poisoned()));
+        Ok(ModelRead { _base: base.transpose()?, own: self.model.read().map_err(|_| poisoned())? })
+    }
+
+    /// A second handle over this model's weights (shared, not copied) with the PEFT adapter
+    /// in `dir` applied unmerged ([`RewardModel::with_adapter`]): many adapters over one
+    /// backbone, for an ensemble or for serving several reward models at the cost of one.
+    /// Same tokenizer, chat template and options; its own thread pool. An update of this
+    /// model's weights is seen by the new handle (its reads lock this model too). The new
+    /// handle trains only its LoRA factors and head ([`Self::check_trainer`]).
+    pub fn with_adapter(self: &Arc<Self>, dir: &Path) -> Result<SharedModel> {
+        let adapter = crate::model::lora::Adapter::load(dir)?;
+        let model = self
+            .install(|| self.read()?.with_adapter(&adapter))
+            .map_err(|e| e.context(format!("adapter {}", dir.display())))?;
+        let mut opts = self.options.clone();
+        opts.load.adapter = Some(dir.to_path_buf());
+        let mut shared =
+            Self::assemble(model, self.tokenizer.clone(), &opts, build_pool(opts.n_threads)?)?;
+        shared.chat = self.chat.clone();
+        shared.chat_files = self.chat_files.clone();
+        shared.base = Some(self.clone());
+        Ok(shared)
+    }
+
+    /// Refuses a trainer that would write weights this handle shares with its base: a
+    /// model made by [`Self::with_adapter`] trains its LoRA factors (and its own head) only.
+    pub(crate) fn check_trainer(&self, lora: bool) -> Result<()> {
+        if self.base.is_some() && !lora {
+            return Err(Error::invalid(
+                "this model shares its base model's weights (an adapter over it): it trains \
+                 only its LoRA factors and head (trainable lora)",
+            ));
+        }
+        Ok(())
     }
 
     /// Exclusive access, for updates.

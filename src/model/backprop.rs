@@ -16,7 +16,7 @@
 //! Shapes in comments: T = rows, n = sequences, h = hidden, i = intermediate, nh / nkv =
 //! query / key-value heads, d = head dim.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -112,17 +112,34 @@ struct LayerTape {
 }
 
 /// Gradients by parameter name (float32, shaped like the parameter, row-major), each in one
-/// buffer allocated on first use; backward passes add into them.
+/// buffer allocated on first use; backward passes add into them. [`Grads::only`] limits the
+/// work to the parameters that train: a LoRA run never forms the full weight gradients.
 #[derive(Default)]
 pub struct Grads {
     by_name: HashMap<String, Vec<f32>>,
+    /// `None`: every parameter the pass reaches.
+    only: Option<HashSet<String>>,
 }
 
 impl Grads {
-    fn slot(&mut self, name: &str, len: usize) -> &mut [f32] {
+    /// Gradients of the parameters `names` only; the backward pass skips the others'.
+    pub fn only<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Grads {
+        Grads { by_name: HashMap::new(), only: Some(names.into_iter().map(Into::into).collect()) }
+    }
+
+    /// Whether the backward pass computes the gradient of `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.as_ref().map_or(true, |s| s.contains(name))
+    }
+
+    /// The buffer of `name`, or `None` when it is not wanted.
+    fn slot(&mut self, name: &str, len: usize) -> Option<&mut [f32]> {
+        if !self.wants(name) {
+            return None;
+        }
         let v = self.by_name.entry(name.to_string()).or_insert_with(|| vec![0f32; len]);
         debug_assert_eq!(v.len(), len);
-        v
+        Some(v)
     }
 
     /// Removes and returns the gradient of `name`, if a backward pass reached it.
@@ -135,26 +152,69 @@ impl Grads {
     }
 }
 
-/// A projection's weights as host slices: W (out, in), b (out).
+/// A projection's weights as host slices: W (out, in), b (out), and its unmerged LoRA
+/// branch; `pass` decides the branch's dropout.
 struct LinearView<'a> {
     w: HostF32<'a>,
     b: Option<HostF32<'a>>,
+    lora: Option<LoraView<'a>>,
+    pass: Pass,
     out: usize,
     inp: usize,
 }
 
+/// `y += s · (m ⊙ x) Aᵀ Bᵀ` with the dropout mask m of [`LoraView::mask`].
+struct LoraView<'a> {
+    /// (r, in)
+    a: HostF32<'a>,
+    /// (out, r)
+    b: HostF32<'a>,
+    r: usize,
+    scale: f32,
+    dropout: f32,
+    stream: u64,
+}
+
+impl LoraView<'_> {
+    /// The branch's dropout mask over an input of `len` floats (`None`: no dropout).
+    fn mask(&self, pass: Pass, len: usize) -> Option<Vec<f32>> {
+        dropout_mask(self.dropout, pass, self.stream, len)
+    }
+}
+
+/// x ⊙ mask, or x itself without a mask.
+fn masked<'x>(x: &'x [f32], mask: Option<&[f32]>) -> std::borrow::Cow<'x, [f32]> {
+    match mask {
+        None => x.into(),
+        Some(m) => x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<_>>().into(),
+    }
+}
+
 impl<'a> LinearView<'a> {
-    fn new(l: &'a Linear) -> Result<Self> {
+    fn new(l: &'a Linear, pass: Pass) -> Result<Self> {
         let (out, inp) = l.weight.dims2()?;
+        let lora = match &l.lora {
+            None => None,
+            Some(branch) => Some(LoraView {
+                r: branch.a.dim(0)?,
+                a: host_f32(&branch.a)?,
+                b: host_f32(&branch.b)?,
+                scale: branch.scale as f32,
+                dropout: branch.dropout,
+                stream: branch.stream,
+            }),
+        };
         Ok(LinearView {
             w: host_f32(&l.weight)?,
             b: l.bias.as_ref().map(host_f32).transpose()?,
+            lora,
+            pass,
             out,
             inp,
         })
     }
 
-    /// y (rows, out) = x (rows, in) W^T + b.
+    /// y (rows, out) = x (rows, in) W^T + b [+ the LoRA branch].
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         host_phase("engine forward: projections (GEMM)", || self.forward_untimed(x, rows))
     }
@@ -175,49 +235,113 @@ impl<'a> LinearView<'a> {
             y.par_chunks_mut(self.out)
                 .for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
         }
+        if let Some(l) = &self.lora {
+            let x = masked(x, l.mask(self.pass, x.len()).as_deref());
+            let u = self.lora_down(l, &x, rows);
+            matmul(&mut y, rows, self.out, l.r, rows_of(&u, l.r), rows_of(&l.b, l.r).t(), true);
+        }
         y
     }
 
-    /// dx (rows, in) [+]= dy (rows, out) W.
-    fn backward_input(&self, dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
-        host_phase("engine backward: projections (GEMM)", || {
-            self.backward_input_untimed(dy, rows, dx, accumulate)
-        })
-    }
-
-    fn backward_input_untimed(&self, dy: &[f32], rows: usize, dx: &mut [f32], accumulate: bool) {
+    /// u (rows, r) = s · x Aᵀ: the LoRA branch's low-rank activations.
+    fn lora_down(&self, l: &LoraView, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut u = vec![0f32; rows * l.r];
         matmul(
-            dx,
+            &mut u,
             rows,
+            l.r,
             self.inp,
-            self.out,
-            rows_of(dy, self.out),
-            rows_of(&self.w, self.inp),
-            accumulate,
+            rows_of(x, self.inp),
+            rows_of(&l.a, self.inp).t(),
+            false,
         );
+        u.iter_mut().for_each(|u| *u *= l.scale);
+        u
     }
 
-    /// dW += dy^T x, db += Σ_rows dy, into the gradients of projection `name`.
-    fn backward_params(&self, name: &str, dy: &[f32], x: &[f32], rows: usize, grads: &mut Grads) {
-        host_phase("engine backward: weight gradients (GEMM)", || {
-            self.backward_params_untimed(name, dy, x, rows, grads)
-        })
-    }
-
-    fn backward_params_untimed(
+    /// From dy (rows, out) and the forward's input x (rows, in): dx (rows, in) [+]= the input
+    /// gradient, and into `grads` (those it wants) dW += dyᵀ x, db += Σ_rows dy, and for a
+    /// LoRA branch dB += dyᵀ u and dA += s · (dy B)ᵀ (m ⊙ x), without forming dW.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
         &self,
         name: &str,
         dy: &[f32],
         x: &[f32],
         rows: usize,
+        dx: &mut [f32],
+        accumulate: bool,
         grads: &mut Grads,
     ) {
-        let dw = grads.slot(&format!("{name}.weight"), self.out * self.inp);
-        matmul(dw, self.out, self.inp, rows, rows_of(dy, self.out).t(), rows_of(x, self.inp), true);
-        if self.b.is_some() {
-            let db = grads.slot(&format!("{name}.bias"), self.out);
+        host_phase("engine backward: weight gradients (GEMM)", || {
+            self.backward_params(name, dy, x, rows, grads)
+        });
+        host_phase("engine backward: projections (GEMM)", || {
+            matmul(
+                dx,
+                rows,
+                self.inp,
+                self.out,
+                rows_of(dy, self.out),
+                rows_of(&self.w, self.inp),
+                accumulate,
+            );
+        });
+        if let Some(l) = &self.lora {
+            host_phase("engine backward: LoRA branches (GEMM)", || {
+                self.lora_backward(l, name, dy, x, rows, dx, grads)
+            });
+        }
+    }
+
+    fn backward_params(&self, name: &str, dy: &[f32], x: &[f32], rows: usize, grads: &mut Grads) {
+        if let Some(dw) = grads.slot(&format!("{name}.weight"), self.out * self.inp) {
+            let (dy, x) = (rows_of(dy, self.out).t(), rows_of(x, self.inp));
+            matmul(dw, self.out, self.inp, rows, dy, x, true);
+        }
+        if let (true, Some(db)) = (self.b.is_some(), grads.slot(&format!("{name}.bias"), self.out))
+        {
             for row in dy.chunks(self.out) {
                 db.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+            }
+        }
+    }
+
+    /// The LoRA branch's part of [`Self::backward`]; `dx` already holds the base's part.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward(
+        &self,
+        l: &LoraView,
+        name: &str,
+        dy: &[f32],
+        x: &[f32],
+        rows: usize,
+        dx: &mut [f32],
+        grads: &mut Grads,
+    ) {
+        let (a_name, b_name) = super::lora::factor_names(name);
+        let mask = l.mask(self.pass, x.len());
+        let xm = masked(x, mask.as_deref());
+        if let Some(db) = grads.slot(&b_name, self.out * l.r) {
+            let u = self.lora_down(l, &xm, rows);
+            matmul(db, self.out, l.r, rows, rows_of(dy, self.out).t(), rows_of(&u, l.r), true);
+        }
+        // g (rows, r) = s · dy B
+        let mut g = vec![0f32; rows * l.r];
+        matmul(&mut g, rows, l.r, self.out, rows_of(dy, self.out), rows_of(&l.b, l.r), false);
+        g.iter_mut().for_each(|g| *g *= l.scale);
+        if let Some(da) = grads.slot(&a_name, l.r * self.inp) {
+            matmul(da, l.r, self.inp, rows, rows_of(&g, l.r).t(), rows_of(&xm, self.inp), true);
+        }
+        // dx += (g A) ⊙ m
+        let (g, a) = (rows_of(&g, l.r), rows_of(&l.a, self.inp));
+        match mask {
+            None => matmul(dx, rows, self.inp, l.r, g, a, true),
+            Some(m) => {
+                let mut d = vec![0f32; rows * self.inp];
+                matmul(&mut d, rows, self.inp, l.r, g, a, false);
+                d.iter_mut().zip(&m).for_each(|(d, m)| *d *= m);
+                add_into(dx, &d);
             }
         }
     }
@@ -346,7 +470,7 @@ fn rotate_rows(
 /// (its own backward pass: the same mask on the gradient).
 fn apply_dropout(x: &mut [f32], pass: Pass, stream: u64) {
     host_phase(ELEMENTWISE, || {
-        if let Some(m) = dropout_mask(pass, stream, x.len()) {
+        if let Some(m) = dropout_mask(pass.dropout(), pass, stream, x.len()) {
             x.par_chunks_mut(1 << 14).zip(m.par_chunks(1 << 14)).for_each(|(x, m)| {
                 x.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
             });
@@ -445,17 +569,18 @@ struct LayerView<'a> {
 }
 
 impl<'a> LayerView<'a> {
-    fn new(w: &'a LayerWeights) -> Result<Self> {
+    fn new(w: &'a LayerWeights, pass: Pass) -> Result<Self> {
+        let linear = |l| LinearView::new(l, pass);
         Ok(LayerView {
             input_norm: host_f32(&w.input_norm)?,
-            q: LinearView::new(&w.q)?,
-            k: LinearView::new(&w.k)?,
-            v: LinearView::new(&w.v)?,
-            o: LinearView::new(&w.o)?,
+            q: linear(&w.q)?,
+            k: linear(&w.k)?,
+            v: linear(&w.v)?,
+            o: linear(&w.o)?,
             post_norm: host_f32(&w.post_norm)?,
-            gate: LinearView::new(&w.gate)?,
-            up: LinearView::new(&w.up)?,
-            down: LinearView::new(&w.down)?,
+            gate: linear(&w.gate)?,
+            up: linear(&w.up)?,
+            down: linear(&w.down)?,
         })
     }
 }
@@ -528,25 +653,23 @@ fn layer_backward(
     // MLP: out = x_mid + mask ⊙ down(silu(gate) ⊙ up)
     let mut dy = d_out.clone();
     apply_dropout(&mut dy, ctx.pass, 2 * l as u64 + 1);
-    w.down.backward_params(&name("mlp.down_proj"), &dy, &tape.act, tq, grads);
     let mut d_act = vec![0f32; tq * w.down.inp];
-    w.down.backward_input(&dy, tq, &mut d_act, false);
+    w.down.backward(&name("mlp.down_proj"), &dy, &tape.act, tq, &mut d_act, false, grads);
     let (d_gate, d_up) = silu_mul_backward(&tape.gate, &tape.up, &d_act);
     drop(d_act);
-    w.gate.backward_params(&name("mlp.gate_proj"), &d_gate, &tape.xn2, tq, grads);
-    w.up.backward_params(&name("mlp.up_proj"), &d_up, &tape.xn2, tq, grads);
     let mut d_xn2 = vec![0f32; tq * w.gate.inp];
-    w.gate.backward_input(&d_gate, tq, &mut d_xn2, false);
-    w.up.backward_input(&d_up, tq, &mut d_xn2, true);
+    w.gate.backward(&name("mlp.gate_proj"), &d_gate, &tape.xn2, tq, &mut d_xn2, false, grads);
+    w.up.backward(&name("mlp.up_proj"), &d_up, &tape.xn2, tq, &mut d_xn2, true, grads);
     let (d_mid, d_post) = rms_norm_rows_backward(&tape.x_mid, &w.post_norm, &d_xn2, ctx.eps);
-    add_into(grads.slot(&name("post_attention_layernorm.weight"), d_post.len()), &d_post);
+    if let Some(g) = grads.slot(&name("post_attention_layernorm.weight"), d_post.len()) {
+        add_into(g, &d_post);
+    }
     add_into(&mut d_out, &d_mid); // now d x_mid
                                   // Attention: x_mid = x + mask ⊙ o(attention(rope(q), rope(k), v))
     let mut dy = d_out.clone();
     apply_dropout(&mut dy, ctx.pass, 2 * l as u64);
-    w.o.backward_params(&name("self_attn.o_proj"), &dy, &tape.att, tq, grads);
     let mut d_att = vec![0f32; tq * nh * d];
-    w.o.backward_input(&dy, tq, &mut d_att, false);
+    w.o.backward(&name("self_attn.o_proj"), &dy, &tape.att, tq, &mut d_att, false, grads);
     drop(dy);
     let (mut dq, mut dk, dv) = host_phase("engine backward: attention", || match query_rows {
         None => ctx.attention().backward(
@@ -563,28 +686,26 @@ fn layer_backward(
     rotate_rows(&mut dk, d, ctx.positions, ctx.cos, ctx.sin, true);
     let h = tape.x.len() / t;
     let mut d_xn1 = vec![0f32; t * h];
-    w.k.backward_params(&name("self_attn.k_proj"), &dk, &tape.xn1, t, grads);
-    w.v.backward_params(&name("self_attn.v_proj"), &dv, &tape.xn1, t, grads);
-    w.k.backward_input(&dk, t, &mut d_xn1, false);
-    w.v.backward_input(&dv, t, &mut d_xn1, true);
+    w.k.backward(&name("self_attn.k_proj"), &dk, &tape.xn1, t, &mut d_xn1, false, grads);
+    w.v.backward(&name("self_attn.v_proj"), &dv, &tape.xn1, t, &mut d_xn1, true, grads);
     match query_rows {
         None => {
             rotate_rows(&mut dq, d, ctx.positions, ctx.cos, ctx.sin, true);
-            w.q.backward_params(&name("self_attn.q_proj"), &dq, &tape.xn1, t, grads);
-            w.q.backward_input(&dq, t, &mut d_xn1, true);
+            w.q.backward(&name("self_attn.q_proj"), &dq, &tape.xn1, t, &mut d_xn1, true, grads);
         }
         Some(rows) => {
             let pos: Vec<u32> = rows.iter().map(|&r| ctx.positions[r]).collect();
             rotate_rows(&mut dq, d, &pos, ctx.cos, ctx.sin, true);
             let xq = gather(&tape.xn1, h, rows);
-            w.q.backward_params(&name("self_attn.q_proj"), &dq, &xq, tq, grads);
             let mut d_xq = vec![0f32; tq * h];
-            w.q.backward_input(&dq, tq, &mut d_xq, false);
+            w.q.backward(&name("self_attn.q_proj"), &dq, &xq, tq, &mut d_xq, false, grads);
             scatter_add(&mut d_xn1, h, rows, &d_xq);
         }
     }
     let (mut dx, d_in) = rms_norm_rows_backward(&tape.x, &w.input_norm, &d_xn1, ctx.eps);
-    add_into(grads.slot(&name("input_layernorm.weight"), d_in.len()), &d_in);
+    if let Some(g) = grads.slot(&name("input_layernorm.weight"), d_in.len()) {
+        add_into(g, &d_in);
+    }
     match query_rows {
         None => add_into(&mut dx, &d_out),
         Some(rows) => scatter_add(&mut dx, h, rows, &d_out),
@@ -756,7 +877,7 @@ pub fn forward(
     let mut layers = Vec::with_capacity(n_layers - input.first);
     let mut x = input.x;
     for l in input.first..n_layers {
-        let view = LayerView::new(&w.layers[l])?;
+        let view = LayerView::new(&w.layers[l], ctx.pass)?;
         let last = l + 1 == n_layers;
         let (tape, out) = layer_forward(&ctx, &view, l, x, last.then_some(&pool[..]));
         layers.push(tape);
@@ -809,16 +930,15 @@ pub fn branch(
     forward(cfg, w, rope, input, pass)
 }
 
-/// Backward from the gradient of the features (n, h): every parameter of layers `tape.first..`,
-/// the final norm, and the embedding when the tape started at the token ids and `embedding`
-/// is set, added into `grads` under their Hugging Face names. A `branch` ([`branch`] of this
-/// tape, with the gradient of its features) joins at the layer it left from.
+/// Backward from the gradient of the features (n, h): the parameters of layers `tape.first..`,
+/// the final norm, and the embedding when the tape started at the token ids, as far as `grads`
+/// wants them, added into `grads` under their Hugging Face names. A `branch` ([`branch`] of
+/// this tape, with the gradient of its features) joins at the layer it left from.
 pub fn backward(
     cfg: &ModelConfig,
     w: &DecoderWeights,
     tape: &Tape,
     d_features: &[f32],
-    embedding: bool,
     grads: &mut Grads,
     branch: Option<(&Tape, &[f32])>,
 ) -> Result<()> {
@@ -833,9 +953,8 @@ pub fn backward(
     };
     let dx = backward_layers(cfg, w, tape, d_features, grads, join)?;
     let h = cfg.hidden_size;
-    if let (true, Some(ids)) = (embedding, &tape.ids) {
-        let vocab = w.embed.dim(0)?;
-        let de = grads.slot(names::EMBED, vocab * h);
+    let vocab = w.embed.dim(0)?;
+    if let (Some(ids), Some(de)) = (&tape.ids, grads.slot(names::EMBED, vocab * h)) {
         host_phase("engine backward: embedding gradient", || {
             for (r, &id) in ids.iter().enumerate() {
                 let row = &mut de[id as usize * h..][..h];
@@ -876,11 +995,13 @@ fn backward_layers(
     apply_dropout(&mut d, tape.pass, u64::MAX);
     let (mut dx, d_norm) =
         rms_norm_rows_backward(&tape.top, &host_f32(&w.final_norm)?, &d, ctx.eps);
-    add_into(grads.slot(names::FINAL_NORM, h), &d_norm);
+    if let Some(g) = grads.slot(names::FINAL_NORM, h) {
+        add_into(g, &d_norm);
+    }
     let n_layers = w.layers.len();
     for (i, layer_tape) in tape.layers.iter().enumerate().rev() {
         let l = tape.first + i;
-        let view = LayerView::new(&w.layers[l])?;
+        let view = LayerView::new(&w.layers[l], ctx.pass)?;
         let rows = (l + 1 == n_layers).then_some(&tape.pool[..]);
         dx = layer_backward(&ctx, &view, l, layer_tape, dx, rows, grads);
         if let Some((_, g)) = join.as_ref().filter(|(at, _)| *at == l) {

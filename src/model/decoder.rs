@@ -28,6 +28,16 @@ pub enum Pass {
     Train { dropout: f32, dropout_seed: u64 },
 }
 
+impl Pass {
+    /// The dropout rate of the residual branches and the pooled feature.
+    pub fn dropout(&self) -> f32 {
+        match self {
+            Pass::Train { dropout, .. } => *dropout,
+            Pass::Inference => 0.0,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LayerWeights {
     pub(super) input_norm: Tensor,
@@ -41,26 +51,64 @@ pub struct LayerWeights {
     pub(super) down: Linear,
 }
 
-/// `y = x W^T + b` on the last dimension.
+/// `y = x W^T + b` on the last dimension, plus an unmerged LoRA branch when the projection is
+/// adapted.
 #[derive(Clone)]
 pub struct Linear {
     pub(super) weight: Tensor,
     pub(super) bias: Option<Tensor>,
+    pub(super) lora: Option<LoraBranch>,
+}
+
+/// A LoRA adapter on one projection, kept apart from the base weight (PEFT's unmerged form):
+/// `y += s · dropout(x) Aᵀ Bᵀ`. Costs two thin GEMMs (rank r) per call instead of a second
+/// copy of W, so M adapters over one base hold the base once; and the factors get their
+/// gradients directly, without forming the full dW.
+#[derive(Clone)]
+pub struct LoraBranch {
+    /// (r, in)
+    pub(super) a: Tensor,
+    /// (out, r)
+    pub(super) b: Tensor,
+    pub(super) scale: f64,
+    /// PEFT's `lora_dropout` on the branch's input, in training passes only.
+    pub(super) dropout: f32,
+    /// The random stream of this projection's dropout mask ([`lora_stream`]).
+    pub(super) stream: u64,
+}
+
+/// The dropout stream of projection `proj` (index in `lora::PROJECTIONS`) of layer `layer`:
+/// apart from the residual streams (2l, 2l + 1) and the features' (u64::MAX).
+pub(super) fn lora_stream(layer: usize, proj: usize) -> u64 {
+    (1 << 40) | (8 * layer + proj) as u64
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         // (.., in) -> (rows, in) @ (in, out): one large GEMM instead of a batched one.
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
+        let x = x.reshape((rows, dims[dims.len() - 1]))?;
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let x = dropout_with(&x, l.dropout, pass, l.stream)?;
+            y = (y + (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?;
+        }
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
         Ok(y.reshape(out)?)
+    }
+
+    fn detached(&self) -> Linear {
+        let d = |t: &Tensor| t.detach();
+        Linear {
+            weight: d(&self.weight),
+            bias: self.bias.as_ref().map(d),
+            lora: self.lora.as_ref().map(|l| LoraBranch { a: d(&l.a), b: d(&l.b), ..l.clone() }),
+        }
     }
 }
 
@@ -126,17 +174,28 @@ pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 impl DecoderWeights {
     pub fn new(cfg: &ModelConfig, p: &ParamStore) -> Result<Self> {
         let linear = |l: usize, proj: &str, bias: bool| -> Result<Linear> {
-            // A LoRA-adapted projection reads `W + s · B A` (from the variables: autograd
-            // reaches A and B, and the model rebuilds these weights after every update).
-            let weight =
-                super::lora::effective_weight(p, cfg.lora.as_ref(), &names::layer(l, proj))?;
+            let module = names::layer(l, proj);
+            // A LoRA-adapted projection reads its factors as views of their variables: the
+            // optimizer's in-place updates are seen, and autograd reaches A and B.
+            let (a, b) = super::lora::factor_names(&module);
+            let lora = match &cfg.lora {
+                Some(settings) if p.contains(&a) => {
+                    let (a, b) = (p.get(&a)?.clone(), p.get(&b)?.clone());
+                    let index = super::lora::PROJECTIONS.iter().position(|x| *x == proj);
+                    Some(LoraBranch {
+                        scale: settings.scale(a.dim(0)?),
+                        dropout: settings.dropout,
+                        stream: lora_stream(l, index.expect("a LoRA projection")),
+                        a,
+                        b,
+                    })
+                }
+                _ => None,
+            };
             Ok(Linear {
-                weight,
-                bias: if bias {
-                    Some(p.get(&names::layer(l, &format!("{proj}.bias")))?.clone())
-                } else {
-                    None
-                },
+                weight: p.get(&format!("{module}.weight"))?.clone(),
+                bias: if bias { Some(p.get(&format!("{module}.bias"))?.clone()) } else { None },
+                lora,
             })
         };
         let layers = (0..cfg.num_hidden_layers)
@@ -169,7 +228,7 @@ impl DecoderWeights {
     /// The same tensors without autograd tracking (they share storage).
     pub fn detached(&self) -> DecoderWeights {
         let d = |t: &Tensor| t.detach();
-        let lin = |l: &Linear| Linear { weight: d(&l.weight), bias: l.bias.as_ref().map(d) };
+        let lin = Linear::detached;
         DecoderWeights {
             embed: d(&self.embed),
             layers: self
@@ -437,7 +496,12 @@ fn attention_mask(
 /// Inverted dropout with a mask drawn from a seeded generator (candle's own dropout draws
 /// from an unseeded one, which would break "same seed, same weights").
 fn dropout(x: &Tensor, pass: Pass, stream: u64) -> Result<Tensor> {
-    match dropout_mask(pass, stream, x.elem_count()) {
+    dropout_with(x, pass.dropout(), pass, stream)
+}
+
+/// [`dropout`] at rate `p` (LoRA's own rate) with the pass's seed; none at inference.
+fn dropout_with(x: &Tensor, p: f32, pass: Pass, stream: u64) -> Result<Tensor> {
+    match dropout_mask(p, pass, stream, x.elem_count()) {
         None => Ok(x.clone()),
         Some(mask) => {
             let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
@@ -447,9 +511,9 @@ fn dropout(x: &Tensor, pass: Pass, stream: u64) -> Result<Tensor> {
 }
 
 /// The inverted-dropout mask (0 or 1 / (1 - p)) of `len` elements for random stream `stream`
-/// of the pass, in row-major order; `None` when the pass drops nothing.
-pub(super) fn dropout_mask(pass: Pass, stream: u64, len: usize) -> Option<Vec<f32>> {
-    let Pass::Train { dropout: p, dropout_seed } = pass else { return None };
+/// of a training pass, in row-major order; `None` at inference or when `p` is 0.
+pub(super) fn dropout_mask(p: f32, pass: Pass, stream: u64, len: usize) -> Option<Vec<f32>> {
+    let Pass::Train { dropout_seed, .. } = pass else { return None };
     if p <= 0.0 {
         return None;
     }
@@ -478,9 +542,9 @@ impl Attention<'_> {
         // (b, t, heads*d) -> (b, t, heads, d): a view.
         let (q, k, v) = profile::phase("qkv projections", dev, || {
             Ok((
-                w.q.forward(x)?.reshape((b, t, nh, d))?,
-                w.k.forward(x)?.reshape((b, t, nkv, d))?,
-                w.v.forward(x)?.reshape((b, t, nkv, d))?,
+                w.q.forward(x, pass)?.reshape((b, t, nh, d))?,
+                w.k.forward(x, pass)?.reshape((b, t, nkv, d))?,
+                w.v.forward(x, pass)?.reshape((b, t, nkv, d))?,
             ))
         })?;
         let y = match &self.mask {
@@ -534,14 +598,14 @@ impl Attention<'_> {
                 })?
             }
         };
-        profile::phase("o projection", dev, || w.o.forward(&y.reshape((b, t, nh * d))?))
+        profile::phase("o projection", dev, || w.o.forward(&y.reshape((b, t, nh * d))?, pass))
     }
 }
 
 fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
     let dev = x.device();
     let (gate, up) = profile::phase("mlp gate/up projections", dev, || {
-        Ok((w.gate.forward(x)?, w.up.forward(x)?))
+        Ok((w.gate.forward(x, pass)?, w.up.forward(x, pass)?))
     })?;
     let hidden = profile::phase("mlp activation", dev, || {
         if dev.is_cpu() && (pass == Pass::Inference || gate.dtype() == DType::F32) {
@@ -550,7 +614,7 @@ fn mlp(w: &LayerWeights, x: &Tensor, pass: Pass) -> Result<Tensor> {
             Ok((gate.silu()? * up)?)
         }
     })?;
-    profile::phase("mlp down projection", dev, || w.down.forward(&hidden))
+    profile::phase("mlp down projection", dev, || w.down.forward(&hidden, pass))
 }
 
 /// One batch of token ids and, per sequence, the position the reward is read at.
@@ -710,15 +774,15 @@ fn last_layer_pooled(
     let (b, t, _) = x.dims3()?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let xn = rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, pass)?;
-    let k = layer.k.forward(&xn)?.reshape((b, t, nkv, d))?.transpose(1, 2)?; // (b, nkv, t, d)
+    let k = layer.k.forward(&xn, pass)?.reshape((b, t, nkv, d))?.transpose(1, 2)?; // (b, nkv, t, d)
     let k = rope.apply(&k, pass)?;
-    let v = layer.v.forward(&xn)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
-    let q = layer.q.forward(&pooled_rows(&xn, pool)?)?.reshape((b, nh, d))?;
+    let v = layer.v.forward(&xn, pass)?.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+    let q = layer.q.forward(&pooled_rows(&xn, pool)?, pass)?.reshape((b, nh, d))?;
     let q = rope.apply_at(&q, pool)?.reshape((b, nkv, nh / nkv, d))?;
     let scores = (q.matmul(&k.transpose(2, 3)?)? * (d as f64).powf(-0.5))?; // (b, nkv, rep, t)
     let mask = pooled_query_mask(pool, t, cfg.sliding_window, x.dtype(), x.device())?;
     let probs = softmax_f32(&scores.broadcast_add(&mask)?, pass)?.to_dtype(x.dtype())?;
-    let y = layer.o.forward(&probs.matmul(&v)?.reshape((b, nh * d))?)?; // (b, h)
+    let y = layer.o.forward(&probs.matmul(&v)?.reshape((b, nh * d))?, pass)?; // (b, h)
     let x = (pooled_rows(x, pool)? + dropout(&y, pass, 2 * l as u64)?)?;
     let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
     Ok((x + dropout(&y, pass, 2 * l as u64 + 1)?)?)
@@ -739,16 +803,16 @@ fn last_layer_pooled_packed(
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let pass = Pass::Inference;
     let xn = rms_norm(x, &layer.input_norm, cfg.rms_norm_eps, pass)?;
-    let k = layer.k.forward(&xn)?.reshape((1, total, nkv, d))?;
+    let k = layer.k.forward(&xn, pass)?.reshape((1, total, nkv, d))?;
     let k_all = rope.apply_thd(&k, pass, Some(packing))?.squeeze(0)?.transpose(0, 1)?; // (nkv, total, d)
-    let v_all = layer.v.forward(&xn)?.reshape((total, nkv, d))?.transpose(0, 1)?; // (nkv, total, d)
+    let v_all = layer.v.forward(&xn, pass)?.reshape((total, nkv, d))?.transpose(0, 1)?; // (nkv, total, d)
     let rows = Tensor::from_vec(
         pool.iter().map(|&p| p as u32).collect::<Vec<_>>(),
         pool.len(),
         x.device(),
     )?;
     let x_pooled = x.reshape((total, h))?.index_select(&rows, 0)?; // (n, h)
-    let q = layer.q.forward(&xn.reshape((total, h))?.index_select(&rows, 0)?)?.reshape((
+    let q = layer.q.forward(&xn.reshape((total, h))?.index_select(&rows, 0)?, pass)?.reshape((
         pool.len(),
         nh,
         d,
@@ -774,7 +838,7 @@ fn last_layer_pooled_packed(
         let probs = softmax_f32(&scores, pass)?.to_dtype(x.dtype())?;
         outputs.push(probs.matmul(&v.contiguous()?)?.reshape(nh * d)?);
     }
-    let y = layer.o.forward(&Tensor::stack(&outputs, 0)?)?; // (n, h)
+    let y = layer.o.forward(&Tensor::stack(&outputs, 0)?, pass)?; // (n, h)
     let x = (x_pooled + y)?;
     let y = mlp(layer, &rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, pass)?, pass)?;
     Ok((x + y)?)

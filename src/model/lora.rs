@@ -31,10 +31,19 @@ pub struct LoraSettings {
     pub r: usize,
     pub alpha: f64,
     pub use_rslora: bool,
+    /// PEFT's `lora_dropout`: dropout on each adapted projection's input to its LoRA branch,
+    /// in training only (inference and merging ignore it).
+    pub dropout: f32,
 }
 
 impl LoraSettings {
     /// The factor on `B A` for a module of rank `r`.
+    /// Whether factors made with `other` can be trained with these settings (all but the
+    /// dropout, a training choice, must agree).
+    pub fn same_factors(&self, other: &LoraSettings) -> bool {
+        (self.r, self.alpha, self.use_rslora) == (other.r, other.alpha, other.use_rslora)
+    }
+
     pub fn scale(&self, r: usize) -> f64 {
         if self.use_rslora {
             self.alpha / (r as f64).sqrt()
@@ -85,7 +94,14 @@ impl LoraSettings {
                 .filter(|a| a.is_finite() && *a > 0.0)
                 .ok_or_else(|| Error::corrupt(path, "`lora_alpha` must be a finite number > 0"))?,
         };
-        Ok(LoraSettings { r, alpha, use_rslora: flag("use_rslora") })
+        let dropout =
+            match field("lora_dropout") {
+                None => 0.0,
+                Some(p) => p.as_f64().filter(|p| (0.0..1.0).contains(p)).ok_or_else(|| {
+                    Error::corrupt(path, "`lora_dropout` must be a number in [0, 1)")
+                })? as f32,
+            };
+        Ok(LoraSettings { r, alpha, use_rslora: flag("use_rslora"), dropout })
     }
 }
 
@@ -192,24 +208,22 @@ impl Adapter {
         Ok(Adapter { settings, pairs, replaced })
     }
 
-    /// Merges the adapter into `tensors`, the base checkpoint's (Hugging Face names): every
-    /// pair's target must exist with the pair's shapes; a replaced module must exist, or be a
-    /// reward head (a SEQ_CLS adapter over a causal LM brings its head), which then takes the
-    /// place of any other head.
-    pub fn merge_into(&self, tensors: &mut HashMap<String, Tensor>) -> Result<()> {
-        // Check everything before changing anything: a refused merge leaves the base intact.
+    /// Checks the adapter against a base whose tensor shapes `shape_of` gives (Hugging Face
+    /// names): every pair's target must exist with the pair's shapes; a replaced module must
+    /// exist with its shape, or be a reward head (a SEQ_CLS adapter over a causal LM brings
+    /// its head).
+    pub fn check_against(&self, shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<()> {
         for p in &self.pairs {
-            let w = tensors.get(&p.target).ok_or_else(|| {
+            let dims = shape_of(&p.target).ok_or_else(|| {
                 Error::invalid(format!(
                     "the adapter changes `{}`, which the base model does not have",
                     p.target
                 ))
             })?;
-            let (out, inp) = w.dims2()?;
             let (r, a_in) = p.a.dims2()?;
-            if a_in != inp || p.b.dims2()? != (out, r) {
+            if dims.len() != 2 || a_in != dims[1] || p.b.dims2()? != (dims[0], r) {
                 return Err(Error::invalid(format!(
-                    "`{}` is ({out}, {inp}) in the base but the adapter's lora_A is {:?} and \
+                    "`{}` is {dims:?} in the base but the adapter's lora_A is {:?} and \
                      lora_B {:?} (another base model?)",
                     p.target,
                     p.a.dims(),
@@ -218,11 +232,10 @@ impl Adapter {
             }
         }
         for (name, t) in &self.replaced {
-            match tensors.get(name) {
-                Some(base) if base.dims() != t.dims() => {
+            match shape_of(name) {
+                Some(base) if base != t.dims() => {
                     return Err(Error::invalid(format!(
-                        "`{name}` is {:?} in the base but {:?} in the adapter",
-                        base.dims(),
+                        "`{name}` is {base:?} in the base but {:?} in the adapter",
                         t.dims()
                     )))
                 }
@@ -234,12 +247,17 @@ impl Adapter {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Merges the adapter into `tensors`, the base checkpoint's (Hugging Face names), after
+    /// [`Self::check_against`] them; a replaced head takes the place of any other head.
+    pub fn merge_into(&self, tensors: &mut HashMap<String, Tensor>) -> Result<()> {
+        // Check everything before changing anything: a refused merge leaves the base intact.
+        self.check_against(|name| tensors.get(name).map(|t| t.dims().to_vec()))?;
         for p in &self.pairs {
-            let w = &tensors[&p.target];
-            let dtype = w.dtype();
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let w = merged(&f32(w)?, &f32(&p.a)?, &f32(&p.b)?, &self.settings)?;
-            tensors.insert(p.target.clone(), w.to_dtype(dtype)?);
+            let w = merged(&tensors[&p.target], &p.a, &p.b, &self.settings)?;
+            tensors.insert(p.target.clone(), w);
         }
         for (name, t) in &self.replaced {
             if is_head(name) {
@@ -258,7 +276,7 @@ fn head_names() -> impl Iterator<Item = &'static str> {
     std::iter::once(names::HEAD).chain(names::HEAD_ALIASES)
 }
 
-fn is_head(name: &str) -> bool {
+pub fn is_head(name: &str) -> bool {
     head_names().any(|h| h == name)
 }
 
@@ -282,19 +300,28 @@ pub struct LoraSpec {
     pub rslora: bool,
     /// Bit i set: [`PROJECTIONS`]`[i]` is adapted.
     pub targets: u8,
+    /// Dropout on each adapted projection's input to its LoRA branch (PEFT's `lora_dropout`),
+    /// in [0, 1).
+    #[serde(default)]
+    pub dropout: f32,
 }
 
 impl Default for LoraSpec {
     /// PEFT's defaults for r and alpha (8, 8), on every projection (what TRL's examples and
     /// OpenRLHF's `--target_modules all-linear` adapt).
     fn default() -> Self {
-        LoraSpec { r: 8, alpha: 8.0, rslora: false, targets: 0x7F }
+        LoraSpec { r: 8, alpha: 8.0, rslora: false, targets: 0x7F, dropout: 0.0 }
     }
 }
 
 impl LoraSpec {
     pub fn settings(&self) -> LoraSettings {
-        LoraSettings { r: self.r, alpha: self.alpha as f64, use_rslora: self.rslora }
+        LoraSettings {
+            r: self.r,
+            alpha: self.alpha as f64,
+            use_rslora: self.rslora,
+            dropout: self.dropout,
+        }
     }
 
     /// Parses `q,k,v,o,gate,up,down` (or `all`) into target bits.
@@ -333,6 +360,9 @@ impl LoraSpec {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(Error::invalid("LoRA alpha must be a finite number > 0"));
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid("LoRA dropout must be in [0, 1)"));
+        }
         if self.targets == 0 || self.targets > 0x7F {
             return Err(Error::invalid("LoRA needs at least one target projection"));
         }
@@ -353,7 +383,7 @@ impl LoraSpec {
             "base_model_name_or_path": base,
             "r": self.r,
             "lora_alpha": self.alpha,
-            "lora_dropout": 0.0,
+            "lora_dropout": self.dropout,
             "use_rslora": self.rslora,
             "target_modules": targets,
             "modules_to_save": ["score"],
@@ -366,8 +396,9 @@ impl LoraSpec {
     }
 }
 
-/// The weight of projection `module` (`model.layers.3.self_attn.q_proj`) as the forward pass
-/// reads it: merged with its factors when `lora` trains factors there, else the parameter.
+/// The weight of projection `module` (`model.layers.3.self_attn.q_proj`) with its LoRA
+/// factors merged in when `lora` trains factors there (what a whole-model save writes), else
+/// the parameter. The forward passes read the factors unmerged instead.
 pub fn effective_weight(
     params: &ParamStore,
     lora: Option<&LoraSettings>,
@@ -383,9 +414,21 @@ pub fn effective_weight(
     }
 }
 
-/// `w + s · b a`: a projection with its LoRA factors merged in (`a` (r, in), `b` (out, r)).
+/// `w + s · b a`: a projection with its LoRA factors merged in (`a` (r, in), `b` (out, r)),
+/// computed in float32 and returned in `w`'s dtype.
 pub fn merged(w: &Tensor, a: &Tensor, b: &Tensor, settings: &LoraSettings) -> Result<Tensor> {
-    Ok((w + (b.matmul(a)? * settings.scale(a.dim(0)?))?)?)
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let delta = (f32(b)?.matmul(&f32(a)?)? * settings.scale(a.dim(0)?))?;
+    Ok((f32(w)? + delta)?.to_dtype(w.dtype())?)
+}
+
+/// The layer and the index in [`PROJECTIONS`] of a projection weight's name
+/// (`model.layers.3.self_attn.q_proj.weight` -> (3, 0)); `None` for any other tensor.
+pub fn projection_of(weight: &str) -> Option<(usize, usize)> {
+    let rest = weight.strip_prefix("model.layers.")?.strip_suffix(".weight")?;
+    let (layer, module) = rest.split_once('.')?;
+    let index = PROJECTIONS.iter().position(|p| *p == module)?;
+    Some((layer.parse().ok()?, index))
 }
 
 /// Names of a module's LoRA factors in rewardkit's parameter store.

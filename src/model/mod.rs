@@ -224,10 +224,21 @@ impl RewardModel {
         if let Some(obj) = config.raw.as_object_mut() {
             obj.insert(config::ENSEMBLE_HEADS_KEY.into(), serde_json::Value::from(heads));
         }
+        self.sibling(config, params, HeadSource::Fresh { seed: head_seed })
+    }
+
+    /// A model on this one's device, dtype, length limit and LM head over `params` (which may
+    /// share this model's variables).
+    fn sibling(
+        &self,
+        config: ModelConfig,
+        params: ParamStore,
+        head_source: HeadSource,
+    ) -> Result<Self> {
         let mut model = Self::from_params(
             config,
             params,
-            HeadSource::Fresh { seed: head_seed },
+            head_source,
             self.device.clone(),
             self.dtype,
             self.max_length(),
@@ -382,29 +393,20 @@ impl RewardModel {
         Ok((backprop::features_tensor(features, self.config.hidden_size)?, tape))
     }
 
-    /// The engine's backward pass for a tape of this model's forward: the gradients of its
-    /// backbone parameters for `d_features` (n, h) added into `grads` (the embedding's only
-    /// when `embedding`), with a branch of the tape and its features' gradient joining in.
+    /// The engine's backward pass for a tape of this model's forward: the gradients of the
+    /// backbone parameters `grads` wants for `d_features` (n, h) added into `grads`, with a
+    /// branch of the tape and its features' gradient joining in.
     pub fn engine_backward(
         &self,
         tape: &backprop::Tape,
         d_features: &Tensor,
-        embedding: bool,
         grads: &mut backprop::Grads,
         branch: Option<(&backprop::Tape, &Tensor)>,
     ) -> Result<()> {
         let d = crate::host::host_f32(d_features)?;
         let db = branch.map(|(_, d)| crate::host::host_f32(d)).transpose()?;
         let branch = branch.zip(db.as_deref()).map(|((t, _), d)| (t, d));
-        backprop::backward(
-            &self.config,
-            &self.inference_weights,
-            tape,
-            &d,
-            embedding,
-            grads,
-            branch,
-        )
+        backprop::backward(&self.config, &self.inference_weights, tape, &d, grads, branch)
     }
 
     /// The engine's input for token-id sequences, and the order of its members (member k is
@@ -497,6 +499,72 @@ impl RewardModel {
         Ok(added)
     }
 
+    /// A second model over this one's weights, which it shares (no copy), with `adapter`
+    /// applied unmerged: the adapter's factors (PEFT's per-module ranks kept) and any module
+    /// it replaces (its reward head) are the new model's own, and so is its head. M adapters
+    /// over one base hold the base once, each costing its factors; scoring one costs a base
+    /// forward pass plus two rank-r GEMMs per adapted projection. Nothing is changed here.
+    pub fn with_adapter(&self, adapter: &lora::Adapter) -> Result<RewardModel> {
+        if self.config.lora.is_some() {
+            return Err(Error::invalid(
+                "this model has LoRA factors already: an adapter goes over a plain base model",
+            ));
+        }
+        adapter.check_against(|name| {
+            let name = if lora::is_head(name) { decoder::names::HEAD } else { name };
+            self.params.get(name).ok().map(|t| t.dims().to_vec())
+        })?;
+        let layers = self.config.num_hidden_layers;
+        if let Some(p) = adapter
+            .pairs
+            .iter()
+            .find(|p| lora::projection_of(&p.target).map_or(true, |(layer, _)| layer >= layers))
+        {
+            return Err(Error::unsupported(format!(
+                "the adapter changes `{}`: unmerged adapters apply to the decoder layers' \
+                 projections only (merge it at load instead)",
+                p.target
+            )));
+        }
+        // The head is copied even when the adapter brings none: training the new model's head
+        // must not write the base's.
+        let mut params = self.params.fork(|name| name == decoder::names::HEAD)?;
+        let dtype = self.dtype.to_candle();
+        let here =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(&self.device)?) };
+        for pair in &adapter.pairs {
+            let module = pair.target.strip_suffix(".weight").expect("a projection weight");
+            let (a, b) = lora::factor_names(module);
+            params.insert(a, &here(&pair.a)?)?;
+            params.insert(b, &here(&pair.b)?)?;
+        }
+        let mut head_source = self.head_source.clone();
+        for (name, t) in &adapter.replaced {
+            if lora::is_head(name) {
+                head_source = HeadSource::Loaded(format!("{name} (adapter)"));
+            }
+            let name = if lora::is_head(name) { decoder::names::HEAD } else { name.as_str() };
+            params.remove(name);
+            params.insert(name, &here(t)?)?;
+        }
+        let mut config = self.config.clone();
+        config.lora = Some(adapter.settings.clone());
+        self.sibling(config, params, head_source)
+    }
+
+    /// The [`lora::LoraSpec::targets`] bits of the projections that carry LoRA factors, when
+    /// every layer carries them on the same projections (`None`: no factors, or uneven ones).
+    pub fn lora_targets(&self) -> Option<u8> {
+        let mut per_layer = vec![0u8; self.config.num_hidden_layers];
+        for (name, _) in self.params.iter() {
+            let Some((weight, true)) = lora::factor_target(name) else { continue };
+            let (layer, index) = lora::projection_of(&weight)?;
+            *per_layer.get_mut(layer)? |= 1 << index;
+        }
+        let first = *per_layer.first()?;
+        (first != 0 && per_layer.iter().all(|&t| t == first)).then_some(first)
+    }
+
     /// Undoes [`Self::attach_lora`].
     pub fn detach_lora(&mut self, added: &[String]) {
         for name in added {
@@ -507,10 +575,22 @@ impl RewardModel {
         let _ = self.refresh_weights();
     }
 
+    /// Sets the dropout of the LoRA branches this model trains (PEFT's `lora_dropout`).
+    pub fn set_lora_dropout(&mut self, p: f32) -> Result<()> {
+        let Some(lora) = self.config.lora.as_mut() else {
+            return Err(Error::invalid("this model has no LoRA factors"));
+        };
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid("LoRA dropout must be in [0, 1)"));
+        }
+        lora.dropout = p;
+        self.refresh_weights()
+    }
+
     /// Rebuilds the weights the forward passes read. Only LoRA-adapted projections hold values
     /// of their own (`W + s · B A`); every other weight is a view of its parameter, which an
     /// in-place update changes without this.
-    pub fn refresh_weights(&mut self) -> Result<()> {
+    fn refresh_weights(&mut self) -> Result<()> {
         self.weights = DecoderWeights::new(&self.config, &self.params)?;
         self.inference_weights = self.weights.detached();
         Ok(())

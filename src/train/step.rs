@@ -181,18 +181,29 @@ impl Trainer {
                 None => Some(crate::train::contrastive::init_prototypes(k, hidden, cfg.seed ^ 0xC1A5, &device)?),
             },
         };
+        model.check_trainer(matches!(cfg.trainable, Trainable::Lora(_)))?;
         model.attach_trainer()?;
         // LoRA factors live with the model too: a later trainer with the same settings reuses
         // them; they are added only here, once nothing else can refuse the trainer.
-        let mut lora_added = Vec::new();
+        let (mut lora_added, mut lora_dropout_before) = (Vec::new(), None);
         let built = (|| -> Result<AdamW> {
             if let Some(c) = &new_prototypes {
                 model.write()?.add_param(crate::train::contrastive::PROTOTYPES, c)?;
             }
             if let Trainable::Lora(spec) = cfg.trainable {
                 let mut m = model.write()?;
-                match &m.config().lora {
-                    Some(s) if *s == spec.settings() => {}
+                match m.config().lora.clone() {
+                    Some(s) if s.same_factors(&spec.settings()) => {
+                        if m.lora_targets() != Some(spec.targets) {
+                            return Err(Error::invalid(
+                                "the model's LoRA factors adapt other projections (or not every \
+                                 layer) than this trainer's lora targets",
+                            ));
+                        }
+                        // This trainer's dropout over the factors already there.
+                        lora_dropout_before = Some(s.dropout);
+                        m.set_lora_dropout(spec.dropout)?;
+                    }
                     Some(_) => {
                         return Err(Error::invalid(
                             "the model trains LoRA factors of other settings already",
@@ -232,6 +243,9 @@ impl Trainer {
                     }
                     if !lora_added.is_empty() {
                         m.detach_lora(&lora_added);
+                    }
+                    if let Some(p) = lora_dropout_before {
+                        let _ = m.set_lora_dropout(p);
                     }
                 }
                 model.detach_trainer();
@@ -447,7 +461,9 @@ impl Trainer {
         let device = objective.device();
         let mut grads =
             crate::profile::phase("backward (loss)", device, || Ok(objective.backward()?))?;
-        let mut engine = Grads::default();
+        // The engine computes only what trains: no embedding gradient (vocab x hidden) unless
+        // it trains, no full weight gradients under LoRA (the factors get theirs directly).
+        let mut engine = Grads::only(self.optimizer.names());
         // A leaf the objective does not reach has a zero gradient. The engine's backward is
         // timed phase by phase inside it (`engine backward: ...`).
         let mut take = |var: &candle_core::Var| -> Result<Tensor> {
@@ -456,8 +472,6 @@ impl Trainer {
                 None => Ok(Tensor::zeros(var.shape(), DType::F32, var.device())?),
             }
         };
-        // The embedding's gradient (vocab x hidden) only when it trains (not with LoRA).
-        let embedding = self.optimizer.names().any(|n| n == crate::model::decoder::names::EMBED);
         for run in runs {
             let d = take(&run.var)?;
             let branch = match &run.branch {
@@ -465,7 +479,7 @@ impl Trainer {
                 None => None,
             };
             let branch = branch.as_ref().map(|(t, d)| (*t, d));
-            model.engine_backward(&run.tape, &d, embedding, &mut engine, branch)?;
+            model.engine_backward(&run.tape, &d, &mut engine, branch)?;
         }
         crate::profile::phase("gradients to f32", device, || {
             self.optimizer
@@ -474,9 +488,6 @@ impl Trainer {
                     let p = model.params().get(name)?;
                     if let Some(g) = engine.take(name) {
                         return Ok(Tensor::from_vec(g, p.shape(), p.device())?);
-                    }
-                    if let Some(g) = lora_factor_grad(model, &engine, name)? {
-                        return Ok(g);
                     }
                     // Removed, not borrowed: each low-precision gradient is freed once converted.
                     Ok(match grads.remove(p) {
@@ -613,9 +624,10 @@ impl Trainer {
         self.check_no_pending()?;
         let current = self.optimizer.values()?;
         let new = split_flat(values, &current, "weight")?;
-        let mut exclusive = self.model.write()?;
-        self.optimizer.set_values(new)?;
-        refresh_lora(&mut exclusive)
+        // The write lock makes the change atomic for scorers (LoRA factors included: the
+        // forward passes read every parameter, factors too, as views of its variable).
+        let _exclusive = self.model.write()?;
+        self.optimizer.set_values(new)
     }
 
     /// Names of the trained parameters, in optimizer order.
@@ -644,9 +656,8 @@ impl Trainer {
                 Ok((norm, optimizer.prepare(grads, lr, scale)?))
             })
         })?;
-        let mut exclusive = self.model.write()?;
+        let _exclusive = self.model.write()?;
         self.optimizer.commit(&new_values)?;
-        refresh_lora(&mut exclusive)?;
         Ok(norm)
     }
 
@@ -709,12 +720,10 @@ impl Trainer {
             _ => None,
         };
         self.model.install(|| self.optimizer.load_state(&tensors, state.step))?;
-        let mut model = self.model.write()?;
         if let Some(values) = lora_values {
+            let _exclusive = self.model.write()?;
             self.optimizer.set_values(values)?;
         }
-        refresh_lora(&mut model)?;
-        drop(model);
         self.micro_step = state.micro_step;
         self.accum_count = 0;
         self.accum.iter_mut().for_each(|g| *g = None);
@@ -732,7 +741,7 @@ impl Trainer {
     ) -> Result<Vec<Tensor>> {
         use crate::model::lora::{peft_name, read_adapter, ADAPTER_CONFIG_FILE};
         let (settings, saved) = read_adapter(dir)?;
-        if settings != spec.settings() {
+        if !settings.same_factors(&spec.settings()) {
             return Err(Error::invalid(format!(
                 "{} has other LoRA settings than this trainer's",
                 dir.join(ADAPTER_CONFIG_FILE).display()
@@ -748,39 +757,6 @@ impl Trainer {
             })
             .collect()
     }
-}
-
-/// After an update of a LoRA model: its adapted projections hold `W + s · B A` of their own,
-/// rebuilt from the new factors (other models read their parameters directly).
-fn refresh_lora(model: &mut RewardModel) -> Result<()> {
-    if model.config().lora.is_some() {
-        model.refresh_weights()?;
-    }
-    Ok(())
-}
-
-/// The gradient of a LoRA factor from the engine's gradient of the weight it adapts: with
-/// `W' = W + s · B A`, `dA = s · Bᵀ dW'` and `dB = s · dW' Aᵀ` (exact; the engine forms the
-/// full dW', so LoRA on the CPU engine costs a full backward). `None` for other parameters.
-fn lora_factor_grad(
-    model: &RewardModel,
-    engine: &crate::model::backprop::Grads,
-    name: &str,
-) -> Result<Option<Tensor>> {
-    let (Some((target, is_a)), Some(lora)) =
-        (crate::model::lora::factor_target(name), &model.config().lora)
-    else {
-        return Ok(None);
-    };
-    let Some(dw) = engine.get(&target) else { return Ok(None) };
-    let module = target.strip_suffix(".weight").expect("a weight name");
-    let (a_name, b_name) = crate::model::lora::factor_names(module);
-    let (a, b) = (model.params().get(&a_name)?, model.params().get(&b_name)?);
-    let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
-    let dw = Tensor::from_slice(dw, (b.dim(0)?, a.dim(1)?), a.device())?;
-    let s = lora.scale(a.dim(0)?);
-    let g = if is_a { (b.t()?.matmul(&dw)? * s)? } else { (dw.matmul(&a.t()?)? * s)? };
-    Ok(Some(g))
 }
 
 impl Trainer {

@@ -378,6 +378,49 @@ static int c_load_args(const void *arg) {
     return failed;
 }
 
+/* rk_model_load_adapter: a refused adapter leaves the base scoring as before; an accepted one
+   outlives its base. */
+static int c_load_adapter(const void *arg) {
+    rk_model *base = tiny(), *m = (rk_model *)1;
+    float before[2], after[2];
+    (void)arg;
+    CHECK(scores_ok(base, before), "base scores");
+    EXPECT(rk_model_load_adapter(NULL, "x", &m), RK_ERR_NULL_POINTER);
+    CHECK(m == NULL, "out set to NULL on failure");
+    EXPECT(rk_model_load_adapter(base, NULL, &m), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_load_adapter(base, "x", NULL), RK_ERR_NULL_POINTER);
+    EXPECT(rk_model_load_adapter(base, "ad\xff" "apter", &m), RK_ERR_INVALID_UTF8);
+    EXPECT(rk_model_load_adapter(base, "/no/such/adapter", &m), RK_ERR_NOT_FOUND);
+    EXPECT(rk_model_load_adapter(base, "/dev/null", &m), RK_ERR_NOT_FOUND);
+    EXPECT(rk_model_load_adapter(base, MODEL, &m), RK_ERR_NOT_FOUND);
+    write_text(path_in(CASE_DIR, "adapter_config.json"), "{\"peft_type\": \"LORA\", \"r\": 1e30}");
+    write_text(path_in(CASE_DIR, "adapter_model.safetensors"), "not safetensors");
+    EXPECT(rk_model_load_adapter(base, CASE_DIR, &m), RK_ERR_CORRUPT_FILE);
+    write_text(path_in(CASE_DIR, "adapter_config.json"), "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_dropout\": 1.5}");
+    EXPECT(rk_model_load_adapter(base, CASE_DIR, &m), RK_ERR_CORRUPT_FILE);
+    /* An adapter made for another base (the parity model): shapes differ. */
+    char all7[4096], parity[4096];
+    snprintf(all7, sizeof all7, "%s/tests/fixtures/peft/all7", REPO);
+    snprintf(parity, sizeof parity, "%s/tests/fixtures/parity/llama_gqa", REPO);
+    EXPECT(rk_model_load_adapter(base, all7, &m), RK_ERR_INVALID_ARGUMENT);
+    CHECK(m == NULL, "no handle on failure");
+    CHECK(scores_ok(base, after) && before[0] == after[0] && before[1] == after[1], "base unchanged");
+    rk_model_free(base);
+    /* Its own base: scores outlive the base handle, and an adapter over an adapter is refused. */
+    rk_model *gqa = load(parity), *over = NULL, *twice = NULL;
+    EXPECT(rk_model_load_adapter(gqa, all7, &over), RK_OK);
+    rk_model_free(gqa);
+    uint32_t ids[] = {1, 2, 3, 4, 5};
+    size_t offsets[] = {0, 5};
+    float r = NAN;
+    EXPECT(rk_model_score_tokens(over, ids, offsets, 1, &r), RK_OK);
+    CHECK(isfinite(r), "an adapter scores after its base handle is freed");
+    EXPECT(rk_model_load_adapter(over, all7, &twice), RK_ERR_INVALID_ARGUMENT);
+    CHECK(twice == NULL, "no handle on failure");
+    rk_model_free(over);
+    return failed;
+}
+
 typedef struct {
     const char *name;
     void (*mutate)(rk_model_params *);
@@ -976,6 +1019,10 @@ TP(lora_targets_high, p->trainable = RK_TRAIN_LORA; p->lora_targets = RK_LORA_AL
 TP(lora_targets_huge, p->trainable = RK_TRAIN_LORA; p->lora_targets = UINT32_MAX)
 TP(lora_rslora_2, p->trainable = RK_TRAIN_LORA; p->lora_rslora = 2)
 TP(lora_ok, p->trainable = RK_TRAIN_LORA; p->lora_rank = 2; p->lora_targets = RK_LORA_Q | RK_LORA_V)
+TP(lora_dropout_nan, p->trainable = RK_TRAIN_LORA; p->lora_dropout = NAN)
+TP(lora_dropout_one, p->trainable = RK_TRAIN_LORA; p->lora_dropout = 1.0f)
+TP(lora_dropout_neg, p->trainable = RK_TRAIN_LORA; p->lora_dropout = -0.1f)
+TP(lora_dropout_ok, p->trainable = RK_TRAIN_LORA; p->lora_dropout = 0.1f)
 TP(trainable_4, p->trainable = 4)
 TP(lr_inf, p->lr = INFINITY)
 TP(lr_neg, p->lr = -1)
@@ -1037,6 +1084,10 @@ static const trainer_param_case TRAINER_PARAM_CASES[] = {
     {"lora targets UINT32_MAX", tp_lora_targets_huge, RK_ERR_INVALID_ARGUMENT},
     {"lora rslora 2", tp_lora_rslora_2, RK_ERR_INVALID_ARGUMENT},
     {"lora r 2 on q, v", tp_lora_ok, RK_OK},
+    {"lora dropout NaN", tp_lora_dropout_nan, RK_ERR_INVALID_ARGUMENT},
+    {"lora dropout 1", tp_lora_dropout_one, RK_ERR_INVALID_ARGUMENT},
+    {"lora dropout -0.1", tp_lora_dropout_neg, RK_ERR_INVALID_ARGUMENT},
+    {"lora dropout 0.1", tp_lora_dropout_ok, RK_OK},
     {"trainable 4", tp_trainable_4, RK_ERR_INVALID_ARGUMENT},
     {"lr inf", tp_lr_inf, RK_ERR_INVALID_ARGUMENT},
     {"lr -1", tp_lr_neg, RK_ERR_INVALID_ARGUMENT},
@@ -2150,6 +2201,7 @@ static void register_cases(void) {
     add("trainer params init", c_trainer_params_init, NULL);
     add("old-layout caller", c_old_layout_caller, NULL);
     add("load arguments", c_load_args, NULL);
+    add("adapter over a loaded model", c_load_adapter, NULL);
     for (i = 0; i < sizeof MODEL_PARAM_CASES / sizeof *MODEL_PARAM_CASES; i++) {
         snprintf(name, sizeof name, "model params: %s", MODEL_PARAM_CASES[i].name);
         add(name, c_model_param, &MODEL_PARAM_CASES[i]);

@@ -121,7 +121,7 @@ fn check(case: &Case) {
     );
     assert!(relative_error(&g, &w) < 1e-5, "{what}: features differ by {}", relative_error(&g, &w));
     let mut grads = Grads::default();
-    model.engine_backward(&tape, &weight, true, &mut grads, None).unwrap();
+    model.engine_backward(&tape, &weight, &mut grads, None).unwrap();
 
     let compared = assert_grads_match(&model, &mut reference, &mut grads, case.first, &what);
     assert!(compared >= 10, "{what}");
@@ -183,7 +183,7 @@ fn a_branch_joins_the_backward_like_autograd() {
             assert!(relative_error(&g, &w) < 1e-5, "branch at {at}: features differ");
         }
         let mut grads = Grads::default();
-        model.engine_backward(&tape, &w1, true, &mut grads, Some((&branch, &w2))).unwrap();
+        model.engine_backward(&tape, &w1, &mut grads, Some((&branch, &w2))).unwrap();
         assert_grads_match(&model, &mut reference, &mut grads, 0, &format!("branch at {at}"));
     }
 }
@@ -244,7 +244,73 @@ fn shared_prefixes_train_like_whole_sequences() {
         );
         let mut grads = Grads::default();
         let weight_in_order = weight.index_select(&order_t, 0).unwrap();
-        model.engine_backward(&tape, &weight_in_order, true, &mut grads, None).unwrap();
+        model.engine_backward(&tape, &weight_in_order, &mut grads, None).unwrap();
         assert_grads_match(&model, &mut reference, &mut grads, first, &format!("first {first}"));
+    }
+}
+
+/// LoRA factors read unmerged (`y = x Wᵀ + s · (m ⊙ x) Aᵀ Bᵀ`): with only the factors wanted,
+/// the engine gives A and B the gradients autograd gives them (LoRA dropout and residual
+/// dropout on, padded so that the masks line up), and forms no gradient of a frozen weight.
+#[test]
+fn lora_factor_gradients_match_autograd_without_weight_gradients() {
+    use rewardkit::model::lora::LoraSpec;
+    for (lora_dropout, targets) in [(0.0, 0x7F), (0.3, LoraSpec::parse_targets("q,o,up").unwrap())]
+    {
+        let case = Case { window: None, biases: true, first: 0, dropout: 0.1, padded: true };
+        let mut model = model(&case);
+        let spec = LoraSpec { r: 3, alpha: 6.0, rslora: false, targets, dropout: lora_dropout };
+        let factors = model.attach_lora(&spec, 5).unwrap();
+        // B starts at zero (PEFT's init), which would hide A's gradient: give it values.
+        let mut rng = rewardkit::rng::Rng::new(8);
+        for (name, var) in model.params().iter().filter(|(n, _)| n.ends_with("lora_B.weight")) {
+            let v: Vec<f32> = (0..var.elem_count()).map(|_| 0.2 * (rng.next_f32() - 0.5)).collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            assert!(factors.iter().any(|f| f == name));
+        }
+        let seqs: Vec<Vec<u32>> =
+            (0..4).map(|_| (0..33).map(|_| 1 + (rng.next_f32() * 90.0) as u32).collect()).collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let pass = Pass::Train { dropout: 0.1, dropout_seed: 12 };
+        let h = model.config().hidden_size;
+        let w: Vec<f32> = (0..seqs.len() * h).map(|_| rng.next_f32() - 0.5).collect();
+        let weight = Tensor::from_vec(w, (seqs.len(), h), &Device::Cpu).unwrap();
+
+        let want = model.features(&model.make_batch(&refs).unwrap(), pass).unwrap();
+        let mut reference = (&want * &weight).unwrap().sum_all().unwrap().backward().unwrap();
+        let (input, _) = model.engine_input(&refs, 0).unwrap();
+        let (got, tape) = model.engine_forward(input, pass).unwrap();
+        let (g, w) = (
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let what = format!("lora dropout {lora_dropout}");
+        assert!(relative_error(&g, &w) < 1e-5, "{what}: features differ");
+        let mut grads = Grads::only(factors.iter().cloned());
+        model.engine_backward(&tape, &weight, &mut grads, None).unwrap();
+        for name in &factors {
+            let want: Vec<f32> = reference
+                .remove(model.params().get(name).unwrap())
+                .unwrap_or_else(|| panic!("{what}: autograd gave `{name}` no gradient"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = grads.take(name).unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+            assert!(want.iter().any(|&x| x != 0.0), "{what}: `{name}` has a zero gradient");
+            let e = relative_error(&got, &want);
+            assert!(e < 1e-5, "{what}: `{name}` differs from autograd by {e}");
+        }
+        for (name, _) in expected_shapes(model.config()) {
+            assert!(grads.get(&name).is_none(), "{what}: a gradient for frozen `{name}`");
+        }
+        // Dropout on the branch changes the features (and nothing at inference).
+        if lora_dropout > 0.0 {
+            let mut no_drop = model;
+            no_drop.set_lora_dropout(0.0).unwrap();
+            let plain = no_drop.features(&no_drop.make_batch(&refs).unwrap(), pass).unwrap();
+            let p = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(relative_error(&p, &w) > 1e-4, "{what}: LoRA dropout changed nothing");
+        }
     }
 }

@@ -193,4 +193,23 @@ fn cpp_ppo_conservative_reward_example_builds_and_runs() {
     assert!(iterations.iter().flatten().all(|x: &f64| x.is_finite()), "{stdout}");
     // PPO moves probability toward each prompt's best conservative response (uniform: 0.25).
     assert!(iterations[4][3..].iter().all(|&p| p > 0.25), "{stdout}");
+
+    // Members as LoRA adapters over one base: two adapters `train --trainable lora` wrote.
+    let adapter = |seed: &str| {
+        let out = dir.join(format!("adapter-{seed}"));
+        run(Command::new(env!("CARGO_BIN_EXE_rewardkit"))
+            .args(["train", "--threads", "1", "--trainable", "lora", "--lora-r", "2"])
+            .args(["--lr", "1e-2", "--epochs", "1", "--limit", "16", "--skip-bad-rows"])
+            .args(["--seed", seed, "--model"])
+            .arg(tiny_model())
+            .arg("--data")
+            .arg(crate::common::hh_data())
+            .arg("--out")
+            .arg(&out));
+        out.join("final")
+    };
+    let (a, b) = (adapter("1"), adapter("2"));
+    let stdout = run(Command::new(&exe).arg("1.0").arg("--base").arg(tiny_model()).arg(&a).arg(&b));
+    assert!(stdout.contains("2 members, conservative reward"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("iteration")), "{stdout}");
 }

@@ -639,3 +639,63 @@ fn score_skips_invalid_json_rows_when_asked() {
     assert_eq!(lines, vec![1, 3]);
     assert!(String::from_utf8_lossy(&skipped.stderr).contains("line 2: not valid JSON"));
 }
+
+/// `ensemble --trainable lora`: members are PEFT adapters over the one base (saved as
+/// adapters), and `vote --base MODEL --member ADAPTER ...` scores them over one loaded base
+/// to the strengths the ensemble's own vote gave.
+#[test]
+fn lora_ensemble_members_vote_as_adapters_over_one_base() {
+    let dir = scratch("cli-lora-ensemble");
+    let data = hh_data();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let out = dir.join("ens");
+    let common = ["--data", &s(&data), "--skip-bad-rows", "--limit", "16", "--threads", "1"];
+    let mut args: Vec<String> = ["ensemble", "--model", &s(tiny_model()), "--members", "2"]
+        .iter()
+        .chain(&common)
+        .map(|x| x.to_string())
+        .collect();
+    args.extend(
+        ["--epochs", "1", "--batch-pairs", "8", "--trainable", "lora", "--lora-r", "2"]
+            .iter()
+            .chain(&["--lora-dropout", "0.1", "--lr", "1e-3", "--out", &s(&out)])
+            .map(|x| x.to_string()),
+    );
+    let run = |a: &[String]| {
+        let o = rewardkit().args(a).output().unwrap();
+        assert!(o.status.success(), "{a:?}\n{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&args);
+    let member = |m: usize| out.join(format!("member-{m}/final"));
+    assert!(member(0).join("adapter_model.safetensors").is_file());
+    assert!(!member(0).join("model.safetensors").exists(), "a member is an adapter, not a model");
+    let vote_file = dir.join("vote.jsonl");
+    let mut vote: Vec<String> =
+        ["vote", "--base", &s(tiny_model())].iter().map(|x| x.to_string()).collect();
+    for m in 0..2 {
+        vote.extend(["--member".to_string(), s(&member(m))]);
+    }
+    vote.extend(common.iter().chain(&["--output", &s(&vote_file)]).map(|x| x.to_string()));
+    run(&vote);
+    let rows = |p: &std::path::Path| -> std::collections::HashMap<u64, f64> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| {
+                (r["line"].as_u64().unwrap(), r["mean preference difference"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (whole, again) = (rows(&out.join("vote.jsonl")), rows(&vote_file));
+    assert_eq!(whole.len(), 16);
+    let spread = whole.values().map(|x| x.abs()).fold(0f64, f64::max);
+    assert!(spread > 0.0, "the members disagree with nothing");
+    for (line, x) in &whole {
+        assert!(
+            (x - again[line]).abs() < 1e-4,
+            "line {line}: ensemble {x} vs vote {}",
+            again[line]
+        );
+    }
+}

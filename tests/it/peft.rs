@@ -67,6 +67,86 @@ fn adapters_saved_by_peft_score_as_peft_does() {
     assert!(rs.settings.use_rslora && (rs.settings.scale(2) - 4.0 / 2f64.sqrt()).abs() < 1e-12);
 }
 
+/// Many adapters over one backbone: each handle from `with_adapter` scores as peft does (the
+/// adapter unmerged), shares the base's weights (no copy), follows an in-place update of the
+/// base, and is the member of an ensemble as a separately loaded model would be.
+#[test]
+fn adapters_over_one_base_share_it_and_score_as_peft_does() {
+    use rewardkit::eval::ensemble::RewardEnsemble;
+    use rewardkit::eval::vote::EnsembleReward;
+    let g = goldens();
+    let seqs = cases(&g);
+    let base_model = std::sync::Arc::new(load(&base(), None).unwrap());
+    let names: Vec<&String> = g["adapters"].as_object().unwrap().keys().collect();
+    let members: Vec<_> = names
+        .iter()
+        .map(|n| std::sync::Arc::new(base_model.with_adapter(&peft(n)).unwrap()))
+        .collect();
+    for (name, m) in names.iter().zip(&members) {
+        let want = floats(&g["adapters"][name.as_str()]["rewards"]);
+        assert_close(&score(m, &seqs), &want, 1e-4, &format!("{name}: unmerged adapter"));
+        // The backbone is the base's own storage; the factors and the head are the member's.
+        let (b, a) = (base_model.read().unwrap(), m.read().unwrap());
+        let same = |n: &str| b.params().get(n).unwrap().id() == a.params().get(n).unwrap().id();
+        assert!(
+            same("model.layers.0.self_attn.q_proj.weight") && same("model.embed_tokens.weight")
+        );
+        assert!(!same("score.weight"), "{name}: the member's head is its own");
+        assert!(a.params().contains("model.layers.0.self_attn.q_proj.lora_A.weight"));
+    }
+    assert_close(
+        &score(&base_model, &seqs),
+        &floats(&g["adapters"][names[0].as_str()]["base_rewards"]),
+        1e-4,
+        "the base is unchanged",
+    );
+    let ensemble = RewardEnsemble::new(members.clone(), EnsembleReward::Mean).unwrap();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let scores = ensemble.score_ids(&refs).unwrap();
+    for (k, name) in names.iter().enumerate() {
+        let merged = score(&load(&base(), Some(&peft(name))).unwrap(), &seqs);
+        let column: Vec<f32> = scores.members.iter().map(|row| row[k]).collect();
+        assert_close(&column, &merged, 1e-4, &format!("{name}: ensemble member vs merged load"));
+    }
+    // An adapter goes over a plain base, not over another adapter.
+    let err = members[0].with_adapter(&peft(names[1])).err().expect("refused");
+    assert!(err.to_string().contains("LoRA factors already"), "{err}");
+    // A member trains its factors and head only, and never writes the base's weights.
+    let full = rewardkit::train::TrainConfig::default();
+    let err = Trainer::new(members[0].clone(), full).err().expect("refused");
+    assert!(err.to_string().contains("shares its base"), "{err}");
+    let before = crate::common::weights(&base_model);
+    let adapter = Adapter::load(&peft(names[0])).unwrap();
+    let spec = LoraSpec {
+        r: adapter.settings.r,
+        alpha: adapter.settings.alpha as f32,
+        rslora: adapter.settings.use_rslora,
+        targets: members[0].read().unwrap().lora_targets().unwrap(),
+        dropout: 0.0,
+    };
+    let mut t = Trainer::new(members[0].clone(), lora_config(spec, 1e-2)).unwrap();
+    let (set, treatments) =
+        t.batch(crate::common::synthetic_pairs(6, 4), PairLabels::default()).unwrap();
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let member_before = score(&members[0], &seqs);
+    t.step(&set, &idx, &treatments).unwrap();
+    assert_eq!(crate::common::weights(&base_model), before, "the base's weights are untouched");
+    assert_ne!(score(&members[0], &seqs), member_before, "the member's factors moved");
+    drop(t);
+    // An update of the base is seen by every member at its next call.
+    let member_before = score(&members[1], &seqs);
+    let top = TrainConfig { trainable: Trainable::TopLayers { layers: 1 }, ..Default::default() };
+    let mut t = Trainer::new(base_model.clone(), top).unwrap();
+    let mut w = vec![0f32; t.trained_len()];
+    t.weights(&mut w).unwrap();
+    w.iter_mut().for_each(|x| *x *= 1.5);
+    t.set_weights(&w).unwrap();
+    drop(t);
+    let fresh = base_model.with_adapter(&peft(names[1])).unwrap();
+    assert_eq!(score(&members[1], &seqs), score(&fresh, &seqs));
+    assert_ne!(score(&members[1], &seqs), member_before, "the base's update reached the member");
+}
+
 /// `rewardkit merge-adapter` of the fixture adapter `name` into the base, to `out`.
 fn merge_adapter(name: &str, out: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rewardkit"))
@@ -190,7 +270,7 @@ fn offset(trainer: &Trainer, model: &SharedModel, name: &str, at: usize) -> usiz
 #[test]
 fn lora_gradients_match_finite_differences() {
     let model = crate::common::random_shared(&crate::common::two_layer_spec(3), 3);
-    let spec = LoraSpec { r: 2, alpha: 4.0, rslora: false, targets: 0x7F };
+    let spec = LoraSpec { r: 2, alpha: 4.0, rslora: false, targets: 0x7F, dropout: 0.0 };
     let pairs = crate::common::synthetic_pairs(8, 5);
     // One step first, so that B is no longer zero and every factor has a gradient.
     let mut t = Trainer::new(model.clone(), lora_config(spec, 0.05)).unwrap();
@@ -252,6 +332,7 @@ fn lora_training_saves_a_peft_adapter_that_loads_to_the_same_scores() {
         alpha: 8.0,
         rslora: true,
         targets: LoraSpec::parse_targets("q,v,down").unwrap(),
+        dropout: 0.1,
     };
     let seqs: Vec<Vec<u32>> =
         pairs.iter().flat_map(|p| [p.chosen.clone(), p.rejected.clone()]).collect();
@@ -365,7 +446,7 @@ fn peft_loads_an_adapter_rewardkit_trained() {
 #[test]
 fn meta_and_contrastive_steps_train_lora_factors_only() {
     use rewardkit::train::contrastive::ContrastiveConfig;
-    let spec = LoraSpec { r: 2, alpha: 4.0, rslora: false, targets: 0x7F };
+    let spec = LoraSpec { r: 2, alpha: 4.0, rslora: false, targets: 0x7F, dropout: 0.0 };
     let cases: [(&str, TrainConfig); 3] = [
         ("meta order 1", lora_config(spec, 1e-2)),
         ("meta order 2", TrainConfig { meta_order: 2, ..lora_config(spec, 1e-2) }),

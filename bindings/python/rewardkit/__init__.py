@@ -152,6 +152,16 @@ class Model(_Handle):
         p.adapter = self._keep[2]
         _check(_lib.rk_model_load(str(path).encode(), byref(p), byref(self._h)))
 
+    def with_adapter(self, adapter):
+        """A second Model over this one's weights (shared, not copied) with the PEFT LoRA
+        adapter directory `adapter` applied unmerged: many adapters over one backbone cost one
+        backbone plus their factors (e.g. the members of an Ensemble). This model may be
+        closed first; an update of its weights is seen by the new one."""
+        m = Model.__new__(Model)
+        m._h = c_void_p()
+        _check(_lib.rk_model_load_adapter(self._h, str(adapter).encode(), byref(m._h)))
+        return m
+
     def score(self, prompts, responses):
         """Rewards of prompts[i] + responses[i] (float32 array)."""
         p, n = _strs(prompts, "prompts")
@@ -350,8 +360,9 @@ class Trainer(_Handle):
     `trainable`, `flip`, `smooth`, `margin`, `contrastive` and `contrastive_items` take names
     (e.g. trainable="top_layers", flip="below", margin="raw", contrastive="swav"). Per-pair
     `strengths` (from a vote) and `alphas` (per-pair smoothing) go with each step. LoRA:
-    trainable="lora" with lora_rank, lora_alpha, lora_targets ("q,v" or "all"), lora_rslora;
-    `save` then writes a PEFT adapter (Model(base, adapter=dir) or peft load it)."""
+    trainable="lora" with lora_rank, lora_alpha, lora_targets ("q,v" or "all"), lora_rslora,
+    lora_dropout; `save` then writes a PEFT adapter (Model(base, adapter=dir) merges it,
+    base.with_adapter(dir) keeps it apart, or peft loads it)."""
 
     _free = staticmethod(_lib.rk_trainer_free)
     _NAMES = {"schedule": _ffi.SCHEDULES, "trainable": _ffi.TRAINABLE, "flip": _ffi.FLIP, "smooth": _ffi.SMOOTH, "margin": _ffi.MARGIN,

@@ -108,6 +108,7 @@ class TrainerParams(ctypes.Structure):
         ("lora_alpha", c_float),
         ("lora_targets", c_uint32),
         ("lora_rslora", c_uint8),
+        ("lora_dropout", c_float),
     ]
 
 
@@ -202,6 +203,7 @@ _SIGNATURES = {
     "rk_status_name": (c_char_p, [c_int32]),
     "rk_model_params_init": (c_int32, [POINTER(ModelParams), c_size_t]),
     "rk_model_load": (c_int32, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)]),
+    "rk_model_load_adapter": (c_int32, [c_void_p, c_char_p, POINTER(c_void_p)]),
     "rk_model_free": (None, [c_void_p]),
     "rk_model_score_texts": (c_int32, [c_void_p, _STRS, _STRS, c_size_t, POINTER(c_float)]),
     "rk_model_score_tokens": (c_int32, [c_void_p, POINTER(c_uint32), POINTER(c_size_t), c_size_t, POINTER(c_float)]),

@@ -249,3 +249,32 @@ def test_lora_training_saves_an_adapter(model_dir, tmp_path):
         rewardkit.Trainer(rewardkit.Model(model_dir), trainable="lora", lora_targets="q,x")
     with pytest.raises(rewardkit.RewardkitError):
         rewardkit.Trainer(rewardkit.Model(model_dir), trainable="lora", lora_rank=0)
+    with pytest.raises(rewardkit.InvalidArgumentError):
+        rewardkit.Trainer(rewardkit.Model(model_dir), trainable="lora", lora_dropout=1.0)
+
+
+def test_adapters_over_one_base_are_ensemble_members(model_dir, tmp_path):
+    """Two adapters trained over one base, held as two Models over its weights: each scores
+    as the merged load, the base handle may close first, and they vote as an Ensemble."""
+    dirs = []
+    for seed in (1, 2):
+        m = rewardkit.Model(model_dir, n_threads=1)
+        t = rewardkit.Trainer(m, lr=1e-2, trainable="lora", lora_rank=2, lora_dropout=0.1, seed=seed, schedule="constant")
+        t.step(PROMPTS, CHOSEN, REJECTED)
+        t.save(str(tmp_path / str(seed)))
+        dirs.append(tmp_path / str(seed))
+    base = rewardkit.Model(model_dir, n_threads=1)
+    members = [base.with_adapter(d) for d in dirs]
+    base.close()
+    for d, m in zip(dirs, members):
+        merged = rewardkit.Model(model_dir, adapter=d, n_threads=1)
+        np.testing.assert_allclose(m.score(PROMPTS, CHOSEN), merged.score(PROMPTS, CHOSEN), atol=1e-4)
+    e = rewardkit.Ensemble(members, combine="min")
+    combined, per_member = e.score(PROMPTS, CHOSEN)
+    assert per_member.shape == (2, 2) and np.abs(per_member[:, 0] - per_member[:, 1]).max() > 0
+    np.testing.assert_allclose(combined, per_member.min(axis=1), atol=1e-6)
+    with pytest.raises(rewardkit.RewardkitError) as err:
+        members[0].with_adapter(dirs[1])
+    assert "LoRA factors already" in str(err.value)
+    with pytest.raises(rewardkit.RewardkitError):
+        rewardkit.Trainer(members[0], trainable="all")

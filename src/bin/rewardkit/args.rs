@@ -318,6 +318,9 @@ pub struct TrainArgs {
     pub lora_targets: String,
     #[arg(long)]
     pub lora_rslora: bool,
+    /// Dropout on each adapted projection's input to its LoRA branch (PEFT's lora_dropout).
+    #[arg(long, default_value_t = LoraSpec::default().dropout)]
+    pub lora_dropout: f32,
     #[arg(long, default_value_t = fit_defaults().epochs)]
     pub epochs: usize,
     /// After training, record the held-out rewards' mean and std (both sides of every pair;
@@ -465,6 +468,7 @@ impl TrainArgs {
                     alpha: self.lora_alpha,
                     rslora: self.lora_rslora,
                     targets: LoraSpec::parse_targets(&self.lora_targets)?,
+                    dropout: self.lora_dropout,
                 }),
                 other => other,
             },

@@ -166,9 +166,14 @@ enum Command {
     },
     /// Score pairs with M trained models (or one multi-head model) and report preference strength.
     Vote {
-        /// Member checkpoint directories (repeat the flag), or one multi-head checkpoint.
+        /// Member checkpoint directories (repeat the flag), or one multi-head checkpoint;
+        /// with --base, PEFT adapter directories (`ensemble --trainable lora` members).
         #[arg(long = "member", required_unless_present = "merge")]
         members: Vec<PathBuf>,
+        /// A base model every --member is a LoRA adapter over: loaded once, each adapter
+        /// applied unmerged on top of it (memory: one backbone plus each adapter's factors).
+        #[arg(long)]
+        base: Option<PathBuf>,
         #[command(flatten)]
         rt: RuntimeArgs,
         /// Preference pairs, JSONL or JSONL.gz (as for `train`).
@@ -360,6 +365,7 @@ fn main() {
         ),
         Command::Vote {
             members,
+            base,
             rt,
             data,
             limit,
@@ -380,7 +386,8 @@ fn main() {
                 match data {
                     Some(data) => {
                         let data = DataArgs::only(data, limit, skip_bad_rows);
-                        vote::vote(&members, &rt, &data, shard, folds.as_deref(), &output, &report)
+                        let members = vote::Members { dirs: &members, base: base.as_deref() };
+                        vote::vote(members, &rt, &data, shard, folds.as_deref(), &output, &report)
                     }
                     None => Err(rewardkit::Error::invalid("vote needs --data (or --merge)")),
                 }

@@ -242,13 +242,22 @@ pub fn ensemble(
             started.elapsed().as_secs_f64(),
             dirs.join(", ")
         );
+        // LoRA members are adapters over the model they were trained from.
+        let base = match targs.trainable {
+            rewardkit::train::Trainable::Lora(_) => format!(" --base {}", margs.model.display()),
+            _ => String::new(),
+        };
         println!(
-            "when every shard is done: rewardkit vote --member {}/member-0 ... --member {}/member-{} \
-             --data ...{} --output vote.jsonl",
+            "when every shard is done: rewardkit vote{base} --member {}/member-0 ... --member \
+             {}/member-{} --data ...{} --output vote.jsonl",
             out.display(),
             out.display(),
             members - 1,
-            if folds.is_some() { format!(" --folds {}", out.join(FOLDS_FILE).display()) } else { String::new() }
+            if folds.is_some() {
+                format!(" --folds {}", out.join(FOLDS_FILE).display())
+            } else {
+                String::new()
+            }
         );
         return Ok(());
     }
@@ -308,8 +317,26 @@ pub fn ensemble(
     write_vote(&vote, &lines, &out.join("vote.jsonl"), &report)
 }
 
+/// The models of a vote: checkpoint directories, or adapter directories over one base.
+pub struct Members<'a> {
+    pub dirs: &'a [PathBuf],
+    pub base: Option<&'a Path>,
+}
+
+impl Members<'_> {
+    fn load(&self, rt: &RuntimeArgs) -> Result<Vec<SharedModel>> {
+        match self.base {
+            None => self.dirs.iter().map(|m| rt.load(m)).collect(),
+            Some(base) => {
+                let base = std::sync::Arc::new(rt.load(base)?);
+                self.dirs.iter().map(|m| base.with_adapter(m)).collect()
+            }
+        }
+    }
+}
+
 pub fn vote(
-    members: &[PathBuf],
+    members: Members,
     rt: &RuntimeArgs,
     data: &DataArgs,
     shard: Option<Shard>,
@@ -317,7 +344,7 @@ pub fn vote(
     output: &Path,
     report: &Report,
 ) -> Result<()> {
-    let models = members.iter().map(|m| rt.load(m)).collect::<Result<Vec<_>>>()?;
+    let models = members.load(rt)?;
     let pairs = data.pairs(&models[0])?;
     let set = PairSet::from_ids(tokenize_pairs(&models[0], &pairs)?);
     let refs: Vec<&SharedModel> = models.iter().collect();
