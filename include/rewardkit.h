@@ -266,6 +266,14 @@ typedef struct rk_model_params {
    * load; NULL for none. Copied during the call.
    */
   const char *adapter;
+  /**
+   * Appended in 0.2: what renders conversations (`rk_model_score_chats`,
+   * `rk_model_apply_chat_template`): NULL or "model" for the checkpoint's own chat template
+   * (`chat_template.jinja`, else `tokenizer_config.json`; the HH-RLHF format when it has
+   * none), "hh" for the HH-RLHF format, anything else is the source of a Jinja chat
+   * template, which must compile or the load fails. Copied during the call.
+   */
+  const char *chat_template;
 } rk_model_params;
 
 /**

@@ -13,6 +13,7 @@ use crate::eval::vote::EnsembleReward;
 use crate::handle::batch::BatchOptions;
 use crate::handle::tokenize::TextOptions;
 use crate::handle::SharedModelOptions;
+use crate::io::chat::ChatTemplateChoice;
 use crate::model::lora::LoraSpec;
 use crate::model::{ComputeDType, LoadOptions, Normalize};
 use crate::train::contrastive::{
@@ -152,6 +153,12 @@ pub struct rk_model_params {
     /// `adapter_model.safetensors`, as peft and TRL save them) merged into the weights at
     /// load; NULL for none. Copied during the call.
     pub adapter: *const c_char,
+    /// Appended in 0.2: what renders conversations (`rk_model_score_chats`,
+    /// `rk_model_apply_chat_template`): NULL or "model" for the checkpoint's own chat template
+    /// (`chat_template.jinja`, else `tokenizer_config.json`; the HH-RLHF format when it has
+    /// none), "hh" for the HH-RLHF format, anything else is the source of a Jinja chat
+    /// template, which must compile or the load fails. Copied during the call.
+    pub chat_template: *const c_char,
 }
 
 /// Whether a model serves normalised rewards.
@@ -376,6 +383,7 @@ fn model_params_from(o: &SharedModelOptions) -> rk_model_params {
             Normalize::On => RK_NORMALIZE_ON,
         },
         adapter: std::ptr::null(),
+        chat_template: std::ptr::null(),
     }
 }
 
@@ -417,8 +425,17 @@ pub(crate) unsafe fn model_options(p: *const rk_model_params) -> Result<SharedMo
             share_prefixes: flag(p.share_prefixes, "params->share_prefixes")?,
         },
         n_threads: p.n_threads as usize,
-        // The checkpoint's own template (chat_template.jinja or tokenizer_config.json).
-        chat_template: Default::default(),
+        chat_template: match opt_str_arg(p.chat_template, "params->chat_template")? {
+            None | Some("model") => ChatTemplateChoice::Model,
+            Some("hh") => ChatTemplateChoice::Hh,
+            Some("") => {
+                return Err(Error::invalid(
+                    "params->chat_template is empty: NULL or \"model\" for the checkpoint's \
+                     template, \"hh\" for the HH-RLHF format, or a Jinja template's source",
+                ))
+            }
+            Some(source) => ChatTemplateChoice::Source(source.to_string()),
+        },
     };
     options.validate()?;
     Ok(options)

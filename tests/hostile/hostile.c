@@ -454,6 +454,12 @@ MP(normalize_off, p->normalize = RK_NORMALIZE_OFF)
 MP(adapter_absent, p->adapter = "/nonexistent/rewardkit-adapter")
 MP(adapter_utf8, p->adapter = "ad\xff" "apter")
 MP(adapter_not_a_directory, p->adapter = "/dev/null")
+MP(chat_template_empty, p->chat_template = "")
+MP(chat_template_utf8, p->chat_template = "{{ \xff }}")
+MP(chat_template_broken, p->chat_template = "{% for m in messages %}")
+MP(chat_template_hh, p->chat_template = "hh")
+MP(chat_template_model, p->chat_template = "model")
+MP(chat_template_source, p->chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}")
 
 static const model_param_case MODEL_PARAM_CASES[] = {
     {"dtype 42", mp_dtype, RK_ERR_INVALID_ARGUMENT},
@@ -482,6 +488,12 @@ static const model_param_case MODEL_PARAM_CASES[] = {
     {"adapter absent", mp_adapter_absent, RK_ERR_NOT_FOUND},
     {"adapter not UTF-8", mp_adapter_utf8, RK_ERR_INVALID_UTF8},
     {"adapter /dev/null", mp_adapter_not_a_directory, RK_ERR_NOT_FOUND},
+    {"chat_template empty", mp_chat_template_empty, RK_ERR_INVALID_ARGUMENT},
+    {"chat_template not UTF-8", mp_chat_template_utf8, RK_ERR_INVALID_UTF8},
+    {"chat_template that does not compile", mp_chat_template_broken, RK_ERR_INVALID_ARGUMENT},
+    {"chat_template hh", mp_chat_template_hh, RK_OK},
+    {"chat_template model", mp_chat_template_model, RK_OK},
+    {"chat_template source", mp_chat_template_source, RK_OK},
 };
 
 static int c_model_param(const void *arg) {

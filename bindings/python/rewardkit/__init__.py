@@ -130,14 +130,19 @@ class Model(_Handle):
     _free = staticmethod(_lib.rk_model_free)
 
     def __init__(self, path, device="cpu", dtype="f32", n_threads=0, max_length=0, batch_token_budget=None,
-                 max_batch_size=0, append_eos=False, separator="", head_seed=0, normalize="config", adapter=None):
+                 max_batch_size=0, append_eos=False, separator="", head_seed=0, normalize="config", adapter=None,
+                 chat_template=None):
         """`normalize`: "config" (as config.json's `normalize_reward` says), "on" (serve
         (r - mean) / std with config.json's reward `mean` and `std`, as OpenRLHF) or "off".
-        `adapter`: a PEFT LoRA adapter directory (as peft / TRL save it), merged at load."""
+        `adapter`: a PEFT LoRA adapter directory (as peft / TRL save it), merged at load.
+        `chat_template`: what renders conversations: None or "model" (the checkpoint's own
+        template), "hh" (the HH-RLHF format), or a Jinja template's source text."""
         self._h = c_void_p()
         p = _ffi.ModelParams()
         _check(_lib.rk_model_params_init(byref(p), ctypes.sizeof(p)))
-        self._keep = [device.encode(), separator.encode(), None if adapter is None else str(adapter).encode()]  # alive during the call
+        self._keep = [device.encode(), separator.encode(),  # alive during the call
+                      None if adapter is None else str(adapter).encode(),
+                      None if chat_template is None else str(chat_template).encode()]
         p.device = self._keep[0]
         if dtype not in _ffi.DTYPES:
             raise InvalidArgumentError("dtype must be one of %s" % list(_ffi.DTYPES))
@@ -149,7 +154,7 @@ class Model(_Handle):
         if normalize not in _ffi.NORMALIZE:
             raise InvalidArgumentError("normalize must be one of %s" % list(_ffi.NORMALIZE))
         p.normalize = _ffi.NORMALIZE[normalize]
-        p.adapter = self._keep[2]
+        p.adapter, p.chat_template = self._keep[2], self._keep[3]
         _check(_lib.rk_model_load(str(path).encode(), byref(p), byref(self._h)))
 
     def with_adapter(self, adapter):

@@ -40,6 +40,7 @@ class ModelParams(ctypes.Structure):
         ("share_prefixes", c_uint8),
         ("normalize", c_int32),
         ("adapter", c_char_p),
+        ("chat_template", c_char_p),
     ]
 
 

@@ -218,6 +218,12 @@ def test_conversations_are_rendered_by_the_checkpoint_chat_template(model_dir, t
     assert plain.apply_chat_template(chat) == "\n\nHuman:  hi \n\nAssistant: hello"
     with pytest.raises(rewardkit.InvalidArgumentError):
         plain.score_chats([[{"content": "no role"}]])
+    # A template chosen at load overrides the checkpoint's, and "hh" forces the HH format.
+    chosen = rewardkit.Model(model_dir, chat_template="{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}")
+    assert chosen.apply_chat_template(chat) == "[user] hi [assistant]hello"
+    assert rewardkit.Model(tmp_path / "m", chat_template="hh").apply_chat_template(chat) == plain.apply_chat_template(chat)
+    with pytest.raises(rewardkit.InvalidArgumentError):
+        rewardkit.Model(model_dir, chat_template="{% for m in messages %}")
 
 
 def test_a_peft_adapter_merges_at_load():
