@@ -382,8 +382,8 @@ impl LoraSpec {
             "task_type": "SEQ_CLS",
             "base_model_name_or_path": base,
             "r": self.r,
-            "lora_alpha": self.alpha,
-            "lora_dropout": self.dropout,
+            "lora_alpha": as_written(self.alpha),
+            "lora_dropout": as_written(self.dropout),
             "use_rslora": self.rslora,
             "target_modules": targets,
             "modules_to_save": ["score"],
@@ -448,4 +448,10 @@ pub fn factor_target(name: &str) -> Option<(String, bool)> {
 /// PEFT's name for one of rewardkit's trained tensors in adapter_model.safetensors.
 pub fn peft_name(name: &str) -> String {
     format!("{PEFT_PREFIX}{name}")
+}
+
+/// `x` as the f64 whose shortest decimal form is `x`'s own, so that a JSON config says 0.05
+/// where a user wrote 0.05 (not 0.05000000074505806, the f32's exact value).
+fn as_written(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }

@@ -400,7 +400,14 @@ fn peft_loads_an_adapter_rewardkit_trained() {
     crate::common::run(
         Command::new(cli)
             .args(["train", "--threads", "2", "--trainable", "lora", "--lora-r", "4"])
-            .args(["--lora-alpha", "16", "--lora-targets", "q,k,v,o,gate,up,down"])
+            .args([
+                "--lora-alpha",
+                "16",
+                "--lora-targets",
+                "q,k,v,o,gate,up,down",
+                "--lora-dropout",
+                "0.05",
+            ])
             .args(["--lr", "1e-3", "--batch-pairs", "8", "--limit", "48", "--model"])
             .arg(crate::common::tiny_model())
             .arg("--data")
