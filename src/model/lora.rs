@@ -344,6 +344,17 @@ impl LoraSpec {
         Ok(bits)
     }
 
+    /// The targets as [`Self::parse_targets`] reads them: `q,v`.
+    pub fn target_list(&self) -> String {
+        PROJECTIONS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.targets & (1 << i) != 0)
+            .map(|(_, p)| p.rsplit('.').next().expect("a module name").trim_end_matches("_proj"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The adapted projections' module names in layer `layer` (`model.layers.3.self_attn.q_proj`).
     pub fn modules(&self, layer: usize) -> impl Iterator<Item = String> + '_ {
         PROJECTIONS

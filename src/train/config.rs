@@ -51,7 +51,11 @@ impl std::fmt::Display for Trainable {
             Trainable::All => f.write_str("all"),
             Trainable::HeadOnly => f.write_str("head"),
             Trainable::TopLayers { layers } => write!(f, "top:{layers}"),
-            Trainable::Lora(spec) => write!(f, "lora (r {}, alpha {})", spec.r, spec.alpha),
+            Trainable::Lora(spec) => {
+                let rslora = if spec.rslora { ", rsLoRA" } else { "" };
+                write!(f, "lora (r {}, alpha {}{rslora}", spec.r, spec.alpha)?;
+                write!(f, ", dropout {}, on {})", spec.dropout, spec.target_list())
+            }
         }
     }
 }

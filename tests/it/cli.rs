@@ -533,6 +533,33 @@ fn train_stops_at_max_steps_and_reports_the_last_step_once() {
     assert!(!err.contains("step      4"), "{err}");
 }
 
+/// `train --trainable lora` reports the LoRA settings it was given and writes them into the
+/// PEFT adapter_config.json as given.
+#[test]
+fn lora_training_reports_and_saves_the_settings_given() {
+    let dir = scratch("cli-lora-settings");
+    let run = dir.join("run");
+    let out = rewardkit()
+        .args(["train", "--model", tiny_model().to_str().unwrap()])
+        .args(["--data", hh_data().to_str().unwrap(), "--limit", "8", "--max-steps", "1"])
+        .args(["--trainable", "lora", "--lora-r", "4", "--lora-alpha", "16"])
+        .args(["--lora-targets", "v,q", "--lora-dropout", "0.05", "--threads", "1", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("lora (r 4, alpha 16, dropout 0.05, on q,v)"), "{err}");
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run.join("final").join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["lora_alpha"], 16.0);
+    assert_eq!(config["lora_dropout"], 0.05);
+    assert_eq!(config["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
+}
+
 /// `train --write-reward-stats` records the held-out rewards' mean and std in the final
 /// config.json (OpenRLHF's layout); `score` then serves (r - mean) / std, `--normalize off` raw.
 #[test]

@@ -148,7 +148,7 @@ pub fn train(margs: &ModelArgs, data: &DataArgs, targs: &TrainArgs) -> Result<()
         "training on {} pairs, {} held out; trainable: {} (layers {first}..{n_layers})",
         train_pairs.len(),
         eval_pairs.len(),
-        targs.trainable
+        cfg.trainable
     );
     let train_set = prepare(&model, &train_pairs, first, !targs.no_cache, "train")?;
     let eval_set = if eval_pairs.is_empty() {
