@@ -99,8 +99,9 @@ pub struct ModelConfig {
     pub normalize_reward: bool,
     /// The original JSON, kept so that a saved checkpoint carries every field it came with.
     pub raw: Value,
-    /// Set while LoRA factors train on this model (never read from or written to JSON): the
-    /// projections with factors in the parameters are `W + s · B A`.
+    /// Set while this model carries unmerged LoRA factors (trained, or an adapter over a
+    /// shared base; never read from or written to JSON): the projections with factors in the
+    /// parameters add `s · x Aᵀ Bᵀ`.
     pub lora: Option<crate::model::lora::LoraSettings>,
 }
 

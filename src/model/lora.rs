@@ -1,8 +1,10 @@
 //! LoRA adapters in PEFT's layout: `adapter_config.json` and `adapter_model.safetensors`, as
 //! `peft` saves them (TRL's RewardTrainer with a `LoraConfig`, OpenRLHF `--lora_rank`), read
-//! and merged into the base weights at load: `W' = W + s · B A` with `s = alpha / r`
-//! (`alpha / sqrt(r)` with rsLoRA), and the modules PEFT trains fully (`modules_to_save`,
-//! the reward head `score` for a SEQ_CLS adapter) replacing the base's.
+//! and applied as `W' = W + s · B A` with `s = alpha / r` (`alpha / sqrt(r)` with rsLoRA):
+//! merged into the base weights at load ([`Adapter::merge_into`]), or kept as an unmerged
+//! branch over a shared base (`RewardModel::with_adapter`, and the factors LoRA training
+//! adds); the modules PEFT trains fully (`modules_to_save`, the reward head `score` for a
+//! SEQ_CLS adapter) replace the base's.
 //!
 //! Tensor names are PEFT's: `base_model.model.<HF name of the module>.lora_A.weight` (r, in),
 //! `...lora_B.weight` (out, r), and `base_model.model.<module>.weight` for a saved module.

@@ -463,7 +463,7 @@ impl RewardModel {
 
     /// Adds LoRA factors for `spec` to every layer, initialised as PEFT does (A uniform in
     /// ±1/sqrt(in), from `seed`; B zero, so the model scores as before), and makes the
-    /// adapted projections read `W + s · B A`. Returns the names added.
+    /// adapted projections add the unmerged branch `s · x Aᵀ Bᵀ`. Returns the names added.
     pub fn attach_lora(&mut self, spec: &lora::LoraSpec, seed: u64) -> Result<Vec<String>> {
         spec.validate()?;
         if self.config.lora.is_some() {
@@ -587,9 +587,9 @@ impl RewardModel {
         self.refresh_weights()
     }
 
-    /// Rebuilds the weights the forward passes read. Only LoRA-adapted projections hold values
-    /// of their own (`W + s · B A`); every other weight is a view of its parameter, which an
-    /// in-place update changes without this.
+    /// Rebuilds the weights the forward passes read, after the set of parameters or the LoRA
+    /// settings changed. Every weight, LoRA factors included, is a view of its parameter, so
+    /// an in-place update needs no rebuild.
     fn refresh_weights(&mut self) -> Result<()> {
         self.weights = DecoderWeights::new(&self.config, &self.params)?;
         self.inference_weights = self.weights.detached();
