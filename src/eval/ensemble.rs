@@ -26,7 +26,7 @@ pub struct RewardEnsemble {
 /// What an ensemble says about n sequences.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnsembleScores {
-    /// members[i][m]: member m's reward for sequence i (members in model order, a multi-head
+    /// `members[i][m]`: member m's reward for sequence i (members in model order, a multi-head
     /// model's heads in head order).
     pub members: Vec<Vec<f32>>,
     /// The combined reward of each sequence.

@@ -14,7 +14,7 @@ use crate::train::{check_pairs, OnScored, PairIds, PairSet, Shard, NO_PROGRESS};
 /// Scores of M members on n pairs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vote {
-    /// chosen[m][i]: member m's reward for the chosen response of pair i.
+    /// `chosen[m][i]`: member m's reward for the chosen response of pair i.
     pub chosen: Vec<Vec<f32>>,
     pub rejected: Vec<Vec<f32>>,
     /// Out of fold: voted[m][i] says whether member m votes on pair i (it never trained on
@@ -235,7 +235,7 @@ pub fn buckets(mean: &[f32], std: &[f32], k: usize) -> Vec<Bucket> {
         .collect()
 }
 
-/// Combines per-member rewards (scores[m][i]) into one reward per item.
+/// Combines per-member rewards (`scores[m][i]`) into one reward per item.
 pub fn ensemble_rewards(scores: &[Vec<f32>], mode: EnsembleReward) -> Result<Vec<f32>> {
     let n = scores.first().map(Vec::len).ok_or_else(|| Error::invalid("no ensemble members"))?;
     if scores.iter().any(|s| s.len() != n) {

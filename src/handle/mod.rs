@@ -207,7 +207,7 @@ impl SharedModel {
     /// backbone, for an ensemble or for serving several reward models at the cost of one.
     /// Same tokenizer, chat template and options; its own thread pool. An update of this
     /// model's weights is seen by the new handle (its reads lock this model too). The new
-    /// handle trains only its LoRA factors and head ([`Self::check_trainer`]).
+    /// handle trains only its LoRA factors and head (a trainer on it must be LoRA).
     pub fn with_adapter(self: &Arc<Self>, dir: &Path) -> Result<SharedModel> {
         let adapter = crate::model::lora::Adapter::load(dir)?;
         let model = self

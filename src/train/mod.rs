@@ -8,7 +8,7 @@
 //! - [`contrastive`]: SimCSE and SwAV terms.
 //! - [`optim`]: AdamW with float32 state, schedules, clipping.
 //! - [`step`]: the `Trainer` (one micro-batch at a time) and its checkpoints.
-//! - [`fit`]: epochs over a dataset.
+//! - [`fit`](mod@fit): epochs over a dataset.
 //! - [`meta`]: MetaRM steps and rounds.
 //! - [`parallel`]: data-parallel training through the host's all-reduce.
 //! - [`ensemble`]: seed ensembles and multi-head ensembles for the vote.
