@@ -50,6 +50,12 @@ pub const MAX_TOKENS_PER_CALL: usize = 1 << 32;
 /// Bytes of one text argument. Texts are cut to the end a reward reads before tokenizing, so
 /// this only bounds the copy.
 pub const MAX_TEXT_BYTES: usize = 1 << 30;
+/// Bytes of one text tokenized whole: one shorter than about 8 bytes per token of
+/// `max_length`, or one with no point where a cut provably leaves the kept tokens alone
+/// (see `handle::tokenize`). Tokenizing costs about 200 bytes of memory per byte of text, so
+/// this bounds a call's tokenizer memory near 3 GB; 16 MB is twice the longest text the
+/// largest `max_length` (`MAX_SEQUENCE_TOKENS`) tokenizes whole.
+pub const MAX_WHOLE_TEXT_TOKENIZE_BYTES: usize = 16 << 20;
 
 /// SwAV prototypes.
 pub const MAX_PROTOTYPES: usize = 1 << 16;

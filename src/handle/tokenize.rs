@@ -12,6 +12,7 @@ use std::path::Path;
 use tokenizers::{Encoding, Tokenizer, TruncationDirection};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits::MAX_WHOLE_TEXT_TOKENIZE_BYTES;
 
 /// How a (prompt, response) pair becomes one text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,6 +110,8 @@ impl RewardTokenizer {
                 return Ok(ids);
             }
         }
+        // Checked before the join is allocated (encode_kept checks the joined text again).
+        whole_text_allowed(total)?;
         let ids = self.encode(&parts.concat(), own, opts.append_eos, max_len, false)?;
         Ok(ids.expect("a whole text always encodes"))
     }
@@ -187,12 +190,19 @@ impl RewardTokenizer {
     /// cutting just after a whitespace character changes at most the tokens of the first word
     /// after the cut. A cut is accepted when the kept tokens all start after that first word,
     /// and when a second cut, one word later, gives the same last `keep` ids (a check that the
-    /// tokenizer really is local there). Otherwise the window grows, up to the whole text
-    /// (`None` instead when `tail_only`).
+    /// tokenizer really is local there). A window without such a cut (a long run without
+    /// whitespace: CJK text, base64, a hostile `xxxx...`) is cut inside the run instead, under
+    /// the same check ([`Self::encode_forced_cut`]). Otherwise the window grows, up to the
+    /// whole text (`None` instead when `tail_only`), which is tokenized only up to
+    /// [`MAX_WHOLE_TEXT_TOKENIZE_BYTES`]: tokenizing costs about 200 bytes of memory per byte.
     fn encode_kept(&self, text: &str, keep: usize, tail_only: bool) -> Result<Option<Encoding>> {
         let mut budget = keep.saturating_mul(8).saturating_add(4096);
         while budget < text.len() {
-            if let Some(enc) = self.encode_cut(text, text.len() - budget, keep)? {
+            let at = text.len() - budget;
+            if let Some(enc) = self.encode_cut(text, at, keep)? {
+                return Ok(Some(enc));
+            }
+            if let Some(enc) = self.encode_forced_cut(text, at, keep)? {
                 return Ok(Some(enc));
             }
             budget = budget.saturating_mul(4);
@@ -200,6 +210,7 @@ impl RewardTokenizer {
         if tail_only {
             return Ok(None);
         }
+        whole_text_allowed(text.len())?;
         let mut enc = self.encode_raw(text)?;
         enc.truncate(keep, 0, TruncationDirection::Left);
         Ok(Some(enc))
@@ -224,6 +235,54 @@ impl RewardTokenizer {
         enc.truncate(keep, 0, TruncationDirection::Left);
         Ok(Some(enc))
     }
+
+    /// The last `keep` tokens of `text` from tokenizing it from the char boundary at or after
+    /// `at`, wherever that falls inside a word, if a second cut [`FORCED_CUT_PROBE_BYTES`]
+    /// later gives the same last `keep` ids and those tokens all start after the second cut:
+    /// what the tokenizer did at the cut then did not reach the kept tokens.
+    fn encode_forced_cut(&self, text: &str, at: usize, keep: usize) -> Result<Option<Encoding>> {
+        let a = ceil_char_boundary(text, at);
+        let b = ceil_char_boundary(text, a.saturating_add(FORCED_CUT_PROBE_BYTES));
+        if b >= text.len() {
+            return Ok(None);
+        }
+        let mut enc = self.encode_raw(&text[a..])?;
+        if enc.len() < keep || enc.get_offsets()[enc.len() - keep].0 + a < b {
+            return Ok(None);
+        }
+        let later = self.encode_raw(&text[b..])?;
+        if later.len() < keep
+            || enc.get_ids()[enc.len() - keep..] != later.get_ids()[later.len() - keep..]
+        {
+            return Ok(None);
+        }
+        enc.truncate(keep, 0, TruncationDirection::Left);
+        Ok(Some(enc))
+    }
+}
+
+/// Bytes between the two cuts of [`RewardTokenizer::encode_forced_cut`]'s check.
+const FORCED_CUT_PROBE_BYTES: usize = 256;
+
+/// Refuses to tokenize whole a text above [`MAX_WHOLE_TEXT_TOKENIZE_BYTES`].
+fn whole_text_allowed(len: usize) -> Result<()> {
+    if len > MAX_WHOLE_TEXT_TOKENIZE_BYTES {
+        return Err(Error::invalid(format!(
+            "a text of {len} bytes has no point where it can be cut without changing the tokens \
+             the reward reads, and tokenizing it whole is limited to \
+             {MAX_WHOLE_TEXT_TOKENIZE_BYTES} bytes (src/limits.rs)"
+        )));
+    }
+    Ok(())
+}
+
+/// The first char boundary of `text` at or after `at` (its length when `at` is past the end).
+fn ceil_char_boundary(text: &str, at: usize) -> usize {
+    let mut i = at.min(text.len());
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
 }
 
 /// The ids (and their text) that `inner`'s post-processor puts before a single sequence.
@@ -340,10 +399,7 @@ fn joined_tail(parts: &[&str], window: usize) -> String {
 
 /// The byte index just after the first whitespace character at or after `at`, if any.
 fn boundary_after(text: &str, at: usize) -> Option<usize> {
-    let mut start = at.min(text.len());
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
+    let start = ceil_char_boundary(text, at);
     text[start..]
         .char_indices()
         .find(|(_, c)| c.is_whitespace())

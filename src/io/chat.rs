@@ -147,16 +147,52 @@ impl ChatTemplate {
             unk_token => self.special.unk.as_deref(),
             pad_token => self.special.pad.as_deref(),
         };
-        template.render(ctx).map_err(|e| {
-            let message = match e.kind() {
-                JinjaErrorKind::OutOfFuel => {
-                    "chat template ran out of its instruction budget (does it loop forever?)"
-                        .to_string()
-                }
-                _ => format!("chat template failed: {e}"),
-            };
-            Error::invalid(message)
-        })
+        // The output is capped as the instructions are: a template that prints a huge string
+        // many times stays within a few instructions but not within memory.
+        let cap = input_bytes
+            .saturating_mul(4)
+            .saturating_add(RENDER_SLACK_BYTES)
+            .min(crate::limits::MAX_TEXT_BYTES);
+        let mut out = CappedWriter { bytes: Vec::new(), cap, over: false };
+        let rendered = template.render_captured_to(ctx, &mut out).map(drop);
+        match rendered {
+            Ok(()) => String::from_utf8(out.bytes)
+                .map_err(|_| Error::invalid("chat template wrote text that is not UTF-8")),
+            Err(_) if out.over => Err(Error::invalid(format!(
+                "chat template wrote more than {cap} bytes for {input_bytes} bytes of turns \
+                 (the limit is 4 times the turns plus {RENDER_SLACK_BYTES} bytes)"
+            ))),
+            Err(e) if e.kind() == JinjaErrorKind::OutOfFuel => Err(Error::invalid(
+                "chat template ran out of its instruction budget (does it loop forever?)",
+            )),
+            Err(e) => Err(Error::invalid(format!("chat template failed: {e}"))),
+        }
+    }
+}
+
+/// What a rendering may write beyond 4 bytes per byte of its turns' JSON (system prompts and
+/// tool descriptions a template adds on its own).
+const RENDER_SLACK_BYTES: usize = 1 << 20;
+
+/// An `io::Write` into memory that fails once `cap` bytes would be exceeded.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output over its limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -522,6 +558,23 @@ mod tests {
         assert!(ChatTemplate::new("{% for %}", SpecialTokens::default()).is_err());
         assert!(t.render(&[json!({"content": "x"})], false).is_err());
         assert!(t.render(&[], false).is_err());
+    }
+
+    #[test]
+    fn output_is_capped_by_the_size_of_the_turns() {
+        let turns = [json!({"role": "user", "content": "x"})];
+        // Few instructions, gigabytes of output: refused at the cap, not after the allocation.
+        for src in
+            ["{% for i in range(100000) %}{{ 'y' * 99999 }}{% endfor %}", "{{ 'x' * 99999999 }}"]
+        {
+            let e = template(src).render(&turns, false).unwrap_err();
+            assert!(e.message().contains("wrote more than"), "{src}: {}", e.message());
+        }
+        // Up to the cap is fine: 4 bytes per byte of turns plus the slack.
+        let long = "z".repeat(3 << 20);
+        let t = template("{% for m in messages %}{{ m.content }}{{ m.content }}{% endfor %}");
+        let text = t.render(&[json!({"role": "user", "content": long})], false).unwrap();
+        assert_eq!(text.len(), 6 << 20);
     }
 
     #[test]

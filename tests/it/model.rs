@@ -337,12 +337,23 @@ fn long_texts_are_cut_before_tokenizing_with_the_same_ids() {
         "Ünïcödé 文字 naïve café — “quotes” 12345678 tabs\tand\nnewlines  double  spaces "
             .repeat(3000);
     let digits = "1234567890 ".repeat(20_000) + &"9".repeat(5000);
+    // Runs without whitespace are cut inside the run (encode_forced_cut): CJK text, one
+    // repeated letter, a base64-like string, and a run after ordinary words.
+    let cjk = "我們的獎勵模型讀取回應的結尾。".repeat(8000);
+    let mut rng = rewardkit::rng::Rng::new(5);
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let base64: String =
+        (0..300_000).map(|_| alphabet[(rng.next_f32() * 63.99) as usize] as char).collect();
     let opts = rewardkit::TextOptions::default();
     for (name, tok) in [("tiny", &tiny), ("llama_gqa", &gqa)] {
         for (what, prompt) in [
             ("dialogue", dialogue.repeat(20)),
             ("unicode", unicode.clone()),
             ("digits", digits.clone()),
+            ("cjk", cjk.clone()),
+            ("one letter", "x".repeat(300_000)),
+            ("base64", base64.clone()),
+            ("words then a run", dialogue.clone() + &"ab".repeat(150_000)),
         ] {
             for max_len in [16, 257, 2048] {
                 let response = " the end, where the reward is read.";
