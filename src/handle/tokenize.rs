@@ -222,18 +222,7 @@ impl RewardTokenizer {
         let Some(a) = boundary_after(text, at) else { return Ok(None) };
         let first_word_end = a + first_word_end(&text[a..]);
         let Some(b) = boundary_after(text, first_word_end) else { return Ok(None) };
-        let mut enc = self.encode_raw(&text[a..])?;
-        if enc.len() < keep || enc.get_offsets()[enc.len() - keep].0 + a < first_word_end {
-            return Ok(None);
-        }
-        let later = self.encode_raw(&text[b..])?;
-        if later.len() < keep
-            || enc.get_ids()[enc.len() - keep..] != later.get_ids()[later.len() - keep..]
-        {
-            return Ok(None);
-        }
-        enc.truncate(keep, 0, TruncationDirection::Left);
-        Ok(Some(enc))
+        self.kept_if_cuts_agree(text, a, first_word_end, b, keep)
     }
 
     /// The last `keep` tokens of `text` from tokenizing it from the char boundary at or after
@@ -246,8 +235,21 @@ impl RewardTokenizer {
         if b >= text.len() {
             return Ok(None);
         }
+        self.kept_if_cuts_agree(text, a, b, b, keep)
+    }
+
+    /// The last `keep` tokens of `text[a..]`, if they all start at or after `settled` and
+    /// `text[b..]` ends in the same `keep` ids.
+    fn kept_if_cuts_agree(
+        &self,
+        text: &str,
+        a: usize,
+        settled: usize,
+        b: usize,
+        keep: usize,
+    ) -> Result<Option<Encoding>> {
         let mut enc = self.encode_raw(&text[a..])?;
-        if enc.len() < keep || enc.get_offsets()[enc.len() - keep].0 + a < b {
+        if enc.len() < keep || enc.get_offsets()[enc.len() - keep].0 + a < settled {
             return Ok(None);
         }
         let later = self.encode_raw(&text[b..])?;
