@@ -39,13 +39,13 @@ pub struct LoraSettings {
 }
 
 impl LoraSettings {
-    /// The factor on `B A` for a module of rank `r`.
     /// Whether factors made with `other` can be trained with these settings (all but the
     /// dropout, a training choice, must agree).
     pub fn same_factors(&self, other: &LoraSettings) -> bool {
         (self.r, self.alpha, self.use_rslora) == (other.r, other.alpha, other.use_rslora)
     }
 
+    /// The factor on `B A` for a module of rank `r`.
     pub fn scale(&self, r: usize) -> f64 {
         if self.use_rslora {
             self.alpha / (r as f64).sqrt()
@@ -333,14 +333,11 @@ impl LoraSpec {
         }
         let mut bits = 0u8;
         for t in s.split(',').map(str::trim) {
-            let i = PROJECTIONS
-                .iter()
-                .position(|p| p.rsplit('.').next() == Some(&format!("{t}_proj")))
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "unknown LoRA target `{t}` (q, k, v, o, gate, up, down, or all)"
-                    ))
-                })?;
+            let i = PROJECTIONS.iter().position(|p| target_name(p) == t).ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown LoRA target `{t}` (q, k, v, o, gate, up, down, or all)"
+                ))
+            })?;
             bits |= 1 << i;
         }
         Ok(bits)
@@ -352,7 +349,7 @@ impl LoraSpec {
             .iter()
             .enumerate()
             .filter(|(i, _)| self.targets & (1 << i) != 0)
-            .map(|(_, p)| p.rsplit('.').next().expect("a module name").trim_end_matches("_proj"))
+            .map(|(_, p)| target_name(p))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -388,7 +385,7 @@ impl LoraSpec {
             .iter()
             .enumerate()
             .filter(|(i, _)| self.targets & (1 << i) != 0)
-            .map(|(_, p)| p.rsplit('.').next().expect("a module name"))
+            .map(|(_, p)| module_leaf(p))
             .collect();
         serde_json::json!({
             "peft_type": "LORA",
@@ -433,6 +430,17 @@ pub fn merged(w: &Tensor, a: &Tensor, b: &Tensor, settings: &LoraSettings) -> Re
     let f32 = |t: &Tensor| t.to_dtype(DType::F32);
     let delta = (f32(b)?.matmul(&f32(a)?)? * settings.scale(a.dim(0)?))?;
     Ok((f32(w)? + delta)?.to_dtype(w.dtype())?)
+}
+
+/// The last part of a projection's module name, as PEFT's `target_modules` list it:
+/// `self_attn.q_proj` -> `q_proj`.
+fn module_leaf(projection: &str) -> &str {
+    projection.rsplit('.').next().unwrap_or(projection)
+}
+
+/// A projection as `--lora-targets` names it: `self_attn.q_proj` -> `q`.
+fn target_name(projection: &str) -> &str {
+    module_leaf(projection).trim_end_matches("_proj")
 }
 
 /// The layer and the index in [`PROJECTIONS`] of a projection weight's name
