@@ -57,6 +57,10 @@ const TEMPLATE_NAME: &str = "chat_template";
 impl ChatTemplate {
     /// Compiles `source`; a syntax error fails here, naming its line.
     pub fn new(source: &str, special: SpecialTokens) -> Result<Self> {
+        // The cap a template file has (it comes in a JSON file or beside one), for a source
+        // passed directly too (rk_model_params.chat_template), before it is compiled.
+        let cap = crate::limits::MAX_JSON_FILE_BYTES as usize;
+        crate::limits::capped(source.len(), cap, "the chat template's length in bytes")?;
         let mut env = Environment::new();
         let syntax = env
             .syntax()
@@ -556,6 +560,9 @@ mod tests {
         let e = t.render(&[json!({"role": "user", "content": "x"})], false).unwrap_err();
         assert!(e.message().contains("instruction budget"), "{}", e.message());
         assert!(ChatTemplate::new("{% for %}", SpecialTokens::default()).is_err());
+        let huge = "x".repeat(crate::limits::MAX_JSON_FILE_BYTES as usize + 1);
+        let e = ChatTemplate::new(&huge, SpecialTokens::default()).unwrap_err();
+        assert!(e.message().contains("chat template's length"), "{}", e.message());
         assert!(t.render(&[json!({"content": "x"})], false).is_err());
         assert!(t.render(&[], false).is_err());
     }
