@@ -305,6 +305,16 @@ static int c_model_params_init(const void *arg) {
     /* A caller built against the header before `share_prefixes`: only its bytes are written. */
     EXPECT(rk_model_params_init(p, offsetof(rk_model_params, share_prefixes)), RK_OK);
     CHECK(buf[offsetof(rk_model_params, share_prefixes)] == 0xAB, "old layout: nothing written past it");
+    /* A caller built before `chat_template` was appended: its load gets the checkpoint's template. */
+    {
+        rk_model *m = NULL;
+        memset(buf, 0xAB, sizeof buf);
+        EXPECT(rk_model_params_init(p, offsetof(rk_model_params, chat_template)), RK_OK);
+        CHECK(buf[offsetof(rk_model_params, chat_template)] == 0xAB, "pre-chat_template layout: nothing written past it");
+        EXPECT(rk_model_load(MODEL, p, &m), RK_OK);
+        CHECK(m != NULL && scores_ok(m, NULL), "pre-chat_template layout loads and scores");
+        rk_model_free(m);
+    }
     EXPECT(rk_model_params_init(p, sizeof *p), RK_OK);
     CHECK(p->struct_size == sizeof *p && p->dtype == RK_DTYPE_F32 && p->batch_token_budget == 4096 && p->append_eos == 0 && p->share_prefixes == 1, "defaults");
     CHECK(buf[sizeof *p] == 0xAB, "nothing written past the struct");
