@@ -34,7 +34,7 @@ use rewardkit::io::data::{read_preferences, split_pairs, OnBadRow, PreferenceRea
 use rewardkit::model::Pass;
 use rewardkit::rng::Rng;
 use rewardkit::train::contrastive::{chosen_rejected_distance, ContrastiveConfig};
-use rewardkit::train::ensemble::{train_ensemble, Folds};
+use rewardkit::train::ensemble::{train_ensemble, train_multi_head, Folds};
 use rewardkit::train::loss::{
     FlipRule, MarginMode, MarginRule, NoiseConfig, PairTreatment, SmoothRule,
 };
@@ -66,6 +66,7 @@ struct Args {
     meta_lr: f64,
     folds: usize,
     oof_members: usize,
+    multi_head: usize,
     ceiling: bool,
     limit: Option<usize>,
 }
@@ -102,6 +103,7 @@ fn parse_args() -> Args {
         meta_lr: num("--meta-lr", 0.05),
         folds: num("--folds", 5.0) as usize,
         oof_members: num("--oof-members", 10.0) as usize,
+        multi_head: num("--multi-head", 0.0) as usize,
         ceiling: argv.iter().any(|a| a == "--ceiling"),
         limit: get("--limit").map(|v| v.parse().unwrap()),
     }
@@ -146,6 +148,18 @@ fn cache_for(
             eprintln!("loaded cached hidden states from {}", p.display());
             return Ok(c);
         }
+        // A cache of a lower layer (top:2's serves top:1 and the head alone): run the layers
+        // between, and leave the file as it is.
+        if c.len() == seqs.len() && c.first < first {
+            let t = Instant::now();
+            let c = c.advance(base, first)?;
+            eprintln!(
+                "advanced cached hidden states from {} to layer {first} in {:.0}s",
+                p.display(),
+                t.elapsed().as_secs_f64()
+            );
+            return Ok(c);
+        }
     }
     let t = Instant::now();
     let mut done = 0;
@@ -181,7 +195,11 @@ fn main() -> Result<()> {
     };
     let base = SharedModel::load(&a.model, &opts)?;
     let n_layers = base.info()?.num_layers;
-    let trainable = Trainable::TopLayers { layers: a.top_layers };
+    // --top-layers 0: the reward head alone over the frozen backbone.
+    let trainable = match a.top_layers {
+        0 => Trainable::HeadOnly,
+        layers => Trainable::TopLayers { layers },
+    };
     let first = first_trainable_layer(trainable, n_layers);
 
     let read = PreferenceReadOptions { on_bad_row: OnBadRow::Skip, ..Default::default() };
@@ -305,6 +323,11 @@ fn main() -> Result<()> {
     if a.only.iter().any(|s| s == "oof") {
         let k = a.folds;
         let flip = NoiseConfig { flip: FlipRule::Below { threshold: 0.0 }, ..Default::default() };
+        let flip_margin = NoiseConfig {
+            margin: Some(MarginRule { scale: a.margin_scale, mode: MarginMode::Raw }),
+            ..flip
+        };
+        let treated = [("Flip", flip), ("Flip+Margin", flip_margin)];
         let mut rows: Vec<Value> = Vec::new();
         for s in 0..a.seeds {
             let (injected, noisy) = inject(s);
@@ -323,8 +346,31 @@ fn main() -> Result<()> {
             let in_secs = t.elapsed().as_secs_f64();
             let refs: Vec<&SharedModel> = ins.iter().map(|m| m.as_ref()).collect();
             let in_strength = vote(&refs, &noisy, NO_PROGRESS)?.strength().0;
+            let in_member_acc: Vec<f64> = refs
+                .iter()
+                .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
+                .collect::<Result<_>>()?;
             drop(refs);
             drop(ins);
+            // The cheap variant: one shared backbone with a.multi_head heads, in sample.
+            let multi_head = if a.multi_head > 0 {
+                let t = Instant::now();
+                let m = train_multi_head(
+                    &base,
+                    &noisy,
+                    &plain,
+                    &config(100 * s),
+                    &fit_opts,
+                    a.multi_head,
+                    |_| {},
+                )?;
+                let secs = t.elapsed().as_secs_f64();
+                let v = find(&vote(&[m.as_ref()], &noisy, NO_PROGRESS)?.strength().0);
+                eprintln!("  oof seed {s}: shared backbone, {} heads, in sample: flip AUROC {v:.4} ({secs:.0}s)", a.multi_head);
+                Some((v, secs))
+            } else {
+                None
+            };
             // Out of fold: k folds, a.oof_members members (member m holds out fold m % k).
             let folds = Folds::new(nt, k, 100 * s)?;
             let t = Instant::now();
@@ -363,62 +409,91 @@ fn main() -> Result<()> {
                 None
             };
             let (auc_in, auc_k, auc_all) = (find(&in_strength), find(&oof_k), find(&oof_all));
-            eprintln!("oof seed {s}: flip AUROC in sample ({} members) {auc_in:.4}, out of fold {k} members {auc_k:.4}, {} members {auc_all:.4}; training {in_secs:.0}s vs {oof_secs:.0}s; OOF members' held-out accuracy {:.4}", a.members, a.oof_members, mean_sd(&member_acc).0);
+            eprintln!("oof seed {s}: flip AUROC in sample ({} members) {auc_in:.4}, out of fold {k} members {auc_k:.4}, {} members {auc_all:.4}; training {in_secs:.0}s vs {oof_secs:.0}s; held-out accuracy of in-sample members {:.4}, OOF members {:.4}", a.members, a.oof_members, mean_sd(&in_member_acc).0, mean_sd(&member_acc).0);
             // Flip on each vote's strengths, paired by training seed.
             let mut flips = Vec::new();
-            for (name, strength) in [("in sample", &in_strength), ("out of fold", &oof_all)] {
-                for t in 0..a.train_seeds {
-                    let seed = 100 * s + 50 + t;
-                    let model = fresh(seed)?;
-                    let mut trainer =
-                        Trainer::new(model.clone(), TrainConfig { noise: flip, ..config(seed) })?;
-                    timed_fit(
-                        &mut clock,
-                        &mut trainer,
-                        &noisy,
-                        &flip.treatments(nt, Some(strength), None)?,
-                    )?;
-                    drop(trainer);
-                    let acc = quick_eval(&model, &eval_set)?.accuracy;
-                    eprintln!("  oof seed {s} train seed {t} Flip on {name} strengths: held-out accuracy {acc:.4}");
-                    flips.push(json!({"strengths": name, "train_seed": t, "accuracy": acc}));
+            for (method, noise) in treated {
+                for (name, strength) in [("in sample", &in_strength), ("out of fold", &oof_all)] {
+                    for t in 0..a.train_seeds {
+                        let seed = 100 * s + 50 + t;
+                        let model = fresh(seed)?;
+                        let mut trainer =
+                            Trainer::new(model.clone(), TrainConfig { noise, ..config(seed) })?;
+                        timed_fit(
+                            &mut clock,
+                            &mut trainer,
+                            &noisy,
+                            &noise.treatments(nt, Some(strength), None)?,
+                        )?;
+                        drop(trainer);
+                        let acc = quick_eval(&model, &eval_set)?.accuracy;
+                        eprintln!("  oof seed {s} train seed {t} {method} on {name} strengths: held-out accuracy {acc:.4}");
+                        flips.push(json!({"method": method, "strengths": name, "train_seed": t, "accuracy": acc}));
+                    }
                 }
             }
             let (fi, ci) = below(&in_strength);
             let (fo, co) = below(&oof_all);
             rows.push(json!({"seed": s, "auroc_in_sample": auc_in, "auroc_oof_k": auc_k, "auroc_oof_all": auc_all, "auroc_clean_members": auc_ceiling,
+                "auroc_multi_head": multi_head.map(|m| m.0), "multi_head_seconds": multi_head.map(|m| m.1),
+                "in_sample_member_accuracy": in_member_acc,
                 "in_sample_seconds": in_secs, "oof_seconds": oof_secs, "oof_member_accuracy": member_acc,
                 "in_sample_below_zero": fi, "in_sample_injected_below_zero": ci, "oof_below_zero": fo, "oof_injected_below_zero": co,
                 "flip": flips}));
-            std::fs::write(a.out_dir.join("oof.json"), serde_json::to_vec_pretty(&json!({"seeds": rows, "folds": k, "members": a.members, "oof_members": a.oof_members, "epochs": a.epochs, "flip_rate": a.flip_rate})).unwrap())?;
+            std::fs::write(a.out_dir.join("oof.json"), serde_json::to_vec_pretty(&json!({"seeds": rows, "folds": k, "members": a.members, "oof_members": a.oof_members, "multi_head": a.multi_head, "epochs": a.epochs, "top_layers": a.top_layers, "lr": a.lr, "flip_rate": a.flip_rate})).unwrap())?;
         }
         let col =
             |key: &str| -> Vec<f64> { rows.iter().map(|r| r[key].as_f64().unwrap()).collect() };
-        let flip_acc = |name: &str| -> Vec<f64> {
+        let treated_acc = |method: &str, name: &str| -> Vec<f64> {
             rows.iter()
                 .flat_map(|r| {
                     r["flip"]
                         .as_array()
                         .unwrap()
                         .iter()
-                        .filter(|f| f["strengths"] == name)
+                        .filter(|f| f["method"] == method && f["strengths"] == name)
                         .map(|f| f["accuracy"].as_f64().unwrap())
                         .collect::<Vec<_>>()
                 })
                 .collect()
         };
-        let gains: Vec<f64> =
-            flip_acc("out of fold").iter().zip(flip_acc("in sample")).map(|(o, i)| o - i).collect();
-        let (g, gsd) = mean_sd(&gains);
+        let member_acc = |key: &str| -> String {
+            fmt(&rows
+                .iter()
+                .map(|r| {
+                    let acc: Vec<f64> =
+                        r[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+                    mean_sd(&acc).0
+                })
+                .collect::<Vec<_>>())
+        };
         summary += &format!(
-            "\n## Out-of-fold vote ({nt} train pairs, {:.0}% flipped; {} seeds; {} epoch(s), top {} layer(s) + head)\n\n| vote | flip AUROC | training time per seed |\n|---|---|---|\n| in sample, {} members | {} | {:.1} min |\n| out of fold, {k} folds, {k} members (1 vote per pair) | {} | |\n| out of fold, {k} folds, {} members ({} votes per pair) | {} | {:.1} min |\n\nOOF members' held-out accuracy: {}\n\n| Flip on | held-out accuracy | gain, paired |\n|---|---|---|\n| in-sample strengths | {} | |\n| out-of-fold strengths | {} | {g:+.4} ± {gsd:.4} |\n",
+            "\n## Out-of-fold vote ({nt} train pairs, {:.0}% flipped; {} seeds; {} epoch(s), top {} layer(s) + head)\n\n| vote | flip AUROC | training time per seed |\n|---|---|---|\n| in sample, {} members | {} | {:.1} min |\n| out of fold, {k} folds, {k} members (1 vote per pair) | {} | |\n| out of fold, {k} folds, {} members ({} votes per pair) | {} | {:.1} min |\n",
             100.0 * a.flip_rate, a.seeds, a.epochs, a.top_layers,
             a.members, fmt(&col("auroc_in_sample")), mean_sd(&col("in_sample_seconds")).0 / 60.0,
             fmt(&col("auroc_oof_k")),
             a.oof_members, a.oof_members / k, fmt(&col("auroc_oof_all")), mean_sd(&col("oof_seconds")).0 / 60.0,
-            fmt(&rows.iter().map(|r| mean_sd(&r["oof_member_accuracy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).0).collect::<Vec<_>>()),
-            fmt(&flip_acc("in sample")), fmt(&flip_acc("out of fold"))
         );
+        if a.multi_head > 0 {
+            summary += &format!(
+                "| in sample, one backbone with {} heads | {} | {:.1} min |\n",
+                a.multi_head,
+                fmt(&col("auroc_multi_head")),
+                mean_sd(&col("multi_head_seconds")).0 / 60.0
+            );
+        }
+        summary += &format!(
+            "\nHeld-out accuracy (clean labels) of in-sample members: {}; of OOF members: {}\n\n| method | on in-sample strengths | on out-of-fold strengths | gain, paired |\n|---|---|---|---|\n",
+            member_acc("in_sample_member_accuracy"),
+            member_acc("oof_member_accuracy"),
+        );
+        for (method, _) in treated {
+            let (ins, oof) = (treated_acc(method, "in sample"), treated_acc(method, "out of fold"));
+            let gains: Vec<f64> = oof.iter().zip(&ins).map(|(o, i)| o - i).collect();
+            let (g, gsd) = mean_sd(&gains);
+            summary +=
+                &format!("| {method} | {} | {} | {g:+.4} ± {gsd:.4} |\n", fmt(&ins), fmt(&oof));
+        }
     }
 
     if a.only.iter().any(|s| s == "noise") {

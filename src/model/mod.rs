@@ -604,6 +604,24 @@ impl RewardModel {
         decoder::run_layers(&self.config, w, &self.rope, x, 0..layer, pass, batch.packing.as_ref())
     }
 
+    /// Hidden states `x` (b, t, h) entering layer `layers.start`, carried through `layers`:
+    /// (b, t, h) entering layer `layers.end`. Rows are right-padded: causal attention keeps a
+    /// row's states independent of the padding after it.
+    pub fn hidden_through_layers(
+        &self,
+        x: Tensor,
+        layers: std::ops::Range<usize>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        if layers.end > self.config.num_hidden_layers {
+            return Err(Error::invalid(format!(
+                "layers {layers:?} beyond the model's {}",
+                self.config.num_hidden_layers
+            )));
+        }
+        decoder::run_layers(&self.config, self.weights_for(pass), &self.rope, x, layers, pass, None)
+    }
+
     fn weights_for(&self, pass: Pass) -> &DecoderWeights {
         match pass {
             Pass::Inference => &self.inference_weights,

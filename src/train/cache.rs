@@ -67,6 +67,64 @@ impl HiddenCache {
         })
     }
 
+    /// The cache entering a later layer `to`, by running layers `self.first..to` of `shared`
+    /// over the cached rows: what [`Self::build`] with `to` gives, at the cost of those layers
+    /// alone (a top:1 or head-only cache from a top:2 one). `shared` must be the model whose
+    /// frozen bottom built this cache.
+    pub fn advance(&self, shared: &SharedModel, to: usize) -> Result<HiddenCache> {
+        let model = shared.read()?;
+        let n_layers = model.config().num_hidden_layers;
+        if to < self.first || to > n_layers {
+            return Err(Error::invalid(format!(
+                "a cache entering layer {} advances to a layer in {}..={n_layers}, not {to}",
+                self.first, self.first
+            )));
+        }
+        if to == self.first {
+            return Ok(HiddenCache {
+                first: self.first,
+                hidden: self.hidden.clone(),
+                pool: self.pool.clone(),
+            });
+        }
+        if let Some(h) = self.hidden.first() {
+            let width = model.config().hidden_size;
+            if h.dim(1)? != width {
+                return Err(Error::invalid(format!(
+                    "cached rows are {} wide, the model's hidden size is {width}",
+                    h.dim(1)?
+                )));
+            }
+        }
+        let lengths =
+            self.hidden.iter().map(|h| h.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
+        let mut hidden: Vec<Option<Tensor>> = vec![None; self.len()];
+        let mut pool = self.pool.clone();
+        shared.install(|| -> Result<()> {
+            for batch in plan_batches(&lengths, shared.batch_options()) {
+                let (x, _) = self.batch(&batch)?;
+                let x = x.to_device(model.device())?.to_dtype(self.hidden[batch[0]].dtype())?;
+                let x = model.hidden_through_layers(x, self.first..to, Pass::Inference)?;
+                for (r, &i) in batch.iter().enumerate() {
+                    let row = x.get(r)?; // (t, h)
+                    let h = if to == n_layers {
+                        pool[i] = 0;
+                        row.narrow(0, self.pool[i], 1)?
+                    } else {
+                        row.narrow(0, 0, lengths[i])?
+                    };
+                    hidden[i] = Some(h.force_contiguous()?.detach());
+                }
+            }
+            Ok(())
+        })?;
+        Ok(HiddenCache {
+            first: to,
+            hidden: hidden.into_iter().map(|h| h.expect("every sequence batched")).collect(),
+            pool,
+        })
+    }
+
     /// Rows (positions) cached for sequence `i`: its length, or 1 when only the pooled row is
     /// kept.
     pub fn rows(&self, i: usize) -> usize {

@@ -9,7 +9,8 @@ use rewardkit::rng::Rng;
 use rewardkit::train::loss::{FlipRule, NoiseConfig, PairTreatment};
 use rewardkit::train::optim::{AdamWConfig, LrSchedule, ScheduleKind};
 use rewardkit::train::{
-    fit, quick_eval, FitOptions, PairIds, PairSet, TrainConfig, Trainable, Trainer, NO_PROGRESS,
+    fit, quick_eval, FitOptions, HiddenCache, PairIds, PairSet, SeqSource, TrainConfig, Trainable,
+    Trainer, NO_PROGRESS,
 };
 use rewardkit::{ComputeDType, SharedModel, SharedModelOptions};
 
@@ -154,6 +155,37 @@ fn cached_frozen_bottom_matches_running_it() {
         (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     };
     assert!(diff(&a, &b) < 1e-5 && diff(&a, &full) < 1e-4, "{} {}", diff(&a, &b), diff(&a, &full));
+}
+
+#[test]
+fn an_advanced_cache_matches_one_built_at_its_layer() {
+    let model = small_model();
+    let pairs = task(7, 5);
+    let seqs: Vec<&[u32]> =
+        pairs.iter().flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]).collect();
+    let set = |c: HiddenCache| PairSet {
+        seqs: SeqSource::Cached(Arc::new(c)),
+        pairs: (0..pairs.len()).map(|i| (2 * i, 2 * i + 1)).collect(),
+    };
+    let idx: Vec<usize> = (0..pairs.len()).collect();
+    let m = model.read().unwrap();
+    let low = HiddenCache::build(&model, &seqs, 1, |_| {}).unwrap();
+    // To a middle layer (every row kept) and to the top (pooled rows only).
+    for to in [2, 3] {
+        let built = set(HiddenCache::build(&model, &seqs, to, |_| {}).unwrap());
+        let advanced = low.advance(&model, to).unwrap();
+        assert_eq!(advanced.first, to);
+        let advanced = set(advanced);
+        let a = built.features(&m, &idx, to, Pass::Inference).unwrap();
+        let b = advanced.features(&m, &idx, to, Pass::Inference).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "advanced to {to}: {diff}");
+    }
+    // Backwards or past the top is refused.
+    for to in [0, 4] {
+        let e = low.advance(&model, to).err().expect("refused");
+        assert!(e.to_string().contains("advances to a layer in 1..=3"), "{e}");
+    }
 }
 
 #[test]
