@@ -242,6 +242,9 @@ fn main() -> Result<()> {
         seqs: src.clone(),
         pairs: (0..eval_ids.len()).map(|i| (2 * (nt + i), 2 * (nt + i) + 1)).collect(),
     };
+    let held_out_accuracy = |models: &[&SharedModel]| -> Result<Vec<f64>> {
+        models.iter().map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy)).collect()
+    };
     let clean = PairSet { seqs: src.clone(), pairs: (0..nt).map(|i| (2 * i, 2 * i + 1)).collect() };
     let mut next = policy_start;
     let groups: Vec<Vec<usize>> = policy_ids
@@ -346,10 +349,7 @@ fn main() -> Result<()> {
             let in_secs = t.elapsed().as_secs_f64();
             let refs: Vec<&SharedModel> = ins.iter().map(|m| m.as_ref()).collect();
             let in_strength = vote(&refs, &noisy, NO_PROGRESS)?.strength().0;
-            let in_member_acc: Vec<f64> = refs
-                .iter()
-                .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
-                .collect::<Result<_>>()?;
+            let in_member_acc = held_out_accuracy(&refs)?;
             drop(refs);
             drop(ins);
             // The cheap variant: one shared backbone with a.multi_head heads, in sample.
@@ -391,10 +391,7 @@ fn main() -> Result<()> {
             let refs: Vec<&SharedModel> = oof.iter().map(|m| m.as_ref()).collect();
             let oof_k = vote_out_of_fold(&refs[..k], &noisy, &folds, NO_PROGRESS)?.strength().0;
             let oof_all = vote_out_of_fold(&refs, &noisy, &folds, NO_PROGRESS)?.strength().0;
-            let member_acc: Vec<f64> = refs
-                .iter()
-                .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
-                .collect::<Result<_>>()?;
+            let member_acc = held_out_accuracy(&refs)?;
             drop(refs);
             drop(oof);
             // The ceiling of this backbone and recipe: out-of-fold members trained on the clean
@@ -540,10 +537,7 @@ fn main() -> Result<()> {
             let auc = auroc(&strength.iter().map(|x| -x).collect::<Vec<_>>(), &injected).unwrap();
             let below = strength.iter().filter(|&&x| x < 0.0).count();
             let caught = strength.iter().zip(&injected).filter(|(&x, &f)| x < 0.0 && f).count();
-            let member_acc: Vec<f64> = members
-                .iter()
-                .map(|m| quick_eval(m, &eval_set).map(|r| r.accuracy))
-                .collect::<Result<_>>()?;
+            let member_acc = held_out_accuracy(&refs)?;
             drop(members);
             eprintln!("noise seed {s}: AUROC {auc:.4}; mean < 0 on {below} pairs, {caught} of them injected ({} injected); members' held-out accuracy {:.4}", injected.iter().filter(|&&f| f).count(), mean_sd(&member_acc).0);
             let mut accs = Vec::new();

@@ -28,7 +28,7 @@ impl HiddenCache {
         shared: &SharedModel,
         seqs: &[&[u32]],
         first: usize,
-        mut progress: impl FnMut(usize) + Send,
+        progress: impl FnMut(usize) + Send,
     ) -> Result<HiddenCache> {
         let model = shared.read()?;
         let n_layers = model.config().num_hidden_layers;
@@ -37,34 +37,12 @@ impl HiddenCache {
         }
         model.validate_sequences(seqs.iter().copied(), "sequence")?;
         let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let mut hidden: Vec<Option<Tensor>> = vec![None; seqs.len()];
-        let mut pool = vec![0usize; seqs.len()];
-        shared.install(|| -> Result<()> {
-            for batch in plan_batches(&lengths, shared.batch_options()) {
-                let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
-                let b = model.make_batch(&rows)?;
-                let x = model.hidden_before_layer(&b, first, Pass::Inference)?;
-                for (r, &i) in batch.iter().enumerate() {
-                    let row = x.get(r)?; // (t, h)
-                    let (h, p) = if first == n_layers {
-                        (row.narrow(0, b.pool_index[r], 1)?, 0)
-                    } else {
-                        (row.narrow(0, 0, lengths[i])?, b.pool_index[r])
-                    };
-                    // A compacting copy: `copy()` would clone the whole batch's storage behind
-                    // this row view, multiplying the cache's memory by the batch size.
-                    hidden[i] = Some(h.force_contiguous()?.detach());
-                    pool[i] = p;
-                }
-                progress(batch.len());
-            }
-            Ok(())
-        })?;
-        Ok(HiddenCache {
-            first,
-            hidden: hidden.into_iter().map(|h| h.expect("every sequence batched")).collect(),
-            pool,
-        })
+        let embed_and_run = |batch: &[usize]| -> Result<(Tensor, Vec<usize>)> {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i]).collect();
+            let b = model.make_batch(&rows)?;
+            Ok((model.hidden_before_layer(&b, first, Pass::Inference)?, b.pool_index))
+        };
+        Self::collect(shared, &lengths, first, first == n_layers, embed_and_run, progress)
     }
 
     /// The cache entering a later layer `to`, by running layers `self.first..to` of `shared`
@@ -98,28 +76,48 @@ impl HiddenCache {
         }
         let lengths =
             self.hidden.iter().map(|h| h.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
-        let mut hidden: Vec<Option<Tensor>> = vec![None; self.len()];
-        let mut pool = self.pool.clone();
+        let run_between = |batch: &[usize]| -> Result<(Tensor, Vec<usize>)> {
+            let (x, pool) = self.batch(batch)?;
+            let x = x.to_device(model.device())?;
+            Ok((model.hidden_through_layers(x, self.first..to, Pass::Inference)?, pool))
+        };
+        Self::collect(shared, &lengths, to, to == n_layers, run_between, |_| {})
+    }
+
+    /// The cache entering layer `first` of sequences with `lengths`: `forward` gives a
+    /// token-budget batch's hidden states (b, t, h) and pooled positions, on `shared`'s
+    /// threads. Every position is kept, or only the pooled one when `pooled_only` (the top).
+    fn collect(
+        shared: &SharedModel,
+        lengths: &[usize],
+        first: usize,
+        pooled_only: bool,
+        mut forward: impl FnMut(&[usize]) -> Result<(Tensor, Vec<usize>)> + Send,
+        mut progress: impl FnMut(usize) + Send,
+    ) -> Result<HiddenCache> {
+        let mut hidden: Vec<Option<Tensor>> = vec![None; lengths.len()];
+        let mut pool = vec![0usize; lengths.len()];
         shared.install(|| -> Result<()> {
-            for batch in plan_batches(&lengths, shared.batch_options()) {
-                let (x, _) = self.batch(&batch)?;
-                let x = x.to_device(model.device())?.to_dtype(self.hidden[batch[0]].dtype())?;
-                let x = model.hidden_through_layers(x, self.first..to, Pass::Inference)?;
+            for batch in plan_batches(lengths, shared.batch_options()) {
+                let (x, pool_index) = forward(&batch)?;
                 for (r, &i) in batch.iter().enumerate() {
                     let row = x.get(r)?; // (t, h)
-                    let h = if to == n_layers {
-                        pool[i] = 0;
-                        row.narrow(0, self.pool[i], 1)?
+                    let (h, p) = if pooled_only {
+                        (row.narrow(0, pool_index[r], 1)?, 0)
                     } else {
-                        row.narrow(0, 0, lengths[i])?
+                        (row.narrow(0, 0, lengths[i])?, pool_index[r])
                     };
+                    // A compacting copy: `copy()` would clone the whole batch's storage behind
+                    // this row view, multiplying the cache's memory by the batch size.
                     hidden[i] = Some(h.force_contiguous()?.detach());
+                    pool[i] = p;
                 }
+                progress(batch.len());
             }
             Ok(())
         })?;
         Ok(HiddenCache {
-            first: to,
+            first,
             hidden: hidden.into_iter().map(|h| h.expect("every sequence batched")).collect(),
             pool,
         })
